@@ -1,0 +1,403 @@
+"""The KVM user ABI that kvmspe speaks: ioctl numbers, struct layouts, group
+and attribute numbers, and what each errno means for each SPE attribute.
+
+Every number a revision of the SPE series could change lives here, so that a
+new revision is a data change. Numbers the series does not state are marked
+*assumed* and can be overridden through :func:`set_assumed` or the environment
+(``KVMSPE_SPE_FEATURE_BIT``, ``KVMSPE_CAP_ARM_SPE``, ``KVMSPE_EXIT_RLIMIT``).
+
+Sources: ``include/uapi/linux/kvm.h``, ``arch/arm64/include/uapi/asm/kvm.h``
+[uapi]; the seed patch [seed] for the SPE group.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "ASSUMED",
+    "Exit",
+    "check_value",
+    "exit_name",
+    "ATTRS",
+    "BAD_ADDRESS",
+    "Assumed",
+    "AttrInfo",
+    "DEVICE_ATTR",
+    "ERRNO_TABLE",
+    "GROUP_NAMES",
+    "KVM_ARM_VCPU_SPE_CTRL",
+    "KVM_ARM_VCPU_SPE_IRQ",
+    "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE",
+    "KVM_ARM_VCPU_MAX_BUFFER_SIZE",
+    "KVM_ARM_VCPU_SPE_SPU",
+    "VCPU_INIT",
+    "attr_info",
+    "explain",
+    "set_assumed",
+]
+
+# --- ioctl number encoding (asm-generic/ioctl.h) -----------------------------
+
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+
+
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802
+    return (
+        (direction << _IOC_DIRSHIFT)
+        | (type_ << _IOC_TYPESHIFT)
+        | (nr << _IOC_NRSHIFT)
+        | (size << _IOC_SIZESHIFT)
+    )
+
+
+def _IO(type_: int, nr: int) -> int:  # noqa: N802
+    return _IOC(_IOC_NONE, type_, nr, 0)
+
+
+def _IOW(type_: int, nr: int, size: int) -> int:  # noqa: N802
+    return _IOC(_IOC_WRITE, type_, nr, size)
+
+
+def _IOR(type_: int, nr: int, size: int) -> int:  # noqa: N802
+    return _IOC(_IOC_READ, type_, nr, size)
+
+
+# --- structs ------------------------------------------------------------------
+
+#: struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; }
+DEVICE_ATTR = struct.Struct("=IIQQ")
+#: struct kvm_vcpu_init { __u32 target; __u32 features[7]; }
+VCPU_INIT = struct.Struct("=I7I")
+#: The value behind kvm_device_attr.addr: a __u64 (max buffer size) or an int (IRQ, SPU).
+U64 = struct.Struct("=Q")
+INT = struct.Struct("=i")
+#: struct kvm_run starts with two __u8, six bytes of padding, then __u32 exit_reason.
+KVM_RUN_EXIT_REASON_OFFSET = 8
+
+KVMIO = 0xAE
+
+KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
+KVM_CREATE_VM = _IO(KVMIO, 0x01)
+KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_ARM_VCPU_INIT = _IOW(KVMIO, 0xAE, VCPU_INIT.size)
+KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xAF, VCPU_INIT.size)
+KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xE1, DEVICE_ATTR.size)
+KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xE2, DEVICE_ATTR.size)
+KVM_HAS_DEVICE_ATTR = _IOW(KVMIO, 0xE3, DEVICE_ATTR.size)
+
+KVM_API_VERSION = 12
+
+#: Capabilities probed with KVM_CHECK_EXTENSION [uapi].
+KVM_CAP_DEVICE_CTRL = 89
+KVM_CAP_VCPU_ATTRIBUTES = 127
+KVM_CAP_ARM_PMU_V3 = 126
+
+# --- exit reasons [uapi] -------------------------------------------------------
+
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_IO = 2
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+
+# --- VCPU device attribute groups ----------------------------------------------
+
+# arm64 [uapi]
+KVM_ARM_VCPU_PMU_V3_CTRL = 0
+KVM_ARM_VCPU_TIMER_CTRL = 1
+KVM_ARM_VCPU_PVTIME_CTRL = 2
+# arm64 SPE [seed]
+KVM_ARM_VCPU_SPE_CTRL = 3
+KVM_ARM_VCPU_SPE_IRQ = 0
+KVM_ARM_VCPU_SPE_SPU = 1
+KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE = 2
+#: The spelling used by the seed patch's documentation; same number.
+KVM_ARM_VCPU_MAX_BUFFER_SIZE = KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+# x86 [uapi]: a real VCPU attribute to exercise the plumbing on x86 hosts.
+KVM_VCPU_TSC_CTRL = 0
+KVM_VCPU_TSC_OFFSET = 0
+
+GROUP_NAMES = {
+    "arm64": {
+        KVM_ARM_VCPU_PMU_V3_CTRL: "KVM_ARM_VCPU_PMU_V3_CTRL",
+        KVM_ARM_VCPU_TIMER_CTRL: "KVM_ARM_VCPU_TIMER_CTRL",
+        KVM_ARM_VCPU_PVTIME_CTRL: "KVM_ARM_VCPU_PVTIME_CTRL",
+        KVM_ARM_VCPU_SPE_CTRL: "KVM_ARM_VCPU_SPE_CTRL",
+    },
+    "x86_64": {KVM_VCPU_TSC_CTRL: "KVM_VCPU_TSC_CTRL"},
+}
+
+# --- assumed numbers -------------------------------------------------------------
+
+
+@dataclass
+class Assumed:
+    """Numbers the v6 series uses but does not state in what we have [assumed].
+
+    * ``spe_feature_bit``: the ``KVM_ARM_VCPU_SPE`` bit for KVM_ARM_VCPU_INIT.
+      Older revisions used 7, now taken upstream; we take the next free bit.
+    * ``cap_arm_spe``: ``KVM_CAP_ARM_SPE``; older revisions used 191, then 208.
+    * ``exit_rlimit``: ``KVM_EXIT_RLIMIT`` (series patch 32); the next free
+      exit reason after those upstream.
+    """
+
+    spe_feature_bit: int = 8
+    cap_arm_spe: int = 208
+    exit_rlimit: int = 42
+
+
+ASSUMED = Assumed()
+
+_ENV = {
+    "spe_feature_bit": "KVMSPE_SPE_FEATURE_BIT",
+    "cap_arm_spe": "KVMSPE_CAP_ARM_SPE",
+    "exit_rlimit": "KVMSPE_EXIT_RLIMIT",
+}
+
+
+def set_assumed(**values: int) -> None:
+    """Override assumed numbers, e.g. ``set_assumed(cap_arm_spe=240)``."""
+    for name, value in values.items():
+        if name not in _ENV:
+            raise ValueError(f"unknown assumed number {name!r}; accepted: {', '.join(_ENV)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        setattr(ASSUMED, name, value)
+
+
+def _load_env() -> None:
+    for name, var in _ENV.items():
+        raw = os.environ.get(var)
+        if raw is None:
+            continue
+        try:
+            set_assumed(**{name: int(raw, 0)})
+        except ValueError as exc:
+            raise SystemExit(f"kvmspe: {var}={raw!r}: {exc}") from None
+
+
+_load_env()
+
+# --- a user pointer the kernel cannot read -------------------------------------
+
+
+class _BadAddress:
+    """Marker value: pass it instead of a value to make ``addr`` unreadable.
+
+    The model answers EFAULT; the real backend passes an address that is not
+    mapped in the process, so the kernel's get_user/put_user fails.
+    """
+
+    _instance: _BadAddress | None = None
+
+    def __new__(cls) -> _BadAddress:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "BAD_ADDRESS"
+
+
+BAD_ADDRESS = _BadAddress()
+#: An address that is never mapped in user space (the top of the u64 range).
+UNMAPPED_ADDRESS = 0xFFFF_FFFF_FFFF_F000
+
+# --- attributes and what their errnos mean ----------------------------------------
+
+
+@dataclass(frozen=True)
+class AttrInfo:
+    """One VCPU device attribute: its name(s), value type and errno meanings."""
+
+    group: int
+    attr: int
+    names: tuple[str, ...]
+    value: struct.Struct
+    errnos: dict[str, dict[int, str]]
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+_GROUP_ERRNOS = {
+    errno.ENXIO: "SPE is not supported by this host's KVM, or not properly configured",
+    errno.ENODEV: "the VCPU was not created with the SPE feature (KVM_ARM_VCPU_SPE)",
+}
+
+ATTRS: dict[tuple[int, int], AttrInfo] = {
+    (KVM_ARM_VCPU_SPE_CTRL, KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE): AttrInfo(
+        KVM_ARM_VCPU_SPE_CTRL,
+        KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE,
+        ("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", "KVM_ARM_VCPU_MAX_BUFFER_SIZE"),
+        U64,
+        {
+            "set": {
+                **_GROUP_ERRNOS,
+                errno.EFAULT: "the u64 at kvm_device_attr.addr could not be read",
+                errno.EBUSY: "the VM has already run; the max buffer size is fixed from then on",
+                errno.EINVAL: "the size is not a multiple of the host page size, or a"
+                " different max buffer size is already set for this VM",
+                errno.ENODEV: "no SPU has been assigned to the VM yet (set KVM_ARM_VCPU_SPE_SPU"
+                " first), or the VCPU lacks the SPE feature",
+                errno.EDOM: "the size has no exact PMBIDR_EL1.MaxBuffSize encoding",
+                errno.ERANGE: "the size exceeds the SPU's own limit, or is 0 (no limit) while"
+                " the SPU has a limit",
+                errno.ENOMEM: "the size does not fit in what RLIMIT_MEMLOCK still allows",
+            },
+            "get": {
+                **_GROUP_ERRNOS,
+                errno.EINVAL: "no max buffer size has been set for this VM yet",
+                errno.EFAULT: "the u64 at kvm_device_attr.addr could not be written",
+            },
+            "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
+        },
+    ),
+    (KVM_ARM_VCPU_SPE_CTRL, KVM_ARM_VCPU_SPE_IRQ): AttrInfo(
+        KVM_ARM_VCPU_SPE_CTRL,
+        KVM_ARM_VCPU_SPE_IRQ,
+        ("KVM_ARM_VCPU_SPE_IRQ",),
+        INT,
+        {
+            "set": {
+                **_GROUP_ERRNOS,
+                errno.EFAULT: "the int at kvm_device_attr.addr could not be read",
+                errno.EBUSY: "the VM has already run; the SPE interrupt is fixed from then on",
+                errno.EINVAL: "the interrupt is not a PPI (16..31), or differs from the one"
+                " another VCPU of this VM uses",
+            },
+            "get": {
+                **_GROUP_ERRNOS,
+                errno.ENXIO: "no SPE interrupt has been set for this VCPU yet, or SPE is"
+                " not supported",
+                errno.EFAULT: "the int at kvm_device_attr.addr could not be written",
+            },
+            "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
+        },
+    ),
+    (KVM_ARM_VCPU_SPE_CTRL, KVM_ARM_VCPU_SPE_SPU): AttrInfo(
+        KVM_ARM_VCPU_SPE_CTRL,
+        KVM_ARM_VCPU_SPE_SPU,
+        ("KVM_ARM_VCPU_SPE_SPU",),
+        INT,
+        {
+            "set": {
+                **_GROUP_ERRNOS,
+                errno.EFAULT: "the int at kvm_device_attr.addr could not be read",
+                errno.EBUSY: "the VM has already run; its SPU is fixed from then on",
+                errno.EINVAL: "a different SPU is already assigned to this VM",
+                errno.ENXIO: "no SPE instance of this host has that id (the perf PMU type"
+                " in /sys/bus/event_source/devices/arm_spe_N/type), or SPE is not supported",
+            },
+            "get": {
+                **_GROUP_ERRNOS,
+                errno.ENXIO: "no SPU has been assigned to this VM yet, or SPE is not supported",
+                errno.EFAULT: "the int at kvm_device_attr.addr could not be written",
+            },
+            "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
+        },
+    ),
+}
+
+#: Name -> (group, attr), both spellings of the max buffer size attribute included.
+ATTR_BY_NAME: dict[str, tuple[int, int]] = {
+    n: key for key, info in ATTRS.items() for n in info.names
+}
+
+#: What KVM_RUN errnos mean for an SPE VCPU (model and real kernel alike).
+RUN_ERRNOS = {
+    errno.EINVAL: "SPE is not fully configured on this VCPU: its IRQ, the VM's SPU and the"
+    " VM's max buffer size must all be set before the first KVM_RUN",
+    errno.ENOEXEC: "the VCPU has not been initialised with KVM_ARM_VCPU_INIT",
+    errno.EINTR: "KVM_RUN was interrupted by a signal",
+}
+
+#: Every (call, errno) -> meaning, one table to answer "what does EDOM mean?".
+ERRNO_TABLE: dict[str, dict[str, dict[int, str]]] = {
+    info.name: info.errnos for info in ATTRS.values()
+}
+ERRNO_TABLE["KVM_RUN"] = {"run": RUN_ERRNOS}
+
+
+def attr_info(group: int, attr: int) -> AttrInfo | None:
+    """The SPE attribute ``(group, attr)``, or ``None`` for any other."""
+    return ATTRS.get((group, attr))
+
+
+def explain(call: str, group: int, attr: int, code: int) -> str:
+    """Our sentence for errno ``code`` answered by ``call`` ('set', 'get', 'has')."""
+    info = attr_info(group, attr)
+    if info is not None:
+        text = info.errnos.get(call, {}).get(code)
+        if text is not None:
+            return text
+        if code == errno.ENXIO:
+            return _GROUP_ERRNOS[errno.ENXIO]
+        return f"{os.strerror(code)} (not documented for {info.name} {call})"
+    if code == errno.ENXIO:
+        return f"the kernel does not know VCPU attribute group {group} attribute {attr}"
+    return os.strerror(code)
+
+
+# --- KVM_RUN exits -----------------------------------------------------------------
+
+_EXIT_NAMES = {
+    KVM_EXIT_UNKNOWN: "KVM_EXIT_UNKNOWN",
+    KVM_EXIT_IO: "KVM_EXIT_IO",
+    KVM_EXIT_HLT: "KVM_EXIT_HLT",
+    KVM_EXIT_MMIO: "KVM_EXIT_MMIO",
+    KVM_EXIT_SHUTDOWN: "KVM_EXIT_SHUTDOWN",
+    KVM_EXIT_FAIL_ENTRY: "KVM_EXIT_FAIL_ENTRY",
+    KVM_EXIT_INTR: "KVM_EXIT_INTR",
+    KVM_EXIT_INTERNAL_ERROR: "KVM_EXIT_INTERNAL_ERROR",
+    KVM_EXIT_SYSTEM_EVENT: "KVM_EXIT_SYSTEM_EVENT",
+}
+
+
+def exit_name(reason: int) -> str:
+    """Name of a KVM exit reason, KVM_EXIT_RLIMIT included."""
+    if reason == ASSUMED.exit_rlimit:
+        return "KVM_EXIT_RLIMIT"
+    return _EXIT_NAMES.get(reason, f"exit reason {reason}")
+
+
+@dataclass(frozen=True)
+class Exit:
+    """What a successful KVM_RUN returned: the exit reason, and for
+    KVM_EXIT_RLIMIT by how many bytes the locked-memory limit was exceeded."""
+
+    reason: int
+    rlimit_excess: int | None = None
+
+    @property
+    def name(self) -> str:
+        return exit_name(self.reason)
+
+    @property
+    def is_rlimit(self) -> bool:
+        return self.reason == ASSUMED.exit_rlimit
+
+
+def check_value(info: AttrInfo, value: int) -> None:
+    """Refuse a value that does not fit the attribute's C type (before any ioctl)."""
+    lo, hi = (0, (1 << 64) - 1) if info.value is U64 else (-(1 << 31), (1 << 31) - 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        ctype = "__u64" if info.value is U64 else "int"
+        raise ValueError(f"{info.name} takes a {ctype} ({lo}..{hi}), got {value!r}")

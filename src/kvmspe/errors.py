@@ -1,0 +1,81 @@
+"""Exception tree of kvmspe: one family for callers to catch.
+
+* :class:`KvmspeError` is the root.
+* :class:`NotRepresentableError` (a :class:`ValueError`) is raised by the
+  MaxBuffSize codec for a size that has no exact encoding.
+* :class:`RegisterError` (a :class:`ValueError`) is raised by the register
+  engine for a bad field value or a set RES0 bit.
+* :class:`KvmError` (an :class:`OSError`) is what both the kernel model and
+  the real ``/dev/kvm`` backend raise: it keeps the kernel's errno and adds a
+  sentence saying what that errno means for the attribute at hand.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "KvmError",
+    "KvmspeError",
+    "NotRepresentableError",
+    "RegisterError",
+    "errno_name",
+]
+
+
+class KvmspeError(Exception):
+    """Root of every error kvmspe raises on purpose."""
+
+
+class NotRepresentableError(KvmspeError, ValueError):
+    """A size with no exact PMBIDR_EL1.MaxBuffSize encoding.
+
+    ``below`` and ``above`` are the nearest representable sizes (``None``
+    where there is none), so a caller can offer them without re-computing.
+    """
+
+    def __init__(self, message: str, size: int, below: int | None, above: int | None):
+        super().__init__(message)
+        self.size = size
+        self.below = below
+        self.above = above
+
+
+class RegisterError(KvmspeError, ValueError):
+    """A register value or field value that the field table does not allow."""
+
+
+def errno_name(code: int) -> str:
+    """Symbolic name of an errno (``EDOM``), or ``errno N`` when unknown."""
+    return _errno.errorcode.get(code, f"errno {code}")
+
+
+class KvmError(KvmspeError, OSError):
+    """An ioctl answered with an errno (by the real kernel or by the model).
+
+    ``errno`` is the kernel's errno; ``strerror`` is our explanation for the
+    attribute concerned. ``str()`` gives ``"EDOM: <explanation>"``.
+    ``ioctl``, ``group`` and ``attr`` say which call it was, when known.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        explanation: str,
+        *,
+        ioctl: str | None = None,
+        group: int | None = None,
+        attr: int | None = None,
+    ):
+        super().__init__(code, explanation)
+        self.ioctl = ioctl
+        self.group = group
+        self.attr = attr
+
+    @property
+    def name(self) -> str:
+        """The errno's symbolic name, e.g. ``EDOM``."""
+        return errno_name(self.errno or 0)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.strerror}"

@@ -1,0 +1,298 @@
+"""The reference model of the kernel side of the SPE VCPU attributes.
+
+A :class:`Host` has a page size, SPE instances (:class:`Spu`) and an
+RLIMIT_MEMLOCK; it creates :class:`Vm` objects, which create :class:`Vcpu`
+objects with the same methods as the real backend's VCPU
+(:mod:`kvmspe.kvm`): ``set_device_attr``, ``get_device_attr``,
+``has_device_attr`` and ``run``. Errors are :class:`~kvmspe.errors.KvmError`
+(an ``OSError``) with the kernel's errno. Which errno, and in what order, is
+decided only in :mod:`kvmspe.rules`; this module keeps state.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from types import TracebackType
+
+from . import abi, maxbuf
+from .assumptions import DEFAULT, Assumptions
+from .errors import KvmError
+from .registers import PMBIDR_EL1
+from .rules import RULES, Call, Check, RuleSet, first_outcome
+
+__all__ = ["Host", "Spu", "Vcpu", "Vm"]
+
+
+class Spu:
+    """One SPE instance of the host, as KVM sees it.
+
+    ``id`` is the number userspace passes to KVM_ARM_VCPU_SPE_SPU (the perf
+    PMU type, an assumption). Give either ``max_buffer_size`` (bytes, must be
+    representable; 0 = no limit) or a raw ``pmbidr``. ``cpus`` are the CPUs
+    that have this SPU.
+    """
+
+    def __init__(
+        self,
+        id: int,  # noqa: A002 - the kernel's name
+        max_buffer_size: int | None = None,
+        *,
+        pmbidr: int | None = None,
+        align: int = 0,
+        cpus: Iterable[int] = (),
+    ):
+        if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < 1 << 31:
+            raise ValueError(f"SPU id must be a non-negative int, got {id!r}")
+        if pmbidr is not None and max_buffer_size is not None:
+            raise ValueError("give max_buffer_size or pmbidr, not both")
+        if pmbidr is None:
+            pmbidr = PMBIDR_EL1.encode(
+                ALIGN=align, MaxBuffSize=maxbuf.encode(max_buffer_size or 0)
+            )
+        fields = PMBIDR_EL1.decode(pmbidr)
+        if fields["P"]:
+            raise ValueError(
+                f"PMBIDR_EL1 {pmbidr:#x} has P=1: the buffer is owned by a higher exception"
+                " level, and Linux's SPE driver does not use such a unit"
+            )
+        self.id = id
+        self.pmbidr = pmbidr
+        self.cpus = tuple(sorted(set(cpus)))
+
+    @property
+    def max_buffer_size(self) -> int:
+        """The SPU's own limit in bytes; 0 means no limit."""
+        return maxbuf.decode(PMBIDR_EL1.get(self.pmbidr, "MaxBuffSize"))
+
+    @property
+    def align(self) -> int:
+        """Required buffer alignment in bytes (1 << PMBIDR_EL1.ALIGN)."""
+        return 1 << PMBIDR_EL1.get(self.pmbidr, "ALIGN")
+
+    def __repr__(self) -> str:
+        return f"Spu(id={self.id}, pmbidr={self.pmbidr:#x})"
+
+
+class Host:
+    """A modelled arm64 host: page size, SPE instances, the VMM's RLIMIT_MEMLOCK.
+
+    ``memlock_limit=None`` is unlimited. ``locked`` is memory the VMM process
+    has locked already (for example guest RAM locked with mlock). ``spus=[]``
+    is a host without SPE.
+    """
+
+    def __init__(
+        self,
+        page_size: int = 4096,
+        spus: Iterable[Spu] = (),
+        memlock_limit: int | None = None,
+        *,
+        locked: int = 0,
+        rules: RuleSet = RULES,
+        assumptions: Assumptions = DEFAULT,
+    ):
+        if page_size not in maxbuf.PAGE_SIZES:
+            accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
+            raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
+        self.page_size = page_size
+        self.spus = tuple(spus)
+        ids = [s.id for s in self.spus]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"SPU ids must be unique, got {ids}")
+        self.memlock_limit = memlock_limit
+        self.locked_bytes = locked
+        #: Historical maximum of locked memory (VmLck as KVM keeps it).
+        self.vm_lck = locked
+        self.rules = rules
+        self.assumptions = assumptions
+        self.vms: list[Vm] = []
+
+    def spu(self, spu_id: object) -> Spu | None:
+        """The SPU with this id, or None."""
+        return next((s for s in self.spus if s.id == spu_id), None)
+
+    def memlock_room(self) -> int | None:
+        """Bytes that may still be locked under the limit (None: unlimited)."""
+        if self.memlock_limit is None:
+            return None
+        return max(0, self.memlock_limit - self.locked_bytes)
+
+    def set_memlock_limit(self, limit: int | None) -> None:
+        """Change RLIMIT_MEMLOCK (as setrlimit in the VMM would)."""
+        self.memlock_limit = limit
+
+    def lock(self, nbytes: int) -> None:
+        self.locked_bytes += nbytes
+        self.vm_lck = max(self.vm_lck, self.locked_bytes)
+
+    def unlock(self, nbytes: int) -> None:
+        self.locked_bytes -= nbytes
+
+    def create_vm(self) -> Vm:
+        """KVM_CREATE_VM."""
+        vm = Vm(self)
+        self.vms.append(vm)
+        return vm
+
+
+class Vm:
+    """A modelled VM: the per-VM SPE state (SPU, max buffer size, IRQ)."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.vcpus: list[Vcpu] = []
+        self.spu: Spu | None = None
+        #: None until set; 0 is a real value ("no limit").
+        self.max_buffer_size: int | None = None
+        #: The PPI every SPE VCPU of the VM uses, once one VCPU has set it.
+        self.irq: int | None = None
+        self.has_run = False
+        self.held_bytes = 0
+        self.closed = False
+
+    def create_vcpu(self, spe: bool = True) -> Vcpu:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature."""
+        if self.has_run:
+            raise KvmError(errno.EBUSY, "VCPUs cannot be added once the VM has run", ioctl="KVM_CREATE_VCPU")
+        vcpu = Vcpu(self, len(self.vcpus), spe)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        """Destroy the VM: everything it pinned or holds is released."""
+        if self.closed:
+            return
+        for vcpu in self.vcpus:
+            vcpu.release()
+        self.host.unlock(self.held_bytes)
+        self.held_bytes = 0
+        self.closed = True
+        self.host.vms.remove(self)
+        if not self.host.vms:
+            # VmLck is per process; with no VM left, the peak is what is locked.
+            self.host.vm_lck = self.host.locked_bytes
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Vcpu:
+    """A modelled VCPU with the real backend's methods."""
+
+    def __init__(self, vm: Vm, index: int, spe: bool):
+        self.vm = vm
+        self.index = index
+        self.spe = spe
+        self.irq: int | None = None
+
+    # -- device attributes ---------------------------------------------------------
+
+    def _decide(self, checks: tuple[Check, ...], call: Call, ioctl: str, group: int) -> bool:
+        """Run checks; raise on an errno, return True on an early success."""
+        outcome = first_outcome(checks, call)
+        if outcome is None:
+            return False
+        if outcome.code == 0:
+            return True
+        raise KvmError(outcome.code, outcome.message, ioctl=ioctl, group=group, attr=call.attr)
+
+    def _group(self, group: int, attr: int, ioctl: str) -> abi.AttrInfo:
+        if group != abi.KVM_ARM_VCPU_SPE_CTRL:
+            raise KvmError(
+                errno.ENXIO,
+                f"the model implements only KVM_ARM_VCPU_SPE_CTRL ({abi.KVM_ARM_VCPU_SPE_CTRL}),"
+                f" not group {group}",
+                ioctl=ioctl,
+                group=group,
+                attr=attr,
+            )
+        self._decide(self.vm.host.rules.group, Call(self, attr), ioctl, group)
+        info = abi.attr_info(group, attr)
+        assert info is not None
+        return info
+
+    def set_device_attr(self, group: int, attr: int, value: object) -> None:
+        """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
+
+        ``value`` is an int, or :data:`kvmspe.abi.BAD_ADDRESS` for an
+        unreadable pointer. A value that does not fit the attribute's C type
+        is refused with ValueError before any check, as the real backend must.
+        """
+        ioctl = "KVM_SET_DEVICE_ATTR"
+        info = abi.attr_info(group, attr)
+        if info is not None and value is not abi.BAD_ADDRESS:
+            abi.check_value(info, value)  # type: ignore[arg-type]
+        info = self._group(group, attr, ioctl)
+        call = Call(self, attr, value)
+        if self._decide(self.vm.host.rules.set[attr], call, ioctl, group):
+            return
+        assert isinstance(value, int)
+        if attr == abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE:
+            self.vm.max_buffer_size = value
+            if self.vm.host.assumptions.set_time_charge_mode == "held":
+                self.vm.held_bytes += value
+                self.vm.host.lock(value)
+        elif attr == abi.KVM_ARM_VCPU_SPE_SPU:
+            self.vm.spu = self.vm.host.spu(value)
+        elif attr == abi.KVM_ARM_VCPU_SPE_IRQ:
+            self.irq = value
+            self.vm.irq = value
+
+    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
+        """KVM_GET_DEVICE_ATTR; ``addr=BAD_ADDRESS`` makes the write fail (EFAULT)."""
+        ioctl = "KVM_GET_DEVICE_ATTR"
+        self._group(group, attr, ioctl)
+        self._decide(self.vm.host.rules.get[attr], Call(self, attr), ioctl, group)
+        if addr is abi.BAD_ADDRESS:
+            raise KvmError(
+                errno.EFAULT, "the value could not be written to kvm_device_attr.addr",
+                ioctl=ioctl, group=group, attr=attr,
+            )
+        if attr == abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE:
+            assert self.vm.max_buffer_size is not None
+            return self.vm.max_buffer_size
+        if attr == abi.KVM_ARM_VCPU_SPE_SPU:
+            assert self.vm.spu is not None
+            return self.vm.spu.id
+        assert self.irq is not None
+        return self.irq
+
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        """KVM_HAS_DEVICE_ATTR: True for the SPE attributes where SPE is usable.
+
+        A VCPU without the SPE feature answers False [assumed, as the PMU does].
+        """
+        try:
+            self._group(group, attr, "KVM_HAS_DEVICE_ATTR")
+        except KvmError:
+            return False
+        return True
+
+    # -- running ----------------------------------------------------------------------
+
+    @property
+    def guest_pmbidr(self) -> int | None:
+        """PMBIDR_EL1 as the guest reads it (KVM traps the read), or None
+        before the VM has both an SPU and a max buffer size."""
+        spu, size = self.vm.spu, self.vm.max_buffer_size
+        if not self.spe or spu is None or size is None:
+            return None
+        value = spu.pmbidr & ~PMBIDR_EL1.field("MaxBuffSize").mask
+        return value | PMBIDR_EL1.encode(MaxBuffSize=maxbuf.encode(size))
+
+    def run(self) -> abi.Exit:
+        """KVM_RUN: the first entry fixes the VM's configuration."""
+        if self.vm.closed:
+            raise KvmError(errno.EIO, "the VM has been destroyed", ioctl="KVM_RUN")
+        self._decide(self.vm.host.rules.run, Call(self), "KVM_RUN", abi.KVM_ARM_VCPU_SPE_CTRL)
+        self.vm.has_run = True
+        return abi.Exit(self.vm.host.assumptions.idle_exit)
+
+    def release(self) -> None:
+        """Drop everything this VCPU pinned (VCPU or VM destruction)."""

@@ -1,0 +1,309 @@
+"""Where every errno of the SPE attributes is decided: the checks, in order.
+
+Each ioctl is an ordered tuple of :class:`Check`. The first check that has
+something to say decides the result: an errno, or an early success (errno
+0: "same value already set, nothing changes"). The model runs these tuples
+and nothing else decides an errno, so a reader answers "where is ERANGE
+decided?" here, and a test can swap two checks in a copy of
+:data:`RULES` to see which conformance cases catch it.
+
+Each check names its source: ``seed`` (the patch), ``series`` (another patch
+of the v6 series), ``uapi``, or ``assumed`` (see :mod:`kvmspe.assumptions`).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import abi, maxbuf
+
+if TYPE_CHECKING:
+    from .model import Vcpu
+
+__all__ = ["Call", "Check", "Outcome", "RuleSet", "RULES", "first_outcome"]
+
+
+@dataclass
+class Call:
+    """One ioctl as the checks see it: the VCPU, and the value read from addr."""
+
+    vcpu: Vcpu
+    attr: int = 0
+    value: object = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decided result: ``code`` 0 is success, else an errno with its sentence."""
+
+    code: int
+    message: str
+
+
+Predicate = Callable[[Call], str | None]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named rule: when ``fails`` returns a sentence, the call ends with ``code``."""
+
+    name: str
+    code: int
+    source: str
+    fails: Predicate = field(repr=False)
+
+    def __call__(self, call: Call) -> Outcome | None:
+        why = self.fails(call)
+        return None if why is None else Outcome(self.code, why)
+
+
+def first_outcome(checks: tuple[Check, ...], call: Call) -> Outcome | None:
+    """Run ``checks`` in order; the first that decides wins."""
+    for check in checks:
+        outcome = check(call)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+def _hex(v: object) -> str:
+    return f"{v:#x}" if isinstance(v, int) else repr(v)
+
+
+# --- group level [assumed: before the attribute checks] ------------------------
+
+
+def _no_spe(c: Call) -> str | None:
+    if not c.vcpu.vm.host.spus:
+        return "SPE is not supported on this host (no SPE instance usable by KVM)"
+    return None
+
+
+def _no_feature(c: Call) -> str | None:
+    if not c.vcpu.spe:
+        return f"VCPU {c.vcpu.index} was created without the SPE feature (KVM_ARM_VCPU_SPE)"
+    return None
+
+
+def _unknown_attr(c: Call) -> str | None:
+    if abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, c.attr) is None:
+        return f"KVM_ARM_VCPU_SPE_CTRL has no attribute {c.attr}; known: 0 (IRQ), 1 (SPU), 2 (MAX_BUFFER_SIZE)"
+    return None
+
+
+def _bad_pointer(c: Call) -> str | None:
+    if c.value is abi.BAD_ADDRESS:
+        return "the value at kvm_device_attr.addr could not be read"
+    return None
+
+
+def _has_run(c: Call) -> str | None:
+    if c.vcpu.vm.has_run:
+        return "the VM has already run; SPE configuration is fixed from the first KVM_RUN"
+    return None
+
+
+CHECK_NO_SPE = Check("spe-supported", errno.ENXIO, "seed", _no_spe)
+CHECK_FEATURE = Check("vcpu-has-spe-feature", errno.ENODEV, "seed", _no_feature)
+CHECK_ATTR = Check("known-attribute", errno.ENXIO, "seed", _unknown_attr)
+CHECK_EFAULT = Check("readable-pointer", errno.EFAULT, "seed", _bad_pointer)
+
+# --- MAX_BUFFER_SIZE set: checks 1-7 of FACTS section 3 [seed] --------------------
+
+
+def _not_page_aligned(c: Call) -> str | None:
+    page = c.vcpu.vm.host.page_size
+    assert isinstance(c.value, int)
+    if c.value % page:
+        return f"{_hex(c.value)} is not a multiple of the host page size {page:#x}"
+    return None
+
+
+def _no_spu(c: Call) -> str | None:
+    if c.vcpu.vm.spu is None:
+        return "no SPU is assigned to the VM; set KVM_ARM_VCPU_SPE_SPU first"
+    return None
+
+
+def _already_set(c: Call) -> str | None:
+    current = c.vcpu.vm.max_buffer_size
+    if current is not None and current != c.value:
+        return f"the VM's max buffer size is already {_hex(current)}; it cannot change to {_hex(c.value)}"
+    return None
+
+
+def _same_value(c: Call) -> str | None:
+    if c.vcpu.vm.max_buffer_size is not None and c.vcpu.vm.max_buffer_size == c.value:
+        return "the same max buffer size is already set; nothing changes"
+    return None
+
+
+def _not_encodable(c: Call) -> str | None:
+    assert isinstance(c.value, int)
+    try:
+        maxbuf.encode(c.value)
+    except maxbuf.NotRepresentableError as exc:
+        return str(exc)
+    return None
+
+
+def _out_of_spu_range(c: Call) -> str | None:
+    spu = c.vcpu.vm.spu
+    assert spu is not None and isinstance(c.value, int)
+    limit = spu.max_buffer_size
+    if limit == 0:
+        return None
+    if c.value == 0:
+        return f"0 (no limit) is not allowed: SPU {spu.id} limits buffers to {limit:#x}"
+    if c.value > limit:
+        return f"{c.value:#x} is larger than SPU {spu.id}'s own limit {limit:#x}"
+    return None
+
+
+def _memlock(c: Call) -> str | None:
+    host = c.vcpu.vm.host
+    assert isinstance(c.value, int)
+    room = host.memlock_room()
+    if room is not None and c.value > room:
+        return (
+            f"{c.value:#x} bytes do not fit under RLIMIT_MEMLOCK ({host.memlock_limit:#x},"
+            f" {host.locked_bytes:#x} locked already): raise the limit by"
+            f" {c.value - room:#x} first"
+        )
+    return None
+
+
+SET_MAX_BUFFER_SIZE = (
+    Check("has-run", errno.EBUSY, "seed", _has_run),
+    Check("page-aligned", errno.EINVAL, "seed", _not_page_aligned),
+    Check("spu-assigned", errno.ENODEV, "seed", _no_spu),
+    Check("same-value-no-op", 0, "seed", _same_value),
+    Check("already-set", errno.EINVAL, "seed", _already_set),
+    Check("encodable", errno.EDOM, "seed", _not_encodable),
+    Check("within-spu-limit", errno.ERANGE, "seed", _out_of_spu_range),
+    Check("memlock", errno.ENOMEM, "series", _memlock),
+)
+
+GET_MAX_BUFFER_SIZE = (
+    Check(
+        "is-set",
+        errno.EINVAL,
+        "seed",
+        lambda c: None if c.vcpu.vm.max_buffer_size is not None else "no max buffer size has been set for this VM yet",
+    ),
+)
+
+# --- IRQ [assumed, after KVM_ARM_VCPU_PMU_V3_IRQ] ------------------------------------
+
+
+def _not_ppi(c: Call) -> str | None:
+    lo, hi = c.vcpu.vm.host.assumptions.irq_ppi_range
+    assert isinstance(c.value, int)
+    if not lo <= c.value <= hi:
+        return f"interrupt {c.value} is not a PPI; accepted: {lo}..{hi}"
+    return None
+
+
+def _irq_differs(c: Call) -> str | None:
+    irq = c.vcpu.vm.irq
+    if irq is not None and irq != c.value:
+        return f"this VM's SPE interrupt is already {irq}; every VCPU must use the same PPI"
+    return None
+
+
+SET_IRQ = (
+    Check("has-run", errno.EBUSY, "assumed", _has_run),
+    Check("is-ppi", errno.EINVAL, "assumed", _not_ppi),
+    Check("same-irq-on-every-vcpu", errno.EINVAL, "assumed", _irq_differs),
+)
+
+GET_IRQ = (
+    Check(
+        "is-set",
+        errno.ENXIO,
+        "assumed",
+        lambda c: None if c.vcpu.irq is not None else f"no SPE interrupt has been set on VCPU {c.vcpu.index}",
+    ),
+)
+
+# --- SPU [seed for "different one is an error"; errnos assumed] ---------------------
+
+
+def _unknown_spu(c: Call) -> str | None:
+    host = c.vcpu.vm.host
+    if host.spu(c.value) is None:
+        known = ", ".join(str(s.id) for s in host.spus)
+        return f"no SPE instance has id {c.value}; this host has: {known}"
+    return None
+
+
+def _spu_differs(c: Call) -> str | None:
+    spu = c.vcpu.vm.spu
+    if spu is not None and spu.id != c.value:
+        return f"this VM already uses SPU {spu.id}; a different SPU cannot be set"
+    return None
+
+
+SET_SPU = (
+    Check("has-run", errno.EBUSY, "assumed", _has_run),
+    Check("spu-exists", errno.ENXIO, "assumed", _unknown_spu),
+    Check("same-spu", errno.EINVAL, "seed", _spu_differs),
+)
+
+GET_SPU = (
+    Check(
+        "is-set",
+        errno.ENXIO,
+        "assumed",
+        lambda c: None if c.vcpu.vm.spu is not None else "no SPU has been assigned to this VM yet",
+    ),
+)
+
+# --- KVM_RUN [seed: "Required."; errno assumed] ---------------------------------------
+
+
+def _unconfigured(c: Call) -> str | None:
+    v = c.vcpu
+    if not v.spe:
+        return None
+    missing = [
+        name
+        for name, unset in (
+            ("KVM_ARM_VCPU_SPE_IRQ", v.irq is None),
+            ("KVM_ARM_VCPU_SPE_SPU", v.vm.spu is None),
+            ("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", v.vm.max_buffer_size is None),
+        )
+        if unset
+    ]
+    if missing:
+        return f"VCPU {v.index} has SPE but {', '.join(missing)} not set; set them before KVM_RUN"
+    return None
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """All check tuples, keyed the way the model looks them up."""
+
+    group: tuple[Check, ...] = (CHECK_NO_SPE, CHECK_FEATURE, CHECK_ATTR)
+    set: dict[int, tuple[Check, ...]] = field(
+        default_factory=lambda: {
+            abi.KVM_ARM_VCPU_SPE_IRQ: (CHECK_EFAULT, *SET_IRQ),
+            abi.KVM_ARM_VCPU_SPE_SPU: (CHECK_EFAULT, *SET_SPU),
+            abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: (CHECK_EFAULT, *SET_MAX_BUFFER_SIZE),
+        }
+    )
+    get: dict[int, tuple[Check, ...]] = field(
+        default_factory=lambda: {
+            abi.KVM_ARM_VCPU_SPE_IRQ: GET_IRQ,
+            abi.KVM_ARM_VCPU_SPE_SPU: GET_SPU,
+            abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: GET_MAX_BUFFER_SIZE,
+        }
+    )
+    run: tuple[Check, ...] = (Check("spe-configured", errno.EINVAL, "assumed", _unconfigured),)
+
+
+#: The rules as the reference patch and our assumptions give them.
+RULES = RuleSet()
