@@ -285,8 +285,7 @@ ATTRS: dict[tuple[int, int], AttrInfo] = {
             },
             "get": {
                 **_GROUP_ERRNOS,
-                errno.ENXIO: "no SPE interrupt has been set for this VCPU yet, or SPE is"
-                " not supported",
+                errno.ENXIO: "no SPE interrupt has been set for this VCPU yet, or SPE is not supported",
                 errno.EFAULT: "the int at kvm_device_attr.addr could not be written",
             },
             "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
@@ -317,9 +316,7 @@ ATTRS: dict[tuple[int, int], AttrInfo] = {
 }
 
 #: Name -> (group, attr), both spellings of the max buffer size attribute included.
-ATTR_BY_NAME: dict[str, tuple[int, int]] = {
-    n: key for key, info in ATTRS.items() for n in info.names
-}
+ATTR_BY_NAME: dict[str, tuple[int, int]] = {n: key for key, info in ATTRS.items() for n in info.names}
 
 #: What KVM_RUN errnos mean for an SPE VCPU (model and real kernel alike).
 RUN_ERRNOS = {
@@ -330,9 +327,7 @@ RUN_ERRNOS = {
 }
 
 #: Every (call, errno) -> meaning, one table to answer "what does EDOM mean?".
-ERRNO_TABLE: dict[str, dict[str, dict[int, str]]] = {
-    info.name: info.errnos for info in ATTRS.values()
-}
+ERRNO_TABLE: dict[str, dict[str, dict[int, str]]] = {info.name: info.errnos for info in ATTRS.values()}
 ERRNO_TABLE["KVM_RUN"] = {"run": RUN_ERRNOS}
 
 

@@ -66,9 +66,7 @@ def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int):
         raise NotRepresentableError(f"size {size!r} is not an integer", 0, None, None)
     if not 0 <= size <= _U64_MAX:
-        raise NotRepresentableError(
-            f"size {size} is outside the u64 range 0..2**64-1", size, None, None
-        )
+        raise NotRepresentableError(f"size {size} is outside the u64 range 0..2**64-1", size, None, None)
 
 
 def _floor_field(size: int) -> int:
@@ -121,8 +119,7 @@ def encode(size: int) -> int:
         return f
     below, above = _neighbours(size)
     raise NotRepresentableError(
-        f"{size:#x} has no exact MaxBuffSize encoding;"
-        f" nearest are {_describe(below)} and {_describe(above)}",
+        f"{size:#x} has no exact MaxBuffSize encoding; nearest are {_describe(below)} and {_describe(above)}",
         size,
         below,
         above,

@@ -47,9 +47,7 @@ class Spu:
         if pmbidr is not None and max_buffer_size is not None:
             raise ValueError("give max_buffer_size or pmbidr, not both")
         if pmbidr is None:
-            pmbidr = PMBIDR_EL1.encode(
-                ALIGN=align, MaxBuffSize=maxbuf.encode(max_buffer_size or 0)
-            )
+            pmbidr = PMBIDR_EL1.encode(ALIGN=align, MaxBuffSize=maxbuf.encode(max_buffer_size or 0))
         fields = PMBIDR_EL1.decode(pmbidr)
         if fields["P"]:
             raise ValueError(
@@ -251,8 +249,11 @@ class Vcpu:
         self._decide(self.vm.host.rules.get[attr], Call(self, attr), ioctl, group)
         if addr is abi.BAD_ADDRESS:
             raise KvmError(
-                errno.EFAULT, "the value could not be written to kvm_device_attr.addr",
-                ioctl=ioctl, group=group, attr=attr,
+                errno.EFAULT,
+                "the value could not be written to kvm_device_attr.addr",
+                ioctl=ioctl,
+                group=group,
+                attr=attr,
             )
         if attr == abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE:
             assert self.vm.max_buffer_size is not None

@@ -224,6 +224,4 @@ PMBLIMITR_EL1 = Register(
 
 PMBPTR_EL1 = Register("PMBPTR_EL1", (3, 0, 9, 10, 1), [Field("PTR", 63, 0)])
 
-REGISTERS: dict[str, Register] = {
-    r.name: r for r in (PMBIDR_EL1, PMBSR_EL1, PMBLIMITR_EL1, PMBPTR_EL1)
-}
+REGISTERS: dict[str, Register] = {r.name: r for r in (PMBIDR_EL1, PMBSR_EL1, PMBLIMITR_EL1, PMBPTR_EL1)}

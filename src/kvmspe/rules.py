@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import abi, maxbuf
+from .errors import NotRepresentableError
 
 if TYPE_CHECKING:
     from .model import Vcpu
@@ -90,7 +91,9 @@ def _no_feature(c: Call) -> str | None:
 
 def _unknown_attr(c: Call) -> str | None:
     if abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, c.attr) is None:
-        return f"KVM_ARM_VCPU_SPE_CTRL has no attribute {c.attr}; known: 0 (IRQ), 1 (SPU), 2 (MAX_BUFFER_SIZE)"
+        return (
+            f"KVM_ARM_VCPU_SPE_CTRL has no attribute {c.attr}; known: 0 (IRQ), 1 (SPU), 2 (MAX_BUFFER_SIZE)"
+        )
     return None
 
 
@@ -145,7 +148,7 @@ def _not_encodable(c: Call) -> str | None:
     assert isinstance(c.value, int)
     try:
         maxbuf.encode(c.value)
-    except maxbuf.NotRepresentableError as exc:
+    except NotRepresentableError as exc:
         return str(exc)
     return None
 
@@ -187,14 +190,14 @@ SET_MAX_BUFFER_SIZE = (
     Check("memlock", errno.ENOMEM, "series", _memlock),
 )
 
-GET_MAX_BUFFER_SIZE = (
-    Check(
-        "is-set",
-        errno.EINVAL,
-        "seed",
-        lambda c: None if c.vcpu.vm.max_buffer_size is not None else "no max buffer size has been set for this VM yet",
-    ),
-)
+
+def _max_unset(c: Call) -> str | None:
+    if c.vcpu.vm.max_buffer_size is None:
+        return "no max buffer size has been set for this VM yet"
+    return None
+
+
+GET_MAX_BUFFER_SIZE = (Check("is-set", errno.EINVAL, "seed", _max_unset),)
 
 # --- IRQ [assumed, after KVM_ARM_VCPU_PMU_V3_IRQ] ------------------------------------
 
@@ -220,14 +223,14 @@ SET_IRQ = (
     Check("same-irq-on-every-vcpu", errno.EINVAL, "assumed", _irq_differs),
 )
 
-GET_IRQ = (
-    Check(
-        "is-set",
-        errno.ENXIO,
-        "assumed",
-        lambda c: None if c.vcpu.irq is not None else f"no SPE interrupt has been set on VCPU {c.vcpu.index}",
-    ),
-)
+
+def _irq_unset(c: Call) -> str | None:
+    if c.vcpu.irq is None:
+        return f"no SPE interrupt has been set on VCPU {c.vcpu.index}"
+    return None
+
+
+GET_IRQ = (Check("is-set", errno.ENXIO, "assumed", _irq_unset),)
 
 # --- SPU [seed for "different one is an error"; errnos assumed] ---------------------
 
@@ -253,14 +256,14 @@ SET_SPU = (
     Check("same-spu", errno.EINVAL, "seed", _spu_differs),
 )
 
-GET_SPU = (
-    Check(
-        "is-set",
-        errno.ENXIO,
-        "assumed",
-        lambda c: None if c.vcpu.vm.spu is not None else "no SPU has been assigned to this VM yet",
-    ),
-)
+
+def _spu_unset(c: Call) -> str | None:
+    if c.vcpu.vm.spu is None:
+        return "no SPU has been assigned to this VM yet"
+    return None
+
+
+GET_SPU = (Check("is-set", errno.ENXIO, "assumed", _spu_unset),)
 
 # --- KVM_RUN [seed: "Required."; errno assumed] ---------------------------------------
 
