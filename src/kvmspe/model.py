@@ -149,11 +149,19 @@ class Vm:
         self.held_bytes = 0
         self.closed = False
 
-    def create_vcpu(self, spe: bool = True) -> Vcpu:
-        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature."""
+    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature.
+
+        ``index`` is the VCPU id (the next free one when omitted), as for the
+        real backend's ``create_vcpu``.
+        """
+        if index is None:
+            index = len(self.vcpus)
+        if any(v.index == index for v in self.vcpus):
+            raise KvmError(errno.EEXIST, f"VCPU {index} exists already", ioctl="KVM_CREATE_VCPU")
         if self.has_run:
             raise KvmError(errno.EBUSY, "VCPUs cannot be added once the VM has run", ioctl="KVM_CREATE_VCPU")
-        vcpu = Vcpu(self, len(self.vcpus), spe)
+        vcpu = Vcpu(self, index, spe)
         self.vcpus.append(vcpu)
         return vcpu
 
