@@ -81,8 +81,13 @@ def _floor_field(size: int) -> int:
 
 
 def step_at(size: int) -> int:
-    """Distance between representable sizes in the exponent band of ``size``."""
-    return GRANULE << max(0, min(size.bit_length() - 21, E_MASK))
+    """Distance between representable sizes in the exponent band of ``size``.
+
+    Band E >= 1 holds sizes of bit length E + 21 in steps of 2^(E+11), so the
+    step is 4 KiB up to 4 MiB (E = 0 and E = 1 alike) and doubles per band
+    after that, up to 2^42 in the last band (sizes above LARGEST count as in it).
+    """
+    return GRANULE << max(0, min(size.bit_length() - 22, E_MASK - 1))
 
 
 def is_representable(size: int) -> bool:
