@@ -82,6 +82,17 @@ U64 = struct.Struct("=Q")
 INT = struct.Struct("=i")
 #: struct kvm_run starts with two __u8, six bytes of padding, then __u32 exit_reason.
 KVM_RUN_EXIT_REASON_OFFSET = 8
+#: The __u32 exit_reason itself.
+U32 = struct.Struct("=I")
+#: struct kvm_run: after exit_reason come two __u8, a __u16, and two __u64
+#: (cr8, apic_base); the per-exit union starts at byte 32 [uapi].
+KVM_RUN_EXIT_DATA_OFFSET = 32
+#: KVM_EXIT_RLIMIT data: the excess in bytes as the first __u64 of the
+#: per-exit union [assumed: series patch 32 names the data, not its layout].
+KVM_RUN_RLIMIT_EXCESS_OFFSET = KVM_RUN_EXIT_DATA_OFFSET
+#: struct kvm_userspace_memory_region { __u32 slot; __u32 flags;
+#: __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr; }
+USERSPACE_MEMORY_REGION = struct.Struct("=IIQQQ")
 
 KVMIO = 0xAE
 
@@ -91,6 +102,7 @@ KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
 KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_RUN = _IO(KVMIO, 0x80)
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, USERSPACE_MEMORY_REGION.size)
 KVM_ARM_VCPU_INIT = _IOW(KVMIO, 0xAE, VCPU_INIT.size)
 KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xAF, VCPU_INIT.size)
 KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xE1, DEVICE_ATTR.size)
