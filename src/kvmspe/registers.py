@@ -124,8 +124,8 @@ class Register:
         self._check_value(value)
         if strict and value & self.res0_mask:
             raise RegisterError(
-                f"{self.name}: RES0 bits set in {value:#x} (mask {value & self.res0_mask:#x});"
-                f" only {self.field_names} may be non-zero"
+                f"{self.name}: RES0 bits {value & self.res0_mask:#x} are set in {value:#x};"
+                f" only {', '.join(self.field_names)} may be non-zero"
             )
         out: dict[str, FieldValue] = {}
         for f in self.fields:
