@@ -82,6 +82,10 @@ class Register:
         self.res0_mask = sum(f.mask for f in self.fields if f.kind == "res0")
 
     def _check_cover(self) -> None:
+        names = [f.name for f in self.fields]
+        for name in names:
+            if names.count(name) > 1:
+                raise RegisterError(f"{self.name}: field {name!r} is declared twice")
         seen = 0
         for f in self.fields:
             if not 0 <= f.lsb <= f.msb <= 63:
