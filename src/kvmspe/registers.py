@@ -109,7 +109,7 @@ class Register:
             raise RegisterError(f"{self.name} has no field {name!r}; fields: {accepted}") from None
 
     def _check_value(self, value: int) -> None:
-        if not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
             raise RegisterError(f"{self.name}: {value!r} is not a 64-bit value (0..2**64-1)")
 
     def get(self, value: int, name: str) -> int:
