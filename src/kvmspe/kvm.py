@@ -1,0 +1,458 @@
+"""The real kernel: a ``/dev/kvm`` backend with the model's VCPU interface.
+
+:class:`Kvm` opens ``/dev/kvm``, :meth:`Kvm.create_vm` gives a :class:`Vm`,
+:meth:`Vm.create_vcpu` a :class:`Vcpu` whose ``set_device_attr``,
+``get_device_attr``, ``has_device_attr`` and ``run`` behave like
+:class:`kvmspe.model.Vcpu`: same names, same errors
+(:class:`~kvmspe.errors.KvmError`, an ``OSError`` carrying the kernel's errno
+and what it means for the attribute). So one piece of VMM code runs on either.
+
+The device-attribute calls are the hot path. ``struct kvm_device_attr``
+carries only a pointer (``addr``) to the value, and the kernel writes a GET
+result through that pointer, not into the struct; so each VCPU keeps one
+24-byte struct and one 8-byte value buffer whose address never changes,
+fills them with ``pack_into`` and hands the struct to ``ioctl`` as a mutable
+buffer. No struct is built and no buffer allocated per call.
+
+All system calls go through one injectable function with ``fcntl.ioctl``'s
+shape, ``ioctl(fd, request, arg) -> int`` where ``arg`` is an int or a
+mutable buffer; tests pass a recording fake to check the exact bytes of the
+arm64 paths on any machine. Interrupted calls (EINTR) are retried.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import struct
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, cast
+
+from . import abi
+from .errors import KvmError
+
+__all__ = ["DEFAULT_VALUE", "IoctlFn", "Kvm", "VALUE_STRUCTS", "Vcpu", "Vm", "normalise_arch"]
+
+#: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
+#: that the call may write (``fcntl.ioctl`` with ``mutate_flag=True``).
+IoctlFn = Callable[[int, int, Any], int]
+
+#: Width of the value behind ``addr`` for attributes not in :data:`VALUE_STRUCTS`
+#: (e.g. the x86 TSC offset): a ``__u64``.
+DEFAULT_VALUE = abi.U64
+
+#: group -> attr -> the value's C type, from :data:`kvmspe.abi.ATTRS`
+#: (``__u64`` for the max buffer size, ``int`` for IRQ and SPU).
+VALUE_STRUCTS: dict[int, dict[int, struct.Struct]] = {}
+for (_group, _attr), _info in abi.ATTRS.items():
+    VALUE_STRUCTS.setdefault(_group, {})[_attr] = _info.value
+
+_EMPTY: dict[int, struct.Struct] = {}
+#: flags is always 0; pack group and attr (bytes 4..16) in one go per call.
+_GROUP_ATTR = struct.Struct("=IQ")
+_GROUP_ATTR_OFFSET = 4
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
+_HAS = abi.KVM_HAS_DEVICE_ATTR
+_GET = abi.KVM_GET_DEVICE_ATTR
+_SET = abi.KVM_SET_DEVICE_ATTR
+_EINTR = errno.EINTR
+
+
+def normalise_arch(machine: str) -> str:
+    """``os.uname().machine`` in the spelling KVM code uses: ``aarch64``, ``x86_64``."""
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+def _open_reason(path: str, code: int) -> str:
+    if code == errno.ENOENT:
+        return f"{path} does not exist: the kernel has no KVM, or its module is not loaded"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to open {path}: run as root or join the group that owns it"
+    if code == errno.ENXIO or code == errno.ENODEV:
+        return f"{path} exists but no KVM driver answers (no virtualisation support enabled?)"
+    return f"cannot open {path}: {os.strerror(code)}"
+
+
+def _retry(ioctl: IoctlFn, fd: int, request: int, arg: Any) -> int:
+    """One ioctl, repeated while it is interrupted by a signal."""
+    while True:
+        try:
+            return ioctl(fd, request, arg)
+        except InterruptedError:
+            continue
+
+
+def _fail(exc: OSError, name: str, text: str | None = None) -> KvmError:
+    code = exc.errno or errno.EIO
+    return KvmError(code, text if text is not None else os.strerror(code), ioctl=name)
+
+
+class Kvm:
+    """An open ``/dev/kvm``: API version, capabilities, VM creation.
+
+    ``ioctl`` replaces ``fcntl.ioctl`` (for tests); ``arch`` replaces the
+    host architecture (default ``os.uname().machine``), which decides whether
+    VCPUs are initialised the arm64 way. Closing it closes its VMs too.
+    """
+
+    def __init__(self, path: str = "/dev/kvm", *, ioctl: IoctlFn | None = None, arch: str | None = None):
+        self.path = path
+        self.ioctl: IoctlFn = ioctl if ioctl is not None else cast(IoctlFn, fcntl.ioctl)
+        self.arch = normalise_arch(arch if arch is not None else os.uname().machine)
+        self.vms: list[Vm] = []
+        self._mmap_size: int | None = None
+        try:
+            self.fd: int = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise KvmError(code, _open_reason(path, code), ioctl="open") from None
+        self.closed = False
+
+    def _call(self, request: int, arg: Any, name: str) -> int:
+        try:
+            return _retry(self.ioctl, self.fd, request, arg)
+        except OSError as exc:
+            raise _fail(exc, name) from None
+
+    def api_version(self) -> int:
+        """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
+        return self._call(abi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on ``/dev/kvm``: 0 when absent, else a positive value."""
+        return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+
+    def vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: bytes of the shared ``kvm_run`` area (asked once)."""
+        if self._mmap_size is None:
+            self._mmap_size = self._call(abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
+        return self._mmap_size
+
+    def create_vm(self, machine_type: int = 0) -> Vm:
+        """KVM_CREATE_VM (``machine_type`` 0: the default IPA size on arm64)."""
+        fd = self._call(abi.KVM_CREATE_VM, machine_type, "KVM_CREATE_VM")
+        vm = Vm(self, fd)
+        self.vms.append(vm)
+        return vm
+
+    def close(self) -> None:
+        """Close every VM created here, then ``/dev/kvm``. Safe to call twice."""
+        if self.closed:
+            return
+        for vm in list(self.vms):
+            vm.close()
+        os.close(self.fd)
+        self.closed = True
+
+    def __enter__(self) -> Kvm:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Vm:
+    """A VM file descriptor. Closing it closes its VCPUs first."""
+
+    def __init__(self, kvm: Kvm, fd: int):
+        self.kvm = kvm
+        self.fd = fd
+        self.vcpus: list[Vcpu] = []
+        self.closed = False
+
+    def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
+        try:
+            return _retry(self.kvm.ioctl, self.fd, request, arg)
+        except OSError as exc:
+            raise _fail(exc, name, text) from None
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM (answers for this VM's configuration)."""
+        return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+
+    def set_user_memory_region(
+        self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
+    ) -> None:
+        """KVM_SET_USER_MEMORY_REGION: back guest memory with process memory."""
+        region = bytearray(
+            abi.USERSPACE_MEMORY_REGION.pack(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        )
+        self._call(abi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
+
+    def _next_index(self) -> int:
+        used = {v.index for v in self.vcpus}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu:
+        """KVM_CREATE_VCPU, and on arm64 KVM_ARM_PREFERRED_TARGET + KVM_ARM_VCPU_INIT.
+
+        ``index`` is the VCPU id (the lowest free one when omitted). On arm64
+        the VCPU is initialised with the preferred target and, when ``spe``,
+        the ``KVM_ARM_VCPU_SPE`` feature bit (an assumed number, see
+        :data:`kvmspe.abi.ASSUMED`). On x86 there is no init step and ``spe``
+        is only recorded.
+        """
+        if index is None:
+            index = self._next_index()
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"VCPU index must be a non-negative int, got {index!r}")
+        fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU")
+        vcpu = Vcpu(self, fd, index, spe)
+        try:
+            if self.kvm.arch == "aarch64":
+                self._arm_init(vcpu, spe)
+        except BaseException:
+            vcpu.close()
+            raise
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def _arm_init(self, vcpu: Vcpu, spe: bool) -> None:
+        init = bytearray(abi.VCPU_INIT.size)
+        self._call(abi.KVM_ARM_PREFERRED_TARGET, init, "KVM_ARM_PREFERRED_TARGET")
+        target, *features = abi.VCPU_INIT.unpack(init)
+        bit = abi.ASSUMED.spe_feature_bit
+        if spe:
+            word = bit // 32
+            if word >= len(features):
+                raise ValueError(f"SPE feature bit {bit} does not fit in kvm_vcpu_init.features[7]")
+            features[word] |= 1 << (bit % 32)
+        abi.VCPU_INIT.pack_into(init, 0, target, *features)
+        vcpu.features = tuple(features)
+        vcpu.target = target
+        text = None
+        try:
+            _retry(self.kvm.ioctl, vcpu.fd, abi.KVM_ARM_VCPU_INIT, init)
+        except OSError as exc:
+            if spe and exc.errno == errno.EINVAL:
+                text = (
+                    f"the kernel refused the VCPU features; KVM_ARM_VCPU_SPE is assumed to be"
+                    f" bit {bit} (set KVMSPE_SPE_FEATURE_BIT if this kernel uses another),"
+                    " or this host's KVM has no SPE support"
+                )
+            raise _fail(exc, "KVM_ARM_VCPU_INIT", text) from None
+
+    def close(self) -> None:
+        """Close every VCPU of this VM, then the VM. Safe to call twice."""
+        if self.closed:
+            return
+        for vcpu in list(self.vcpus):
+            vcpu.close()
+        os.close(self.fd)
+        self.closed = True
+        if self in self.kvm.vms:
+            self.kvm.vms.remove(self)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Vcpu:
+    """A VCPU file descriptor with the model VCPU's methods.
+
+    ``value_structs`` decides the C type behind ``addr`` per group and
+    attribute (a copy of :data:`VALUE_STRUCTS`; change it with
+    :meth:`set_value_struct`); anything not listed is a ``__u64``.
+    """
+
+    def __init__(self, vm: Vm, fd: int, index: int, spe: bool):
+        self.vm = vm
+        self.fd = fd
+        self.index = index
+        self.spe = spe
+        #: kvm_vcpu_init as sent (arm64 only).
+        self.target: int | None = None
+        self.features: tuple[int, ...] = ()
+        self.closed = False
+        self.value_structs = {g: dict(a) for g, a in VALUE_STRUCTS.items()}
+        self._ioctl = vm.kvm.ioctl
+        # The value lives at a fixed address for the VCPU's life; the struct
+        # points at it once and for all. u64-aligned, wide enough for any value.
+        self._value = (ctypes.c_uint64 * 1)()
+        self.value_addr = ctypes.addressof(self._value)
+        self._attr = bytearray(abi.DEVICE_ATTR.pack(0, 0, 0, self.value_addr))
+        self._run: mmap.mmap | None = None
+
+    def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
+        """Use ``value`` (e.g. :data:`kvmspe.abi.INT`) as the C type of ``(group, attr)``."""
+        if value.size > ctypes.sizeof(self._value):
+            raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
+        self.value_structs.setdefault(group, {})[attr] = value
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _error(self, exc: OSError, call: str, ioctl: str, group: int, attr: int) -> KvmError:
+        code = exc.errno or errno.EIO
+        text = abi.explain(call, group, attr, code)
+        if group == abi.KVM_ARM_VCPU_SPE_CTRL and code == errno.ENXIO and call != "has":
+            text = self._spe_enxio(group, attr, text)
+        return KvmError(code, text, ioctl=ioctl, group=group, attr=attr)
+
+    def _spe_enxio(self, group: int, attr: int, text: str) -> str:
+        """Say whether an SPE-group ENXIO means "no SPE here": ask HAS, do not guess.
+
+        Where KVM knows the attribute, ENXIO has the attribute's own meaning
+        (e.g. GET of an IRQ not yet set) and ``text`` stands.
+        """
+        try:
+            known = self.has_device_attr(group, attr)
+        except KvmError:
+            known = False
+        if known:
+            return text
+        if self.vm.kvm.arch == "aarch64" and not self.spe:
+            return (
+                "SPE not supported on this VCPU: it was created without the SPE feature"
+                " (KVM_HAS_DEVICE_ATTR answers ENXIO for KVM_ARM_VCPU_SPE_CTRL)"
+            )
+        return (
+            "SPE not supported on this host: its KVM does not know the KVM_ARM_VCPU_SPE_CTRL group"
+            " (KVM_HAS_DEVICE_ATTR answers ENXIO)"
+        )
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        """KVM_HAS_DEVICE_ATTR: True if the kernel knows ``(group, attr)``,
+        False on ENXIO; any other errno raises :class:`KvmError`."""
+        buf = self._attr
+        _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
+        while True:
+            try:
+                self._ioctl(self.fd, _HAS, buf)
+                return True
+            except OSError as exc:
+                if exc.errno == _EINTR:
+                    continue
+                if exc.errno == errno.ENXIO:
+                    return False
+                raise self._error(exc, "has", "KVM_HAS_DEVICE_ATTR", group, attr) from None
+
+    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
+        """KVM_GET_DEVICE_ATTR: the value the kernel writes through ``addr``.
+
+        ``addr=kvmspe.abi.BAD_ADDRESS`` passes an unmapped pointer, so the
+        kernel's write fails (EFAULT).
+        """
+        value = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
+        if addr is None:
+            buf = self._attr
+            _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
+        elif addr is abi.BAD_ADDRESS:
+            buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
+        else:
+            raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
+        while True:
+            try:
+                self._ioctl(self.fd, _GET, buf)
+                result: int = value.unpack_from(self._value)[0]
+                return result
+            except OSError as exc:
+                if exc.errno == _EINTR:
+                    continue
+                raise self._error(exc, "get", "KVM_GET_DEVICE_ATTR", group, attr) from None
+
+    def set_device_attr(self, group: int, attr: int, value: object) -> None:
+        """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
+
+        ``value`` is an int of the attribute's C type, or
+        :data:`kvmspe.abi.BAD_ADDRESS` for a pointer the kernel cannot read
+        (EFAULT). A value that does not fit is refused with ValueError before
+        any ioctl, as the model does.
+        """
+        fmt = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
+        buf = self._attr
+        if type(value) is int:
+            try:
+                fmt.pack_into(self._value, 0, value)
+            except struct.error:
+                self._refuse(group, attr, fmt, value)
+            _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
+        elif value is abi.BAD_ADDRESS:
+            buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
+        else:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self._refuse(group, attr, fmt, value)
+            self.set_device_attr(group, attr, int(cast(int, value)))
+            return
+        while True:
+            try:
+                self._ioctl(self.fd, _SET, buf)
+                return
+            except OSError as exc:
+                if exc.errno == _EINTR:
+                    continue
+                raise self._error(exc, "set", "KVM_SET_DEVICE_ATTR", group, attr) from None
+
+    def _refuse(self, group: int, attr: int, fmt: struct.Struct, value: object) -> None:
+        info = abi.attr_info(group, attr)
+        if info is not None:
+            abi.check_value(info, value)  # type: ignore[arg-type]
+        bits = fmt.size * 8
+        signed = fmt.format[-1].islower()
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        ctype = f"{'' if signed else 'u'}int{bits}"
+        raise ValueError(
+            f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}"
+        )
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self) -> abi.Exit:
+        """KVM_RUN until it returns (EINTR is retried): the exit, read from ``kvm_run``."""
+        run = self._run
+        if run is None:
+            size = self.vm.kvm.vcpu_mmap_size()
+            try:
+                run = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as exc:
+                text = f"cannot map the kvm_run area: {os.strerror(exc.errno or 0)}"
+                raise _fail(exc, "mmap", text) from None
+            self._run = run
+        try:
+            _retry(self._ioctl, self.fd, abi.KVM_RUN, 0)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            text = abi.RUN_ERRNOS.get(code) if self.vm.kvm.arch == "aarch64" else None
+            raise KvmError(code, text or os.strerror(code), ioctl="KVM_RUN") from None
+        reason: int = abi.U32.unpack_from(run, abi.KVM_RUN_EXIT_REASON_OFFSET)[0]
+        if reason == abi.ASSUMED.exit_rlimit:
+            excess: int = abi.U64.unpack_from(run, abi.KVM_RUN_RLIMIT_EXCESS_OFFSET)[0]
+            return abi.Exit(reason, excess)
+        return abi.Exit(reason)
+
+    def close(self) -> None:
+        """Unmap ``kvm_run`` and close the VCPU. Safe to call twice."""
+        if self.closed:
+            return
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        os.close(self.fd)
+        self.closed = True
+        if self in self.vm.vcpus:
+            self.vm.vcpus.remove(self)
+
+    def __enter__(self) -> Vcpu:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self.fd}"
+        return f"Vcpu(index={self.index}, {state}, spe={self.spe})"
+
