@@ -417,8 +417,8 @@ class Vcpu:
             try:
                 run = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             except OSError as exc:
-                text = f"cannot map the kvm_run area: {os.strerror(exc.errno or 0)}"
-                raise _fail(exc, "mmap", text) from None
+                why = f"cannot map the kvm_run area: {os.strerror(exc.errno or 0)}"
+                raise _fail(exc, "mmap", why) from None
             self._run = run
         try:
             _retry(self._ioctl, self.fd, abi.KVM_RUN, 0)
