@@ -123,8 +123,15 @@ def test_decode_rejects_anything_but_a_field_value(field: object) -> None:
 
 @pytest.mark.parametrize(
     ("size", "field"),
-    [(0, 0), (4096, 1), (0x1FF000, 0x1FF), (0x200000, 0x200), (0x3FF000, 0x3FF), (0x400000, 0x400),
-     (1023 << 42, 0x3FFF)],
+    [
+        (0, 0),
+        (4096, 1),
+        (0x1FF000, 0x1FF),
+        (0x200000, 0x200),
+        (0x3FF000, 0x3FF),
+        (0x400000, 0x400),
+        (1023 << 42, 0x3FFF),
+    ],
 )
 def test_encode_boundary_examples(size: int, field: int) -> None:
     assert maxbuf.encode(size) == field
@@ -334,13 +341,16 @@ def test_sizes_all() -> None:
 @example(ORACLE_LARGEST + 1, None)
 def test_sizes_range(lo: int, hi: int | None) -> None:
     top = U64_MAX if hi is None else hi
-    expected = [s for s in ALL[bisect.bisect_left(ALL, lo):] if s <= top]
+    expected = [s for s in ALL[bisect.bisect_left(ALL, lo) :] if s <= top]
     assert list(maxbuf.sizes(lo, hi)) == expected
 
 
 def test_sizes_is_lazy_from_the_top() -> None:
-    assert list(itertools.islice(maxbuf.sizes(1 << 51), 3)) == [1 << 51, (1 << 51) + (1 << 42),
-                                                                 (1 << 51) + (2 << 42)]
+    assert list(itertools.islice(maxbuf.sizes(1 << 51), 3)) == [
+        1 << 51,
+        (1 << 51) + (1 << 42),
+        (1 << 51) + (2 << 42),
+    ]
 
 
 @given(outside_u64 | not_ints)
