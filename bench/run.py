@@ -323,7 +323,9 @@ def bench_cli(rounds: int) -> list[Row]:
     if script.exists():
         cases["kvmspe encode 4M"] = [str(script), "encode", "4M"]
     else:
-        rows.append(skipped("cli", "kvmspe encode 4M", "the kvmspe script is not installed (pip install -e .)"))
+        rows.append(
+            skipped("cli", "kvmspe encode 4M", "the kvmspe script is not installed (pip install -e .)")
+        )
     runnable: dict[str, list[str]] = {}
     for name, argv in cases.items():
         try:
@@ -342,7 +344,9 @@ def bench_cli(rounds: int) -> list[Row]:
     rows.insert(0, Row("cli", "python3 -c pass", "ms", [b * to_ms for b in base_runs]))
     for name, samples in runs.items():
         ratios = [s / b for s, b in zip(samples, base_runs, strict=True)]
-        rows.append(Row("cli", name, "ms", [s * to_ms for s in samples], "python3 -c pass", ratios, CLI_TARGET))
+        rows.append(
+            Row("cli", name, "ms", [s * to_ms for s in samples], "python3 -c pass", ratios, CLI_TARGET)
+        )
     return rows
 
 
@@ -430,7 +434,9 @@ def bench_conformance(rounds: int) -> list[Row]:
     try:
         from kvmspe import conformance  # type: ignore[attr-defined]
     except ImportError as exc:
-        return [skipped("model", "conformance suite on the model", f"kvmspe.conformance not available ({exc})")]
+        return [
+            skipped("model", "conformance suite on the model", f"kvmspe.conformance not available ({exc})")
+        ]
     samples = []
     for _ in range(max(3, rounds // 3) + 1):
         t0 = time.perf_counter_ns()
@@ -468,17 +474,32 @@ def table(rows: Iterable[Row]) -> str:
         if not row.samples:
             lines.append((row.name, "", "", "", "", "", "", "", row.note))
             continue
-        target = (f"<= {row.target:.2f}x" if row.baseline else f"<= {row.target:g} {row.unit}") if row.target else ""
+        target = (
+            (f"<= {row.target:.2f}x" if row.baseline else f"<= {row.target:g} {row.unit}")
+            if row.target
+            else ""
+        )
         ratio = f"{fmt(row.ratio)}x" if row.ratio is not None else ""
         lines.append(
-            (row.name, row.unit, fmt(d["median"]), fmt(d["min"]), fmt(d["max"]), ratio,
-             row.baseline or "", target, result + (f" ({row.note})" if row.note else ""))
+            (
+                row.name,
+                row.unit,
+                fmt(d["median"]),
+                fmt(d["min"]),
+                fmt(d["max"]),
+                ratio,
+                row.baseline or "",
+                target,
+                result + (f" ({row.note})" if row.note else ""),
+            )
         )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
     out = []
     for i, line in enumerate([header, *lines]):
-        cells = [str(c).ljust(w) if j in (0, 1, 6, 7, 8) else str(c).rjust(w) for j, (c, w) in
-                 enumerate(zip(line, widths, strict=True))]
+        cells = [
+            str(c).ljust(w) if j in (0, 1, 6, 7, 8) else str(c).rjust(w)
+            for j, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -487,7 +508,9 @@ def table(rows: Iterable[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="kvmspe benchmarks (see bench/README.md)")
-    parser.add_argument("--rounds", type=int, default=21, help="rounds per figure (default 21; targets need >= 15)")
+    parser.add_argument(
+        "--rounds", type=int, default=21, help="rounds per figure (default 21; targets need >= 15)"
+    )
     parser.add_argument("--calls", type=int, default=20000, help="ioctl calls per round (default 20000)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
@@ -508,13 +531,24 @@ def main(argv: list[str] | None = None) -> int:
                 row.note = (row.note + "; " if row.note else "") + f"only {args.rounds} rounds"
     info = machine()
     if args.json:
-        json.dump({"machine": info, "rounds": args.rounds, "calls": args.calls, "seconds": elapsed,
-                   "rows": [r.as_dict() for r in rows]}, sys.stdout, indent=2)
+        json.dump(
+            {
+                "machine": info,
+                "rounds": args.rounds,
+                "calls": args.calls,
+                "seconds": elapsed,
+                "rows": [r.as_dict() for r in rows],
+            },
+            sys.stdout,
+            indent=2,
+        )
         print()
         return 0
-    print(f"{info['cpu']}, {info['cores']} cores, {info['arch']}, Linux {info['kernel']}, "
-          f"Python {info['python']}; {args.rounds} rounds, {args.calls} ioctl calls per round, "
-          f"{elapsed:.0f} s")
+    print(
+        f"{info['cpu']}, {info['cores']} cores, {info['arch']}, Linux {info['kernel']}, "
+        f"Python {info['python']}; {args.rounds} rounds, {args.calls} ioctl calls per round, "
+        f"{elapsed:.0f} s"
+    )
     print()
     print(table(rows))
     return 0
