@@ -1,0 +1,176 @@
+"""The command line, run as users run it: ``python -m kvmspe`` in a subprocess.
+
+Each command is run once for its human output and once with ``--json`` (the
+document parses and has its documented keys); bad input must give exit 2,
+exactly one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+
+def kvmspe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvmspe", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def ok_json(*args: str, code: int = 0) -> Any:
+    r = kvmspe(*args, "--json")
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr
+    return json.loads(r.stdout)
+
+
+def assert_bad_input(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("kvmspe: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert r.stdout == ""
+
+
+# --- codec ---------------------------------------------------------------------------------
+
+
+def test_encode_human_and_json() -> None:
+    r = kvmspe("encode", "4M")
+    assert r.returncode == 0
+    assert "0x0400" in r.stdout and "E=2, M=0" in r.stdout
+    doc = ok_json("encode", "4MiB")
+    assert doc == {
+        "size": 4 << 20, "representable": True, "field": 0x400, "e": 2, "m": 0, "pmbidr_bits": 0x400 << 32
+    }
+
+
+def test_encode_not_representable_is_a_no_with_nearest_sizes() -> None:
+    r = kvmspe("encode", "0x401000")
+    assert r.returncode == 1
+    assert "0x400000" in r.stdout and "0x402000" in r.stdout
+    doc = ok_json("encode", "0x401000", code=1)
+    assert doc == {"size": 0x401000, "representable": False, "below": 0x400000, "above": 0x402000}
+
+
+def test_decode_field_and_pmbidr() -> None:
+    r = kvmspe("decode", "0x400")
+    assert r.returncode == 0 and "4 MiB" in r.stdout
+    doc = ok_json("decode", "0")
+    assert doc["size"] == 0 and doc["no_limit"] is True and doc["field"] == 0
+    value = (0x400 << 32) | (1 << 8) | 5
+    r = kvmspe("decode", "--pmbidr", hex(value))
+    assert r.returncode == 0
+    assert "Ignored" in r.stdout and "32 B" in r.stdout and "4 MiB" in r.stdout
+    doc = ok_json("decode", "--pmbidr", hex(value))
+    assert doc["register"] == "PMBIDR_EL1" and doc["value"] == value
+    assert doc["fields"] == {"ALIGN": 5, "P": 0, "F": 0, "EA": "Ignored", "MaxBuffSize": 0x400}
+    assert doc["max_buffer_size"] == 4 << 20 and doc["align_bytes"] == 32
+
+
+def test_decode_refuses_res0_bits_and_field_out_of_range() -> None:
+    assert_bad_input(kvmspe("decode", "--pmbidr", hex(1 << 63)), "RES0")
+    assert_bad_input(kvmspe("decode", "0x4000"), "0x3fff")
+    assert_bad_input(kvmspe("decode"), "exactly one")
+
+
+def test_round() -> None:
+    r = kvmspe("round", "0x401000")
+    assert r.returncode == 0 and "0x400000" in r.stdout and "0x402000" in r.stdout
+    doc = ok_json("round", "0x401000", "--up", "--page-size", "64K")
+    assert doc == {"size": 0x401000, "page_size": 65536, "representable": False, "down": None, "up": 0x410000}
+    doc = ok_json("round", "5000T", "--up", code=1)
+    assert doc["up"] is None
+    assert_bad_input(kvmspe("round", "4M", "--page-size", "8K"), "page size")
+    assert_bad_input(kvmspe("round", "4M", "--up", "--down"), "not allowed")
+
+
+def test_sizes() -> None:
+    r = kvmspe("sizes", "--from", "2M", "--to", "4M", "--limit", "2")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0].split()[:2] == ["0x200000", "2"]
+    assert "511 more of 513" in r.stdout
+    doc = ok_json("sizes", "--from", "2M", "--to", "2056K", "--limit", "0")
+    assert doc == {
+        "from": 2 << 20,
+        "to": 2056 << 10,
+        "count": 3,
+        "truncated": False,
+        "sizes": [{"size": 0x200000, "field": 0x200}, {"size": 0x201000, "field": 0x201},
+                  {"size": 0x202000, "field": 0x202}],
+    }
+    assert_bad_input(kvmspe("sizes", "--from", "4M", "--to", "2M"), "below")
+
+
+# --- explain --------------------------------------------------------------------------------
+
+
+def test_explain_errno_by_name_and_number() -> None:
+    r = kvmspe("explain", "EDOM")
+    assert r.returncode == 0
+    assert "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE set" in r.stdout and "MaxBuffSize encoding" in r.stdout
+    doc = ok_json("explain", "34")
+    assert doc["kind"] == "errno" and doc["name"] == "ERANGE" and doc["errno"] == 34
+    assert [(m["attribute"], m["call"]) for m in doc["meanings"]] == [
+        ("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", "set")
+    ]
+
+
+def test_explain_attribute_by_either_spelling() -> None:
+    a = ok_json("explain", "KVM_ARM_VCPU_MAX_BUFFER_SIZE")
+    b = ok_json("explain", "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE")
+    assert a["meanings"] == b["meanings"]
+    assert a["group"] == 3 and a["attr"] == 2 and a["value_type"] == "__u64"
+    pairs = {(m["call"], m["name"]) for m in a["meanings"]}
+    assert pairs >= {("set", "EDOM"), ("set", "ERANGE"), ("get", "EINVAL")}
+
+
+def test_explain_unanswered_errno_is_a_no_and_unknown_name_is_bad_input() -> None:
+    r = kvmspe("explain", "EPERM")
+    assert r.returncode == 1 and "no SPE attribute" in r.stdout
+    assert_bad_input(kvmspe("explain", "KVM_NOPE"), "accepted")
+
+
+# --- bad input, everywhere ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("encode", "-4K"), "negative"),
+        (("encode", "-4096"), "negative"),
+        (("encode", "18446744073709551616"), "2**64 - 1"),
+        (("encode", "lots"), "not a size"),
+        (("encode", "4X"), "unknown unit"),
+        (("encode", "1.5M"), "fractions"),
+        (("encode",), "required: SIZE"),
+        (("frobnicate",), "invalid choice"),
+        ((), "required: COMMAND"),
+        (("encode", "4M", "--bogus"), "unrecognized"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: tuple[str, ...], needle: str) -> None:
+    assert_bad_input(kvmspe(*args), needle, "accepted" if needle in ("negative", "unknown unit") else "")
+
+
+def test_help_has_examples() -> None:
+    r = kvmspe("encode", "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "kvmspe encode 4M" in r.stdout
+
+
+def test_encode_starts_lean() -> None:
+    code = (
+        "import sys; from kvmspe.cli import main; rc = main(['encode', '4M']);"
+        "heavy = [m for m in ('kvmspe.model', 'kvmspe.planner', 'kvmspe.kvm', 'kvmspe.discovery',"
+        " 'kvmspe.conformance', 'kvmspe.rules', 'kvmspe.vmm', 'kvmspe.profiles') if m in sys.modules];"
+        "print(rc, heavy)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines()[-1] == "0 []", r.stdout + r.stderr
