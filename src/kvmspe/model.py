@@ -7,6 +7,25 @@ objects with the same methods as the real backend's VCPU
 ``has_device_attr`` and ``run``. Errors are :class:`~kvmspe.errors.KvmError`
 (an ``OSError``) with the kernel's errno. Which errno, and in what order, is
 decided only in :mod:`kvmspe.rules`; this module keeps state.
+
+The run phase: the modelled guest programs its buffer on a VCPU
+(``guest_write`` / ``enable_buffer``) and describes its stage-1 translation
+(``guest_map``, a :class:`kvmspe.stage1.Stage1`); the next ``run()`` handles
+the enable. Its outcomes are not errnos but guest-visible events and exits:
+
+1. limit - pointer above a non-zero MaxBuffSize: a buffer management event,
+   PMBSR_EL1 EC=BUF, BSC=0x4, S=1; nothing is pinned [seed, arch];
+2. a buffer address without a stage-1 translation: PMBSR_EL1 EC=FAULT_S1,
+   S=1; nothing is pinned [series 29];
+3. otherwise the host pages behind the buffer and its table pages are
+   pinned (:mod:`kvmspe.pinning`, each page once per VM) and charged
+   against RLIMIT_MEMLOCK; when they do not fit, ``run()`` returns
+   KVM_EXIT_RLIMIT with the excess in bytes and pins nothing; the next
+   ``run()`` retries [series 32, 33].
+
+Misaligned pointers and limits, empty buffers and when a disable unpins
+follow :class:`kvmspe.assumptions.Assumptions`. Disabling unpins; the
+host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
 """
 
 from __future__ import annotations
@@ -17,9 +36,19 @@ from types import TracebackType
 
 from . import abi, maxbuf
 from .assumptions import DEFAULT, Assumptions
-from .errors import KvmError
-from .registers import PMBIDR_EL1
+from .errors import KvmError, RegisterError
+from .pinning import Interval, PinnedPages
+from .registers import (
+    PMBIDR_EL1,
+    PMBLIMITR_EL1,
+    PMBSR_BSC_SIZE,
+    PMBSR_EC_BUF,
+    PMBSR_EC_FAULT_S1,
+    PMBSR_EL1,
+    REGISTERS,
+)
 from .rules import RULES, Call, Check, RuleSet, first_outcome
+from .stage1 import Stage1
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
 
@@ -121,10 +150,12 @@ class Host:
         self.memlock_limit = limit
 
     def lock(self, nbytes: int) -> None:
+        """Account ``nbytes`` more locked memory (the caller checked the limit)."""
         self.locked_bytes += nbytes
         self.vm_lck = max(self.vm_lck, self.locked_bytes)
 
     def unlock(self, nbytes: int) -> None:
+        """Release ``nbytes``; ``vm_lck`` keeps its peak."""
         self.locked_bytes -= nbytes
 
     def create_vm(self) -> Vm:
@@ -148,6 +179,8 @@ class Vm:
         self.has_run = False
         self.held_bytes = 0
         self.closed = False
+        #: Host pages pinned for the guests' SPE buffers, each page once.
+        self.pinned = PinnedPages()
 
     def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu:
         """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature.
@@ -191,11 +224,21 @@ class Vm:
 class Vcpu:
     """A modelled VCPU with the real backend's methods."""
 
+    #: Guest-writable buffer registers.
+    GUEST_REGISTERS = ("PMBPTR_EL1", "PMBLIMITR_EL1", "PMBSR_EL1")
+
     def __init__(self, vm: Vm, index: int, spe: bool):
         self.vm = vm
         self.index = index
         self.spe = spe
         self.irq: int | None = None
+        self._regs = dict.fromkeys(self.GUEST_REGISTERS, 0)
+        self.stage1: Stage1 | None = None
+        #: The buffer is enabled by the guest but not pinned yet (handled by run()).
+        self.pending = False
+        #: What this VCPU holds pinned (host-page intervals), empty when none.
+        self._pinned: tuple[Interval, ...] = ()
+        self._pinned_bytes = 0
 
     # -- device attributes ---------------------------------------------------------
 
@@ -296,12 +339,183 @@ class Vcpu:
         return value | PMBIDR_EL1.encode(MaxBuffSize=maxbuf.encode(size))
 
     def run(self) -> abi.Exit:
-        """KVM_RUN: the first entry fixes the VM's configuration."""
+        """KVM_RUN: the first entry fixes the VM's configuration; a pending
+        buffer enable is handled (see the module docstring)."""
         if self.vm.closed:
             raise KvmError(errno.EIO, "the VM has been destroyed", ioctl="KVM_RUN")
         self._decide(self.vm.host.rules.run, Call(self), "KVM_RUN", abi.KVM_ARM_VCPU_SPE_CTRL)
         self.vm.has_run = True
-        return abi.Exit(self.vm.host.assumptions.idle_exit)
+        assumptions = self.vm.host.assumptions
+        if not self.enabled and self._pinned:
+            self._unpin()
+        if self.pending:
+            excess = self._handle_enable()
+            if excess is not None:
+                return abi.Exit(abi.ASSUMED.exit_rlimit, rlimit_excess=excess)
+        return abi.Exit(assumptions.idle_exit)
 
     def release(self) -> None:
         """Drop everything this VCPU pinned (VCPU or VM destruction)."""
+        self._unpin()
+        self.pending = False
+
+    # -- the guest's side of the buffer -------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """PMBLIMITR_EL1.E as the guest last wrote it."""
+        return bool(self._regs["PMBLIMITR_EL1"] & 1)
+
+    @property
+    def pointer(self) -> int:
+        """The buffer's current write pointer (PMBPTR_EL1)."""
+        return self._regs["PMBPTR_EL1"]
+
+    @property
+    def limit(self) -> int:
+        """The first address after the buffer (PMBLIMITR_EL1.LIMIT:Zeros(12))."""
+        return PMBLIMITR_EL1.get(self._regs["PMBLIMITR_EL1"], "LIMIT") << 12
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes behind this VCPU's buffer and its table pages while pinned.
+
+        Pages shared with another VCPU count here too; the host charges them once.
+        """
+        return self._pinned_bytes
+
+    def guest_write(self, reg: str, value: int) -> None:
+        """The guest writes a buffer register (KVM traps and emulates it).
+
+        ``reg`` is PMBPTR_EL1, PMBLIMITR_EL1 or PMBSR_EL1; ``value`` a 64-bit
+        register value. RES0 bits are ignored, as hardware does. Setting
+        PMBLIMITR_EL1.E to 1 enables the buffer: the next ``run()`` pins it.
+        Disabling it, or moving the buffer, unpins.
+        """
+        if reg not in self.GUEST_REGISTERS:
+            raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"{reg} takes a 64-bit value (0..2**64-1), got {value!r}")
+        assumptions = self.vm.host.assumptions
+        register = REGISTERS[reg]
+        value &= ~register.res0_mask
+        if reg == "PMBPTR_EL1" and assumptions.pmbptr_low_bits == "res0":
+            align = self._pmbidr_align()
+            value &= ~((1 << align) - 1)
+        if reg == "PMBLIMITR_EL1":
+            low = assumptions.smallest_granule - 1
+            value &= ~(low & ~0xFFF)
+        self._regs[reg] = value
+        if reg == "PMBSR_EL1":
+            # Clearing S resumes profiling: an enabled buffer is handled again.
+            self.pending = self.enabled and not self._stopped and not self._pinned
+            return
+        # A new pointer or limit, or E=0: what is pinned no longer matches the buffer.
+        if self._pinned and assumptions.disable_unpins_at_write:
+            self._unpin()
+        self.pending = self.enabled and not self._stopped
+
+    def guest_read(self, reg: str) -> int:
+        """The value the guest reads; PMBIDR_EL1 as KVM advertises it."""
+        if reg == "PMBIDR_EL1":
+            pmbidr = self.guest_pmbidr
+            if pmbidr is None:
+                raise RegisterError(
+                    f"VCPU {self.index} has no guest PMBIDR_EL1 yet: it needs the SPE feature, an SPU"
+                    " and a max buffer size"
+                )
+            return pmbidr
+        if reg not in self.GUEST_REGISTERS:
+            accepted = ", ".join(("PMBIDR_EL1", *self.GUEST_REGISTERS))
+            raise ValueError(f"the guest cannot read {reg!r} here; accepted: {accepted}")
+        return self._regs[reg]
+
+    def guest_map(self, stage1: Stage1 | None) -> None:
+        """Describe the guest's stage-1 translation for this VCPU's buffer
+        (None: no translation at all)."""
+        if stage1 is not None and not isinstance(stage1, Stage1):
+            raise ValueError(f"guest_map takes a kvmspe.stage1.Stage1 or None, got {stage1!r}")
+        if stage1 != self.stage1 and self._pinned:
+            self._unpin()
+            self.pending = self.enabled and not self._stopped
+        self.stage1 = stage1
+
+    def enable_buffer(self, base: int, size: int, stage1: Stage1 | None = None) -> None:
+        """The guest programs a ``size``-byte buffer at VA ``base`` and enables it.
+
+        ``stage1`` replaces the VCPU's stage-1 description; when neither was
+        given, the default :class:`Stage1` is used. PMBLIMITR_EL1 holds the
+        limit in bits [63:12], so ``base + size`` must be 4 KiB aligned.
+        """
+        for name, v in (("base", base), ("size", size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
+        end = base + size
+        if end >= 1 << 64 or end % 4096:
+            raise ValueError(
+                f"buffer end {end:#x} cannot be a PMBLIMITR_EL1.LIMIT: it must be 4 KiB aligned and"
+                " below 2**64"
+            )
+        if stage1 is not None or self.stage1 is None:
+            self.guest_map(stage1 if stage1 is not None else Stage1())
+        self.guest_write("PMBLIMITR_EL1", 0)
+        self.guest_write("PMBSR_EL1", 0)
+        self.guest_write("PMBPTR_EL1", base)
+        self.guest_write("PMBLIMITR_EL1", PMBLIMITR_EL1.encode(LIMIT=end >> 12, E=1))
+
+    def disable_buffer(self) -> None:
+        """The guest clears PMBLIMITR_EL1.E."""
+        self.guest_write("PMBLIMITR_EL1", self._regs["PMBLIMITR_EL1"] & ~1)
+
+    @property
+    def _stopped(self) -> bool:
+        """PMBSR_EL1.S: a management event stopped profiling."""
+        return bool(PMBSR_EL1.get(self._regs["PMBSR_EL1"], "S"))
+
+    def _pmbidr_align(self) -> int:
+        spu = self.vm.spu
+        return 0 if spu is None else PMBIDR_EL1.get(spu.pmbidr, "ALIGN")
+
+    def _event(self, ec: int, mss: int) -> None:
+        """A buffer management event: PMBSR_EL1 records it, profiling stops."""
+        self._regs["PMBSR_EL1"] = PMBSR_EL1.encode(EC=ec, S=1, MSS=mss)
+        self.pending = False
+
+    def _handle_enable(self) -> int | None:
+        """Pin the enabled buffer; return the excess in bytes when over RLIMIT_MEMLOCK."""
+        host = self.vm.host
+        self._unpin()  # a buffer moved while pinned (disable_unpins_at_write=False)
+        lo, hi = self.pointer, self.limit
+        if hi <= lo:
+            self._event(PMBSR_EC_BUF, host.assumptions.empty_buffer_bsc)
+            return None
+        max_size = self.vm.max_buffer_size
+        if max_size and hi - lo > max_size:
+            self._event(PMBSR_EC_BUF, PMBSR_BSC_SIZE)
+            return None
+        stage1 = self.stage1
+        if stage1 is None or not stage1.translates(lo, hi):
+            level = 3 if stage1 is not None and stage1.region(lo, hi) is not None else 0
+            if stage1 is not None and level == 0:
+                level = max(stage1.level_of(stage1.depth), 0)
+            self._event(PMBSR_EC_FAULT_S1, host.assumptions.stage1_fault_fsc | level)
+            return None
+        footprint = stage1.footprint(lo, hi, host.page_size)
+        new = self.vm.pinned.new_pages(footprint.intervals) * host.page_size
+        room = host.memlock_room()
+        if room is not None and new > room:
+            return new - room
+        added = self.vm.pinned.pin(footprint.intervals) * host.page_size
+        host.lock(added)
+        self._pinned = footprint.intervals
+        self._pinned_bytes = footprint.bytes
+        self.pending = False
+        return None
+
+    def _unpin(self) -> None:
+        if not self._pinned:
+            return
+        freed = self.vm.pinned.unpin(self._pinned) * self.vm.host.page_size
+        self.vm.host.unlock(freed)
+        self._pinned = ()
+        self._pinned_bytes = 0
