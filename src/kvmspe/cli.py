@@ -237,7 +237,9 @@ def cmd_sizes(args: argparse.Namespace) -> int:
         "truncated": len(shown) < total,
         "sizes": [{"size": s, "field": maxbuf.encode(s)} for s in shown],
     }
-    lines = [f"{s:#18x}  {format_size(s):>10}  field {maxbuf.encode(s):#06x}" for s in shown]
+    hw = max((len(hex(s)) for s in shown), default=0)
+    uw = max((len(format_size(s)) for s in shown), default=0)
+    lines = [f"{s:>#{hw}x}  {format_size(s):>{uw}}  field {maxbuf.encode(s):#06x}" for s in shown]
     if len(shown) < total:
         lines.append(f"... {total - len(shown)} more of {total} (--limit 0 lists all)")
     if not total:
