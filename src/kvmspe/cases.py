@@ -1,0 +1,780 @@
+"""The conformance cases: the documented SPE attribute interface, as data.
+
+Each :class:`Rule` states one rule of the interface once, in words, with its
+source (``seed``, ``series``, ``arch``, ``uapi`` or ``assumed``, as in the
+project's FACTS) and the section it comes from; its :class:`Case` objects are
+the call sequences that show the rule holds. :mod:`kvmspe.conformance` runs
+them against the model or a real kernel, and :mod:`kvmspe.vectors` writes
+them out for other languages.
+
+A case is a :class:`Setup` (what the host must have, what VCPUs to create)
+and a tuple of :class:`Step` calls, each with the result it must give. Values
+are integers or small expressions over names the host defines, so that a case
+means the same on a model host and on a real one whose page size, SPU ids
+and SPU limit are whatever they are:
+
+``PAGE``
+    the host page size; ``LIMIT`` the first SPU's own max buffer size;
+``SPU``, ``SPU2``
+    the ids of the first and second SPU; ``NOSPU`` an id no SPU has;
+``LARGEST``
+    the largest representable size; ``KiB``, ``MiB``, ``GiB``;
+``next_size(x)``
+    the smallest page-aligned, representable size above ``x``;
+``unrep(x)``
+    the smallest page-aligned size above ``x`` with no MaxBuffSize encoding;
+``enc(x)``
+    the MaxBuffSize field value of ``x``.
+
+``BAD`` as a SET value or GET address is a pointer the kernel cannot use.
+
+Expected results: ``"ok"`` (the call succeeded), an errno name (``"EDOM"``),
+``True``/``False`` for HAS, an int or expression for a GET or a read,
+``"exit"`` for a KVM_RUN that returned (any exit reason), or an exit name
+with its data (``"KVM_EXIT_RLIMIT excess=PAGE * 4"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "CASES",
+    "IRQ",
+    "MAX",
+    "MAX_DOC",
+    "OPS",
+    "RULE_LIST",
+    "SOURCES",
+    "SPU",
+    "UNKNOWN",
+    "Case",
+    "Rule",
+    "Setup",
+    "SpuSpec",
+    "Step",
+    "by_name",
+]
+
+MAX = "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE"
+#: The seed patch's documentation spells the same attribute this way.
+MAX_DOC = "KVM_ARM_VCPU_MAX_BUFFER_SIZE"
+IRQ = "KVM_ARM_VCPU_SPE_IRQ"
+SPU = "KVM_ARM_VCPU_SPE_SPU"
+#: Attribute 3 of KVM_ARM_VCPU_SPE_CTRL, which the group does not have.
+UNKNOWN = "3"
+
+SOURCES = ("seed", "series", "arch", "uapi", "assumed")
+
+#: Operations a step may name. ``set``/``get``/``has`` are the three device
+#: attribute ioctls, ``run`` is KVM_RUN, ``setrlimit`` changes the VMM's
+#: RLIMIT_MEMLOCK. The rest need a guest that programs its SPE buffer, which
+#: only the model has: ``enable`` (the guest enables a buffer of ``value``
+#: bytes), ``disable``, ``guest_read`` (the guest reads a register field,
+#: ``target`` = "REG.FIELD"), ``vm_lck`` (the VMM's VmLck).
+OPS = ("set", "get", "has", "run", "setrlimit", "enable", "disable", "guest_read", "vm_lck")
+#: The operations that need guest code (model only).
+GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
+
+Value = int | str | None
+Expect = int | str | bool
+
+
+@dataclass(frozen=True)
+class SpuSpec:
+    """An SPE instance the case needs.
+
+    ``limit`` is its own max buffer size: ``None`` when the case holds
+    whatever it is (the model uses 0, no limit), ``0`` when the case needs an
+    SPU without a limit, a positive size when it needs one with a limit (the
+    model uses this size; calls name the real one ``LIMIT``).
+    """
+
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a case needs from the host, and the VCPUs it creates.
+
+    ``spus=()`` is a host without SPE. ``page_size=None`` means any page size
+    (the model uses 4 KiB). ``vcpus`` gives, per VCPU, whether it is created
+    with the SPE feature. ``memlock`` is the room left under RLIMIT_MEMLOCK
+    (the limit is set to what is locked already plus this); ``None`` leaves
+    the limit alone (the model: unlimited). ``locked`` is memory the model's
+    VMM has locked already (a real process has its own).
+    """
+
+    spus: tuple[SpuSpec, ...] = (SpuSpec(),)
+    page_size: int | None = None
+    vcpus: tuple[bool, ...] = (True,)
+    memlock: Value = None
+    locked: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call and the result it must give.
+
+    ``target`` is the attribute name (either spelling of the max buffer size,
+    or ``UNKNOWN``) for set/get/has, "REG.FIELD" for ``guest_read``.
+    ``value`` is the SET value, the GET address (``"BAD"`` or None), the
+    new limit for ``setrlimit`` or the buffer size for ``enable``.
+    """
+
+    op: str
+    target: str = ""
+    value: Value = None
+    expect: Expect = "ok"
+    vcpu: int = 0
+
+    def describe(self) -> str:
+        """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
+        who = f"vcpu{self.vcpu} " if self.vcpu else ""
+        name = self.target.removeprefix("KVM_ARM_VCPU_")
+        if self.op == "set":
+            return f"{who}SET {name}={self.value}"
+        if self.op == "get":
+            return f"{who}GET {name}" + (" addr=BAD" if self.value == "BAD" else "")
+        if self.op == "has":
+            return f"{who}HAS {name}"
+        if self.op == "guest_read":
+            return f"{who}guest reads {self.target}"
+        if self.op in ("setrlimit", "enable"):
+            return f"{who}{self.op} {self.value}"
+        return f"{who}{self.op}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A named call sequence on a fresh VM that shows one rule."""
+
+    name: str
+    setup: Setup
+    calls: tuple[Step, ...]
+    rule: Rule | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def expected(self) -> Expect:
+        """The result of the last call: what the case is about."""
+        return self.calls[-1].expect
+
+    @property
+    def needs_guest(self) -> bool:
+        return any(s.op in GUEST_OPS for s in self.calls)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the interface, stated once, with the cases that show it."""
+
+    key: str
+    source: str
+    where: str
+    text: str
+    cases: tuple[Case, ...]
+
+
+def _rule(key: str, source: str, where: str, text: str, *cases: Case) -> Rule:
+    if source not in SOURCES:
+        raise ValueError(f"rule {key}: source {source!r} is not one of {', '.join(SOURCES)}")
+    rule = Rule(key, source, where, " ".join(text.split()), ())
+    return replace(rule, cases=tuple(replace(c, rule=rule) for c in cases))
+
+
+def case(name: str, setup: Setup, *calls: Step) -> Case:
+    return Case(name, setup, calls)
+
+
+# --- the calls -----------------------------------------------------------------------
+
+
+def set_(target: str, value: Value, expect: Expect = "ok", vcpu: int = 0) -> Step:
+    return Step("set", target, value, expect, vcpu)
+
+
+def get(target: str, expect: Expect, vcpu: int = 0, addr: str | None = None) -> Step:
+    return Step("get", target, addr, expect, vcpu)
+
+
+def has(target: str, expect: bool, vcpu: int = 0) -> Step:
+    return Step("has", target, None, expect, vcpu)
+
+
+def run(expect: Expect = "exit", vcpu: int = 0) -> Step:
+    return Step("run", "", None, expect, vcpu)
+
+
+def setrlimit(room: Value) -> Step:
+    return Step("setrlimit", "", room)
+
+
+def enable(size: Value, *, unmapped: bool = False, vcpu: int = 0) -> Step:
+    """The guest enables a ``size``-byte buffer; ``unmapped``: with no stage-1
+    translation for it."""
+    return Step("enable", "unmapped" if unmapped else "", size, "ok", vcpu)
+
+
+def disable(vcpu: int = 0) -> Step:
+    return Step("disable", "", None, "ok", vcpu)
+
+
+def guest_read(reg_field: str, expect: Expect, vcpu: int = 0) -> Step:
+    return Step("guest_read", reg_field, None, expect, vcpu)
+
+
+def vm_lck(expect: Expect) -> Step:
+    return Step("vm_lck", "", None, expect)
+
+
+# --- setups and preparations -------------------------------------------------------------
+
+NO_SPE = Setup(spus=())
+NO_SPE_NO_FEATURE = Setup(spus=(), vcpus=(False,))
+ONE = Setup()
+NO_FEATURE = Setup(vcpus=(False,))
+TWO_VCPUS = Setup(vcpus=(True, True))
+UNLIMITED = Setup(spus=(SpuSpec(0),))
+#: A 16 MiB limit on the model; calls use LIMIT, so any non-zero limit will do.
+LIMITED = Setup(spus=(SpuSpec(16 << 20),))
+UNLIMITED_4K = Setup(spus=(SpuSpec(0),), page_size=4096)
+TWO_SPUS = Setup(spus=(SpuSpec(), SpuSpec()))
+PAGE_16K = Setup(page_size=16384)
+PAGE_64K = Setup(page_size=65536)
+
+#: Every SPE attribute under every name, with a short name for case names.
+_SPE_ATTRS = (("irq", IRQ), ("spu", SPU), ("max", MAX), ("max-doc", MAX_DOC))
+
+#: The SPE configuration KVM_RUN requires, on VCPU 0.
+SPU_SET = set_(SPU, "SPU")
+IRQ_SET = set_(IRQ, 21)
+CONFIGURE = (SPU_SET, IRQ_SET, set_(MAX, "PAGE * 2"))
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+_ATTRIBUTE_RULES: tuple[Rule, ...] = (
+    # -- group level: FACTS section 2 and 3 "Also" --------------------------------------------------
+    _rule(
+        "no-spe",
+        "seed",
+        "FACTS 3 (Also), 1 (x86)",
+        """Where KVM has no usable SPE (an arm64 host without it, or any other
+        architecture), KVM_ARM_VCPU_SPE_CTRL answers ENXIO: HAS says no, SET and
+        GET fail with ENXIO, for every attribute and both spellings.""",
+        *(case(f"no-spe-has-{n}", NO_SPE, has(a, False)) for n, a in _SPE_ATTRS),
+        *(
+            case(f"no-spe-set-{n}", NO_SPE, set_(a, 4096 if "max" in n else 21, "ENXIO"))
+            for n, a in _SPE_ATTRS
+        ),
+        *(case(f"no-spe-get-{n}", NO_SPE, get(a, "ENXIO")) for n, a in _SPE_ATTRS),
+        case("no-spe-vcpu-without-feature", NO_SPE_NO_FEATURE, has(MAX, False), set_(MAX, 4096, "ENXIO")),
+    ),
+    _rule(
+        "no-feature",
+        "seed",
+        "FACTS 3 (Also)",
+        """A VCPU created without the KVM_ARM_VCPU_SPE feature answers ENODEV to
+        SET and GET of every SPE attribute.""",
+        case("no-feature-set-irq", NO_FEATURE, set_(IRQ, 21, "ENODEV")),
+        case("no-feature-set-spu", NO_FEATURE, set_(SPU, "SPU", "ENODEV")),
+        case("no-feature-set-max", NO_FEATURE, set_(MAX, "PAGE", "ENODEV")),
+        case("no-feature-set-max-doc", NO_FEATURE, set_(MAX_DOC, "PAGE", "ENODEV")),
+        case("no-feature-get-max", NO_FEATURE, get(MAX, "ENODEV")),
+        case("no-feature-get-spu", NO_FEATURE, get(SPU, "ENODEV")),
+    ),
+    _rule(
+        "no-feature-has",
+        "assumed",
+        "FACTS 3 (Has); as KVM_ARM_VCPU_PMU_V3_CTRL does",
+        """HAS on a VCPU without the SPE feature says no.""",
+        case("no-feature-has-max", NO_FEATURE, has(MAX, False)),
+    ),
+    _rule(
+        "unknown-attribute",
+        "seed",
+        "FACTS 2, 3 (Has)",
+        """KVM_ARM_VCPU_SPE_CTRL has attributes 0 (IRQ), 1 (SPU) and 2
+        (MAX_BUFFER_SIZE) only: for any other HAS says no and SET and GET fail
+        with ENXIO.""",
+        case("unknown-attr-has", ONE, has(UNKNOWN, False)),
+        case("unknown-attr-set", ONE, set_(UNKNOWN, 0, "ENXIO")),
+        case("unknown-attr-get", ONE, get(UNKNOWN, "ENXIO")),
+    ),
+    _rule(
+        "has",
+        "seed",
+        "FACTS 3 (Has)",
+        """On an SPE VCPU, HAS says yes for IRQ, SPU and MAX_BUFFER_SIZE, under
+        either spelling, before anything is set.""",
+        case("has-irq", ONE, has(IRQ, True)),
+        case("has-spu", ONE, has(SPU, True)),
+        case("has-max", ONE, has(MAX, True)),
+        case("has-max-doc-spelling", ONE, has(MAX_DOC, True)),
+    ),
+    _rule(
+        "both-spellings",
+        "seed",
+        "FACTS 2",
+        """KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE and KVM_ARM_VCPU_MAX_BUFFER_SIZE name
+        one attribute (2): what is set under one name reads back under the other,
+        and counts as set for both.""",
+        case("spelling-set-max-get-doc", ONE, SPU_SET, set_(MAX, "PAGE * 2"), get(MAX_DOC, "PAGE * 2")),
+        case("spelling-set-doc-get-max", ONE, SPU_SET, set_(MAX_DOC, "PAGE * 2"), get(MAX, "PAGE * 2")),
+        case(
+            "spelling-set-doc-then-different-max",
+            ONE,
+            SPU_SET,
+            set_(MAX_DOC, "PAGE * 2"),
+            set_(MAX, "PAGE * 4", "EINVAL"),
+        ),
+    ),
+    _rule(
+        "set-efault",
+        "seed",
+        "FACTS 1, 3 (Also)",
+        """SET reads its value through kvm_device_attr.addr; a pointer the kernel
+        cannot read gives EFAULT.""",
+        case("efault-set-max", ONE, SPU_SET, set_(MAX, "BAD", "EFAULT")),
+        case("efault-set-max-doc", ONE, SPU_SET, set_(MAX_DOC, "BAD", "EFAULT")),
+        case("efault-set-spu", ONE, set_(SPU, "BAD", "EFAULT")),
+        case("efault-set-irq", ONE, set_(IRQ, "BAD", "EFAULT")),
+    ),
+    _rule(
+        "get-efault",
+        "seed",
+        "FACTS 1, 3 (Get)",
+        """GET writes the value through kvm_device_attr.addr; a pointer the kernel
+        cannot write gives EFAULT, once there is a value to write.""",
+        case("efault-get-max", ONE, SPU_SET, set_(MAX, "PAGE"), get(MAX, "EFAULT", addr="BAD")),
+        case("efault-get-spu", ONE, SPU_SET, get(SPU, "EFAULT", addr="BAD")),
+        case("efault-get-irq", ONE, IRQ_SET, get(IRQ, "EFAULT", addr="BAD")),
+    ),
+    # -- MAX_BUFFER_SIZE set, checks 1-7 of FACTS section 3 -------------------------------------------
+    _rule(
+        "has-run",
+        "seed",
+        "FACTS 3, check 1",
+        """Once any VCPU of the VM has entered KVM_RUN, setting the max buffer size
+        fails with EBUSY, even to the value already set.""",
+        case("run-then-set-same", ONE, *CONFIGURE, run(), set_(MAX, "PAGE * 2", "EBUSY")),
+        case("run-then-set-different", ONE, *CONFIGURE, run(), set_(MAX, "PAGE * 4", "EBUSY")),
+        case(
+            "run-other-vcpu-then-set",
+            TWO_VCPUS,
+            *CONFIGURE,
+            set_(IRQ, 21, vcpu=1),
+            run(vcpu=1),
+            set_(MAX, "PAGE * 2", "EBUSY"),
+        ),
+    ),
+    _rule(
+        "page-aligned",
+        "seed",
+        "FACTS 3, check 2",
+        """A size that is not a multiple of the host page size (4, 16 or 64 KiB)
+        gives EINVAL, even when it has an encoding; a multiple is accepted.""",
+        case("unaligned-half-page", ONE, SPU_SET, set_(MAX, "PAGE // 2", "EINVAL")),
+        case("unaligned-page-plus-one", ONE, SPU_SET, set_(MAX, "PAGE + 1", "EINVAL")),
+        case("unaligned-16k-host-12k", PAGE_16K, SPU_SET, set_(MAX, 12 * 1024, "EINVAL")),
+        case("aligned-16k-host-16k", PAGE_16K, SPU_SET, set_(MAX, 16 * 1024)),
+        case("unaligned-64k-host-4k", PAGE_64K, SPU_SET, set_(MAX, 4096, "EINVAL")),
+        case("unaligned-64k-host-2m-plus-32k", PAGE_64K, SPU_SET, set_(MAX, "2 * MiB + 32 * KiB", "EINVAL")),
+        case("aligned-64k-host-64k", PAGE_64K, SPU_SET, set_(MAX, 65536)),
+    ),
+    _rule(
+        "spu-assigned",
+        "seed",
+        "FACTS 3, check 3",
+        """Setting the max buffer size before an SPU is assigned to the VM gives
+        ENODEV.""",
+        case("no-spu-set-max", ONE, set_(MAX, "PAGE", "ENODEV")),
+        case("no-spu-set-max-doc", ONE, set_(MAX_DOC, "PAGE", "ENODEV")),
+    ),
+    _rule(
+        "already-set",
+        "seed",
+        "FACTS 3, check 4",
+        """Once the VM has a max buffer size, setting the same value again succeeds
+        and changes nothing; a different value gives EINVAL and the first stays.""",
+        case("set-same-twice", ONE, SPU_SET, set_(MAX, "PAGE"), set_(MAX, "PAGE"), get(MAX, "PAGE")),
+        case("set-different", ONE, SPU_SET, set_(MAX, "PAGE"), set_(MAX, "PAGE * 2", "EINVAL")),
+        case(
+            "set-different-keeps-first",
+            ONE,
+            SPU_SET,
+            set_(MAX, "PAGE"),
+            set_(MAX, "PAGE * 2", "EINVAL"),
+            get(MAX, "PAGE"),
+        ),
+        case("set-zero-then-page", UNLIMITED, SPU_SET, set_(MAX, 0), set_(MAX, "PAGE", "EINVAL")),
+    ),
+    _rule(
+        "encodable",
+        "seed",
+        "FACTS 3 check 5; FACTS 4 [arch]",
+        """A page-aligned size with no exact PMBIDR_EL1.MaxBuffSize encoding gives
+        EDOM: from 4 MiB up only multiples of the band's step (8 KiB and more) are
+        encodable, and nothing above 1023 << 42.""",
+        case("unencodable-4m-plus-4k", ONE, SPU_SET, set_(MAX, "4 * MiB + 4 * KiB", "EDOM")),
+        case("unencodable-first-above-page", ONE, SPU_SET, set_(MAX, "unrep(PAGE)", "EDOM")),
+        case("unencodable-above-largest", UNLIMITED, SPU_SET, set_(MAX, "LARGEST + PAGE", "EDOM")),
+        case("unencodable-u64-top", UNLIMITED, SPU_SET, set_(MAX, "2 ** 64 - PAGE", "EDOM")),
+    ),
+    _rule(
+        "within-spu-limit",
+        "seed",
+        "FACTS 3, check 6",
+        """When the SPU has its own limit (its MaxBuffSize is not 0), 0 and any size
+        above that limit give ERANGE; the limit itself is accepted. An SPU
+        without a limit accepts 0 and the largest size.""",
+        case("limit-zero", LIMITED, SPU_SET, set_(MAX, 0, "ERANGE")),
+        case("limit-above", LIMITED, SPU_SET, set_(MAX, "next_size(LIMIT)", "ERANGE")),
+        case("limit-double", LIMITED, SPU_SET, set_(MAX, "LIMIT * 2", "ERANGE")),
+        case("limit-exact", LIMITED, SPU_SET, set_(MAX, "LIMIT"), get(MAX, "LIMIT")),
+        case("no-limit-zero", UNLIMITED, SPU_SET, set_(MAX, 0), get(MAX, 0)),
+        case("no-limit-largest", UNLIMITED, SPU_SET, set_(MAX, "LARGEST"), get(MAX, "LARGEST")),
+    ),
+    _rule(
+        "stored",
+        "seed",
+        "FACTS 3, check 7; FACTS 4 [arch]",
+        """A size that passes every check is stored and GET returns it; both ends of
+        an exponent band are accepted.""",
+        case("store-page", ONE, SPU_SET, set_(MAX, "PAGE"), get(MAX, "PAGE")),
+        case("store-2m-minus-4k", UNLIMITED_4K, SPU_SET, set_(MAX, "2 * MiB - 4 * KiB")),
+        case("store-2m", UNLIMITED, SPU_SET, set_(MAX, "2 * MiB"), get(MAX, "2 * MiB")),
+        case("store-4m-minus-4k", UNLIMITED_4K, SPU_SET, set_(MAX, "4 * MiB - 4 * KiB")),
+        case("store-8m-minus-8k", UNLIMITED, SPU_SET, set_(MAX, "8 * MiB - 8 * KiB")),
+        case(
+            "store-1g-minus-step", UNLIMITED, SPU_SET, set_(MAX, "GiB - 2 * MiB"), get(MAX, "GiB - 2 * MiB")
+        ),
+    ),
+    _rule(
+        "memlock",
+        "series",
+        "FACTS 5 (series 33)",
+        """Setting the max buffer size accounts it against RLIMIT_MEMLOCK: a size
+        larger than what the limit still allows gives ENOMEM; one that just fits
+        is accepted.""",
+        case("memlock-too-big", Setup(memlock="PAGE * 2"), SPU_SET, set_(MAX, "PAGE * 4", "ENOMEM")),
+        case("memlock-fits", Setup(memlock="PAGE * 2"), SPU_SET, set_(MAX, "PAGE * 2"), get(MAX, "PAGE * 2")),
+        case(
+            "memlock-counts-locked",
+            Setup(memlock="PAGE * 2", locked=1 << 20),
+            SPU_SET,
+            set_(MAX, "PAGE * 3", "ENOMEM"),
+        ),
+    ),
+    # -- order of the checks -----------------------------------------------------------------------------
+    _rule(
+        "order",
+        "seed",
+        "FACTS 3 (Set)",
+        """The SET checks run in the order 1 to 6: when two fail at once, the
+        earlier one decides the errno.""",
+        case("order-run-before-unaligned", ONE, *CONFIGURE, run(), set_(MAX, "PAGE + 1", "EBUSY")),
+        case("order-unaligned-before-no-spu", ONE, set_(MAX, "PAGE + 1", "EINVAL")),
+        case("order-no-spu-before-unencodable", ONE, set_(MAX, "unrep(PAGE)", "ENODEV")),
+        case(
+            "order-different-before-unencodable",
+            ONE,
+            SPU_SET,
+            set_(MAX, "PAGE"),
+            set_(MAX, "unrep(PAGE)", "EINVAL"),
+        ),
+        case(
+            "order-different-before-limit",
+            LIMITED,
+            SPU_SET,
+            set_(MAX, "LIMIT"),
+            set_(MAX, "LIMIT * 2", "EINVAL"),
+        ),
+        case("order-unencodable-before-limit", LIMITED, SPU_SET, set_(MAX, "unrep(LIMIT)", "EDOM")),
+        case(
+            "order-unaligned-before-unencodable", ONE, SPU_SET, set_(MAX, "4 * MiB + 4 * KiB + 1", "EINVAL")
+        ),
+    ),
+    _rule(
+        "order-group",
+        "assumed",
+        "FACTS 3 (Also)",
+        """The group-level answers (no SPE: ENXIO; VCPU without the feature:
+        ENODEV) come before reading the value (EFAULT), and reading it comes
+        before checks 1-6.""",
+        case("order-no-spe-before-efault", NO_SPE, set_(MAX, "BAD", "ENXIO")),
+        case("order-no-spe-before-get-efault", NO_SPE, get(MAX, "ENXIO", addr="BAD")),
+        case("order-no-feature-before-efault", NO_FEATURE, set_(MAX, "BAD", "ENODEV")),
+        case("order-efault-before-has-run", ONE, *CONFIGURE, run(), set_(MAX, "BAD", "EFAULT")),
+        case("order-efault-before-no-spu", ONE, set_(MAX, "BAD", "EFAULT")),
+    ),
+    _rule(
+        "order-memlock",
+        "assumed",
+        "FACTS 5; assumptions.set_time_charge",
+        """The locked-memory check comes last: a size the SPU refuses gives ERANGE
+        even over the limit, and setting the value already set succeeds even when
+        the limit has dropped since.""",
+        case(
+            "order-limit-before-memlock",
+            Setup(spus=(SpuSpec(16 << 20),), memlock="PAGE"),
+            SPU_SET,
+            set_(MAX, "LIMIT * 2", "ERANGE"),
+        ),
+        case(
+            "order-same-before-memlock",
+            ONE,
+            SPU_SET,
+            set_(MAX, "PAGE * 4"),
+            setrlimit("PAGE"),
+            set_(MAX, "PAGE * 4"),
+        ),
+    ),
+    # -- get -------------------------------------------------------------------------------------------
+    _rule(
+        "get-unset",
+        "seed",
+        "FACTS 3 (Get)",
+        """GET of the max buffer size before it is set gives EINVAL (0 is a real
+        value, so unset is not 0), even with a pointer the kernel cannot write.""",
+        case("get-before-set", ONE, get(MAX, "EINVAL")),
+        case("get-before-set-with-spu", ONE, SPU_SET, get(MAX_DOC, "EINVAL")),
+        case("get-before-set-bad-pointer", ONE, get(MAX, "EINVAL", addr="BAD")),
+    ),
+    _rule(
+        "per-vm",
+        "seed",
+        "FACTS 3",
+        """There is one max buffer size per VM, shared by its VCPUs and settable
+        through any of them: the other VCPUs read it, accept it again and refuse
+        a different one.""",
+        case(
+            "per-vm-get-other-vcpu", TWO_VCPUS, SPU_SET, set_(MAX, "PAGE * 2"), get(MAX, "PAGE * 2", vcpu=1)
+        ),
+        case(
+            "per-vm-same-other-vcpu", TWO_VCPUS, SPU_SET, set_(MAX, "PAGE * 2"), set_(MAX, "PAGE * 2", vcpu=1)
+        ),
+        case(
+            "per-vm-different-other-vcpu",
+            TWO_VCPUS,
+            SPU_SET,
+            set_(MAX, "PAGE * 2"),
+            set_(MAX, "PAGE * 4", "EINVAL", vcpu=1),
+        ),
+        case("per-vm-spu-through-other-vcpu", TWO_VCPUS, set_(SPU, "SPU", vcpu=1), set_(MAX, "PAGE")),
+    ),
+    # -- SPU and IRQ ---------------------------------------------------------------------------------------
+    _rule(
+        "spu",
+        "seed",
+        "FACTS 2",
+        """The SPU attribute names one SPE instance of the host; once the VM has
+        one, setting the same again succeeds and a different one gives EINVAL.""",
+        case("spu-set-get", ONE, SPU_SET, get(SPU, "SPU")),
+        case("spu-same-twice", ONE, SPU_SET, SPU_SET),
+        case("spu-different", TWO_SPUS, SPU_SET, set_(SPU, "SPU2", "EINVAL")),
+        case("spu-different-keeps-first", TWO_SPUS, SPU_SET, set_(SPU, "SPU2", "EINVAL"), get(SPU, "SPU")),
+    ),
+    _rule(
+        "spu-assumed",
+        "assumed",
+        "FACTS 2 (SPU id = perf PMU type)",
+        """An id that is no SPE instance's perf PMU type gives ENXIO; GET before
+        an SPU is assigned gives ENXIO.""",
+        case("spu-unknown-id", ONE, set_(SPU, "NOSPU", "ENXIO")),
+        case("spu-get-unset", ONE, get(SPU, "ENXIO")),
+    ),
+    _rule(
+        "irq",
+        "assumed",
+        "FACTS 2; as KVM_ARM_VCPU_PMU_V3_IRQ",
+        """The SPE interrupt is a PPI (INTID 16..31), the same on every VCPU of
+        the VM; others give EINVAL. GET before it is set gives ENXIO.""",
+        case("irq-set-get", ONE, IRQ_SET, get(IRQ, 21)),
+        case("irq-not-ppi-low", ONE, set_(IRQ, 15, "EINVAL")),
+        case("irq-not-ppi-high", ONE, set_(IRQ, 32, "EINVAL")),
+        case("irq-differs-across-vcpus", TWO_VCPUS, IRQ_SET, set_(IRQ, 22, "EINVAL", vcpu=1)),
+        case("irq-same-across-vcpus", TWO_VCPUS, IRQ_SET, set_(IRQ, 21, vcpu=1), get(IRQ, 21, vcpu=1)),
+        case("irq-get-unset", ONE, get(IRQ, "ENXIO")),
+    ),
+    # -- KVM_RUN -------------------------------------------------------------------------------------------
+    _rule(
+        "run-requires-config",
+        "assumed",
+        'FACTS 3 ("Required."; the errno is assumed)',
+        """KVM_RUN on an SPE VCPU fails with EINVAL until its IRQ, the VM's SPU and
+        the VM's max buffer size are all set; then it runs. A VCPU without the
+        SPE feature needs none of them.""",
+        case("run-unconfigured", ONE, run("EINVAL")),
+        case("run-without-max", ONE, SPU_SET, IRQ_SET, run("EINVAL")),
+        case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), run("EINVAL")),
+        case("run-configured", ONE, *CONFIGURE, run()),
+        case("run-no-feature", NO_FEATURE, run()),
+    ),
+    _rule(
+        "fixed-after-run",
+        "assumed",
+        "FACTS 3 check 1, extended to SPU and IRQ",
+        """From the first KVM_RUN the SPU and the IRQ are fixed too (EBUSY), and
+        every value still reads back.""",
+        case("run-then-set-spu", ONE, *CONFIGURE, run(), set_(SPU, "SPU", "EBUSY")),
+        case("run-then-set-irq", ONE, *CONFIGURE, run(), set_(IRQ, 21, "EBUSY")),
+        case("run-then-get-max", ONE, *CONFIGURE, run(), get(MAX, "PAGE * 2")),
+    ),
+    # -- what the guest sees -----------------------------------------------------------------------------
+    _rule(
+        "guest-pmbidr",
+        "series",
+        "FACTS 3 (series 19), FACTS 4",
+        """The guest reads the VM's max buffer size back as PMBIDR_EL1.MaxBuffSize
+        (KVM traps the read), encoded as in FACTS 4.""",
+        case("guest-pmbidr-size", ONE, *CONFIGURE, guest_read("PMBIDR_EL1.MaxBuffSize", "enc(PAGE * 2)")),
+        case(
+            "guest-pmbidr-zero",
+            UNLIMITED,
+            SPU_SET,
+            IRQ_SET,
+            set_(MAX, 0),
+            guest_read("PMBIDR_EL1.MaxBuffSize", 0),
+        ),
+        case(
+            "guest-pmbidr-limit",
+            LIMITED,
+            SPU_SET,
+            IRQ_SET,
+            set_(MAX, "LIMIT"),
+            guest_read("PMBIDR_EL1.MaxBuffSize", "enc(LIMIT)"),
+        ),
+    ),
+)
+
+#: Where the run-phase cases put the guest's buffer, and what the default
+#: guest (4 KiB granule, 48-bit VA: 4 levels) pins for an 8 KiB buffer on a
+#: 4 KiB host: 2 data pages and one table page per level.
+PINNED_8K = "PAGE * 6"
+ENABLED = (*CONFIGURE, enable("PAGE * 2"))
+
+#: The run phase: what the guest's buffer enable does (model only: it needs guest code).
+RUN_PHASE: tuple[Rule, ...] = (
+    _rule(
+        "run-pins",
+        "series",
+        "FACTS 5 (series 29, 33)",
+        """When the guest enables its buffer, the next KVM_RUN pins the host pages
+        behind the buffer and behind the stage-1 table pages that translate it,
+        so VmLck grows by more than the buffer; the run goes on.""",
+        case("pin-on-enable", ONE, *ENABLED, run(), vm_lck(PINNED_8K)),
+    ),
+    _rule(
+        "run-rlimit",
+        "series",
+        "FACTS 5 (series 32, 33)",
+        """When what the enabled buffer needs pinned does not fit under
+        RLIMIT_MEMLOCK, KVM_RUN returns 0 with exit reason KVM_EXIT_RLIMIT and
+        the excess in bytes, and pins nothing; after userspace raises the limit
+        the next KVM_RUN pins and goes on.""",
+        case(
+            "rlimit-exit",
+            Setup(memlock="PAGE * 2"),
+            *ENABLED,
+            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            vm_lck(0),
+        ),
+        case(
+            "rlimit-raise-and-reenter",
+            Setup(memlock="PAGE * 2"),
+            *ENABLED,
+            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            setrlimit(PINNED_8K),
+            run(),
+            vm_lck(PINNED_8K),
+        ),
+    ),
+    _rule(
+        "run-rlimit-repeat",
+        "assumed",
+        "FACTS 5; assumptions.rlimit_exit_per_enable",
+        """Re-entering without raising the limit exits with KVM_EXIT_RLIMIT again;
+        the exit raises no guest-visible event.""",
+        case(
+            "rlimit-again",
+            Setup(memlock="PAGE * 2"),
+            *ENABLED,
+            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            guest_read("PMBSR_EL1.S", 0),
+        ),
+    ),
+    _rule(
+        "vmlck-peak",
+        "series",
+        "FACTS 5",
+        """VmLck is the peak of locked memory: it does not go down when the guest
+        disables its buffer and KVM unpins it.""",
+        case("vmlck-after-disable", ONE, *ENABLED, run(), disable(), run(), vm_lck(PINNED_8K)),
+    ),
+    _rule(
+        "stage1-fault",
+        "series",
+        "FACTS 5 (series 29); PMBSR_EL1 [arch]",
+        """A buffer address with no stage-1 translation at enable gives the guest a
+        buffer management event with EC = stage-1 fault, and pins nothing.""",
+        case(
+            "stage1-unmapped",
+            ONE,
+            *CONFIGURE,
+            enable("PAGE * 2", unmapped=True),
+            run(),
+            guest_read("PMBSR_EL1.EC", 0b100100),
+            guest_read("PMBSR_EL1.S", 1),
+            vm_lck(0),
+        ),
+    ),
+    _rule(
+        "buffer-over-max",
+        "arch",
+        "FACTS 4 (PMBSR_EL1 BSC 0x4)",
+        """A guest buffer larger than the advertised MaxBuffSize gives the guest a
+        buffer management event (EC = 0, BSC = 0x4, S = 1), and pins nothing.""",
+        case(
+            "guest-buffer-too-big",
+            ONE,
+            *CONFIGURE,
+            enable("PAGE * 4"),
+            run(),
+            guest_read("PMBSR_EL1.EC", 0),
+            guest_read("PMBSR_EL1.MSS", 4),
+            guest_read("PMBSR_EL1.S", 1),
+            vm_lck(0),
+        ),
+    ),
+)
+
+#: Every rule, each stated once.
+RULE_LIST: tuple[Rule, ...] = (*_ATTRIBUTE_RULES, *RUN_PHASE)
+#: Every case, in the order of the rules.
+CASES: tuple[Case, ...] = tuple(c for r in RULE_LIST for c in r.cases)
+
+
+def by_name(names: Iterator[str] | list[str] | tuple[str, ...]) -> tuple[Case, ...]:
+    """The cases with these names, in the given order; refuses unknown names."""
+    index = {c.name: c for c in CASES}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"unknown conformance case(s): {', '.join(missing)}")
+    return tuple(index[n] for n in names)
+
+
+def _check_unique() -> None:
+    seen: set[str] = set()
+    for c in CASES:
+        if c.name in seen:
+            raise ValueError(f"conformance case {c.name!r} is defined twice")
+        seen.add(c.name)
+        for s in c.calls:
+            if s.op not in OPS:
+                raise ValueError(f"conformance case {c.name!r}: unknown op {s.op!r}")
+
+
+_check_unique()

@@ -1,0 +1,602 @@
+"""The conformance runner: the cases of :mod:`kvmspe.cases` against a backend.
+
+``run("model")`` builds a :class:`kvmspe.model.Host` per case, shaped as the
+case's setup asks. ``run("kvm")`` uses the real kernel through
+:class:`kvmspe.kvm.Kvm`: the host is what it is, so a case whose setup needs
+something the host lacks (SPE at all, a page size, an SPU with or without its
+own limit, guest code) is skipped with the reason. Every case gets a fresh VM.
+
+The result is a :class:`Report`: per case passed, failed (with what was
+expected and what came back, at the first call that differed) or skipped
+(with why); :meth:`Report.render` gives a table and :meth:`Report.to_dict`
+the JSON form documented in ``docs/conformance.md``.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import glob
+import operator
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import abi, maxbuf
+from .cases import CASES, Case, Expect, Setup, Step
+from .errors import KvmError, NotRepresentableError, errno_name
+from .registers import PMBIDR_EL1, PMBSR_EL1, Register
+from .rules import RULES, RuleSet
+from .stage1 import Stage1
+
+__all__ = ["BACKENDS", "HostFacts", "REPORT_SCHEMA", "Report", "Result", "resolve", "run"]
+
+BACKENDS = ("model", "kvm")
+REPORT_SCHEMA = "kvmspe-conformance-report"
+REPORT_SCHEMA_VERSION = 1
+
+#: SPU ids the model hosts use: perf PMU types are small dynamic numbers.
+MODEL_SPU_IDS = (10, 11)
+#: Where the modelled guest puts its buffer (any page-aligned address will do).
+GUEST_BUFFER_BASE = 0x8000_0000
+_REGISTERS: dict[str, Register] = {"PMBIDR_EL1": PMBIDR_EL1, "PMBSR_EL1": PMBSR_EL1}
+
+# --- values: the small expression language of the cases ----------------------------------
+
+
+def _next_size(page: int) -> Callable[[int], int]:
+    def next_size(x: int) -> int:
+        return maxbuf.round_up(x + 1, page)
+
+    return next_size
+
+
+def _unrep(page: int) -> Callable[[int], int]:
+    def unrep(x: int) -> int:
+        size = (x // page + 1) * page
+        while maxbuf.is_representable(size):
+            if maxbuf.step_at(size) <= page:
+                # Every page multiple of this band is representable: try the next band.
+                size = (1 << size.bit_length()) + page
+            else:
+                size += page
+        return size
+
+    return unrep
+
+
+_BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+
+
+def resolve(value: int | str, env: dict[str, Any]) -> int:
+    """The integer a case value stands for on a host described by ``env``.
+
+    ``value`` is an int or an expression of ints, names in ``env``, ``+ - *
+    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.cases`).
+    """
+    if isinstance(value, int):
+        return value
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in env:
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+            return ev(node.func)(*(ev(a) for a in node.args))
+        raise ValueError(f"case value {value!r}: {ast.dump(node)} is not allowed here")
+
+    result = ev(ast.parse(value, mode="eval"))
+    if not isinstance(result, int):
+        raise ValueError(f"case value {value!r} does not give an integer")
+    return result
+
+
+# --- the host a case runs on --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a real host offers, for deciding which cases apply.
+
+    ``spu_limits`` maps each SPU id to its own max buffer size, or None where
+    it cannot be read (sysfs ``caps/max_buff_size`` is a proposed addition).
+    """
+
+    arch: str
+    spe: bool
+    page_size: int
+    spu_limits: dict[int, int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "spe": self.spe,
+            "page_size": self.page_size,
+            "spus": [{"id": i, "max_buffer_size": lim} for i, lim in self.spu_limits.items()],
+        }
+
+
+def _env(page: int, spu_ids: list[int], limit: int | None) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "PAGE": page,
+        "LARGEST": maxbuf.LARGEST,
+        "KiB": 1 << 10,
+        "MiB": 1 << 20,
+        "GiB": 1 << 30,
+        "NOSPU": max(spu_ids, default=0) + 1000,
+        "next_size": _next_size(page),
+        "unrep": _unrep(page),
+        "enc": maxbuf.encode,
+    }
+    for name, spu_id in zip(("SPU", "SPU2"), spu_ids, strict=False):
+        env[name] = spu_id
+    if limit is not None:
+        env["LIMIT"] = limit
+    return env
+
+
+# --- running one case -------------------------------------------------------------------------
+
+
+class _Vcpu(Protocol):
+    def set_device_attr(self, group: int, attr: int, value: object) -> None: ...
+    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int: ...
+    def has_device_attr(self, group: int, attr: int) -> bool: ...
+    def run(self) -> abi.Exit: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    """One case's outcome. ``expected``/``got`` are for the first call that
+    differed (a failure) or the last call (a pass); ``reason`` says why a case
+    failed or was skipped, and for a failure which call it was."""
+
+    case: str
+    rule: str
+    source: str
+    status: str
+    expected: str
+    got: str
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "case": self.case,
+            "rule": self.rule,
+            "source": self.source,
+            "status": self.status,
+            "expected": self.expected,
+            "got": self.got,
+            "reason": self.reason,
+        }
+
+
+def _attr(target: str) -> tuple[int, int]:
+    if target.isdigit():
+        return abi.KVM_ARM_VCPU_SPE_CTRL, int(target)
+    return abi.ATTR_BY_NAME[target]
+
+
+def _show(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)
+    return f"{v:#x}" if v >= 10 else str(v)
+
+
+class _Runner:
+    """Runs the calls of a case on VCPUs; subclasses supply the host."""
+
+    env: dict[str, Any]
+    vcpus: list[Any]
+
+    def value(self, v: int | str | None) -> object:
+        if v == "BAD":
+            return abi.BAD_ADDRESS
+        assert v is not None
+        return resolve(v, self.env)
+
+    def expected(self, step: Step) -> Expect:
+        exp = step.expect
+        if isinstance(exp, bool) or isinstance(exp, int):
+            return exp
+        if exp.startswith("KVM_EXIT_"):
+            name, _, excess = exp.partition(" excess=")
+            return f"{name} excess={_show(resolve(excess, self.env))}" if excess else name
+        if exp in ("ok", "exit") or exp in errno.errorcode.values():
+            return exp
+        return resolve(exp, self.env)
+
+    def call(self, step: Step) -> object:
+        """Perform one call; return what it gave, an errno name on KvmError."""
+        try:
+            return self.perform(step)
+        except KvmError as exc:
+            return errno_name(exc.errno or 0)
+
+    def perform(self, step: Step) -> object:
+        vcpu: _Vcpu = self.vcpus[step.vcpu]
+        if step.op == "set":
+            group, attr = _attr(step.target)
+            vcpu.set_device_attr(group, attr, self.value(step.value))
+            return "ok"
+        if step.op == "get":
+            group, attr = _attr(step.target)
+            return vcpu.get_device_attr(group, attr, None if step.value is None else self.value(step.value))
+        if step.op == "has":
+            return vcpu.has_device_attr(*_attr(step.target))
+        if step.op == "run":
+            return vcpu.run()
+        if step.op == "setrlimit":
+            self.set_room(resolve(step.value or 0, self.env))
+            return "ok"
+        return self.guest(step)
+
+    def set_room(self, room: int) -> None:
+        raise NotImplementedError
+
+    def guest(self, step: Step) -> object:
+        raise NotImplementedError
+
+    def execute(self, case: Case) -> tuple[str, str, str, str]:
+        """(status, expected, got, reason) of the case's calls."""
+        exp: Expect = ""
+        got: object = ""
+        for i, step in enumerate(case.calls, 1):
+            exp = self.expected(step)
+            got = self.call(step)
+            if not _matches(exp, got):
+                where = f"call {i} of {len(case.calls)}: {step.describe()}"
+                return "failed", _show(exp), _show_got(got), where
+        return "passed", _show(exp), _show_got(got), ""
+
+
+def _show_got(got: object) -> str:
+    if isinstance(got, abi.Exit):
+        if got.is_rlimit:
+            return f"{got.name} excess={_show(got.rlimit_excess)}"
+        return got.name
+    return _show(got)
+
+
+def _matches(exp: Expect, got: object) -> bool:
+    if isinstance(got, abi.Exit):
+        return exp in ("exit", got.name, _show_got(got))
+    if isinstance(exp, bool) or isinstance(got, bool):
+        return exp is got
+    return exp == got
+
+
+# --- the model backend ------------------------------------------------------------------------------
+
+
+class _ModelRunner(_Runner):
+    def __init__(self, setup: Setup, rules: RuleSet):
+        from .model import Host, Spu
+
+        page = setup.page_size or 4096
+        spus = [Spu(i, spec.limit or 0) for i, spec in zip(MODEL_SPU_IDS, setup.spus, strict=False)]
+        limit = spus[0].max_buffer_size if spus else None
+        self.env = _env(page, [s.id for s in spus], limit or None)
+        room = None if setup.memlock is None else resolve(setup.memlock, self.env)
+        self.host = Host(
+            page, spus, None if room is None else setup.locked + room, locked=setup.locked, rules=rules
+        )
+        self.vm = self.host.create_vm()
+        self.vcpus = [self.vm.create_vcpu(spe=f) for f in setup.vcpus]
+
+    def set_room(self, room: int) -> None:
+        self.host.set_memlock_limit(self.host.locked_bytes + room)
+
+    def guest(self, step: Step) -> object:
+        vcpu = self.vcpus[step.vcpu]
+        if step.op == "guest_read":
+            reg, _, name = step.target.partition(".")
+            if hasattr(vcpu, "guest_read"):
+                raw = vcpu.guest_read(reg)
+            elif reg == "PMBIDR_EL1":
+                raw = vcpu.guest_pmbidr
+            else:
+                return f"the model cannot read {reg}"
+            if raw is None:
+                return "no value"
+            return _REGISTERS[reg].get(raw, name) if name else raw
+        if step.op == "enable":
+            size = resolve(step.value or 0, self.env)
+            hole = ((GUEST_BUFFER_BASE, size),) if step.target == "unmapped" else ()
+            vcpu.enable_buffer(GUEST_BUFFER_BASE, size, Stage1(unmapped=hole))
+            return "ok"
+        if step.op == "disable":
+            vcpu.disable_buffer()
+            return "ok"
+        if step.op == "vm_lck":
+            return self.host.vm_lck
+        raise ValueError(f"unknown op {step.op!r}")
+
+
+def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
+    for case in cases:
+        rule = case.rule
+        key, source = (rule.key, rule.source) if rule else ("", "")
+        try:
+            runner = _ModelRunner(case.setup, rules)
+            status, exp, got, reason = runner.execute(case)
+        except (KvmError, ValueError, NotRepresentableError, AttributeError) as exc:
+            status, exp, got, reason = "failed", _show(case.expected), type(exc).__name__, str(exc)
+        yield Result(case.name, key, source, status, exp, got, reason)
+
+
+# --- the real backend ---------------------------------------------------------------------------------
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip(), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def _sysfs_spus() -> dict[int, int | None]:
+    """SPE instances from sysfs: perf PMU type -> own limit in bytes (None: unknown)."""
+    found: dict[int, int | None] = {}
+    for path in sorted(glob.glob("/sys/bus/event_source/devices/arm_spe_*")):
+        spu_type = _read_int(os.path.join(path, "type"))
+        if spu_type is not None:
+            found[spu_type] = _read_int(os.path.join(path, "caps", "max_buff_size"))
+    return found
+
+
+def _vm_lck() -> int:
+    """This process's VmLck in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmLck:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _probe(kvm: Any) -> HostFacts:
+    """Ask the kernel whether SPE is there: HAS on a fresh SPE VCPU (EAFP)."""
+    spe = False
+    with ExitStack() as stack:
+        vm = stack.enter_context(kvm.create_vm())
+        try:
+            vcpu = vm.create_vcpu(spe=True)
+            spe = bool(vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE))
+        except KvmError:
+            spe = False
+    return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), _sysfs_spus() if spe else {})
+
+
+def _skip_reason(case: Case, facts: HostFacts) -> str | None:
+    """Why ``case`` cannot run on this real host, or None when it applies."""
+    setup = case.setup
+    if not setup.spus:
+        return "host has SPE: the no-SPE cases do not apply" if facts.spe else None
+    if not facts.spe:
+        return "host has no SPE: only the ENXIO cases apply"
+    if case.needs_guest:
+        return "needs guest code that programs SPE; the conformance runner loads none (model only)"
+    if setup.page_size is not None and setup.page_size != facts.page_size:
+        kib, have = setup.page_size // 1024, facts.page_size // 1024
+        return f"needs a {kib} KiB host page size; this host has {have} KiB"
+    if len(setup.spus) > len(facts.spu_limits):
+        return f"needs {len(setup.spus)} SPE instances; this host has {len(facts.spu_limits)}"
+    if not any(_spu_fits(setup.spus[0].limit, lim) for lim in facts.spu_limits.values()):
+        want = "without" if setup.spus[0].limit == 0 else "with"
+        return (
+            f"needs an SPU {want} its own max buffer size, and this host has none known"
+            " (sysfs caps/max_buff_size missing or different)"
+        )
+    return None
+
+
+def _spu_fits(want: int | None, have: int | None) -> bool:
+    if want is None:
+        return True
+    if have is None:
+        return False
+    return (have == 0) == (want == 0)
+
+
+@contextmanager
+def _memlock_room(room: int | None) -> Iterator[Callable[[int], None]]:
+    """Set RLIMIT_MEMLOCK's soft limit to what is locked plus ``room``; restore after."""
+    saved = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+    def set_room(r: int) -> None:
+        soft = _vm_lck() + r
+        hard = saved[1]
+        if hard != resource.RLIM_INFINITY and soft > hard:
+            soft = hard
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+
+    try:
+        if room is not None:
+            set_room(room)
+        yield set_room
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
+
+
+class _KvmRunner(_Runner):
+    def __init__(self, case: Case, facts: HostFacts, vm: Any, set_room: Callable[[int], None]):
+        want = case.setup.spus[0].limit if case.setup.spus else None
+        first = next((i for i, lim in facts.spu_limits.items() if _spu_fits(want, lim)), None)
+        ids = [] if first is None else [first] + [i for i in facts.spu_limits if i != first]
+        self.env = _env(facts.page_size, ids, facts.spu_limits.get(first) if first is not None else None)
+        self._set_room = set_room
+        self.vcpus = [vm.create_vcpu(spe=f) for f in case.setup.vcpus]
+
+    def set_room(self, room: int) -> None:
+        self._set_room(room)
+
+    def guest(self, step: Step) -> object:
+        raise ValueError(f"{step.op} needs guest code")
+
+
+def _run_kvm(cases: Iterable[Case]) -> tuple[dict[str, Any], list[Result]]:
+    results: list[Result] = []
+    try:
+        from .kvm import Kvm
+    except ImportError as exc:
+        reason = f"the real backend kvmspe.kvm is not available ({exc})"
+        return {"error": reason}, [_skipped(c, reason) for c in cases]
+    try:
+        kvm = Kvm()
+    except (OSError, ValueError) as exc:
+        reason = f"/dev/kvm is not usable: {exc}"
+        return {"error": reason}, [_skipped(c, reason) for c in cases]
+    with kvm:
+        facts = _probe(kvm)
+        for case in cases:
+            why = _skip_reason(case, facts)
+            if why is not None:
+                results.append(_skipped(case, why))
+                continue
+            results.append(_run_kvm_case(kvm, facts, case))
+    return facts.to_dict(), results
+
+
+def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case) -> Result:
+    rule = case.rule
+    key, source = (rule.key, rule.source) if rule else ("", "")
+    env = _env(facts.page_size, list(facts.spu_limits), None)
+    room = None if case.setup.memlock is None else resolve(case.setup.memlock, env)
+    with ExitStack() as stack:
+        set_room = stack.enter_context(_memlock_room(room))
+        vm = stack.enter_context(kvm.create_vm())
+        try:
+            runner = _KvmRunner(case, facts, vm, set_room)
+        except KvmError as exc:
+            return Result(
+                case.name, key, source, "skipped", _show(case.expected), "", f"cannot create the VCPUs: {exc}"
+            )
+        try:
+            status, exp, got, why = runner.execute(case)
+        except (OSError, ValueError) as exc:
+            status, exp, got, why = "failed", _show(case.expected), type(exc).__name__, str(exc)
+        finally:
+            for vcpu in runner.vcpus:
+                vcpu.close()
+    return Result(case.name, key, source, status, exp, got, why)
+
+
+def _skipped(case: Case, reason: str) -> Result:
+    rule = case.rule
+    return Result(
+        case.name,
+        rule.key if rule else "",
+        rule.source if rule else "",
+        "skipped",
+        _show(case.expected),
+        "",
+        reason,
+    )
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """The outcome of a conformance run."""
+
+    backend: str
+    results: list[Result]
+    host: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def ok(self) -> bool:
+        """True when no case failed (skipped cases do not count against)."""
+        return self.count("failed") == 0
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (schema in docs/conformance.md)."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "backend": self.backend,
+            "host": self.host,
+            "assumed_numbers": {
+                "spe_feature_bit": abi.ASSUMED.spe_feature_bit,
+                "cap_arm_spe": abi.ASSUMED.cap_arm_spe,
+                "exit_rlimit": abi.ASSUMED.exit_rlimit,
+            },
+            "summary": {s: self.count(s) for s in ("passed", "failed", "skipped")},
+            "ok": self.ok,
+            "seconds": round(self.seconds, 4),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def render(self) -> str:
+        """A table: one line per case, then the totals."""
+        head = ("STATUS", "CASE", "RULE", "SOURCE", "EXPECTED", "GOT / REASON")
+        rows = [head]
+        for r in self.results:
+            if r.status == "passed":
+                tail = r.got
+            elif r.status == "failed":
+                tail = f"{r.got}  ({r.reason})" if r.reason else r.got
+            else:
+                tail = r.reason
+            rows.append((r.status.upper(), r.case, r.rule, r.source, r.expected, tail))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
+            for row in rows
+        ]
+        lines.append(
+            f"{self.backend}: {self.count('passed')} passed, {self.count('failed')} failed,"
+            f" {self.count('skipped')} skipped in {self.seconds:.2f} s"
+        )
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def run(
+    backend: str = "model", *, rules: RuleSet | None = None, cases: Iterable[Case] | None = None
+) -> Report:
+    """Run the conformance cases against ``backend`` ("model" or "kvm").
+
+    ``rules`` replaces the model's :data:`kvmspe.rules.RULES` (to show that a
+    changed rule is caught); it has no meaning for the real kernel.
+    ``cases`` defaults to every case of :mod:`kvmspe.cases`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    if backend == "kvm" and rules is not None:
+        raise ValueError("rules apply to the model only; the real kernel has its own")
+    chosen = CASES if cases is None else tuple(cases)
+    start = time.perf_counter()
+    if backend == "model":
+        host: dict[str, Any] = {"model": True}
+        results = list(_run_model(chosen, RULES if rules is None else rules))
+    else:
+        host, results = _run_kvm(chosen)
+    return Report(backend, results, host, time.perf_counter() - start)
