@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import ast
 import errno
-import glob
 import operator
 import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -343,34 +342,19 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
 # --- the real backend ---------------------------------------------------------------------------------
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip(), 0)
-    except (OSError, ValueError):
-        return None
-
-
 def _sysfs_spus() -> dict[int, int | None]:
-    """SPE instances from sysfs: perf PMU type -> own limit in bytes (None: unknown)."""
-    found: dict[int, int | None] = {}
-    for path in sorted(glob.glob("/sys/bus/event_source/devices/arm_spe_*")):
-        spu_type = _read_int(os.path.join(path, "type"))
-        if spu_type is not None:
-            found[spu_type] = _read_int(os.path.join(path, "caps", "max_buff_size"))
-    return found
+    """SPE instances: perf PMU type -> own limit in bytes (None: sysfs does not say)."""
+    from .discovery import read_spe_instances
+
+    instances, _ = read_spe_instances()
+    return {i.type: i.max_buff_size for i in instances if i.type is not None}
 
 
 def _vm_lck() -> int:
-    """This process's VmLck in bytes."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmLck:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    """This process's VmLck in bytes (0 when it cannot be read)."""
+    from .discovery import read_vm_lck
+
+    return read_vm_lck()[0] or 0
 
 
 def _probe(kvm: Any) -> HostFacts:
@@ -444,7 +428,18 @@ class _KvmRunner(_Runner):
         ids = [] if first is None else [first] + [i for i in facts.spu_limits if i != first]
         self.env = _env(facts.page_size, ids, facts.spu_limits.get(first) if first is not None else None)
         self._set_room = set_room
-        self.vcpus = [vm.create_vcpu(spe=f) for f in case.setup.vcpus]
+        self.vcpus = [self._create(vm, f, facts) for f in case.setup.vcpus]
+
+    @staticmethod
+    def _create(vm: Any, spe: bool, facts: HostFacts) -> Any:
+        try:
+            return vm.create_vcpu(spe=spe)
+        except KvmError:
+            if facts.spe or not spe:
+                raise
+            # An arm64 kernel without SPE refuses the feature at KVM_ARM_VCPU_INIT;
+            # the SPE group answers ENXIO with or without it.
+            return vm.create_vcpu(spe=False)
 
     def set_room(self, room: int) -> None:
         self._set_room(room)
@@ -453,36 +448,47 @@ class _KvmRunner(_Runner):
         raise ValueError(f"{step.op} needs guest code")
 
 
-def _run_kvm(cases: Iterable[Case]) -> tuple[dict[str, Any], list[Result]]:
+MemlockFn = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
+
+
+def _run_kvm(
+    cases: Iterable[Case],
+    kvm: Any = None,
+    facts: HostFacts | None = None,
+    memlock: MemlockFn = _memlock_room,
+) -> tuple[dict[str, Any], list[Result]]:
+    """Run ``cases`` on the real kernel; ``kvm``, ``facts`` and ``memlock``
+    stand in for /dev/kvm, the host probe and RLIMIT_MEMLOCK (for tests)."""
     results: list[Result] = []
-    try:
-        from .kvm import Kvm
-    except ImportError as exc:
-        reason = f"the real backend kvmspe.kvm is not available ({exc})"
-        return {"error": reason}, [_skipped(c, reason) for c in cases]
-    try:
-        kvm = Kvm()
-    except (OSError, ValueError) as exc:
-        reason = f"/dev/kvm is not usable: {exc}"
-        return {"error": reason}, [_skipped(c, reason) for c in cases]
+    if kvm is None:
+        try:
+            from .kvm import Kvm
+        except ImportError as exc:
+            reason = f"the real backend kvmspe.kvm is not available ({exc})"
+            return {"error": reason}, [_skipped(c, reason) for c in cases]
+        try:
+            kvm = Kvm()
+        except (OSError, ValueError) as exc:
+            reason = f"/dev/kvm is not usable: {exc}"
+            return {"error": reason}, [_skipped(c, reason) for c in cases]
     with kvm:
-        facts = _probe(kvm)
+        facts = facts or _probe(kvm)
         for case in cases:
             why = _skip_reason(case, facts)
             if why is not None:
                 results.append(_skipped(case, why))
                 continue
-            results.append(_run_kvm_case(kvm, facts, case))
+            results.append(_run_kvm_case(kvm, facts, case, memlock))
     return facts.to_dict(), results
 
 
-def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case) -> Result:
+def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) -> Result:
     rule = case.rule
     key, source = (rule.key, rule.source) if rule else ("", "")
     env = _env(facts.page_size, list(facts.spu_limits), None)
     room = None if case.setup.memlock is None else resolve(case.setup.memlock, env)
     with ExitStack() as stack:
-        set_room = stack.enter_context(_memlock_room(room))
+        set_room = stack.enter_context(memlock(room))
         vm = stack.enter_context(kvm.create_vm())
         try:
             runner = _KvmRunner(case, facts, vm, set_room)
