@@ -297,6 +297,135 @@ def _bench_ioctl(exe: Path, rounds: int, calls: int) -> list[Row]:
     return rows
 
 
+# --- where kvmspe.kvm spends its per-call time ------------------------------------
+
+
+def _fake_ioctl(fd: int, request: int, arg: object) -> int:
+    """A system call that costs nothing: only the Python side is left to time."""
+    if request == abi.KVM_CREATE_VM or request == abi.KVM_CREATE_VCPU:
+        return os.open(os.devnull, os.O_RDONLY)
+    return 0
+
+
+def _loops(vcpu: Any, fd: int, n: int) -> dict[str, Callable[[], None]]:
+    """One loop per piece of per-call work; each runs ``n`` times."""
+    import struct
+
+    fake, has_req = _fake_ioctl, abi.KVM_HAS_DEVICE_ATTR
+    buf = bytearray(abi.DEVICE_ATTR.size)
+    value = bytearray(8)
+    group_attr, u64 = struct.Struct("=IQ"), abi.U64
+    table: dict[int, dict[int, Any]] = {GROUP: {ATTR + 1: u64}}
+    empty: dict[int, Any] = {}
+    g, a, r = GROUP, ATTR, range(n)
+
+    class Empty:
+        def m(self, group: int, attr: int) -> None:
+            pass
+
+    method = Empty().m
+    has, get, set_ = vcpu.has_device_attr, vcpu.get_device_attr, vcpu.set_device_attr
+
+    def empty_loop() -> None:
+        for _ in r:
+            pass
+
+    def bare() -> None:
+        for _ in r:
+            fake(fd, has_req, buf)
+
+    def vcpu_has() -> None:
+        for _ in r:
+            has(g, a)
+
+    def vcpu_get() -> None:
+        for _ in r:
+            get(g, a)
+
+    def vcpu_set() -> None:
+        for _ in r:
+            set_(g, a, 5)
+
+    def method_call() -> None:
+        for _ in r:
+            method(g, a)
+
+    def pack_group_attr() -> None:
+        for _ in r:
+            group_attr.pack_into(buf, 4, g, a)
+
+    def value_type_lookup() -> None:
+        for _ in r:
+            table.get(g, empty).get(a, u64)
+
+    def unpack_value() -> None:
+        for _ in r:
+            u64.unpack_from(value)[0]
+
+    def pack_value() -> None:
+        for _ in r:
+            u64.pack_into(value, 0, 5)
+
+    def try_while() -> None:
+        for _ in r:
+            while True:
+                try:
+                    fake(fd, has_req, buf)
+                    break
+                except OSError:
+                    continue
+
+    return {
+        "empty loop": empty_loop,
+        "fake ioctl call": bare,
+        "Vcpu.has_device_attr": vcpu_has,
+        "Vcpu.get_device_attr": vcpu_get,
+        "Vcpu.set_device_attr": vcpu_set,
+        "bound method call, 2 args": method_call,
+        "Struct.pack_into group+attr": pack_group_attr,
+        "value type: 2 dict.get": value_type_lookup,
+        "Struct.unpack_from value": unpack_value,
+        "Struct.pack_into value": pack_value,
+        "try/while around the ioctl": try_while,
+    }
+
+
+def bench_kvm_own_work(rounds: int) -> list[Row]:
+    """The Python work of each kvmspe.kvm call, with the system call replaced
+    by a no-op (``Kvm(ioctl=...)``): each method against a bare loop calling
+    the same no-op, and the pieces such a method is made of."""
+    try:
+        from kvmspe.kvm import Kvm
+    except ImportError as exc:
+        return [skipped("kvm own work", "kvmspe.kvm own work", f"kvmspe.kvm not available ({exc})")]
+    n = 50_000
+    with Kvm(os.devnull, ioctl=_fake_ioctl, arch="x86_64") as kvm:
+        vcpu = kvm.create_vm().create_vcpu(0)
+        loops = _loops(vcpu, vcpu.fd, n)
+        runs: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(rounds + 1):  # the first round is a warm-up
+            for name, loop in loops.items():
+                t0 = time.perf_counter_ns()
+                loop()
+                runs[name].append((time.perf_counter_ns() - t0) / n)
+    runs = {name: samples[1:] for name, samples in runs.items()}
+    empty = runs.pop("empty loop")
+    bare = runs.pop("fake ioctl call")
+    rows = []
+    for name, samples in runs.items():
+        # A method, or a piece wrapping the ioctl: beyond a bare call of the
+        # same no-op ioctl. Any other piece: beyond the empty loop.
+        if name.startswith("Vcpu."):
+            base, what = bare, "beyond a bare ioctl call"
+        elif name.startswith("try/while"):
+            base, what = bare, ""
+        else:
+            base, what = empty, ""
+        own = [s - b for s, b in zip(samples, base, strict=True)]
+        rows.append(Row("kvm own work", name, "ns/call", own, note=what))
+    return rows
+
+
 # --- CLI start-up ------------------------------------------------------------------
 
 
@@ -569,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = [
         *bench_ioctl(args.rounds, args.calls),
+        *bench_kvm_own_work(args.rounds),
         *bench_cli(args.rounds),
         *bench_codec(args.rounds),
         *bench_model_scale(),
