@@ -1,0 +1,152 @@
+"""Model hosts: built-in profiles, and a modelled copy of a discovered host.
+
+Every command needs a host to model, including on machines without SPE.
+:data:`PROFILES` names a few typical arm64 hosts; :func:`model_host` turns
+one of them, or a :class:`~kvmspe.discovery.HostInfo` from
+:func:`~kvmspe.discovery.discover`, into a :class:`kvmspe.model.Host`.
+
+From a discovered host [assumed mapping, see :func:`model_host`]:
+
+* page size: the host's page size;
+* one SPU per ``arm_spe_N`` instance, ``id`` = its perf PMU ``type`` (the
+  number KVM_ARM_VCPU_SPE_SPU is assumed to take), ``cpus`` = its cpumask;
+* the SPU's limit: ``caps/max_buff_size`` read as a size in bytes (0 or
+  absent: no limit). The file comes from a proposed perf driver patch whose
+  unit is not stated where we can see it; a value with no exact
+  MaxBuffSize encoding is rounded down to one, as hardware can only hold
+  encodable sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import maxbuf
+from .discovery import HostInfo
+from .model import Host, Spu
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PROFILES",
+    "Profile",
+    "SpuProfile",
+    "TYPICAL_SPE_TYPE",
+    "model_host",
+    "spus_from_info",
+]
+
+#: The perf PMU type the profiles give their SPUs: a typical dynamic type
+#: (perf hands out numbers after its fixed ones; SPE instances often get ~10).
+TYPICAL_SPE_TYPE = 10
+
+
+@dataclass(frozen=True)
+class SpuProfile:
+    """An SPU of a profile: id (perf type), limit in bytes (0: none), CPUs."""
+
+    id: int  # noqa: A003 - the kernel's name
+    max_buffer_size: int = 0
+    cpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named model host: page size and SPUs, with a one-line description."""
+
+    name: str
+    description: str
+    page_size: int
+    spus: tuple[SpuProfile, ...]
+
+    def host(self, memlock_limit: int | None = None, locked: int = 0) -> Host:
+        """A fresh :class:`kvmspe.model.Host` with this profile."""
+        spus = [Spu(s.id, s.max_buffer_size, cpus=s.cpus) for s in self.spus]
+        return Host(self.page_size, spus, memlock_limit, locked=locked)
+
+
+_CPUS_0_3 = (0, 1, 2, 3)
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            "default-4k",
+            "4 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
+            4096,
+            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+        ),
+        Profile(
+            "16k",
+            "16 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
+            16384,
+            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+        ),
+        Profile(
+            "64k",
+            "64 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
+            65536,
+            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+        ),
+        Profile(
+            "limited-spu",
+            "4 KiB pages, one SPE unit (perf type 10, CPUs 0-3) whose MaxBuffSize limits buffers to 4 MiB",
+            4096,
+            (SpuProfile(TYPICAL_SPE_TYPE, 4 << 20, _CPUS_0_3),),
+        ),
+        Profile(
+            "big-little",
+            "4 KiB pages, two SPE units: type 10 on CPUs 0-3 unlimited, type 11 on CPUs 4-7 limited to 4 MiB",
+            4096,
+            (
+                SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),
+                SpuProfile(TYPICAL_SPE_TYPE + 1, 4 << 20, (4, 5, 6, 7)),
+            ),
+        ),
+    )
+}
+
+DEFAULT_PROFILE = "default-4k"
+
+
+def spus_from_info(info: HostInfo) -> list[Spu]:
+    """One model SPU per discovered SPE instance whose perf type could be read.
+
+    The limit is ``caps/max_buff_size`` read as bytes [assumed], rounded down
+    to an encodable size; 0 or absent means no limit.
+    """
+    spus = []
+    for inst in info.spe_instances:
+        if inst.type is None:
+            continue
+        limit = inst.max_buff_size or 0
+        if limit and not maxbuf.is_representable(limit):
+            limit = maxbuf.round_down(limit) or maxbuf.round_up(limit)
+        spus.append(Spu(inst.type, limit, cpus=inst.cpus))
+    return spus
+
+
+def model_host(
+    source: str | HostInfo = DEFAULT_PROFILE,
+    *,
+    memlock_limit: int | None = None,
+    locked: int = 0,
+) -> Host:
+    """A model :class:`~kvmspe.model.Host` from a profile name or a discovered host.
+
+    ``memlock_limit`` (bytes; None: unlimited) and ``locked`` (bytes already
+    locked by the VMM) are the modelled process's RLIMIT_MEMLOCK and locked
+    memory; to model this process, pass ``info.memlock_soft`` and
+    ``info.vm_lck``. A discovered host without SPE instances gives a host
+    without SPUs, on which every SPE call answers ENXIO, as the real one does.
+    """
+    if isinstance(source, HostInfo):
+        if source.page_size not in maxbuf.PAGE_SIZES:
+            accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
+            raise ValueError(
+                f"the discovered page size {source.page_size} is not an arm64 page size; accepted: {accepted}"
+            )
+        return Host(source.page_size, spus_from_info(source), memlock_limit, locked=locked)
+    profile = PROFILES.get(source)
+    if profile is None:
+        raise ValueError(f"unknown host profile {source!r}; known: {', '.join(PROFILES)}")
+    return profile.host(memlock_limit, locked)

@@ -1,0 +1,133 @@
+"""Model hosts from profiles and from discovery behave as their description says."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+import pytest
+
+from kvmspe import abi
+from kvmspe.discovery import discover, fixture_roots
+from kvmspe.errors import KvmError
+from kvmspe.model import Host, Vcpu
+from kvmspe.profiles import DEFAULT_PROFILE, PROFILES, model_host
+
+SPE, SPU, MAX = abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+NO_KVM = "/nonexistent/kvm"
+
+
+def _vcpu(host: Host, spu: int | None = None) -> Vcpu:
+    vcpu = host.create_vm().create_vcpu(0)
+    vcpu.set_device_attr(SPE, SPU, host.spus[0].id if spu is None else spu)
+    return vcpu
+
+
+def _set_max(host: Host, size: int, spu: int | None = None) -> int:
+    """0 on success, else the errno."""
+    try:
+        _vcpu(host, spu).set_device_attr(SPE, MAX, size)
+    except KvmError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def test_required_profiles_exist_with_one_line_descriptions() -> None:
+    assert {"default-4k", "64k", "limited-spu"} <= set(PROFILES)
+    assert DEFAULT_PROFILE == "default-4k"
+    for name, profile in PROFILES.items():
+        assert profile.name == name
+        assert profile.description and "\n" not in profile.description
+
+
+def test_default_4k_has_one_unlimited_spu() -> None:
+    host = model_host()
+    assert host.page_size == 4096
+    assert len(host.spus) == 1 and host.spus[0].max_buffer_size == 0
+    assert _set_max(host, 1 << 30) == 0
+    assert _set_max(model_host(), 4096 + 2048) == errno.EINVAL
+
+
+def test_64k_refuses_sizes_that_are_not_64k_multiples() -> None:
+    host = model_host("64k")
+    assert host.page_size == 65536
+    assert _set_max(host, 4096) == errno.EINVAL
+    assert _set_max(model_host("64k"), 65536) == 0
+
+
+def test_limited_spu_gives_erange_above_its_limit() -> None:
+    limit = model_host("limited-spu").spus[0].max_buffer_size
+    assert limit == 4 << 20
+    assert _set_max(model_host("limited-spu"), limit) == 0
+    assert _set_max(model_host("limited-spu"), limit + (1 << 21)) == errno.ERANGE
+    assert _set_max(model_host("limited-spu"), 0) == errno.ERANGE
+
+
+def test_memlock_limit_and_locked_reach_the_host() -> None:
+    host = model_host(memlock_limit=1 << 20, locked=4096)
+    assert host.memlock_limit == 1 << 20 and host.locked_bytes == 4096
+    assert _set_max(model_host(memlock_limit=1 << 20), 2 << 20) == errno.ENOMEM
+
+
+def test_each_call_gives_a_fresh_host() -> None:
+    assert model_host("64k") is not model_host("64k")
+    host = model_host()
+    host.create_vm()
+    assert model_host().vms == []
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="default-4k") as info:
+        model_host("huge")
+    assert "\n" not in str(info.value)
+
+
+def test_big_little_profile_has_two_spus_on_disjoint_cpus() -> None:
+    little, big = model_host("big-little").spus
+    assert set(little.cpus).isdisjoint(big.cpus)
+    assert (little.max_buffer_size, big.max_buffer_size) == (0, 4 << 20)
+
+
+# -- from discovery ---------------------------------------------------------------------
+
+
+def test_host_from_the_fixture_tree() -> None:
+    info = discover(**fixture_roots(), dev_kvm=NO_KVM)
+    host = model_host(info)
+    assert host.page_size == info.page_size
+    assert [(s.id, s.max_buffer_size, s.cpus) for s in host.spus] == [
+        (10, 0, (0, 1, 2, 3)),
+        (11, 4 << 20, (4, 5, 6, 7)),
+    ]
+    # arm_spe_1's max_buff_size limits buffers; arm_spe_0 has no limit.
+    assert _set_max(model_host(info), 8 << 20, spu=11) == errno.ERANGE
+    assert _set_max(model_host(info), 8 << 20, spu=10) == 0
+
+
+def test_unencodable_max_buff_size_is_rounded_down() -> None:
+    info = discover(**fixture_roots(), dev_kvm=NO_KVM)
+    info.spe_instances[1].caps["max_buff_size"] = (4 << 20) + 4096
+    assert model_host(info).spus[1].max_buffer_size == 4 << 20
+
+
+def test_instance_without_type_is_left_out() -> None:
+    info = discover(**fixture_roots(), dev_kvm=NO_KVM)
+    info.spe_instances[0].type = None
+    assert [s.id for s in model_host(info).spus] == [11]
+
+
+def test_host_without_spe_answers_enxio() -> None:
+    info = discover(sysfs_root="/nonexistent", dev_kvm=NO_KVM)
+    host = model_host(dataclasses.replace(info, page_size=4096))
+    assert host.spus == ()
+    vcpu = host.create_vm().create_vcpu(0)
+    assert vcpu.has_device_attr(SPE, MAX) is False
+    with pytest.raises(KvmError) as exc:
+        vcpu.set_device_attr(SPE, MAX, 4096)
+    assert exc.value.errno == errno.ENXIO
+
+
+def test_page_size_that_is_not_arm64_is_refused() -> None:
+    info = discover(**fixture_roots(), dev_kvm=NO_KVM)
+    with pytest.raises(ValueError, match="accepted"):
+        model_host(dataclasses.replace(info, page_size=8192))
