@@ -1,0 +1,166 @@
+"""The VMM-style configuration helper, on the model and on the real /dev/kvm."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from kvmspe import abi
+from kvmspe.errors import KvmError
+from kvmspe.kvm import Kvm
+from kvmspe.model import Host
+from kvmspe.profiles import model_host
+from kvmspe.vmm import SpeConfigError, configure_spe
+
+SPE = abi.KVM_ARM_VCPU_SPE_CTRL
+IRQ, SPU, MAX = abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+GOOD = {"irq": 21, "spu": 10, "max_buffer_size": 1 << 21}
+
+
+class Recording:
+    """A VCPU that records calls and can fail one of them."""
+
+    def __init__(self, has: bool = True, fail: tuple[str, int, int] | None = None):
+        self.calls: list[tuple[str, int, object]] = []
+        self.has = has
+        self.fail = fail
+
+    def _maybe_fail(self, call: str, attr: int) -> None:
+        if self.fail and self.fail[:2] == (call, attr):
+            code = self.fail[2]
+            raise KvmError(code, abi.explain(call, SPE, attr, code), group=SPE, attr=attr)
+
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        self.calls.append(("has", attr, None))
+        self._maybe_fail("has", attr)
+        return self.has
+
+    def set_device_attr(self, group: int, attr: int, value: object) -> None:
+        self.calls.append(("set", attr, value))
+        self._maybe_fail("set", attr)
+
+
+def _configure(host: Host, **kw: int) -> list[str]:
+    vcpu = host.create_vm().create_vcpu(0)
+    return [s.name for s in configure_spe(vcpu, **{**GOOD, **kw})]
+
+
+# -- order and messages -----------------------------------------------------------------
+
+
+def test_has_then_set_for_irq_spu_and_max_buffer_size_in_order() -> None:
+    vcpu = Recording()
+    steps = configure_spe(vcpu, **GOOD)
+    expected = [("has", IRQ, None), ("set", IRQ, 21), ("has", SPU, None), ("set", SPU, 10)]
+    expected += [("has", MAX, None), ("set", MAX, 1 << 21)]
+    assert vcpu.calls == expected
+    assert [(s.call, s.attr, s.value) for s in steps] == expected
+
+
+def test_has_no_stops_with_not_supported_before_any_set() -> None:
+    vcpu = Recording(has=False)
+    with pytest.raises(SpeConfigError) as info:
+        configure_spe(vcpu, **GOOD)
+    assert str(info.value).startswith("SPE not supported by this host's KVM")
+    assert info.value.step.name == "has KVM_ARM_VCPU_SPE_IRQ"
+    assert info.value.errno == errno.ENXIO
+    assert vcpu.calls == [("has", IRQ, None)]
+
+
+def test_has_error_is_its_own_step() -> None:
+    vcpu = Recording(fail=("has", SPU, errno.ENODEV))
+    with pytest.raises(SpeConfigError) as info:
+        configure_spe(vcpu, **GOOD)
+    assert str(info.value).startswith("cannot query KVM_ARM_VCPU_SPE_SPU: ENODEV: ")
+    assert info.value.error.errno == errno.ENODEV
+
+
+@pytest.mark.parametrize(
+    ("attr", "code", "start"),
+    [
+        (IRQ, errno.EINVAL, "cannot set KVM_ARM_VCPU_SPE_IRQ=21: EINVAL: "),
+        (SPU, errno.ENXIO, "cannot set KVM_ARM_VCPU_SPE_SPU=10: ENXIO: "),
+        (MAX, errno.EDOM, "cannot set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x200000: EDOM: "),
+    ],
+)
+def test_one_message_per_set_step(attr: int, code: int, start: str) -> None:
+    vcpu = Recording(fail=("set", attr, code))
+    with pytest.raises(SpeConfigError) as info:
+        configure_spe(vcpu, **GOOD)
+    assert str(info.value).startswith(start)
+    assert "\n" not in str(info.value)
+    assert info.value.step.attr == attr and info.value.errno == code
+    assert vcpu.calls[-1][:2] == ("set", attr)
+
+
+@pytest.mark.parametrize("bad", [{"irq": 1 << 31}, {"spu": -(1 << 31) - 1}, {"max_buffer_size": -1}])
+def test_values_that_do_not_fit_are_refused_before_any_call(bad: dict[str, int]) -> None:
+    vcpu = Recording()
+    with pytest.raises(ValueError):
+        configure_spe(vcpu, **{**GOOD, **bad})
+    assert vcpu.calls == []
+
+
+# -- on the model -------------------------------------------------------------------------
+
+
+def test_model_configures_the_vm() -> None:
+    host = model_host()
+    vcpu = host.create_vm().create_vcpu(0)
+    assert len(configure_spe(vcpu, **GOOD)) == 6
+    assert (vcpu.irq, vcpu.vm.spu and vcpu.vm.spu.id, vcpu.vm.max_buffer_size) == (21, 10, 1 << 21)
+
+
+def test_model_edom_message() -> None:
+    with pytest.raises(SpeConfigError) as info:
+        _configure(model_host(), max_buffer_size=0x401000)
+    assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x401000: EDOM: ")
+
+
+def test_model_erange_on_limited_spu() -> None:
+    with pytest.raises(SpeConfigError) as info:
+        _configure(model_host("limited-spu"), max_buffer_size=8 << 20)
+    assert info.value.errno == errno.ERANGE
+
+
+def test_model_unknown_spu() -> None:
+    with pytest.raises(SpeConfigError) as info:
+        _configure(model_host(), spu=99)
+    assert info.value.step.name == "set KVM_ARM_VCPU_SPE_SPU=99" and info.value.errno == errno.ENXIO
+
+
+def test_model_irq_not_a_ppi() -> None:
+    with pytest.raises(SpeConfigError) as info:
+        _configure(model_host(), irq=40)
+    assert info.value.step.name == "set KVM_ARM_VCPU_SPE_IRQ=40" and info.value.errno == errno.EINVAL
+
+
+def test_model_host_without_spe_is_not_supported() -> None:
+    with pytest.raises(SpeConfigError, match="SPE not supported by this host's KVM"):
+        _configure(Host(4096, []))
+
+
+def test_model_vcpu_without_the_feature_is_not_supported() -> None:
+    vcpu = model_host().create_vm().create_vcpu(0, spe=False)
+    with pytest.raises(SpeConfigError, match="SPE not supported by this host's KVM"):
+        configure_spe(vcpu, **GOOD)
+
+
+# -- on the real kernel -----------------------------------------------------------------------
+
+
+def test_real_vcpu_stops_at_the_has_step_where_kvm_lacks_spe() -> None:
+    try:
+        kvm = Kvm()
+    except KvmError as exc:
+        pytest.skip(f"/dev/kvm is not usable here: {exc}")
+    with kvm, kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(0)
+        if vcpu.has_device_attr(SPE, IRQ):
+            pytest.skip("this host's KVM supports SPE; the not-supported answer cannot be seen")
+        with pytest.raises(SpeConfigError) as info:
+            configure_spe(vcpu, **GOOD)
+    assert str(info.value).startswith("SPE not supported by this host's KVM")
+    assert info.value.step.name == "has KVM_ARM_VCPU_SPE_IRQ"
+    assert info.value.errno == errno.ENXIO
