@@ -1,0 +1,129 @@
+"""Read and raise RLIMIT_MEMLOCK of this process or another one.
+
+KVM charges the pinned SPE buffer against the VMM's RLIMIT_MEMLOCK
+(FACTS section 5), so a VMM raises the limit before running its VCPUs, or
+when KVM_RUN exits with KVM_EXIT_RLIMIT. :func:`status` reads the soft and
+hard limits and ``VmLck`` (the peak of locked memory) from procfs;
+:func:`raise_limit` raises the soft limit, and the hard one when asked and
+privileged (CAP_SYS_RESOURCE), with ``resource.prlimit``. It never lowers a
+limit: a limit already high enough is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+from .errors import KvmspeError
+
+__all__ = ["MemlockPermissionError", "MemlockStatus", "raise_limit", "status"]
+
+_LIMIT_ROW = "Max locked memory"
+#: The largest finite rlim_t; Python spells RLIM_INFINITY as -1.
+_RLIM_MAX = (1 << 64) - 2
+
+
+class MemlockPermissionError(KvmspeError, PermissionError):
+    """The limit cannot be raised without a privilege the caller lacks."""
+
+
+@dataclass(frozen=True)
+class MemlockStatus:
+    """RLIMIT_MEMLOCK of one process; ``None`` is RLIM_INFINITY."""
+
+    pid: int
+    soft: int | None
+    hard: int | None
+    vm_lck: int
+
+
+def _pid(pid: int | None) -> int:
+    if pid is None:
+        return os.getpid()
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise ValueError(f"pid must be a positive int or None (this process), got {pid!r}")
+    return pid
+
+
+def _limit_value(text: str) -> int | None:
+    return None if text == "unlimited" else int(text)
+
+
+def status(pid: int | None = None, *, procfs_root: str = "/proc") -> MemlockStatus:
+    """Soft and hard RLIMIT_MEMLOCK and VmLck (bytes) of ``pid`` (None: this process),
+    read from ``<procfs_root>/<pid>/limits`` and ``.../status``."""
+    pid = _pid(pid)
+    base = os.path.join(procfs_root, str(pid))
+    try:
+        with open(os.path.join(base, "limits"), encoding="ascii") as f:
+            limits = f.read()
+        with open(os.path.join(base, "status"), encoding="ascii") as f:
+            proc_status = f.read()
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no process {pid} (nothing at {base})") from None
+    soft = hard = None
+    found = False
+    for line in limits.splitlines():
+        if line.startswith(_LIMIT_ROW):
+            fields = line[len(_LIMIT_ROW) :].split()
+            soft, hard = _limit_value(fields[0]), _limit_value(fields[1])
+            found = True
+    if not found:
+        raise KvmspeError(f"{base}/limits has no '{_LIMIT_ROW}' row")
+    vm_lck = 0
+    for line in proc_status.splitlines():
+        if line.startswith("VmLck:"):
+            number, unit = line.split()[1:3]
+            if unit != "kB":
+                raise KvmspeError(f"{base}/status: VmLck in unexpected unit {unit!r}")
+            vm_lck = int(number) * 1024
+    return MemlockStatus(pid, soft, hard, vm_lck)
+
+
+def _from_rlim(value: int) -> int | None:
+    return None if value == resource.RLIM_INFINITY else value
+
+
+def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> MemlockStatus:
+    """Make RLIMIT_MEMLOCK of ``pid`` (None: this process) at least ``nbytes``.
+
+    The soft limit is raised to ``nbytes`` when it is lower; a limit at or
+    above ``nbytes`` is left alone. When ``nbytes`` is above the hard limit,
+    ``hard=True`` raises the hard limit too, which needs CAP_SYS_RESOURCE;
+    without it, or without ``hard=True``, :class:`MemlockPermissionError`.
+    Returns the new :func:`status`.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= _RLIM_MAX:
+        raise ValueError(f"nbytes must be an int 0..{_RLIM_MAX} (2**64-2), got {nbytes!r}")
+    pid = _pid(pid)
+    target = 0 if pid == os.getpid() else pid
+    try:
+        soft, hard_now = resource.prlimit(target, resource.RLIMIT_MEMLOCK)
+    except ProcessLookupError:
+        raise ProcessLookupError(f"no process {pid}") from None
+    except PermissionError:
+        raise MemlockPermissionError(
+            f"cannot read RLIMIT_MEMLOCK of process {pid}: it belongs to another user"
+            " (needs CAP_SYS_RESOURCE or the same user)"
+        ) from None
+    soft_v, hard_v = _from_rlim(soft), _from_rlim(hard_now)
+    if soft_v is None or soft_v >= nbytes:
+        return status(pid)
+    new_hard = hard_now
+    if hard_v is not None and nbytes > hard_v:
+        if not hard:
+            raise MemlockPermissionError(
+                f"{nbytes} bytes is above the hard RLIMIT_MEMLOCK {hard_v} of process {pid};"
+                " pass hard=True to raise it (needs CAP_SYS_RESOURCE)"
+            )
+        new_hard = nbytes
+    try:
+        resource.prlimit(target, resource.RLIMIT_MEMLOCK, (nbytes, new_hard))
+    except (PermissionError, ValueError) as exc:
+        # Linux answers EPERM; Python reports a failed raise of the hard limit as ValueError.
+        raise MemlockPermissionError(
+            f"cannot raise RLIMIT_MEMLOCK of process {pid} to {nbytes} bytes: {exc}"
+            " (raising a hard limit, or another user's limits, needs CAP_SYS_RESOURCE)"
+        ) from None
+    return status(pid)
