@@ -179,8 +179,12 @@ class Rule:
 def _rule(key: str, source: str, where: str, text: str, *cases: Case) -> Rule:
     if source not in SOURCES:
         raise ValueError(f"rule {key}: source {source!r} is not one of {', '.join(SOURCES)}")
-    rule = Rule(key, source, where, " ".join(text.split()), ())
-    return replace(rule, cases=tuple(replace(c, rule=rule) for c in cases))
+    own = tuple(replace(c) for c in cases)
+    rule = Rule(key, source, where, " ".join(text.split()), own)
+    for c in own:
+        # Case and Rule refer to each other; the link is made once, here.
+        object.__setattr__(c, "rule", rule)
+    return rule
 
 
 def case(name: str, setup: Setup, *calls: Step) -> Case:

@@ -1,0 +1,318 @@
+"""The conformance suite: every case passes on the model, the applicable ones
+on this machine's /dev/kvm, and a deliberately broken rule set is caught by
+the cases that name the broken rule (and only by them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from kvmspe import abi, conformance, model
+from kvmspe.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
+from kvmspe.conformance import HostFacts, Report, resolve
+from kvmspe.rules import RULES, Check, RuleSet
+
+MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+CASE_IDS = [c.name for c in CASES]
+
+
+# --- the case list is sound -----------------------------------------------------------------
+
+
+def test_case_names_are_unique_and_every_case_has_a_rule() -> None:
+    assert len(set(CASE_IDS)) == len(CASE_IDS)
+    for case in CASES:
+        assert case.rule is not None and case.calls, case.name
+        assert case in case.rule.cases
+
+
+def test_each_rule_is_stated_once_with_a_known_source() -> None:
+    texts = [r.text for r in RULE_LIST]
+    keys = [r.key for r in RULE_LIST]
+    assert len(set(texts)) == len(texts)
+    assert len(set(keys)) == len(keys)
+    assert all(r.source in SOURCES and r.cases for r in RULE_LIST)
+
+
+def test_every_documented_set_errno_of_max_buffer_size_is_expected_somewhere() -> None:
+    """FACTS 3 lists the SET errnos; each must be the expected result of a case."""
+    info = abi.ATTRS[(abi.KVM_ARM_VCPU_SPE_CTRL, MAX)]
+    expected = {
+        s.expect for c in CASES for s in c.calls if s.op == "set" and s.target.endswith("BUFFER_SIZE")
+    }
+    missing = [errno.errorcode[e] for e in info.errnos["set"] if errno.errorcode[e] not in expected]
+    assert not missing
+
+
+def test_by_name_keeps_order_and_refuses_unknown_names() -> None:
+    assert [c.name for c in by_name(["has-irq", "get-before-set"])] == ["has-irq", "get-before-set"]
+    with pytest.raises(ValueError, match="no-such-case"):
+        by_name(["no-such-case"])
+
+
+def test_resolve_evaluates_case_expressions_and_nothing_else() -> None:
+    env = conformance._env(16384, [10, 11], 1 << 20)
+    assert resolve("PAGE * 2 + 4 * KiB", env) == 36864
+    assert resolve("LIMIT", env) == 1 << 20
+    assert resolve("unrep(PAGE)", env) % 16384 == 0
+    with pytest.raises(ValueError):
+        resolve("__import__('os').getpid()", env)
+    with pytest.raises(ValueError):
+        resolve("PAGE.bit_length()", env)
+
+
+# --- the model passes every case ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_report() -> Report:
+    return conformance.run("model")
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_case_passes_on_the_model(model_report: Report, name: str) -> None:
+    result = next(r for r in model_report.results if r.case == name)
+    assert result.status == "passed", f"expected {result.expected}, got {result.got}: {result.reason}"
+
+
+def test_model_report_is_ok_and_covers_every_case(model_report: Report) -> None:
+    assert model_report.ok
+    assert [r.case for r in model_report.results] == CASE_IDS
+    assert model_report.count("passed") == len(CASES)
+
+
+# --- the real kernel: the cases that apply here pass, the others say why ---------------------------
+
+
+@pytest.fixture(scope="module")
+def kvm_report() -> Report:
+    report = conformance.run("kvm")
+    if "error" in report.host:
+        pytest.skip(str(report.host["error"]))
+    return report
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_case_on_this_machines_kvm(kvm_report: Report, name: str) -> None:
+    result = next(r for r in kvm_report.results if r.case == name)
+    if result.status == "skipped":
+        assert result.reason
+        pytest.skip(f"does not apply to this host: {result.reason}")
+    assert result.status == "passed", f"expected {result.expected}, got {result.got}: {result.reason}"
+
+
+def test_host_without_spe_runs_every_enxio_case(kvm_report: Report) -> None:
+    if kvm_report.host.get("spe"):
+        pytest.skip("this host has SPE; the no-SPE cases do not apply")
+    ran = {r.case for r in kvm_report.results if r.status == "passed"}
+    no_spe = {c.name for c in CASES if not c.setup.spus}
+    assert no_spe and ran == no_spe
+    assert all(
+        r.reason == "host has no SPE: only the ENXIO cases apply"
+        for r in kvm_report.results
+        if r.status == "skipped"
+    )
+
+
+# --- breaking a rule on purpose is caught -----------------------------------------------------------
+
+
+def _failing(rules: RuleSet) -> set[str]:
+    return {r.case for r in conformance.run("model", rules=rules).results if r.status == "failed"}
+
+
+def _set_checks(attr: int = MAX) -> list[Check]:
+    return list(RULES.set[attr])
+
+
+def _with_set(checks: list[Check], attr: int = MAX) -> RuleSet:
+    return dataclasses.replace(RULES, set={**RULES.set, attr: tuple(checks)})
+
+
+def _swapped(a: str, b: str) -> RuleSet:
+    checks = _set_checks()
+    names = [c.name for c in checks]
+    i, j = names.index(a), names.index(b)
+    checks[i], checks[j] = checks[j], checks[i]
+    return _with_set(checks)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "caught_by"),
+    [
+        ("page-aligned", "spu-assigned", {"order-unaligned-before-no-spu"}),
+        ("encodable", "within-spu-limit", {"order-unencodable-before-limit"}),
+        ("has-run", "page-aligned", {"order-run-before-unaligned"}),
+        ("within-spu-limit", "memlock", {"order-limit-before-memlock"}),
+        ("readable-pointer", "has-run", {"order-efault-before-has-run"}),
+    ],
+)
+def test_swapping_two_checks_fails_exactly_the_order_case(
+    first: str, second: str, caught_by: set[str]
+) -> None:
+    assert _failing(_swapped(first, second)) == caught_by
+
+
+def test_a_swap_is_reported_with_expected_and_got() -> None:
+    report = conformance.run("model", rules=_swapped("page-aligned", "spu-assigned"))
+    (bad,) = report.failed
+    assert (bad.case, bad.expected, bad.got) == ("order-unaligned-before-no-spu", "EINVAL", "ENODEV")
+    assert "SET SPE_MAX_BUFFER_SIZE=PAGE + 1" in bad.reason
+    assert not report.ok
+
+
+def test_removing_the_encodable_check_fails_the_edom_cases() -> None:
+    checks = [c for c in _set_checks() if c.name != "encodable"]
+    assert _failing(_with_set(checks)) == {
+        "unencodable-4m-plus-4k",
+        "unencodable-first-above-page",
+        "unencodable-above-largest",
+        "unencodable-u64-top",
+        "order-unencodable-before-limit",
+    }
+
+
+def test_swapping_the_group_checks_fails_the_no_spe_vcpu_case() -> None:
+    g = RULES.group
+    assert _failing(dataclasses.replace(RULES, group=(g[1], g[0], g[2]))) == {"no-spe-vcpu-without-feature"}
+
+
+def _every_check() -> Iterator[tuple[str, RuleSet]]:
+    for i, check in enumerate(RULES.group):
+        yield f"group/{check.name}", dataclasses.replace(RULES, group=RULES.group[:i] + RULES.group[i + 1 :])
+    for table in ("set", "get"):
+        for attr, checks in getattr(RULES, table).items():
+            for i, check in enumerate(checks):
+                cut = {**getattr(RULES, table), attr: checks[:i] + checks[i + 1 :]}
+                yield f"{table}/{attr}/{check.name}", dataclasses.replace(RULES, **{table: cut})
+    for i, check in enumerate(RULES.run):
+        yield f"run/{check.name}", dataclasses.replace(RULES, run=RULES.run[:i] + RULES.run[i + 1 :])
+
+
+@pytest.mark.parametrize(("name", "rules"), list(_every_check()), ids=[n for n, _ in _every_check()])
+def test_every_check_is_needed_by_some_case(name: str, rules: RuleSet) -> None:
+    assert _failing(rules), f"no conformance case notices that {name} is gone"
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+
+def test_report_json_has_the_documented_keys(model_report: Report) -> None:
+    doc = json.loads(json.dumps(model_report.to_dict()))
+    assert doc["schema"] == "kvmspe-conformance-report" and doc["schema_version"] == 1
+    assert doc["backend"] == "model" and doc["ok"] is True
+    assert doc["summary"] == {"passed": len(CASES), "failed": 0, "skipped": 0}
+    assert set(doc["results"][0]) == {"case", "rule", "source", "status", "expected", "got", "reason"}
+
+
+def test_render_lists_every_case_and_the_totals(model_report: Report) -> None:
+    text = model_report.render()
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["STATUS", "CASE", "RULE"]
+    assert len(lines) == len(CASES) + 2
+    assert all(name in text for name in CASE_IDS)
+    assert lines[-1].startswith(f"model: {len(CASES)} passed, 0 failed, 0 skipped")
+
+
+def test_run_refuses_unknown_backend_and_rules_for_the_kernel() -> None:
+    with pytest.raises(ValueError, match="accepted: model, kvm"):
+        conformance.run("qemu")
+    with pytest.raises(ValueError, match="model only"):
+        conformance.run("kvm", rules=RULES)
+
+
+def test_run_takes_a_subset_of_cases() -> None:
+    report = conformance.run("model", cases=by_name(["has-irq"]))
+    assert [r.case for r in report.results] == ["has-irq"]
+
+
+# --- the kvm path on an SPE host, played by the model ---------------------------------------------
+
+
+class _FakeVm:
+    def __init__(self, vm: model.Vm):
+        self.vm = vm
+
+    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> model.Vcpu:
+        vcpu = self.vm.create_vcpu(index, spe=spe)
+        vcpu.close = lambda: None  # type: ignore[attr-defined]
+        return vcpu
+
+    def __enter__(self) -> _FakeVm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.vm.close()
+
+
+class _FakeKvm:
+    """Stands in for kvmspe.kvm.Kvm on an arm64 host with SPE, using the model."""
+
+    arch = "aarch64"
+
+    def __init__(self, host: model.Host):
+        self.host = host
+
+    def create_vm(self) -> _FakeVm:
+        return _FakeVm(self.host.create_vm())
+
+    def __enter__(self) -> _FakeKvm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _spe_host_results(limit: int) -> dict[str, conformance.Result]:
+    host = model.Host(4096, [model.Spu(10, limit), model.Spu(11, limit)])
+
+    @contextmanager
+    def memlock(room: int | None) -> Iterator[Any]:
+        def set_room(r: int) -> None:
+            host.set_memlock_limit(host.locked_bytes + r)
+
+        if room is not None:
+            set_room(room)
+        yield set_room
+        host.set_memlock_limit(None)
+
+    facts = HostFacts("aarch64", True, 4096, {10: limit, 11: limit})
+    _, results = conformance._run_kvm(CASES, _FakeKvm(host), facts, memlock)
+    return {r.case: r for r in results}
+
+
+@pytest.mark.parametrize("limit", [0, 16 << 20])
+def test_on_an_spe_host_the_kvm_runner_passes_what_applies_and_explains_the_rest(limit: int) -> None:
+    results = _spe_host_results(limit)
+    failed = {n: (r.expected, r.got, r.reason) for n, r in results.items() if r.status == "failed"}
+    assert not failed
+    skipped = {n: r.reason for n, r in results.items() if r.status == "skipped"}
+    by = {c.name: c for c in CASES}
+    for name, reason in skipped.items():
+        case = by[name]
+        assert (
+            not case.setup.spus
+            or case.needs_guest
+            or case.setup.page_size not in (None, 4096)
+            or (case.setup.spus[0].limit is not None and (case.setup.spus[0].limit == 0) != (limit == 0))
+        ), f"{name} skipped for no good reason: {reason}"
+    assert "host has SPE" in skipped["no-spe-has-irq"]
+    assert "guest code" in skipped["rlimit-exit"]
+    assert "16 KiB host page size" in skipped["aligned-16k-host-16k"]
+    assert results["spu-different"].status == "passed"
+    assert results["efault-set-max"].status == "passed"
+
+
+def test_an_spu_limit_sysfs_does_not_show_skips_the_cases_that_need_it() -> None:
+    facts = HostFacts("aarch64", True, 4096, {10: None})
+    case = by_name(["limit-zero"])[0]
+    assert "caps/max_buff_size" in (conformance._skip_reason(case, facts) or "")
+    assert conformance._skip_reason(by_name(["store-page"])[0], facts) is None
+    two = Case("two", Setup(spus=(case.setup.spus[0], case.setup.spus[0])), case.calls)
+    assert "2 SPE instances" in (conformance._skip_reason(two, facts) or "")
