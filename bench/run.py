@@ -582,29 +582,26 @@ def bench_codec(rounds: int) -> list[Row]:
 # --- model ---------------------------------------------------------------------------
 
 
-def bench_model_scale() -> list[Row]:
-    """Rows from bench/model_scale.measure(), which times the model and planner."""
+#: Issue target for the model at scale: "well under a second".
+MODEL_SCALE_TARGET_MS = 1000.0
+
+
+def bench_model_scale(rounds: int) -> list[Row]:
+    """Rows from bench/model_scale.measure() (seconds), shown in ms."""
     try:
         import model_scale  # type: ignore[import-not-found]
     except ImportError as exc:
         return [skipped("model", "model scale", f"bench/model_scale.py not available ({exc})")]
     rows = []
-    for item in model_scale.measure():
-        samples = [float(x) for x in item.get("samples", [])]
-        if not samples and item.get("median") is not None:
-            samples = [float(item[k]) for k in ("min", "median", "max") if item.get(k) is not None]
-        rows.append(
-            Row(
-                "model",
-                str(item.get("name", "model scale")),
-                str(item.get("unit", "")),
-                samples,
-                item.get("baseline"),
-                [float(x) for x in item.get("ratios", [])],
-                item.get("target"),
-                str(item.get("note", "")),
-            )
-        )
+    for item in model_scale.measure(rounds):
+        scale = 1000.0 if item.get("unit") == "s" else 1.0
+        unit = "ms" if scale != 1.0 else str(item.get("unit", ""))
+        samples = [float(x) * scale for x in item.get("samples", [])]
+        if not samples:
+            samples = [float(item[k]) * scale for k in ("min", "median", "max") if item.get(k) is not None]
+        name = str(item.get("name", "model scale"))
+        target = MODEL_SCALE_TARGET_MS if name.startswith("model 512") and unit == "ms" else None
+        rows.append(Row("model", name, unit, samples, target=target, note=str(item.get("note", ""))))
     return rows
 
 
@@ -703,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         *bench_kvm_own_work(args.rounds),
         *bench_cli(args.rounds),
         *bench_codec(args.rounds),
-        *bench_model_scale(),
+        *bench_model_scale(args.rounds),
         *bench_conformance(args.rounds),
     ]
     elapsed = time.perf_counter() - started
