@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -316,3 +317,21 @@ def test_an_spu_limit_sysfs_does_not_show_skips_the_cases_that_need_it() -> None
     assert conformance._skip_reason(by_name(["store-page"])[0], facts) is None
     two = Case("two", Setup(spus=(case.setup.spus[0], case.setup.spus[0])), case.calls)
     assert "2 SPE instances" in (conformance._skip_reason(two, facts) or "")
+
+
+def test_run_bounded_ends_a_kvm_run_that_does_not_return() -> None:
+    class Spinning:
+        def run(self) -> abi.Exit:
+            time.sleep(5)
+            raise AssertionError("not interrupted")
+
+    exit_ = conformance.run_bounded(Spinning(), 0.05)  # type: ignore[arg-type]
+    assert exit_.reason == abi.KVM_EXIT_INTR
+
+
+def test_run_bounded_passes_a_prompt_exit_through() -> None:
+    class Prompt:
+        def run(self) -> abi.Exit:
+            return abi.Exit(abi.KVM_EXIT_MMIO)
+
+    assert conformance.run_bounded(Prompt(), 5).reason == abi.KVM_EXIT_MMIO  # type: ignore[arg-type]

@@ -19,6 +19,8 @@ import errno
 import operator
 import os
 import resource
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -32,7 +34,7 @@ from .registers import PMBIDR_EL1, PMBSR_EL1, Register
 from .rules import RULES, RuleSet
 from .stage1 import Stage1
 
-__all__ = ["BACKENDS", "HostFacts", "REPORT_SCHEMA", "Report", "Result", "resolve", "run"]
+__all__ = ["BACKENDS", "HostFacts", "REPORT_SCHEMA", "Report", "Result", "resolve", "run", "run_bounded"]
 
 BACKENDS = ("model", "kvm")
 REPORT_SCHEMA = "kvmspe-conformance-report"
@@ -40,6 +42,8 @@ REPORT_SCHEMA_VERSION = 1
 
 #: SPU ids the model hosts use: perf PMU types are small dynamic numbers.
 MODEL_SPU_IDS = (10, 11)
+#: How long a KVM_RUN of a conformance VCPU may take on the real kernel (seconds).
+RUN_TIMEOUT = 0.5
 #: Where the modelled guest puts its buffer (any page-aligned address will do).
 GUEST_BUFFER_BASE = 0x8000_0000
 _REGISTERS: dict[str, Register] = {"PMBIDR_EL1": PMBIDR_EL1, "PMBSR_EL1": PMBSR_EL1}
@@ -444,8 +448,44 @@ class _KvmRunner(_Runner):
     def set_room(self, room: int) -> None:
         self._set_room(room)
 
+    def perform(self, step: Step) -> object:
+        if step.op == "run":
+            return run_bounded(self.vcpus[step.vcpu])
+        return super().perform(step)
+
     def guest(self, step: Step) -> object:
         raise ValueError(f"{step.op} needs guest code")
+
+
+class _RunTimeout(Exception):
+    """Raised by the SIGALRM handler to get out of a KVM_RUN that does not return."""
+
+
+def run_bounded(vcpu: _Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
+    """KVM_RUN, cut short after ``seconds``.
+
+    The conformance VMs have no memory and no guest code: on arm64 the VCPU
+    takes a prefetch abort at its first instruction and keeps taking them
+    inside KVM_RUN, which then only returns on a signal. A SIGALRM whose
+    handler raises ends it; that counts as an exit (KVM_EXIT_INTR), since the
+    VCPU did enter KVM_RUN, which is all the run cases need. Outside the
+    main thread there is no SIGALRM handler, so the call is not bounded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return vcpu.run()
+
+    def alarm(signum: int, frame: object) -> None:
+        raise _RunTimeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return vcpu.run()
+    except _RunTimeout:
+        return abi.Exit(abi.KVM_EXIT_INTR)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 MemlockFn = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
