@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -335,3 +336,12 @@ def test_run_bounded_passes_a_prompt_exit_through() -> None:
             return abi.Exit(abi.KVM_EXIT_MMIO)
 
     assert conformance.run_bounded(Prompt(), 5).reason == abi.KVM_EXIT_MMIO  # type: ignore[arg-type]
+
+
+def test_docs_list_every_rule_with_its_source_and_case_count() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "conformance.md").read_text()
+    for rule in RULE_LIST:
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{rule.key}` |")), None)
+        assert row is not None, f"docs/conformance.md does not list rule {rule.key}"
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[2] == rule.source and cells[4] == str(len(rule.cases)), row
