@@ -436,3 +436,40 @@ def test_closing_the_vm_closes_every_fd(arm: Kvm, rec: Recorder) -> None:
     for fd in rec.opened:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_alternating_attributes_each_carry_their_own_group_attr_and_width(
+    vcpu: Vcpu, rec: Recorder
+) -> None:
+    # The struct keeps the last (group, attr) between calls: switching must re-point it.
+    rec.stored[SPE, IRQ] = u32(23) + b"\xaa" * 4
+    rec.stored[SPE, MAX] = u64(1 << 40)
+    sequence = [
+        ("set", SPE, MAX, (1 << 33) + 4096),
+        ("set", SPE, IRQ, -2),
+        ("get", SPE, IRQ, 23),
+        ("get", SPE, MAX, 1 << 40),
+        ("has", abi.KVM_ARM_VCPU_PVTIME_CTRL, 0, True),
+        ("set", SPE, MAX, 8192),
+        ("set", SPE, MAX, 16384),
+    ]
+    for op, group, attr, value in sequence:
+        if op == "set":
+            vcpu.set_device_attr(group, attr, value)
+            width = 4 if attr == IRQ else 8
+            assert rec.calls[-1].value is not None
+            assert rec.calls[-1].value[:width] == value.to_bytes(width, sys.byteorder, signed=value < 0)
+        elif op == "get":
+            assert vcpu.get_device_attr(group, attr) == value
+        else:
+            assert vcpu.has_device_attr(group, attr) is value
+        assert rec.calls[-1].arg == device_attr(group, attr, vcpu.value_addr)
+
+
+def test_overriding_the_width_takes_effect_on_the_next_call(vcpu: Vcpu, rec: Recorder) -> None:
+    vcpu.set_device_attr(SPE, SPU, 7)
+    with pytest.raises(ValueError):
+        vcpu.set_device_attr(SPE, SPU, 1 << 40)
+    vcpu.set_value_struct(SPE, SPU, abi.U64)
+    vcpu.set_device_attr(SPE, SPU, 1 << 40)
+    assert rec.calls[-1].value == u64(1 << 40)

@@ -60,6 +60,7 @@ _HAS = abi.KVM_HAS_DEVICE_ATTR
 _GET = abi.KVM_GET_DEVICE_ATTR
 _SET = abi.KVM_SET_DEVICE_ATTR
 _EINTR = errno.EINTR
+_NAMES = {_HAS: "KVM_HAS_DEVICE_ATTR", _GET: "KVM_GET_DEVICE_ATTR", _SET: "KVM_SET_DEVICE_ATTR"}
 
 
 def normalise_arch(machine: str) -> str:
@@ -282,6 +283,10 @@ class Vcpu:
         self._value = (ctypes.c_uint64 * 1)()
         self.value_addr = ctypes.addressof(self._value)
         self._attr = bytearray(abi.DEVICE_ATTR.pack(0, 0, 0, self.value_addr))
+        self._sel_group: int | None = None
+        self._sel_attr: int | None = None
+        self._fmt = DEFAULT_VALUE
+        self._view: memoryview[int] = memoryview(self._value).cast("B").cast("Q")
         self._run: mmap.mmap | None = None
 
     def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
@@ -289,6 +294,7 @@ class Vcpu:
         if value.size > ctypes.sizeof(self._value):
             raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
         self.value_structs.setdefault(group, {})[attr] = value
+        self._sel_group = self._sel_attr = None  # the typed view may change
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -322,22 +328,47 @@ class Vcpu:
         )
 
     # -- the hot path -----------------------------------------------------------------------
+    #
+    # The struct already holds the (group, attr) of the previous call, and a
+    # typed memoryview over the value buffer reads and writes the value with
+    # the C type's range check for free; a call for the same attribute as the
+    # last one does nothing but the ioctl and one view access. Everything
+    # else (another attribute, BAD_ADDRESS, errors, EINTR) takes the slow path.
+
+    def _select(self, group: int, attr: int) -> None:
+        """Point the struct at ``(group, attr)`` and pick the value's typed view."""
+        fmt = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
+        _GROUP_ATTR.pack_into(self._attr, _GROUP_ATTR_OFFSET, group, attr)
+        self._fmt = fmt
+        self._view = memoryview(self._value).cast("B").cast(cast(Any, fmt.format[-1]))
+        self._sel_group, self._sel_attr = group, attr
+
+    def _again(self, exc: OSError, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
+        """After a failed ioctl: retry while EINTR, else raise the explained error."""
+        while exc.errno == _EINTR:
+            try:
+                self._ioctl(self.fd, request, buf)
+                return
+            except OSError as again:
+                exc = again
+        raise self._error(exc, call, _NAMES[request], group, attr) from None
 
     def has_device_attr(self, group: int, attr: int) -> bool:
         """KVM_HAS_DEVICE_ATTR: True if the kernel knows ``(group, attr)``,
         False on ENXIO; any other errno raises :class:`KvmError`."""
-        buf = self._attr
-        _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
-        while True:
+        if group != self._sel_group or attr != self._sel_attr:
+            self._select(group, attr)
+        try:
+            self._ioctl(self.fd, _HAS, self._attr)
+            return True
+        except OSError as exc:
             try:
-                self._ioctl(self.fd, _HAS, buf)
-                return True
-            except OSError as exc:
-                if exc.errno == _EINTR:
-                    continue
-                if exc.errno == errno.ENXIO:
+                self._again(exc, _HAS, self._attr, "has", group, attr)
+            except KvmError as err:
+                if err.errno == errno.ENXIO:
                     return False
-                raise self._error(exc, "has", "KVM_HAS_DEVICE_ATTR", group, attr) from None
+                raise
+            return True
 
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
         """KVM_GET_DEVICE_ATTR: the value the kernel writes through ``addr``.
@@ -345,23 +376,20 @@ class Vcpu:
         ``addr=kvmspe.abi.BAD_ADDRESS`` passes an unmapped pointer, so the
         kernel's write fails (EFAULT).
         """
-        value = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
+        if group != self._sel_group or attr != self._sel_attr:
+            self._select(group, attr)
         if addr is None:
             buf = self._attr
-            _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
         elif addr is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
-        while True:
-            try:
-                self._ioctl(self.fd, _GET, buf)
-                result: int = value.unpack_from(self._value)[0]
-                return result
-            except OSError as exc:
-                if exc.errno == _EINTR:
-                    continue
-                raise self._error(exc, "get", "KVM_GET_DEVICE_ATTR", group, attr) from None
+        try:
+            self._ioctl(self.fd, _GET, buf)
+        except OSError as exc:
+            self._again(exc, _GET, buf, "get", group, attr)
+        result: int = self._view[0]
+        return result
 
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
         """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
@@ -371,29 +399,25 @@ class Vcpu:
         (EFAULT). A value that does not fit is refused with ValueError before
         any ioctl, as the model does.
         """
-        fmt = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
-        buf = self._attr
+        if group != self._sel_group or attr != self._sel_attr:
+            self._select(group, attr)
         if type(value) is int:
             try:
-                fmt.pack_into(self._value, 0, value)
-            except struct.error:
-                self._refuse(group, attr, fmt, value)
-            _GROUP_ATTR.pack_into(buf, _GROUP_ATTR_OFFSET, group, attr)
+                self._view[0] = value
+            except ValueError:
+                self._refuse(group, attr, self._fmt, value)
+            buf = self._attr
         elif value is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
             if isinstance(value, bool) or not isinstance(value, int):
-                self._refuse(group, attr, fmt, value)
+                self._refuse(group, attr, self._fmt, value)
             self.set_device_attr(group, attr, int(cast(int, value)))
             return
-        while True:
-            try:
-                self._ioctl(self.fd, _SET, buf)
-                return
-            except OSError as exc:
-                if exc.errno == _EINTR:
-                    continue
-                raise self._error(exc, "set", "KVM_SET_DEVICE_ATTR", group, attr) from None
+        try:
+            self._ioctl(self.fd, _SET, buf)
+        except OSError as exc:
+            self._again(exc, _SET, buf, "set", group, attr)
 
     def _refuse(self, group: int, attr: int, fmt: struct.Struct, value: object) -> None:
         info = abi.attr_info(group, attr)
