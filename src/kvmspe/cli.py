@@ -321,6 +321,439 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return _emit(args, doc, lines)
 
 
+# --- probe ------------------------------------------------------------------------------------
+
+
+def _limit(n: int | None) -> str:
+    return "unlimited" if n is None else _sz(n)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import discovery
+
+    if args.fixture:
+        roots = discovery.fixture_roots(args.fixture)
+        info = discovery.discover(sysfs_root=roots["sysfs_root"], procfs_root=roots["procfs_root"])
+    else:
+        info = discovery.discover()
+    can = info.kvm_usable and info.spe_supported
+    if can:
+        reason = info.spe_reason
+    elif not info.kvm_usable:
+        reason = info.kvm_reason or "KVM is not usable"
+    else:
+        reason = info.spe_reason
+    doc: Doc = {"can_run_spe_guests": can, "reason": reason, "host": info.to_dict()}
+    kvm = f"usable, API version {info.api_version}" if info.kvm_usable else f"not usable: {info.kvm_reason}"
+    rows = [
+        ("host", f"{info.arch}, Linux {info.kernel_release}, page size {format_size(info.page_size)}"),
+        (info.dev_kvm, kvm),
+        ("SPE in KVM", ("yes: " if info.spe_supported else "no: ") + info.spe_reason),
+    ]
+    if info.cap_arm_spe_reason:
+        rows.append(("KVM_CAP_ARM_SPE", info.cap_arm_spe_reason))
+    if info.spe_instances:
+        for inst in info.spe_instances:
+            limit = inst.max_buff_size
+            rows.append(
+                (
+                    inst.name,
+                    f"perf type {inst.type}, CPUs {inst.cpumask or '?'}, max_buff_size "
+                    + ("not exposed" if limit is None else _sz(limit)),
+                )
+            )
+    else:
+        rows.append(("SPE units", f"none: {info.spe_instances_reason}"))
+    memlock = f"soft {_limit(info.memlock_soft)}, hard {_limit(info.memlock_hard)}"
+    rows.append(("RLIMIT_MEMLOCK", memlock if info.memlock_reason is None else info.memlock_reason))
+    rows.append(("VmLck", _sz(info.vm_lck) if info.vm_lck is not None else str(info.vm_lck_reason)))
+    lines = _table(rows)
+    if can:
+        lines.append("answer: this host can run SPE guests (kvmspe configure uses the real kernel)")
+    else:
+        lines.append("answer: this host cannot run SPE guests; kvmspe configure models one instead")
+    return _emit(args, doc, lines, 0 if can else 1)
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def _plot_module() -> Any:
+    """matplotlib.pyplot, or a one-line error naming the optional extra."""
+    import importlib
+
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed: pip install 'kvmspe[plot]'"
+        ) from None
+    return plt
+
+
+def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> None:
+    """Pinned memory (per VM, each case) against the max buffer size, the chosen size marked."""
+    from . import maxbuf, planner
+
+    top = max(chosen * 4, 64 << 20)
+    xs = [s for s in (args.page_size << k for k in range(64)) if s <= min(top, maxbuf.LARGEST)]
+    curves: dict[str, list[float]] = {case: [] for case in planner.CASES}
+    for size in xs:
+        p = planner.plan(args.vcpus, size, page_size=args.page_size, spu_limit=0,
+                         granule=args.granule, levels=args.levels, locked_already=args.locked)
+        for case in planner.CASES:
+            curves[case].append(p.pinned[case]["per_vm"] / (1 << 20))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mib = [x / (1 << 20) for x in xs]
+    for case in planner.CASES:
+        ax.plot(mib, curves[case], marker="o", label=case)
+    if chosen:
+        ax.axvline(chosen / (1 << 20), linestyle="--", color="grey", label="chosen size")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("max buffer size (MiB)")
+    ax.set_ylabel("pinned host memory per VM (MiB)")
+    ax.set_title(f"SPE buffers pinned by {args.vcpus} VCPUs, {format_size(args.page_size)} host pages")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import planner
+
+    plt = _plot_module() if args.plot else None
+    plan = planner.plan(
+        args.vcpus,
+        args.max_buffer_size,
+        page_size=args.page_size,
+        spu_limit=args.spu_limit,
+        granule=args.granule,
+        levels=args.levels,
+        locked_already=args.locked,
+    )
+    doc: Doc = plan.to_dict()
+    doc["plot"] = args.plot
+    rows = [
+        ("VM", f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
+               f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)"),
+        ("SPU limit", "none" if not plan.spu_limit else _sz(plan.spu_limit)),
+        ("max buffer size", _sz(plan.size) + ("  (0 = no limit)" if plan.size == 0 else "")),
+        ("set", f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
+                f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})"),
+    ]
+    for case in planner.CASES:
+        c = plan.pinned[case]
+        if c["per_vm"] is None:
+            rows.append((f"pinned, {case}", "unbounded (no limit): bounded only by guest RAM"))
+        else:
+            rows.append((f"pinned, {case}", f"{_sz(c['per_vm'])} per VM, {_sz(c['per_vcpu'])} per VCPU"))
+    if plan.memlock_limit is None:
+        rows.append(("RLIMIT_MEMLOCK", "unlimited (nothing bounds what the guest pins)"))
+    else:
+        rows.append(("RLIMIT_MEMLOCK", f"at least {_sz(plan.memlock_limit)} (locked already"
+                                       f" {format_size(plan.locked_already)} + worst case)"))
+    lines = _table(rows)
+    lines += [f"warning: {w}" for w in plan.warnings]
+    if plt is not None:
+        _draw_plot(plt, args.plot, args, plan.size)
+        lines.append(f"plot written to {args.plot}")
+    return _emit(args, doc, lines)
+
+
+# --- configure --------------------------------------------------------------------------------
+
+
+class _Report:
+    """The steps of ``configure`` as they happen: the JSON list and the human lines."""
+
+    def __init__(self) -> None:
+        self.steps: list[Doc] = []
+
+    def add(self, step: str, ok: bool, detail: str = "", vcpu: int | None = None) -> None:
+        self.steps.append({"step": step, "vcpu": vcpu, "ok": ok, "detail": detail})
+
+    def lines(self) -> list[str]:
+        """One line per step, except that a VCPU's successful HAS/SET pairs share a line,
+        and a successful step repeated on consecutive VCPUs is shown once for all."""
+        rows: list[tuple[list[int], bool, str, str]] = []
+        for s in self.steps:
+            step, vcpu, ok, detail = s["step"], s["vcpu"], s["ok"], s["detail"]
+            last = rows[-1] if rows else None
+            if ok and not detail and step.startswith("has "):
+                continue  # shown with its SET; a failing HAS is shown on its own
+            if ok and not detail and step.startswith("set "):
+                text = step.removeprefix("set ")
+                if last and last[0] == [vcpu] and last[1] and last[2].startswith("HAS+SET "):
+                    rows[-1] = (last[0], True, f"{last[2]}, {text}", "")
+                else:
+                    rows.append(([vcpu], True, f"HAS+SET {text}", ""))
+                continue
+            rows.append(([] if vcpu is None else [vcpu], ok, step, detail))
+        merged: list[tuple[list[int], bool, str, str]] = []
+        for row in rows:
+            prev = merged[-1] if merged else None
+            if prev and row[1] and prev[1] and row[0] and prev[0] and prev[2:] == row[2:] \
+                    and prev[0][-1] + 1 == row[0][0]:
+                prev[0].append(row[0][0])
+            else:
+                merged.append(row)
+        rows = merged
+        out = []
+        for vcpus, ok, step, detail in rows:
+            if not vcpus:
+                where = ""
+            elif len(vcpus) == 1:
+                where = f"vcpu {vcpus[0]}: "
+            else:
+                where = f"vcpus {vcpus[0]}-{vcpus[-1]}: "
+            mark = "ok  " if ok else "FAIL"
+            out.append(f"  {mark} {where}{step}" + (f"  ({detail})" if detail else ""))
+        return out
+
+
+def _choose_backend(args: argparse.Namespace) -> tuple[str, str, Any, Any]:
+    """(backend, why, model Host or None, HostInfo or None) as --backend/--profile ask."""
+    import resource
+
+    from . import discovery, profiles
+
+    info = discovery.discover() if args.backend != "model" or args.profile is None else None
+    if args.backend == "kvm":
+        assert info is not None
+        return "kvm", "asked for with --backend kvm", None, info
+    if args.backend == "auto" and info is not None and info.spe_supported:
+        return "kvm", f"this host's KVM supports SPE ({info.spe_reason})", None, info
+    limit = args.memlock
+    if limit is None:
+        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+        limit = None if soft == resource.RLIM_INFINITY else soft
+    why = "asked for with --backend model" if args.backend == "model" else (
+        f"the real kernel cannot: {info.spe_reason if info is not None else 'not probed'}")
+    if args.profile is not None:
+        host = profiles.model_host(args.profile, memlock_limit=limit, locked=args.locked)
+        return "model", f"{why}; modelling profile {args.profile!r}", host, info
+    if info is not None and info.spe_instances:
+        host = profiles.model_host(info, memlock_limit=limit, locked=args.locked)
+        return "model", f"{why}; modelling this host's SPE units", host, info
+    host = profiles.model_host(profiles.DEFAULT_PROFILE, memlock_limit=limit, locked=args.locked)
+    return "model", f"{why}; modelling the default profile {profiles.DEFAULT_PROFILE!r}", host, info
+
+
+def _planned_steps(irq: int, spu: int, size: int) -> list[Any]:
+    from . import abi, vmm
+
+    out = []
+    for attr, value in ((abi.KVM_ARM_VCPU_SPE_IRQ, irq), (abi.KVM_ARM_VCPU_SPE_SPU, spu),
+                        (abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, size)):
+        out += [vmm.Step("has", attr), vmm.Step("set", attr, value)]
+    return out
+
+
+_HINTS = {
+    "EDOM": "'kvmspe round SIZE' gives the nearest sizes KVM accepts",
+    "ENOMEM": "raise RLIMIT_MEMLOCK: --raise-memlock, or a larger --memlock on the model",
+    "ERANGE": "the SPU limits the size: see 'kvmspe probe'",
+}
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    from . import maxbuf, memlock, planner, vmm
+    from .registers import PMBIDR_EL1
+
+    if args.enable_buffer is not None and args.backend == "kvm":
+        raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
+    backend, why, host, info = _choose_backend(args)
+    report = _Report()
+    report.add(f"backend: {backend}", True, why)
+    doc: Doc = {"ok": False, "backend": backend, "backend_reason": why, "profile": args.profile,
+                "vcpus": args.vcpus, "irq": args.irq, "spu": None, "max_buffer_size": args.max_buffer_size,
+                "page_size": None, "steps": report.steps, "guest_pmbidr": None, "guest_pmbidr_fields": None,
+                "guest_max_buffer_size": None,
+                "pinned_per_vcpu": None, "locked_bytes": None, "vm_lck": None, "memlock_limit": None,
+                "error": None}
+
+    if backend == "model":
+        spus = [s.id for s in host.spus]
+        page = host.page_size
+        spu_limit = host.spus[0].max_buffer_size if host.spus else 0
+        locked = host.locked_bytes
+    else:
+        spus = [i.type for i in info.spe_instances if i.type is not None]
+        page = info.page_size
+        spu_limit = 0
+        locked = info.vm_lck or 0
+    spu = args.spu if args.spu is not None else (spus[0] if spus else 0)
+    doc["spu"], doc["page_size"] = spu, page
+    size: int = args.max_buffer_size
+
+    def finish(ok: bool, error: str | None = None) -> int:
+        doc["ok"], doc["error"] = ok, error
+        lines = [f"kvmspe configure: {args.vcpus} VCPU(s), IRQ {args.irq}, SPU {spu},"
+                 f" max buffer size {_sz(size)}", *report.lines()]
+        if doc["guest_pmbidr"] is not None:
+            f = doc["guest_pmbidr_fields"]
+            lines.append(f"guest PMBIDR_EL1 = {doc['guest_pmbidr']:#018x}  (MaxBuffSize"
+                         f" {f['MaxBuffSize']:#06x} = {_sz(doc['guest_max_buffer_size'])},"
+                         f" ALIGN {f['ALIGN']}, EA {f['EA']})")
+        if doc["pinned_per_vcpu"] is not None:
+            per = ", ".join(format_size(p) for p in doc["pinned_per_vcpu"])
+            lines.append(f"pinned per VCPU: {per}")
+        if doc["locked_bytes"] is not None:
+            lines.append(f"locked {_sz(doc['locked_bytes'])}, VmLck {_sz(doc['vm_lck'])},"
+                         f" RLIMIT_MEMLOCK {_limit(doc['memlock_limit'])}")
+        elif doc["vm_lck"] is not None:
+            lines.append(f"VmLck {_sz(doc['vm_lck'])}, RLIMIT_MEMLOCK {_limit(doc['memlock_limit'])}")
+        if error:
+            lines.append(f"stopped: {error}")
+        else:
+            lines.append("done: SPE is configured on every VCPU")
+        return _emit(args, doc, lines, 0 if ok else 1)
+
+    def memlock_limit() -> int | None:
+        if backend == "model":
+            limit: int | None = host.memlock_limit
+            return limit
+        return memlock.status().soft
+
+    def raise_to(nbytes: int, why_raise: str) -> bool:
+        before = memlock_limit()
+        if backend == "model":
+            if before is not None and before < nbytes:
+                host.set_memlock_limit(nbytes)
+        else:
+            try:
+                memlock.raise_limit(nbytes)
+            except (memlock.MemlockPermissionError, OSError) as exc:
+                report.add("raise RLIMIT_MEMLOCK", False, _one_line(str(exc)))
+                return False
+        report.add("raise RLIMIT_MEMLOCK", True,
+                   f"{_limit(before)} -> {_limit(memlock_limit())}: {why_raise}")
+        return True
+
+    if args.raise_memlock:
+        p = planner.plan(args.vcpus, size, page_size=page, spu_limit=spu_limit, locked_already=locked)
+        if p.memlock_limit is None:
+            report.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
+        elif not raise_to(p.memlock_limit, "the planner's worst case"):
+            return finish(False, "RLIMIT_MEMLOCK could not be raised")
+
+    kvm: Any = None
+    try:
+        if backend == "kvm":
+            from .kvm import Kvm
+
+            kvm = Kvm()
+            vm = kvm.create_vm()
+        else:
+            vm = host.create_vm()
+        report.add("KVM_CREATE_VM", True)
+        vcpus = []
+        for i in range(args.vcpus):
+            vcpus.append(vm.create_vcpu(i, spe=True))
+            report.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
+        for vcpu in vcpus:
+            try:
+                done = vmm.configure_spe(vcpu, irq=args.irq, spu=spu, max_buffer_size=size)
+            except vmm.SpeConfigError as exc:
+                planned = _planned_steps(args.irq, spu, size)
+                for step in planned[: planned.index(exc.step)] if exc.step in planned else []:
+                    report.add(step.name, True, vcpu=vcpu.index)
+                hint = _HINTS.get(exc.error.name)
+                detail = str(exc.error) + (f"; {hint}" if hint else "")
+                report.add(exc.step.name, False, detail, vcpu=vcpu.index)
+                return finish(False, _one_line(str(exc)))
+            for step in done:
+                report.add(step.name, True, vcpu=vcpu.index)
+        for vcpu in vcpus:
+            exit_ = vcpu.run()
+            report.add("KVM_RUN (first entry)", True, f"exit {exit_.name}", vcpu=vcpu.index)
+        error = None
+        if args.enable_buffer is not None:
+
+            def raise_by(excess: int) -> bool:
+                return raise_to((memlock_limit() or 0) + excess, "by the excess KVM_EXIT_RLIMIT reported")
+
+            error = _enable_buffers(args, vcpus, size, report, raise_by)
+        if backend == "model":
+            pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
+            doc["guest_pmbidr"] = pmbidr
+            doc["guest_pmbidr_fields"] = PMBIDR_EL1.decode(pmbidr)
+            doc["guest_max_buffer_size"] = maxbuf.decode(PMBIDR_EL1.get(pmbidr, "MaxBuffSize"))
+            doc["pinned_per_vcpu"] = [v.pinned_bytes for v in vcpus]
+            doc["locked_bytes"], doc["vm_lck"] = host.locked_bytes, host.vm_lck
+        else:
+            doc["vm_lck"] = memlock.status().vm_lck
+        doc["memlock_limit"] = memlock_limit()
+        return finish(error is None, error)
+    except KvmError as exc:
+        report.add(exc.ioctl or "ioctl", False, str(exc))
+        return finish(False, _one_line(str(exc)))
+    finally:
+        if kvm is not None:
+            kvm.close()
+
+
+def _enable_buffers(
+    args: argparse.Namespace, vcpus: list[Any], max_size: int, report: _Report,
+    raise_by: Callable[[int], bool],
+) -> str | None:
+    """The guest enables a buffer on every VCPU; handle KVM_EXIT_RLIMIT as a VMM should.
+
+    Returns None when every buffer is pinned, else why not (one line).
+    """
+    from .registers import PMBSR_EL1
+
+    size: int = args.enable_buffer or max_size
+    if size == 0 or size % 4096:
+        raise UsageError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
+    for vcpu in vcpus:
+        i = vcpu.index
+        base = i * size
+        vcpu.enable_buffer(base, size)
+        report.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
+        while True:
+            exit_ = vcpu.run()
+            if not exit_.is_rlimit:
+                break
+            excess = exit_.rlimit_excess or 0
+            report.add("KVM_RUN", False, f"{exit_.name}: RLIMIT_MEMLOCK exceeded by {_sz(excess)}", vcpu=i)
+            if not args.raise_memlock:
+                return (f"KVM_EXIT_RLIMIT on VCPU {i}: pinning its buffer exceeds RLIMIT_MEMLOCK by"
+                        f" {format_size(excess)}; pass --raise-memlock to raise the limit and re-enter")
+            if not raise_by(excess):
+                return "RLIMIT_MEMLOCK could not be raised"
+        pmbsr: int = vcpu.guest_read("PMBSR_EL1")
+        if PMBSR_EL1.get(pmbsr, "S"):
+            f = PMBSR_EL1.decode(pmbsr)
+            event = f"buffer management event PMBSR_EL1 EC={f['EC']} MSS={f['MSS']:#x}"
+            report.add("KVM_RUN", False, f"exit {exit_.name}; the guest got a {event}", vcpu=i)
+            return f"VCPU {i}: the guest's buffer was not pinned: {event}"
+        report.add("KVM_RUN", True, f"exit {exit_.name}; pinned {_sz(vcpu.pinned_bytes)}", vcpu=i)
+    return None
+
+
+# --- conformance and vectors ---------------------------------------------------------------------
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from . import conformance
+
+    report = conformance.run(args.backend)
+    return _emit(args, report.to_dict(), report.render().splitlines(), 0 if report.ok else 1)
+
+
+def cmd_vectors(args: argparse.Namespace) -> int:
+    from . import vectors
+
+    paths = vectors.write(args.out)
+    doc: Doc = {"out": args.out, "files": [str(p) for p in paths]}
+    return _emit(args, doc, [f"wrote {p}" for p in paths])
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 _SIZE_HELP = "a size in bytes: " + ACCEPTED.removeprefix("accepted: ")
@@ -342,6 +775,25 @@ _EPILOGS = {
   kvmspe sizes --from 2M --to 4M    representable sizes in a range
   kvmspe sizes --from 1G --limit 5
   kvmspe sizes --to 64K --json""",
+    "probe": """examples:
+  kvmspe probe                      this host (exit 1 when it cannot run SPE guests)
+  kvmspe probe --fixture arm64-big-little --json""",
+    "plan": """examples:
+  kvmspe plan --vcpus 4 --max-buffer-size 4M
+  kvmspe plan --vcpus 8 --max-buffer-size 5000000 --page-size 64K --granule 64K
+  kvmspe plan --vcpus 4 --spu-limit 4M --locked 1G --json
+  kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png""",
+    "configure": """examples:
+  kvmspe configure --vcpus 4 --max-buffer-size 4M
+  kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
+  kvmspe configure --profile limited-spu --max-buffer-size 8M       refused: ERANGE, exit 1
+  kvmspe configure --backend kvm                                    the real kernel only
+  kvmspe configure --vcpus 2 --json""",
+    "conformance": """examples:
+  kvmspe conformance
+  kvmspe conformance --backend kvm --json""",
+    "vectors": """examples:
+  kvmspe vectors --out vectors/""",
     "explain": """examples:
   kvmspe explain EDOM
   kvmspe explain 33
@@ -401,6 +853,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("explain", cmd_explain, "what an errno means for each SPE attribute and call")
     p.add_argument("topic", metavar="ERRNO|NAME",
                    help="an errno name or number (EDOM, 33), an attribute name, or KVM_RUN")
+
+    p = add("probe", cmd_probe, "what this host can do for SPE guests, and why not (exit 1: it cannot)")
+    p.add_argument("--fixture", metavar="NAME",
+                   help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)")
+
+    p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs")
+    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 1 << 16, 1), required=True,
+                   help="number of VCPUs with SPE")
+    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=None,
+                   help="wanted max buffer size (default: the SPU's limit); rounded down safely")
+    p.add_argument("--page-size", metavar="SIZE", type=_size, default=4096,
+                   help="host page size (default 4K)")
+    p.add_argument("--spu-limit", metavar="SIZE", type=_size, default=0,
+                   help="the SPU's own MaxBuffSize limit (default 0: none)")
+    p.add_argument("--granule", metavar="SIZE", type=_size, default=4096,
+                   help="the guest's translation granule: 4K, 16K or 64K (default 4K)")
+    p.add_argument("--levels", metavar="N", type=_uint("level count", 5, 1), default=None,
+                   help="stage-1 levels the guest walks, 1..5 (default: those of a 48-bit VA)")
+    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
+                   help="memory the VMM locks already, e.g. guest RAM (default 0)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw pinned memory against buffer size (needs kvmspe[plot], i.e. matplotlib)")
+
+    p = add("configure", cmd_configure,
+            "create a VM, configure SPE on every VCPU, run it, report each step")
+    p.add_argument("--backend", choices=("auto", "model", "kvm"), default="auto",
+                   help="auto (default): the real kernel where it supports SPE, else the model")
+    p.add_argument("--profile", metavar="NAME", default=None,
+                   help="the model host to use (see docs/cli.md; default: this host if it has SPE units,"
+                        " else default-4k)")
+    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 512, 1), default=1,
+                   help="number of VCPUs (default 1)")
+    p.add_argument("--irq", metavar="INTID", type=_uint("IRQ", (1 << 31) - 1), default=DEFAULT_IRQ,
+                   help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})")
+    p.add_argument("--spu", metavar="ID", type=_uint("SPU id", (1 << 31) - 1), default=None,
+                   help="the SPE unit: its perf PMU type (default: the host's first)")
+    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=4 << 20,
+                   help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)")
+    p.add_argument("--memlock", metavar="SIZE", type=_size, default=None,
+                   help="the model's RLIMIT_MEMLOCK (default: this process's soft limit)")
+    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
+                   help="memory the modelled VMM has locked already (default 0)")
+    p.add_argument("--raise-memlock", action="store_true",
+                   help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT")
+    p.add_argument("--enable-buffer", metavar="SIZE", nargs="?", type=_size, const=0, default=None,
+                   help="the modelled guest enables a buffer on every VCPU (default size: the max)")
+
+    p = add("conformance", cmd_conformance, "run the conformance cases on the model or the real kernel")
+    p.add_argument("--backend", choices=("model", "kvm"), default="model", help="default: model")
+
+    p = add("vectors", cmd_vectors, "write the codec and scenario test vectors (JSON) into a directory")
+    p.add_argument("--out", metavar="DIR", required=True, help="directory to write (created if missing)")
 
     return parser
 
