@@ -174,3 +174,97 @@ def test_encode_starts_lean() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.splitlines()[-1] == "0 []", r.stdout + r.stderr
+
+
+# --- probe, plan, configure, conformance, vectors --------------------------------------------
+
+
+def test_probe_answers_with_a_reason() -> None:
+    r = kvmspe("probe", "--json")
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"can_run_spe_guests", "reason", "host"}
+    assert (r.returncode == 0) == doc["can_run_spe_guests"] and doc["reason"]
+    assert {"arch", "spe_supported", "spe_instances", "memlock_soft", "vm_lck"} <= set(doc["host"])
+    r = kvmspe("probe", "--fixture", "arm64-big-little")
+    assert "arm_spe_1" in r.stdout and "perf type 11" in r.stdout and "answer:" in r.stdout
+
+
+def test_plan_human_json_and_missing_matplotlib() -> None:
+    r = kvmspe("plan", "--vcpus", "4", "--max-buffer-size", "4M")
+    assert r.returncode == 0 and "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000" in r.stdout
+    doc = ok_json("plan", "--vcpus", "4", "--max-buffer-size", "0x401000")
+    assert doc["size"] == 0x400000 and doc["warnings"] and doc["plot"] is None
+    assert {"pinned", "memlock_limit", "guest_pmbidr", "levels"} <= set(doc)
+    assert doc["memlock_limit"] == doc["pinned"]["worst"]["per_vm"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        r = kvmspe("plan", "--vcpus", "1", "--plot", "out.png")
+        assert_bad_input(r, "matplotlib", "kvmspe[plot]")
+    assert_bad_input(kvmspe("plan", "--max-buffer-size", "4M"), "--vcpus")
+    assert_bad_input(kvmspe("plan", "--vcpus", "0"), "VCPU count")
+
+
+def test_configure_on_the_model_reports_every_step() -> None:
+    r = kvmspe("configure", "--backend", "model", "--vcpus", "4", "--max-buffer-size", "4M")
+    assert r.returncode == 0, r.stderr
+    assert "backend: model" in r.stdout and "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000" in r.stdout
+    assert "guest PMBIDR_EL1 = 0x0000040000000000" in r.stdout
+    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k", "--vcpus", "2",
+                  "--enable-buffer", "--memlock", "4M", "--raise-memlock")
+    assert doc["ok"] is True and doc["error"] is None and doc["backend"] == "model"
+    assert doc["guest_pmbidr"] == 0x400 << 32 and doc["guest_max_buffer_size"] == 4 << 20
+    assert all(p > 4 << 20 for p in doc["pinned_per_vcpu"])
+    assert doc["vm_lck"] >= doc["locked_bytes"] > 8 << 20
+    assert doc["memlock_limit"] >= doc["locked_bytes"]
+    names = [(s["vcpu"], s["step"]) for s in doc["steps"]]
+    assert names.index((0, "set KVM_ARM_VCPU_SPE_IRQ=21")) < names.index((0, "set KVM_ARM_VCPU_SPE_SPU=10"))
+    assert names.index((0, "set KVM_ARM_VCPU_SPE_SPU=10")) < names.index(
+        (0, "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000"))
+
+
+def test_configure_stops_at_rlimit_without_raise_memlock() -> None:
+    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k", "--vcpus", "2",
+                  "--enable-buffer", "--memlock", "6M", code=1)
+    assert doc["ok"] is False and "KVM_EXIT_RLIMIT" in doc["error"] and "--raise-memlock" in doc["error"]
+    assert any("KVM_EXIT_RLIMIT" in s["detail"] for s in doc["steps"] if not s["ok"])
+
+
+def test_configure_refusals_name_the_step_and_errno() -> None:
+    r = kvmspe("configure", "--backend", "model", "--profile", "limited-spu", "--max-buffer-size", "8M")
+    assert r.returncode == 1 and "ERANGE" in r.stdout and "FAIL" in r.stdout
+    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k",
+                  "--max-buffer-size", "0x401000", code=1)
+    failed = [s for s in doc["steps"] if not s["ok"]]
+    assert len(failed) == 1 and failed[0]["step"] == "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x401000"
+    assert failed[0]["detail"].startswith("EDOM")
+    assert_bad_input(kvmspe("configure", "--backend", "bogus"), "invalid choice")
+    assert_bad_input(kvmspe("configure", "--profile", "nope"), "unknown host profile")
+
+
+def _kvm_usable() -> bool:
+    import os
+
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@pytest.mark.skipif(not _kvm_usable(), reason="needs a usable /dev/kvm")
+def test_configure_on_the_real_kernel() -> None:
+    import os
+
+    r = kvmspe("configure", "--backend", "kvm", "--vcpus", "2")
+    assert "Traceback" not in r.stderr
+    if os.uname().machine in ("x86_64", "amd64"):
+        assert r.returncode == 1
+        assert "FAIL vcpu 0: has KVM_ARM_VCPU_SPE_IRQ" in r.stdout
+        assert "SPE not supported" in r.stdout
+
+
+def test_conformance_and_vectors(tmp_path: Any) -> None:
+    doc = ok_json("conformance")
+    assert doc["backend"] == "model" and doc["ok"] is True and doc["summary"]["failed"] == 0
+    out = tmp_path / "vec"
+    doc = ok_json("vectors", "--out", str(out))
+    assert sorted(p.rsplit("/", 1)[-1] for p in doc["files"]) == sorted(p.name for p in out.iterdir())
+    assert_bad_input(kvmspe("vectors"), "--out")
