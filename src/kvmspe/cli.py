@@ -14,7 +14,6 @@ codec commands never load the model, the planner or the real backend).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -80,6 +79,8 @@ def _uint(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callable[[str]
 def _emit(args: argparse.Namespace, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
     """Print ``doc`` as JSON with --json, else the human ``lines``; return ``code``."""
     if args.json:
+        import json  # only when asked: the human path starts faster without it
+
         print(json.dumps(doc, indent=2))
     else:
         for line in lines:
