@@ -24,6 +24,15 @@ __all__ = [
     "exit_name",
     "ATTRS",
     "BAD_ADDRESS",
+    "CREATE_DEVICE",
+    "KVM_CREATE_DEVICE",
+    "KVM_DEV_ARM_VGIC_CTRL_INIT",
+    "KVM_DEV_ARM_VGIC_GRP_ADDR",
+    "KVM_DEV_ARM_VGIC_GRP_CTRL",
+    "KVM_DEV_TYPE_ARM_VGIC_V3",
+    "KVM_VGIC_V3_ADDR_TYPE_DIST",
+    "KVM_VGIC_V3_ADDR_TYPE_REDIST",
+    "VGIC_ERRNOS",
     "Assumed",
     "AttrInfo",
     "DEVICE_ATTR",
@@ -71,6 +80,10 @@ def _IOR(type_: int, nr: int, size: int) -> int:  # noqa: N802
     return _IOC(_IOC_READ, type_, nr, size)
 
 
+def _IOWR(type_: int, nr: int, size: int) -> int:  # noqa: N802
+    return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, size)
+
+
 # --- structs ------------------------------------------------------------------
 
 #: struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; }
@@ -93,6 +106,9 @@ KVM_RUN_RLIMIT_EXCESS_OFFSET = KVM_RUN_EXIT_DATA_OFFSET
 #: struct kvm_userspace_memory_region { __u32 slot; __u32 flags;
 #: __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr; }
 USERSPACE_MEMORY_REGION = struct.Struct("=IIQQQ")
+#: struct kvm_create_device { __u32 type; __u32 fd; __u32 flags; }, 12 bytes;
+#: the kernel writes the new device's fd into ``fd`` [uapi: include/uapi/linux/kvm.h].
+CREATE_DEVICE = struct.Struct("=III")
 
 KVMIO = 0xAE
 
@@ -108,6 +124,12 @@ KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xAF, VCPU_INIT.size)
 KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xE1, DEVICE_ATTR.size)
 KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xE2, DEVICE_ATTR.size)
 KVM_HAS_DEVICE_ATTR = _IOW(KVMIO, 0xE3, DEVICE_ATTR.size)
+#: VM ioctl: _IOWR(KVMIO, 0xe0, struct kvm_create_device) = 0xC00CAEE0
+#: [uapi: include/uapi/linux/kvm.h]. The device fd it gives takes the same
+#: KVM_{SET,GET,HAS}_DEVICE_ATTR ioctls as a VCPU fd.
+KVM_CREATE_DEVICE = _IOWR(KVMIO, 0xE0, CREATE_DEVICE.size)
+#: kvm_create_device.flags: only ask whether the type could be created [uapi].
+KVM_CREATE_DEVICE_TEST = 1
 
 KVM_API_VERSION = 12
 
@@ -115,6 +137,54 @@ KVM_API_VERSION = 12
 KVM_CAP_DEVICE_CTRL = 89
 KVM_CAP_VCPU_ATTRIBUTES = 127
 KVM_CAP_ARM_PMU_V3 = 126
+#: The VM can have an in-kernel interrupt controller [uapi: include/uapi/linux/kvm.h].
+KVM_CAP_IRQCHIP = 0
+
+# --- the arm64 in-kernel interrupt controller (vGIC) --------------------------------
+#
+# On arm64 KVM takes a VCPU's PMU interrupt (KVM_ARM_VCPU_PMU_V3_IRQ) only when
+# the VM has an in-kernel irqchip; the SPE interrupt attribute is modelled on it,
+# so a VMM creates a GICv3 for the VM before setting KVM_ARM_VCPU_SPE_IRQ.
+
+#: enum kvm_device_type [uapi: include/uapi/linux/kvm.h]: FSL_MPIC_20 = 1,
+#: FSL_MPIC_42, XICS, VFIO, ARM_VGIC_V2 (5), FLIC, ARM_VGIC_V3 (7).
+KVM_DEV_TYPE_ARM_VGIC_V2 = 5
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+# Device attribute groups of the vGIC device [uapi: arch/arm64/include/uapi/asm/kvm.h].
+KVM_DEV_ARM_VGIC_GRP_ADDR = 0
+KVM_DEV_ARM_VGIC_GRP_CTRL = 4
+#: Attributes of KVM_DEV_ARM_VGIC_GRP_ADDR: a __u64 guest physical address behind addr.
+KVM_VGIC_V3_ADDR_TYPE_DIST = 2
+KVM_VGIC_V3_ADDR_TYPE_REDIST = 3
+#: Attribute of KVM_DEV_ARM_VGIC_GRP_CTRL: initialise the vGIC (addr unused).
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0
+#: Sizes of the GICv3 frames in guest physical memory: SZ_64K for the
+#: distributor, 2 * SZ_64K per VCPU for the redistributors [uapi: asm/kvm.h].
+KVM_VGIC_V3_DIST_SIZE = 64 << 10
+KVM_VGIC_V3_REDIST_SIZE = 128 << 10
+
+#: What the vGIC calls' errnos mean (Documentation/virt/kvm/devices/arm-vgic-v3.rst,
+#: kvm_ioctl_create_device): per call, errno -> sentence.
+VGIC_ERRNOS: dict[str, dict[int, str]] = {
+    "create": {
+        errno.ENODEV: "this host's KVM cannot emulate a GICv3 (the host has no GICv3,"
+        " e.g. a GICv2-only host)",
+        errno.EEXIST: "the VM already has an in-kernel interrupt controller",
+        errno.EBUSY: "a VCPU of the VM has already run, or is busy in another ioctl",
+    },
+    "addr": {
+        errno.EEXIST: "that vGIC address is already set",
+        errno.EINVAL: "the address is not 64 KiB aligned",
+        errno.E2BIG: "the frame lies outside the VM's guest physical address range",
+        errno.ENXIO: "the kernel does not know that vGIC address type",
+    },
+    "init": {
+        errno.ENXIO: "the vGIC is not fully configured (its addresses must be set first)",
+        errno.ENODEV: "the VM has no VCPU yet; create every VCPU before initialising the vGIC",
+        errno.EBUSY: "a VCPU of the VM is running, or VCPUs are still being created",
+        errno.ENOMEM: "the kernel ran out of memory for the vGIC's state",
+    },
+}
 
 # --- exit reasons [uapi] -------------------------------------------------------
 
