@@ -14,6 +14,12 @@ result through that pointer, not into the struct; so each VCPU keeps one
 fills them with ``pack_into`` and hands the struct to ``ioctl`` as a mutable
 buffer. No struct is built and no buffer allocated per call.
 
+On arm64, :meth:`Vm.create_vgic_v3` and :meth:`Vm.init_vgic` give the VM an
+in-kernel GICv3 (a :class:`Device`, from KVM_CREATE_DEVICE), which KVM wants
+before it takes a VCPU's PMU interrupt, and which the SPE interrupt attribute
+is modelled on. Create every VCPU first: KVM sizes the redistributors by the
+VCPUs that exist when the vGIC is initialised.
+
 All system calls go through one injectable function with ``fcntl.ioctl``'s
 shape, ``ioctl(fd, request, arg) -> int`` where ``arg`` is an int or a
 mutable buffer; tests pass a recording fake to check the exact bytes of the
@@ -35,7 +41,18 @@ from typing import Any, cast
 from . import abi
 from .errors import KvmError
 
-__all__ = ["DEFAULT_VALUE", "IoctlFn", "Kvm", "VALUE_STRUCTS", "Vcpu", "Vm", "normalise_arch"]
+__all__ = [
+    "DEFAULT_VALUE",
+    "Device",
+    "IoctlFn",
+    "Kvm",
+    "VALUE_STRUCTS",
+    "VGIC_V3_DIST_BASE",
+    "VGIC_V3_REDIST_BASE",
+    "Vcpu",
+    "Vm",
+    "normalise_arch",
+]
 
 #: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
 #: that the call may write (``fcntl.ioctl`` with ``mutate_flag=True``).
@@ -61,6 +78,16 @@ _GET = abi.KVM_GET_DEVICE_ATTR
 _SET = abi.KVM_SET_DEVICE_ATTR
 _EINTR = errno.EINTR
 _NAMES = {_HAS: "KVM_HAS_DEVICE_ATTR", _GET: "KVM_GET_DEVICE_ATTR", _SET: "KVM_SET_DEVICE_ATTR"}
+
+#: Where :meth:`Vm.create_vgic_v3` puts the GICv3 frames unless told otherwise:
+#: the distributor (64 KiB) at 128 MiB and the redistributors (128 KiB per
+#: VCPU) from 128 MiB + 640 KiB up. Both are 64 KiB aligned, as KVM requires,
+#: and far below the smallest guest physical address size arm64 KVM offers
+#: (32 bits), so any VM can take them. The conformance VMs have no memory for
+#: them to collide with; a VMM with guest RAM there passes other bases.
+VGIC_V3_DIST_BASE = 0x0800_0000
+VGIC_V3_REDIST_BASE = 0x080A_0000
+_VGIC_ALIGN = 64 << 10
 
 
 def normalise_arch(machine: str) -> str:
@@ -165,6 +192,10 @@ class Vm:
         self.kvm = kvm
         self.fd = fd
         self.vcpus: list[Vcpu] = []
+        #: Devices from KVM_CREATE_DEVICE (closed with the VM).
+        self.devices: list[Device] = []
+        #: The in-kernel GICv3, once :meth:`create_vgic_v3` has made it.
+        self.vgic: Device | None = None
         self.closed = False
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
@@ -239,12 +270,75 @@ class Vm:
                 )
             raise _fail(exc, "KVM_ARM_VCPU_INIT", text) from None
 
+    # -- in-kernel devices --------------------------------------------------------------
+
+    def create_device(self, type_: int) -> Device:
+        """KVM_CREATE_DEVICE: an in-kernel device of ``type_`` (a ``KVM_DEV_TYPE_*``)."""
+        arg = bytearray(abi.CREATE_DEVICE.pack(type_, 0, 0))
+        text = None
+        try:
+            _retry(self.kvm.ioctl, self.fd, abi.KVM_CREATE_DEVICE, arg)
+        except OSError as exc:
+            if type_ == abi.KVM_DEV_TYPE_ARM_VGIC_V3:
+                text = abi.VGIC_ERRNOS["create"].get(exc.errno or 0)
+            raise _fail(exc, "KVM_CREATE_DEVICE", text) from None
+        fd: int = abi.CREATE_DEVICE.unpack(arg)[1]
+        device = Device(self, fd, type_)
+        self.devices.append(device)
+        return device
+
+    def create_vgic_v3(
+        self, *, dist_base: int = VGIC_V3_DIST_BASE, redist_base: int = VGIC_V3_REDIST_BASE
+    ) -> Device:
+        """An in-kernel GICv3 for this VM, its distributor and redistributors placed.
+
+        KVM_CREATE_DEVICE (KVM_DEV_TYPE_ARM_VGIC_V3), then KVM_SET_DEVICE_ATTR
+        on the device for KVM_DEV_ARM_VGIC_GRP_ADDR: KVM_VGIC_V3_ADDR_TYPE_DIST
+        at ``dist_base`` and KVM_VGIC_V3_ADDR_TYPE_REDIST at ``redist_base``
+        (one 128 KiB redistributor frame per VCPU from there). Call it after
+        creating every VCPU, then :meth:`init_vgic`. Bases must be 64 KiB
+        aligned and the frames must not overlap (checked before any ioctl).
+        If a step fails the device fd is closed; the kernel keeps the
+        irqchip until the VM is closed, so use a fresh VM to try again.
+        """
+        nr = max(len(self.vcpus), 1)
+        for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
+            if isinstance(base, bool) or not isinstance(base, int) or base < 0 or base % _VGIC_ALIGN:
+                raise ValueError(f"{name} must be a 64 KiB aligned guest physical address, got {base!r}")
+        dist_end = dist_base + abi.KVM_VGIC_V3_DIST_SIZE
+        redist_end = redist_base + nr * abi.KVM_VGIC_V3_REDIST_SIZE
+        if dist_base < redist_end and redist_base < dist_end:
+            raise ValueError(
+                f"the GICv3 distributor [{dist_base:#x}, {dist_end:#x}) overlaps the"
+                f" redistributors of {nr} VCPU(s) [{redist_base:#x}, {redist_end:#x})"
+            )
+        device = self.create_device(abi.KVM_DEV_TYPE_ARM_VGIC_V3)
+        try:
+            device.set_device_attr(abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_VGIC_V3_ADDR_TYPE_DIST, dist_base)
+            device.set_device_attr(
+                abi.KVM_DEV_ARM_VGIC_GRP_ADDR, abi.KVM_VGIC_V3_ADDR_TYPE_REDIST, redist_base
+            )
+        except BaseException:
+            device.close()
+            raise
+        self.vgic = device
+        return device
+
+    def init_vgic(self) -> None:
+        """KVM_DEV_ARM_VGIC_CTRL_INIT on the vGIC: KVM sets it up for the VCPUs
+        that exist now (no VCPU can be added afterwards)."""
+        if self.vgic is None or self.vgic.closed:
+            raise ValueError("this VM has no vGIC: call create_vgic_v3() first")
+        self.vgic.set_device_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
+
     def close(self) -> None:
-        """Close every VCPU of this VM, then the VM. Safe to call twice."""
+        """Close every VCPU and device of this VM, then the VM. Safe to call twice."""
         if self.closed:
             return
         for vcpu in list(self.vcpus):
             vcpu.close()
+        for device in list(self.devices):
+            device.close()
         os.close(self.fd)
         self.closed = True
         if self in self.kvm.vms:
@@ -257,6 +351,86 @@ class Vm:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class Device:
+    """A device fd from KVM_CREATE_DEVICE (e.g. the vGIC): its attributes.
+
+    Configuration calls, made a few times per VM, so there is no fast path:
+    each call packs a fresh ``struct kvm_device_attr``. A value travels as a
+    ``__u64`` behind ``addr`` (the vGIC addresses); no value means ``addr`` 0
+    (KVM_DEV_ARM_VGIC_CTRL_INIT takes none).
+    """
+
+    def __init__(self, vm: Vm, fd: int, type_: int):
+        self.vm = vm
+        self.fd = fd
+        self.type = type_
+        self.closed = False
+        self._value = (ctypes.c_uint64 * 1)()
+        #: Where the value lives while a call is made.
+        self.value_addr = ctypes.addressof(self._value)
+
+    def _explain(self, group: int, attr: int, code: int) -> str | None:
+        if self.type != abi.KVM_DEV_TYPE_ARM_VGIC_V3:
+            return None
+        if group == abi.KVM_DEV_ARM_VGIC_GRP_ADDR:
+            return abi.VGIC_ERRNOS["addr"].get(code)
+        if group == abi.KVM_DEV_ARM_VGIC_GRP_CTRL and attr == abi.KVM_DEV_ARM_VGIC_CTRL_INIT:
+            return abi.VGIC_ERRNOS["init"].get(code)
+        return None
+
+    def _call(self, request: int, group: int, attr: int, addr: int) -> None:
+        arg = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, addr))
+        try:
+            _retry(self.vm.kvm.ioctl, self.fd, request, arg)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            text = self._explain(group, attr, code) or os.strerror(code)
+            raise KvmError(code, text, ioctl=_NAMES[request], group=group, attr=attr) from None
+
+    def set_device_attr(self, group: int, attr: int, value: int | None = None) -> None:
+        """KVM_SET_DEVICE_ATTR on the device, ``value`` (a u64) behind ``addr``."""
+        if value is None:
+            self._call(_SET, group, attr, 0)
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"device attribute {group}/{attr} takes a __u64, got {value!r}")
+        self._value[0] = value
+        self._call(_SET, group, attr, self.value_addr)
+
+    def has_device_attr(self, group: int, attr: int) -> bool:
+        """KVM_HAS_DEVICE_ATTR on the device: False on ENXIO, other errnos raise."""
+        try:
+            self._call(_HAS, group, attr, 0)
+        except KvmError as exc:
+            if exc.errno == errno.ENXIO:
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        """Close the device fd. Safe to call twice."""
+        if self.closed:
+            return
+        os.close(self.fd)
+        self.closed = True
+        if self in self.vm.devices:
+            self.vm.devices.remove(self)
+        if self.vm.vgic is self:
+            self.vm.vgic = None
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self.fd}"
+        return f"Device(type={self.type}, {state})"
 
 
 class Vcpu:
