@@ -37,10 +37,17 @@ SET_ATTR = 0x4018AEE1
 GET_ATTR = 0x4018AEE2
 HAS_ATTR = 0x4018AEE3
 ATTR_REQUESTS = (SET_ATTR, GET_ATTR, HAS_ATTR)
+# _IOWR(KVMIO, 0xe0, struct kvm_create_device): dir 3, size 12 [include/uapi/linux/kvm.h].
+CREATE_DEVICE = 0xC00CAEE0
 
 SPE = 3
 IRQ, SPU, MAX = 0, 1, 2
 TARGET = 5  # KVM_ARM_TARGET_GENERIC_V8
+# The GICv3 device [include/uapi/linux/kvm.h, arch/arm64/include/uapi/asm/kvm.h].
+DEV_TYPE_ARM_VGIC_V3 = 7
+VGIC_GRP_ADDR, VGIC_GRP_CTRL = 0, 4
+VGIC_V3_ADDR_TYPE_DIST, VGIC_V3_ADDR_TYPE_REDIST = 2, 3
+VGIC_CTRL_INIT = 0
 UNMAPPED = 0xFFFF_FFFF_FFFF_F000
 
 
@@ -55,6 +62,11 @@ def u64(v: int) -> bytes:
 def device_attr(group: int, attr: int, addr: int) -> bytes:
     """struct kvm_device_attr { __u32 flags; __u32 group; __u64 attr; __u64 addr; }"""
     return u32(0) + u32(group) + u64(attr) + u64(addr)
+
+
+def create_device(type_: int, fd: int = 0, flags: int = 0) -> bytes:
+    """struct kvm_create_device { __u32 type; __u32 fd; __u32 flags; }"""
+    return u32(type_) + u32(fd) + u32(flags)
 
 
 def vcpu_init(target: int, features: list[int]) -> bytes:
@@ -100,7 +112,7 @@ class Recorder:
         if request in ATTR_REQUESTS:
             assert isinstance(payload, bytes) and len(payload) == 24
             addr = int.from_bytes(payload[16:], sys.byteorder)
-            if request == SET_ATTR and addr != UNMAPPED:
+            if request == SET_ATTR and addr not in (0, UNMAPPED):
                 record.value = ctypes.string_at(addr, 8)
         self.calls.append(record)
         pending = self.fail.get(request)
@@ -109,6 +121,9 @@ class Recorder:
             raise OSError(code, os.strerror(code))
         if request in (CREATE_VM, CREATE_VCPU):
             return self.new_fd()
+        if request == CREATE_DEVICE:
+            assert isinstance(payload, bytes) and len(payload) == 12
+            arg[4:8] = u32(self.new_fd())
         if request == GET_VCPU_MMAP_SIZE:
             return 4096
         if request == ARM_PREFERRED_TARGET:
@@ -473,3 +488,131 @@ def test_overriding_the_width_takes_effect_on_the_next_call(vcpu: Vcpu, rec: Rec
     vcpu.set_value_struct(SPE, SPU, abi.U64)
     vcpu.set_device_attr(SPE, SPU, 1 << 40)
     assert rec.calls[-1].value == u64(1 << 40)
+
+
+# -- the in-kernel GICv3 ----------------------------------------------------------------------------
+
+
+def _vm_with_vcpus(arm: Kvm, rec: Recorder, n: int) -> Any:
+    vm = arm.create_vm()
+    for _ in range(n):
+        vm.create_vcpu()
+    rec.calls.clear()
+    return vm
+
+
+def test_create_device_number_and_struct_match_the_uapi() -> None:
+    assert abi.KVM_CREATE_DEVICE == CREATE_DEVICE
+    assert abi.CREATE_DEVICE.size == 12
+    assert abi.CREATE_DEVICE.pack(DEV_TYPE_ARM_VGIC_V3, 0, 0) == create_device(DEV_TYPE_ARM_VGIC_V3)
+
+
+def test_vgic_v3_sequence_and_bytes(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 2)
+    gic = vm.create_vgic_v3()
+    vm.init_vgic()
+    create, dist, redist, init = rec.calls
+    assert (create.fd, create.request) == (vm.fd, CREATE_DEVICE)
+    assert create.arg == create_device(DEV_TYPE_ARM_VGIC_V3)
+    # The device fd is the one the kernel wrote into kvm_create_device.fd.
+    assert gic.fd == rec.opened[-1] and vm.vgic is gic and vm.devices == [gic]
+    assert (dist.fd, dist.request) == (gic.fd, SET_ATTR)
+    assert dist.arg == device_attr(VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST, gic.value_addr)
+    assert dist.value == u64(0x0800_0000)
+    assert (redist.fd, redist.request) == (gic.fd, SET_ATTR)
+    assert redist.arg == device_attr(VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST, gic.value_addr)
+    assert redist.value == u64(0x080A_0000)
+    # CTRL_INIT takes no value: addr is 0.
+    assert (init.fd, init.request) == (gic.fd, SET_ATTR)
+    assert init.arg == device_attr(VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0)
+    assert init.value is None
+
+
+def test_vgic_v3_takes_other_bases(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    vm.create_vgic_v3(dist_base=0x3FFF_0000, redist_base=0x3FFD_0000)
+    assert [c.value for c in rec.calls[1:]] == [u64(0x3FFF_0000), u64(0x3FFD_0000)]
+
+
+@pytest.mark.parametrize(
+    ("dist", "redist", "match"),
+    [
+        (0x0800_1000, 0x080A_0000, "dist_base must be a 64 KiB aligned"),
+        (0x0800_0000, -(64 << 10), "redist_base must be a 64 KiB aligned"),
+        (0x0800_0000, True, "redist_base"),
+        # Three VCPUs take 3 x 128 KiB from redist_base: the last one reaches the distributor.
+        (0x0804_0000, 0x0800_0000, "overlaps the redistributors of 3 VCPU"),
+    ],
+)
+def test_bad_vgic_bases_never_reach_the_kernel(
+    arm: Kvm, rec: Recorder, dist: int, redist: int, match: str
+) -> None:
+    vm = _vm_with_vcpus(arm, rec, 3)
+    with pytest.raises(ValueError, match=match):
+        vm.create_vgic_v3(dist_base=dist, redist_base=redist)
+    assert rec.calls == [] and vm.vgic is None
+
+
+def test_a_host_without_gicv3_emulation_says_so(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    rec.fail[CREATE_DEVICE] = [errno.ENODEV]
+    with pytest.raises(KvmError) as info:
+        vm.create_vgic_v3()
+    exc = info.value
+    assert (exc.errno, exc.ioctl) == (errno.ENODEV, "KVM_CREATE_DEVICE")
+    assert "GICv2-only host" in str(exc)
+    assert vm.vgic is None and vm.devices == [] and rec.requests() == [CREATE_DEVICE]
+
+
+def test_a_refused_address_closes_the_device_and_explains(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    rec.fail[SET_ATTR] = [errno.E2BIG]
+    with pytest.raises(KvmError) as info:
+        vm.create_vgic_v3()
+    exc = info.value
+    assert (exc.errno, exc.ioctl, exc.group, exc.attr) == (
+        errno.E2BIG,
+        "KVM_SET_DEVICE_ATTR",
+        VGIC_GRP_ADDR,
+        VGIC_V3_ADDR_TYPE_DIST,
+    )
+    assert exc.strerror == abi.VGIC_ERRNOS["addr"][errno.E2BIG]
+    assert vm.vgic is None and vm.devices == []
+    with pytest.raises(OSError):
+        os.fstat(rec.opened[-1])
+
+
+def test_init_vgic_errors(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    with pytest.raises(ValueError, match="create_vgic_v3"):
+        vm.init_vgic()
+    assert rec.calls == []
+    vm.create_vgic_v3()
+    rec.fail[SET_ATTR] = [errno.ENXIO]
+    with pytest.raises(KvmError) as info:
+        vm.init_vgic()
+    assert info.value.errno == errno.ENXIO
+    assert info.value.strerror == abi.VGIC_ERRNOS["init"][errno.ENXIO]
+
+
+def test_device_attr_eintr_is_retried_and_has_enxio_is_false(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    rec.fail[CREATE_DEVICE] = [errno.EINTR]
+    rec.fail[SET_ATTR] = [errno.EINTR]
+    gic = vm.create_vgic_v3()
+    assert rec.requests() == [CREATE_DEVICE, CREATE_DEVICE, SET_ATTR, SET_ATTR, SET_ATTR]
+    rec.fail[HAS_ATTR] = [errno.ENXIO]
+    assert gic.has_device_attr(VGIC_GRP_ADDR, 9) is False
+    assert gic.has_device_attr(VGIC_GRP_CTRL, VGIC_CTRL_INIT) is True
+    assert rec.calls[-1].arg == device_attr(VGIC_GRP_CTRL, VGIC_CTRL_INIT, 0)
+    with pytest.raises(ValueError, match="__u64"):
+        gic.set_device_attr(VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST, 1 << 64)
+
+
+def test_closing_the_vm_closes_the_vgic(arm: Kvm, rec: Recorder) -> None:
+    vm = _vm_with_vcpus(arm, rec, 1)
+    gic = vm.create_vgic_v3()
+    vm.close()
+    assert gic.closed
+    with pytest.raises(OSError):
+        os.fstat(gic.fd)
