@@ -4,7 +4,9 @@
 case's setup asks. ``run("kvm")`` uses the real kernel through
 :class:`kvmspe.kvm.Kvm`: the host is what it is, so a case whose setup needs
 something the host lacks (SPE at all, a page size, an SPU with or without its
-own limit, guest code) is skipped with the reason. Every case gets a fresh VM.
+own limit, guest code) is skipped with the reason. Every case gets a fresh VM;
+on arm64 the VM also gets an in-kernel GICv3 once its VCPUs exist, before the
+case's first call, since KVM takes VCPU interrupts only with one.
 
 The result is a :class:`Report`: per case passed, failed (with what was
 expected and what came back, at the first call that differed) or skipped
@@ -537,6 +539,10 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
                 case.name, key, source, "skipped", _show(case.expected), "", f"cannot create the VCPUs: {exc}"
             )
         try:
+            # The VCPUs exist: now the vGIC, before any call sets an interrupt.
+            refused = _add_vgic(vm) if facts.arch == "aarch64" else None
+            if refused is not None and _needs_irqchip(case, facts):
+                return _skipped(case, refused)
             status, exp, got, why = runner.execute(case)
         except Exception as exc:  # noqa: BLE001 - report it against the case and go on
             status, exp, got, why = "failed", _show(case.expected), type(exc).__name__, str(exc)
@@ -544,6 +550,32 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
             for vcpu in runner.vcpus:
                 vcpu.close()
     return Result(case.name, key, source, status, exp, got, why)
+
+
+def _needs_irqchip(case: Case, facts: HostFacts) -> bool:
+    """Whether the case depends on its VM having an in-kernel irqchip: on an
+    SPE host, one that sets the SPE interrupt (KVM refuses a PMU interrupt
+    without one, and the SPE one is modelled on it) or runs a VCPU (the
+    interrupt must be set first). Without SPE every such call answers ENXIO
+    (or the VCPU runs bare), with or without an irqchip."""
+    if not facts.spe:
+        return False
+    irq = (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ)
+    return any(s.op == "run" or (s.op == "set" and _attr(s.target) == irq) for s in case.calls)
+
+
+def _add_vgic(vm: Any) -> str | None:
+    """Give an arm64 case VM an in-kernel GICv3, placed and initialised, as a
+    VMM would before setting VCPU interrupts; the reason when the host refuses."""
+    try:
+        vm.create_vgic_v3()
+        vm.init_vgic()
+    except KvmError as exc:
+        return (
+            "needs an in-kernel GICv3 for the SPE interrupt, and the host refused one"
+            f" ({exc.ioctl}: {exc})"
+        )
+    return None
 
 
 def _skipped(case: Case, reason: str) -> Result:
