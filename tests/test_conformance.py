@@ -8,7 +8,7 @@ import dataclasses
 import errno
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from kvmspe import abi, conformance, model
 from kvmspe.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
 from kvmspe.conformance import HostFacts, Report, resolve
+from kvmspe.errors import KvmError
 from kvmspe.rules import RULES, Check, RuleSet
 
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
@@ -238,13 +239,43 @@ def test_run_takes_a_subset_of_cases() -> None:
 
 
 class _FakeVm:
-    def __init__(self, vm: model.Vm):
+    """A model VM with the real one's vGIC calls, holding KVM's order to them:
+    no VCPU after the vGIC is initialised, and (as for the PMU interrupt) no
+    SPE interrupt accepted before the VM has an irqchip. ``log`` records the calls."""
+
+    def __init__(self, vm: model.Vm, log: list[str], refuse: int | None):
         self.vm = vm
+        self.log = log
+        self.refuse = refuse
+        self.vgic = False
+        self.initialised = False
 
     def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> model.Vcpu:
+        if self.initialised:
+            raise KvmError(errno.EBUSY, "VCPU after vGIC init", ioctl="KVM_CREATE_VCPU")
         vcpu = self.vm.create_vcpu(index, spe=spe)
         vcpu.close = lambda: None  # type: ignore[attr-defined]
+        set_attr = vcpu.set_device_attr
+
+        def set_device_attr(group: int, attr: int, value: object) -> None:
+            self.log.append(f"set {group}/{attr}")
+            if (group, attr) == (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ) and not self.vgic:
+                raise KvmError(errno.EINVAL, "no in-kernel irqchip", ioctl="KVM_SET_DEVICE_ATTR")
+            set_attr(group, attr, value)
+
+        vcpu.set_device_attr = set_device_attr  # type: ignore[method-assign]
+        self.log.append(f"create_vcpu {vcpu.index}")
         return vcpu
+
+    def create_vgic_v3(self) -> None:
+        self.log.append("create_vgic_v3")
+        if self.refuse is not None:
+            raise KvmError(self.refuse, abi.VGIC_ERRNOS["create"][self.refuse], ioctl="KVM_CREATE_DEVICE")
+        self.vgic = True
+
+    def init_vgic(self) -> None:
+        self.log.append("init_vgic")
+        self.initialised = True
 
     def __enter__(self) -> _FakeVm:
         return self
@@ -254,15 +285,19 @@ class _FakeVm:
 
 
 class _FakeKvm:
-    """Stands in for kvmspe.kvm.Kvm on an arm64 host with SPE, using the model."""
+    """Stands in for kvmspe.kvm.Kvm on a host with SPE, using the model;
+    ``refuse`` is the errno KVM_CREATE_DEVICE answers for a GICv3 (None: it
+    makes one)."""
 
-    arch = "aarch64"
-
-    def __init__(self, host: model.Host):
+    def __init__(self, host: model.Host, arch: str = "aarch64", refuse: int | None = None):
         self.host = host
+        self.arch = arch
+        self.refuse = refuse
+        self.log: list[str] = []
 
     def create_vm(self) -> _FakeVm:
-        return _FakeVm(self.host.create_vm())
+        self.log.append("create_vm")
+        return _FakeVm(self.host.create_vm(), self.log, self.refuse)
 
     def __enter__(self) -> _FakeKvm:
         return self
@@ -271,7 +306,9 @@ class _FakeKvm:
         pass
 
 
-def _spe_host_results(limit: int) -> dict[str, conformance.Result]:
+def _spe_host_results(
+    limit: int, kvm: Callable[[model.Host], _FakeKvm] = _FakeKvm, arch: str = "aarch64"
+) -> dict[str, conformance.Result]:
     host = model.Host(4096, [model.Spu(10, limit), model.Spu(11, limit)])
 
     @contextmanager
@@ -284,8 +321,8 @@ def _spe_host_results(limit: int) -> dict[str, conformance.Result]:
         yield set_room
         host.set_memlock_limit(None)
 
-    facts = HostFacts("aarch64", True, 4096, {10: limit, 11: limit})
-    _, results = conformance._run_kvm(CASES, _FakeKvm(host), facts, memlock)
+    facts = HostFacts(arch, True, 4096, {10: limit, 11: limit})
+    _, results = conformance._run_kvm(CASES, kvm(host), facts, memlock)
     return {r.case: r for r in results}
 
 
@@ -345,3 +382,62 @@ def test_docs_list_every_rule_with_its_source_and_case_count() -> None:
         assert row is not None, f"docs/conformance.md does not list rule {rule.key}"
         cells = [c.strip() for c in row.split("|")]
         assert cells[2] == rule.source and cells[4] == str(len(rule.cases)), row
+
+
+# --- the kvm path on arm64 gives each VM an in-kernel GICv3 ---------------------------------------
+
+
+def _per_vm(log: list[str]) -> list[list[str]]:
+    vms: list[list[str]] = []
+    for entry in log:
+        if entry == "create_vm":
+            vms.append([])
+        else:
+            vms[-1].append(entry)
+    return vms
+
+
+def test_on_arm64_each_vm_gets_its_vgic_after_its_vcpus_and_before_any_attribute() -> None:
+    kvms: list[_FakeKvm] = []
+
+    def make(host: model.Host) -> _FakeKvm:
+        kvms.append(_FakeKvm(host))
+        return kvms[-1]
+
+    results = _spe_host_results(0, make)
+    ran = [r for r in results.values() if r.status != "skipped"]
+    vms = _per_vm(kvms[0].log)
+    assert len(vms) == len(ran) and ran
+    for calls in vms:
+        creates = [i for i, c in enumerate(calls) if c.startswith("create_vcpu")]
+        gic = calls.index("create_vgic_v3")
+        assert creates and max(creates) < gic and calls[gic + 1] == "init_vgic", calls
+        assert all(not c.startswith("set") for c in calls[:gic]), calls
+    # The IRQ cases pass, which the fake allows only with the vGIC in place.
+    assert results["irq-set-get"].status == "passed"
+    assert results["run-configured"].status == "passed"
+
+
+def test_a_host_that_refuses_a_gicv3_skips_the_interrupt_and_run_cases_with_the_reason() -> None:
+    results = _spe_host_results(0, lambda host: _FakeKvm(host, refuse=errno.ENODEV))
+    assert not [n for n, r in results.items() if r.status == "failed"]
+    for name in ("irq-set-get", "irq-not-ppi-low", "run-unconfigured", "run-configured", "efault-set-irq"):
+        reason = results[name].reason
+        assert results[name].status == "skipped", name
+        assert "GICv3" in reason and "KVM_CREATE_DEVICE" in reason and "ENODEV" in reason, reason
+    # Cases that neither set the interrupt nor run go on without the vGIC.
+    assert results["store-page"].status == "passed"
+    assert results["spu-different"].status == "passed"
+
+
+def test_without_arm64_no_vgic_is_made() -> None:
+    kvms: list[_FakeKvm] = []
+
+    def make(host: model.Host) -> _FakeKvm:
+        kvms.append(_FakeKvm(host, arch="x86_64"))
+        return kvms[-1]
+
+    results = _spe_host_results(0, make, arch="x86_64")
+    assert "create_vgic_v3" not in kvms[0].log and "init_vgic" not in kvms[0].log
+    # The fake refuses the SPE interrupt without an irqchip: those cases now fail.
+    assert results["irq-set-get"].status == "failed"
