@@ -362,8 +362,8 @@ ATTRS: dict[tuple[int, int], AttrInfo] = {
                 **_GROUP_ERRNOS,
                 errno.EFAULT: "the int at kvm_device_attr.addr could not be read",
                 errno.EBUSY: "the VM has already run; the SPE interrupt is fixed from then on",
-                errno.EINVAL: "the interrupt is not a PPI (16..31), or differs from the one"
-                " another VCPU of this VM uses",
+                errno.EINVAL: "the interrupt is not a PPI (16..31), or differs from the VM's SPE"
+                " interrupt: every VCPU uses the same PPI, and it does not change once set",
             },
             "get": {
                 **_GROUP_ERRNOS,
