@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmspe.units import U64_MAX, format_size, parse_size, parse_uint
@@ -113,3 +115,75 @@ def test_every_u64_round_trips(value: int) -> None:
     assert parse_size(format_size(value)) == value
     assert parse_size(str(value)) == value
     assert parse_size(hex(value)) == value
+
+
+# --- the grammar as regular expressions: an oracle for the hand-written scanner ---------
+
+_ORACLE_HEX = r"0[xX]([0-9A-Fa-f]+)"
+_ORACLE_DECIMAL = r"([0-9]+)\s*([A-Za-z]*)"
+_ORACLE_UNIT = r"([KMGTkmgt])(?:[iI]?[bB])?|[bB]?"
+_ORACLE_FRACTION = r"[0-9]*[.,][0-9]*\s*[A-Za-z]*"
+
+
+def _oracle_size(text: str) -> int | str:
+    """What parse_size must answer for ``text``: the value, or the reason it gives."""
+    s = text.strip()
+    if not s:
+        return "empty"
+    if s[0] in "+-":
+        return "negative sizes are not accepted" if s[0] == "-" else "a sign is not accepted"
+    hexm = re.fullmatch(_ORACLE_HEX, s)
+    if hexm:
+        value = int(hexm.group(1), 16)
+    else:
+        decm = re.fullmatch(_ORACLE_DECIMAL, s)
+        if decm is None:
+            if re.fullmatch(_ORACLE_FRACTION, s) and any(c.isdigit() for c in s):
+                return "fractions are not accepted (sizes are exact)"
+            if s[:2].lower() == "0x":
+                return "a hexadecimal size takes only hex digits and no unit"
+            return "not a size"
+        unit = re.fullmatch(_ORACLE_UNIT, decm.group(2))
+        if unit is None:
+            return "unknown unit"
+        shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[(unit.group(1) or "").upper()]
+        value = int(decm.group(1).lstrip("0") or "0") << shift
+    return value if value <= U64_MAX else "larger than 2**64 - 1"
+
+
+# Strings made of pieces from every edge of the grammar: digits, hex prefixes and
+# letters, unit letters and tails, separators, signs, ASCII and non-ASCII spaces,
+# a non-ASCII digit and letter, and runs of digits long enough to overflow a u64.
+_PIECES = ["0", "1", "9", "00", "0x", "0X", "x", "a", "F", "K", "k", "M", "g", "T", "i", "I", "B", "b",
+           "iB", "P", ".", ",", "+", "-", " ", "\t", "\u00a0", "\u2003", "\u0661", "\u00e9",
+           "18446744073709551615", "99999999999999999999"]
+_EDGY = st.lists(st.sampled_from(_PIECES), max_size=6).map("".join)
+
+
+@settings(max_examples=400)
+@given(_EDGY)
+def test_parse_size_follows_the_grammar(text: str) -> None:
+    expected = _oracle_size(text)
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        assert isinstance(expected, str), (text, str(exc))
+        assert expected in str(exc)
+        return
+    assert value == expected
+
+
+@settings(max_examples=300)
+@given(_EDGY)
+def test_parse_uint_follows_the_grammar(text: str) -> None:
+    m = re.fullmatch(r"0[xX]([0-9A-Fa-f]+)|([0-9]+)", text.strip())
+    try:
+        value = parse_uint(text)
+    except ValueError as exc:
+        if m is None:
+            assert "negative" in str(exc) or "not an unsigned integer" in str(exc)
+        else:
+            assert "larger than" in str(exc)
+        return
+    assert m is not None
+    assert value == (int(m.group(1), 16) if m.group(2) is None else int(m.group(2)))

@@ -12,8 +12,6 @@ exact, so ``1.5M`` is refused rather than guessed.
 
 from __future__ import annotations
 
-import re
-
 __all__ = ["ACCEPTED", "U64_MAX", "UNITS", "format_size", "parse_size", "parse_uint"]
 
 U64_MAX = (1 << 64) - 1
@@ -24,12 +22,47 @@ UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 #: What the parser accepts, for error messages and help texts.
 ACCEPTED = "accepted: 4096, 0x1000, 4K, 4KiB, 2M, 1G, 1T (binary units: K = 1024)"
 
-_DECIMAL = re.compile(r"([0-9]+)\s*([A-Za-z]*)")
-_HEX = re.compile(r"0[xX]([0-9A-Fa-f]+)")
-_SUFFIX = re.compile(r"([KMGTkmgt])(?:[iI]?[bB])?|[bB]?")
+# The grammar is scanned with str methods rather than regular expressions:
+# the command line parses a size at every start, and importing ``re`` would
+# cost more than the rest of the codec path. Digits and letters are ASCII
+# only; spaces are whatever str.isspace() calls a space (as str.strip() does).
+_DIGITS = "0123456789"
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+_UNIT_LETTERS = "KMGTkmgt"
 # More decimal digits than 2**64 - 1 has: too large, whatever they are (and
 # int() refuses very long digit strings with a message of its own).
 _U64_DIGITS = len(str(U64_MAX))
+
+
+def _hex_digits(s: str) -> str | None:
+    """The digits of ``s`` when it is ``0x`` or ``0X`` and one or more hex digits, else None."""
+    digits = s[2:]
+    if s[:2] in ("0x", "0X") and digits and not digits.lstrip(_HEX_DIGITS):
+        return digits
+    return None
+
+
+def _letters(s: str) -> bool:
+    """Whether ``s`` is empty or ASCII letters only."""
+    return not s or (s.isascii() and s.isalpha())
+
+
+def _decimal(s: str) -> tuple[str, str] | None:
+    """``(digits, unit)`` when ``s`` is digits, optional spaces, optional letters, else None."""
+    rest = s.lstrip(_DIGITS)
+    digits = s[: len(s) - len(rest)]
+    unit = rest.lstrip()
+    if digits and _letters(unit):
+        return digits, unit
+    return None
+
+
+def _fraction(s: str) -> bool:
+    """Whether ``s`` looks like a size with a fraction: ``1.5M``, ``0,5``, ``.5 K``."""
+    rest = s.lstrip(_DIGITS)
+    if rest[:1] not in (".", ","):
+        return False
+    return _letters(rest[1:].lstrip(_DIGITS).lstrip()) and any(c.isdigit() for c in s)
 
 
 def _show(text: str) -> str:
@@ -38,10 +71,13 @@ def _show(text: str) -> str:
 
 
 def _unit(suffix: str, text: str) -> int:
-    m = _SUFFIX.fullmatch(suffix)
-    if m is None:
-        raise ValueError(f"invalid size {_show(text)}: unknown unit {_show(suffix)}; {ACCEPTED}")
-    return UNITS[(m.group(1) or "").upper()]
+    """Multiplier of a unit: empty or ``B``, else K, M, G or T with an optional ``B`` or ``iB``."""
+    if suffix in ("", "b", "B"):
+        return 1
+    letter, tail = suffix[:1], suffix[1:]
+    if letter in _UNIT_LETTERS and tail in ("", "b", "B", "ib", "iB", "Ib", "IB"):
+        return UNITS[letter.upper()]
+    raise ValueError(f"invalid size {_show(text)}: unknown unit {_show(suffix)}; {ACCEPTED}")
 
 
 def _too_large(text: str) -> ValueError:
@@ -61,23 +97,24 @@ def parse_size(text: str) -> int:
     if s[0] in "+-":
         what = "negative sizes are not accepted" if s[0] == "-" else "a sign is not accepted"
         raise ValueError(f"invalid size {_show(text)}: {what}; {ACCEPTED}")
-    hexm = _HEX.fullmatch(s)
-    if hexm is not None:
-        value = int(hexm.group(1), 16)
+    hex_digits = _hex_digits(s)
+    if hex_digits is not None:
+        value = int(hex_digits, 16)
     else:
-        decm = _DECIMAL.fullmatch(s)
-        if decm is None:
-            if re.fullmatch(r"[0-9]*[.,][0-9]*\s*[A-Za-z]*", s) and any(c.isdigit() for c in s):
+        dec = _decimal(s)
+        if dec is None:
+            if _fraction(s):
                 why = "fractions are not accepted (sizes are exact)"
             elif s[:2].lower() == "0x":
                 why = "a hexadecimal size takes only hex digits and no unit"
             else:
                 why = "not a size"
             raise ValueError(f"invalid size {_show(text)}: {why}; {ACCEPTED}")
-        unit = _unit(decm.group(2), text)
-        if len(decm.group(1).lstrip("0")) > _U64_DIGITS:
+        digits, suffix = dec
+        unit = _unit(suffix, text)
+        if len(digits.lstrip("0")) > _U64_DIGITS:
             raise _too_large(text)
-        value = int(decm.group(1)) * unit
+        value = int(digits) * unit
     if value > U64_MAX:
         raise _too_large(text)
     return value
@@ -91,18 +128,20 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX) -> int
     if not isinstance(text, str):
         raise ValueError(f"invalid {what} {text!r}: not a string")
     s = text.strip()
-    m = re.fullmatch(r"0[xX]([0-9A-Fa-f]+)|([0-9]+)", s)
-    if m is None:
+    hex_digits = _hex_digits(s)
+    decimal = s.isascii() and s.isdigit()
+    if hex_digits is None and not decimal:
         if s[:1] == "-":
             why = "negative values are not accepted"
         else:
             why = "not an unsigned integer"
         raise ValueError(f"invalid {what} {_show(text)}: {why}; accepted: decimal or 0x hex, 0..{maximum:#x}")
-    digits = m.group(2)
-    if digits is not None and len(digits.lstrip("0")) > _U64_DIGITS:
+    if hex_digits is not None:
+        value = int(hex_digits, 16)
+    elif len(s.lstrip("0")) > _U64_DIGITS:
         value = U64_MAX + 1
     else:
-        value = int(m.group(1), 16) if digits is None else int(digits)
+        value = int(s)
     if value > maximum:
         raise ValueError(f"invalid {what} {_show(text)}: larger than {maximum:#x}; accepted: 0..{maximum:#x}")
     return value
