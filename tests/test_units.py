@@ -70,6 +70,14 @@ def test_refused_with_reason_and_accepted_forms(text: str, reason: str) -> None:
     assert len(message) < 200
 
 
+def test_leading_zeros_do_not_count_as_digits() -> None:
+    # int() refuses more than 4300 digits; zeros in front add nothing to the value.
+    assert parse_size("0" * 5000 + "1K") == 1024
+    assert parse_uint("0" * 5000 + "7") == 7
+    with pytest.raises(ValueError, match="larger than 2"):
+        parse_size("0" * 5000 + "1" * 21)
+
+
 def test_format_size_picks_the_largest_exact_unit() -> None:
     assert format_size(0) == "0 B"
     assert format_size(4097) == "4097 B"

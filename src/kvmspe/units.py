@@ -65,6 +65,11 @@ def _fraction(s: str) -> bool:
     return _letters(rest[1:].lstrip(_DIGITS).lstrip()) and any(c.isdigit() for c in s)
 
 
+def _int(digits: str) -> int:
+    """The value of decimal ``digits``; leading zeros do not count towards int()'s digit limit."""
+    return int(digits.lstrip("0") or "0")
+
+
 def _show(text: str) -> str:
     """``text`` quoted for a message, shortened so the message stays one short line."""
     return repr(text if len(text) <= 40 else text[:37] + "...")
@@ -114,7 +119,7 @@ def parse_size(text: str) -> int:
         unit = _unit(suffix, text)
         if len(digits.lstrip("0")) > _U64_DIGITS:
             raise _too_large(text)
-        value = int(digits) * unit
+        value = _int(digits) * unit
     if value > U64_MAX:
         raise _too_large(text)
     return value
@@ -141,7 +146,7 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX) -> int
     elif len(s.lstrip("0")) > _U64_DIGITS:
         value = U64_MAX + 1
     else:
-        value = int(s)
+        value = _int(s)
     if value > maximum:
         raise ValueError(f"invalid {what} {_show(text)}: larger than {maximum:#x}; accepted: 0..{maximum:#x}")
     return value
