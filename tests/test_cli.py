@@ -8,11 +8,15 @@ exactly one line on stderr and no traceback.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+import kvmspe as kvmspe_pkg
 
 
 def kvmspe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -174,6 +178,117 @@ def test_encode_starts_lean() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.splitlines()[-1] == "0 []", r.stdout + r.stderr
+
+
+# --- the codec commands' fast path -------------------------------------------------------------
+
+
+def bare_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """This interpreter without ``site`` (so no .pth file imports anything), kvmspe on its path."""
+    src = str(Path(kvmspe_pkg.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+_SHOW_MODULES = "import sys; print(*sorted(sys.modules))"
+#: Modules the codec commands' fast path must not import: the argument parser and what
+#: it pulls in, typing, and every layer above the codec.
+_NOT_ON_THE_FAST_PATH = {
+    "argparse", "re", "typing", "collections", "dataclasses", "enum", "json",
+    "kvmspe.model", "kvmspe.planner", "kvmspe.kvm", "kvmspe.discovery", "kvmspe.conformance",
+    "kvmspe.registers", "kvmspe.rules", "kvmspe.abi",
+}
+
+
+@pytest.mark.parametrize("argv", [("encode", "4M"), ("decode", "0x400"), ("encode", "--json", "4M")])
+def test_codec_commands_import_no_parser_and_no_higher_layer(argv: tuple[str, ...]) -> None:
+    at_start = set(bare_python("-c", _SHOW_MODULES).stdout.split())
+    allowed: set[str] = set()
+    if "--json" in argv:  # json, and what json imports itself (re, enum, ...)
+        allowed = set(bare_python("-c", f"import json; {_SHOW_MODULES}").stdout.split()) - at_start
+    code = f"import sys; from kvmspe.cli import main; rc = main(); {_SHOW_MODULES}; print(rc)"
+    r = bare_python("-c", code, *argv)
+    assert r.returncode == 0, r.stderr
+    *output, modules, rc = r.stdout.splitlines()
+    assert rc == "0" and output
+    imported = set(modules.split()) - at_start
+    assert "kvmspe.maxbuf" in imported  # the command did run here
+    assert imported & (_NOT_ON_THE_FAST_PATH - allowed) == set()
+
+
+def test_the_parser_is_imported_when_the_fast_path_cannot_answer() -> None:
+    # The check above can fail: "encode lots" is left to argparse, which imports re.
+    show_at_exit = "import atexit, sys; atexit.register(lambda: print(*sorted(sys.modules)))"
+    r = bare_python("-c", f"{show_at_exit}; from kvmspe.cli import main; raise SystemExit(main())",
+                    "encode", "lots")
+    assert r.returncode == 2
+    assert {"argparse", "re"} <= set(r.stdout.split())
+
+
+# Command lines for the codec commands: valid ones, sizes without an encoding,
+# bad operands, and forms the fast path leaves to argparse.
+_CODEC_LINES = [
+    ("encode", "4M"),
+    ("encode", "0"),
+    ("encode", "4 MiB", "--json"),
+    ("encode", "--json", "1023T"),
+    ("encode", "18446744073709551615"),
+    ("encode", "0x401000"),
+    ("encode", "0x401000", "--json"),
+    ("encode", "5000T"),
+    ("encode", "lots"),
+    ("encode", "1.5M"),
+    ("encode", "4X"),
+    ("encode", "-4K"),
+    ("encode", "18446744073709551616"),
+    ("encode", ""),
+    ("encode", "4M", "--bogus"),
+    ("encode", "--json", "--json"),
+    ("encode", "4M", "8M"),
+    ("decode", "0x400"),
+    ("decode", "0", "--json"),
+    ("decode", "--json", "0x3fff"),
+    ("decode", "0x4000"),
+    ("decode", "4K"),
+    ("decode", "-1"),
+    ("decode", "0x400", "--pmbidr", "0x5"),
+]
+
+
+@pytest.mark.parametrize("argv", _CODEC_LINES, ids=" ".join)
+def test_fast_path_answers_as_argparse_does(argv: tuple[str, ...]) -> None:
+    fast = bare_python("-m", "kvmspe", *argv)
+    no_fast_path = (
+        "import kvmspe.cli as cli; cli._codec_args = lambda argv: None; raise SystemExit(cli.main())"
+    )
+    slow = bare_python("-c", no_fast_path, *argv)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
+    assert "Traceback" not in fast.stderr
+
+
+@pytest.mark.parametrize("argv", _CODEC_LINES, ids=" ".join)
+def test_fast_path_builds_the_namespace_argparse_builds(argv: tuple[str, ...]) -> None:
+    from kvmspe import cli
+
+    fast = cli._codec_args(list(argv))
+    try:
+        parsed = vars(cli.build_parser().parse_args(list(argv)))
+    except SystemExit:
+        assert fast is None  # argparse refuses it: only argparse may answer
+        return
+    if len(argv) == 2 or (len(argv) == 3 and "--json" in argv[1:]):
+        assert fast is not None and vars(fast) == parsed
+    else:
+        assert fast is None
+
+
+def test_fast_path_takes_the_simple_forms() -> None:
+    from kvmspe import cli
+
+    for argv in (["encode", "4M"], ["encode", "4M", "--json"], ["decode", "--json", "0x400"]):
+        assert cli._codec_args(argv) is not None, argv
+    for argv in (["encode", "--help"], ["round", "4M"], ["--json", "encode", "4M"], ["encode", "4M", "--js"]):
+        assert cli._codec_args(argv) is None, argv
 
 
 # --- probe, plan, configure, conformance, vectors --------------------------------------------

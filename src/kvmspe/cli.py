@@ -6,26 +6,34 @@ when the answer is "no" (a size without encoding, a host that cannot run SPE
 guests, a configuration the kernel refuses), 2 for bad usage or input, with a
 one-line message on stderr and never a traceback.
 
-Start-up is kept lean: this module imports only the standard library pieces
-it needs to parse arguments; each command imports the layers it uses (the
-codec commands never load the model, the planner or the real backend).
+Start-up is kept lean: each command imports the layers it uses (the codec
+commands never load the model, the planner or the real backend), and the
+codec commands' simple forms (``encode SIZE``, ``decode FIELD``, each with or
+without ``--json``) are recognised before argparse is even imported (see
+:func:`_codec_args`). At module level this file imports no more than ``sys``
+and the package's light modules: argparse, re and typing cost more than the
+codec work itself.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from . import __version__
 from .errors import KvmError, KvmspeError, NotRepresentableError
 from .units import ACCEPTED, U64_MAX, format_size, parse_size, parse_uint
 
-__all__ = ["main", "build_parser"]
+# typing.TYPE_CHECKING without importing typing; mypy treats any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn, TypeAlias
 
-Doc = dict[str, Any]
+    #: A command's JSON document.
+    Doc: TypeAlias = dict[str, Any]
+
+__all__ = ["main", "build_parser"]
 
 #: The default SPE interrupt: PPI 21, the INTID kvmtool and QEMU give the PMU's neighbour.
 DEFAULT_IRQ = 21
@@ -35,48 +43,67 @@ class UsageError(KvmspeError, ValueError):
     """Bad input found after argument parsing (exit 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``kvmspe: error: ...`` plus a hint."""
+class _Args:
+    """A namespace with the attributes argparse would set: what the codec
+    commands' fast path (:func:`_codec_args`) hands to a command function."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # A token like "-4K" is a (bad) value, not an unknown option: let the
-        # value parser say "negative sizes are not accepted".
-        self._negative_number_matcher = re.compile(r"^-[0-9.]")
+    def __init__(self, **attrs: object) -> None:
+        self.__dict__.update(attrs)
 
-    def error(self, message: str) -> NoReturn:
-        text = " ".join(message.split())
-        self.exit(2, f"kvmspe: error: {text} (see '{self.prog} --help')\n")
+    if TYPE_CHECKING:
+        # As on argparse.Namespace: any attribute, untyped.
+        def __getattr__(self, name: str) -> Any: ...
 
 
-# --- argument types: ValueError becomes a one-line argparse error ---------------------
+if TYPE_CHECKING:
+    #: What a command function gets: argparse's namespace, or the fast path's.
+    Args: TypeAlias = argparse.Namespace | _Args
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# --- argument types ------------------------------------------------------------------------
 
 
-def _uint(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callable[[str], int]:
+def _uint_parser(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callable[[str], int]:
+    """A parser of unsigned integers ``minimum..maximum`` named ``what``; raises ValueError."""
+
     def parse(text: str) -> int:
-        try:
-            value = parse_uint(text, what=what, maximum=maximum)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        value = parse_uint(text, what=what, maximum=maximum)
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: accepted: {minimum}..{maximum}")
+            raise ValueError(f"invalid {what} {text!r}: accepted: {minimum}..{maximum}")
         return value
 
     parse.__name__ = what
     return parse
 
 
+def _argtype(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """``parse`` as an argparse type: its ValueError becomes a one-line argparse error."""
+
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            import argparse
+
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _uint(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callable[[str], int]:
+    return _argtype(_uint_parser(what, maximum, minimum))
+
+
+_size = _argtype(parse_size)
+#: The decode command's FIELD operand, for argparse and for the fast path alike.
+_parse_field = _uint_parser("MaxBuffSize field", 0x3FFF)
+
+
 # --- output ------------------------------------------------------------------------------
 
 
-def _emit(args: argparse.Namespace, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
+def _emit(args: Args, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
     """Print ``doc`` as JSON with --json, else the human ``lines``; return ``code``."""
     if args.json:
         import json  # only when asked: the human path starts faster without it
@@ -111,7 +138,7 @@ def _field_doc(field: int) -> Doc:
     return {"field": field, "e": field >> 9, "m": field & 0x1FF}
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
+def cmd_encode(args: Args) -> int:
     from . import maxbuf
 
     size: int = args.size
@@ -136,7 +163,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return _emit(args, doc, lines)
 
 
-def _decode_pmbidr(args: argparse.Namespace, value: int) -> int:
+def _decode_pmbidr(args: Args, value: int) -> int:
     from . import maxbuf
     from .registers import PMBIDR_EL1
 
@@ -166,7 +193,7 @@ def _decode_pmbidr(args: argparse.Namespace, value: int) -> int:
     return _emit(args, doc, lines)
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
+def cmd_decode(args: Args) -> int:
     from . import maxbuf
 
     if (args.field is None) == (args.pmbidr is None):
@@ -254,6 +281,7 @@ def cmd_sizes(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     import errno as errno_mod
     import os
+    import re
 
     from . import abi
 
@@ -805,6 +833,22 @@ _EPILOGS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvmspe`` argument parser with every subcommand."""
+    import argparse
+    import re
+
+    class _Parser(argparse.ArgumentParser):
+        """An ArgumentParser whose errors are one line: ``kvmspe: error: ...`` plus a hint."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # A token like "-4K" is a (bad) value, not an unknown option: let the
+            # value parser say "negative sizes are not accepted".
+            self._negative_number_matcher = re.compile(r"^-[0-9.]")
+
+        def error(self, message: str) -> NoReturn:
+            text = " ".join(message.split())
+            self.exit(2, f"kvmspe: error: {text} (see '{self.prog} --help')\n")
+
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print a JSON document (keys in docs/cli.md)")
@@ -830,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("size", metavar="SIZE", type=_size, help=_SIZE_HELP)
 
     p = add("decode", cmd_decode, "the size a MaxBuffSize field stands for, or a whole PMBIDR_EL1")
-    p.add_argument("field", metavar="FIELD", nargs="?", type=_uint("MaxBuffSize field", 0x3FFF),
+    p.add_argument("field", metavar="FIELD", nargs="?", type=_argtype(_parse_field),
                    help="a MaxBuffSize field value, 0..0x3fff")
     p.add_argument("--pmbidr", metavar="VALUE", type=_uint("PMBIDR_EL1 value"),
                    help="decode a whole PMBIDR_EL1 value instead")
@@ -910,10 +954,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _codec_args(argv: Sequence[str]) -> _Args | None:
+    """What argparse would make of ``encode SIZE`` or ``decode FIELD`` (``--json`` before or
+    after the operand), without building the parser; None for any other command line.
+
+    The operands are parsed by the parsers argparse is given; when one refuses
+    its operand, this answers None too, so argparse handles every error and
+    ``--help``, with its messages and exit status.
+    """
+    if len(argv) == 2:
+        command, operand, json = argv[0], argv[1], False
+    elif len(argv) == 3 and "--json" in argv[1:]:
+        command, operand, json = argv[0], argv[2 if argv[1] == "--json" else 1], True
+    else:
+        return None
+    if operand[:1] == "-":  # an option, "--", or a negative number: argparse's to judge
+        return None
+    try:
+        if command == "encode":
+            return _Args(command=command, json=json, size=parse_size(operand), func=cmd_encode)
+        if command == "decode":
+            return _Args(command=command, json=json, field=_parse_field(operand), pmbidr=None,
+                         func=cmd_decode)
+    except ValueError:
+        return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 yes, 1 no, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args: Args | None = _codec_args(argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
         return code
