@@ -36,7 +36,7 @@ import os
 import struct
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from . import abi
 from .errors import KvmError
@@ -90,6 +90,21 @@ VGIC_V3_REDIST_BASE = 0x080A_0000
 _VGIC_ALIGN = 64 << 10
 
 
+class _Owned:
+    """Something that owns file descriptors: ``with`` closes it on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 def normalise_arch(machine: str) -> str:
     """``os.uname().machine`` in the spelling KVM code uses: ``aarch64``, ``x86_64``."""
     return _ARCH_ALIASES.get(machine, machine)
@@ -119,7 +134,7 @@ def _fail(exc: OSError, name: str, text: str | None = None) -> KvmError:
     return KvmError(code, text if text is not None else os.strerror(code), ioctl=name)
 
 
-class Kvm:
+class Kvm(_Owned):
     """An open ``/dev/kvm``: API version, capabilities, VM creation.
 
     ``ioctl`` replaces ``fcntl.ioctl`` (for tests); ``arch`` replaces the
@@ -176,16 +191,8 @@ class Kvm:
         os.close(self.fd)
         self.closed = True
 
-    def __enter__(self) -> Kvm:
-        return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class Vm:
+class Vm(_Owned):
     """A VM file descriptor. Closing it closes its VCPUs first."""
 
     def __init__(self, kvm: Kvm, fd: int):
@@ -344,16 +351,8 @@ class Vm:
         if self in self.kvm.vms:
             self.kvm.vms.remove(self)
 
-    def __enter__(self) -> Vm:
-        return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class Device:
+class Device(_Owned):
     """A device fd from KVM_CREATE_DEVICE (e.g. the vGIC): its attributes.
 
     Configuration calls, made a few times per VM, so there is no fast path:
@@ -420,20 +419,12 @@ class Device:
         if self.vm.vgic is self:
             self.vm.vgic = None
 
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fd}"
         return f"Device(type={self.type}, {state})"
 
 
-class Vcpu:
+class Vcpu(_Owned):
     """A VCPU file descriptor with the model VCPU's methods.
 
     ``value_structs`` decides the C type behind ``addr`` per group and
@@ -641,14 +632,6 @@ class Vcpu:
         self.closed = True
         if self in self.vm.vcpus:
             self.vm.vcpus.remove(self)
-
-    def __enter__(self) -> Vcpu:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fd}"
