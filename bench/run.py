@@ -47,7 +47,7 @@ from kvmspe import abi, maxbuf  # noqa: E402
 
 __all__ = ["Row", "main"]
 
-#: Targets from the benchmark issue.
+#: The speed targets each figure is held to.
 IOCTL_TARGET = 1.10
 CLI_TARGET = 1.3
 #: The fewest rounds a target is judged on.
