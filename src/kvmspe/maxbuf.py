@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIELD_MAX",
+    "check_page_size",
     "LARGEST",
     "PAGE_SIZES",
     "decode",
@@ -135,7 +136,8 @@ def encode(size: int) -> int:
     )
 
 
-def _check_page(page_size: int) -> None:
+def check_page_size(page_size: int) -> None:
+    """Refuse anything but an arm64 host page size (4, 16 or 64 KiB)."""
     if page_size not in PAGE_SIZES:
         accepted = ", ".join(str(p) for p in PAGE_SIZES)
         raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
@@ -148,7 +150,7 @@ def round_down(size: int, page_size: int = GRANULE) -> int:
     result as a cap must treat 0 specially.
     """
     _check_size(size)
-    _check_page(page_size)
+    check_page_size(page_size)
     size = min(size, LARGEST)
     unit = max(step_at(size), page_size)
     # Band starts (0 and powers of two >= 2 MiB) are multiples of every unit.
@@ -158,7 +160,7 @@ def round_down(size: int, page_size: int = GRANULE) -> int:
 def round_up(size: int, page_size: int = GRANULE) -> int:
     """The smallest size >= ``size`` that is representable and page aligned."""
     _check_size(size)
-    _check_page(page_size)
+    check_page_size(page_size)
     if size > LARGEST:
         raise NotRepresentableError(
             f"{size:#x} is above the largest representable size {LARGEST:#x}", size, LARGEST, None

@@ -119,9 +119,7 @@ class Host:
         rules: RuleSet = RULES,
         assumptions: Assumptions = DEFAULT,
     ):
-        if page_size not in maxbuf.PAGE_SIZES:
-            accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
-            raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
+        maxbuf.check_page_size(page_size)
         self.page_size = page_size
         self.spus = tuple(spus)
         ids = [s.id for s in self.spus]

@@ -226,8 +226,7 @@ def plan(
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     if max_buffer_size is not None:
         _int("max_buffer_size", max_buffer_size, 0, (1 << 64) - 1)
-    if page_size not in maxbuf.PAGE_SIZES:
-        raise ValueError(f"page_size {page_size!r} is not an arm64 page size; accepted: 4096, 16384, 65536")
+    maxbuf.check_page_size(page_size)
     if granule not in GRANULES:
         raise ValueError(f"granule {granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536")
     _int("spu_limit", spu_limit, 0)
