@@ -43,6 +43,7 @@ __all__ = [
     "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE",
     "KVM_ARM_VCPU_MAX_BUFFER_SIZE",
     "KVM_ARM_VCPU_SPE_SPU",
+    "KVM_ARM_VCPU_SPE_INIT",
     "VCPU_INIT",
     "attr_info",
     "explain",
@@ -209,6 +210,11 @@ KVM_ARM_VCPU_SPE_CTRL = 3
 KVM_ARM_VCPU_SPE_IRQ = 0
 KVM_ARM_VCPU_SPE_SPU = 1
 KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE = 2
+#: Inferred, not stated: v6 patch 15/35 "Add SPE VCPU device attribute to
+#: initialize SPE" adds a fourth attribute, the next number after patch 14's 2
+#: (RFC v5 had it as KVM_ARM_VCPU_SPE_INIT, taking no value, like
+#: KVM_ARM_VCPU_PMU_V3_INIT).
+KVM_ARM_VCPU_SPE_INIT = 3
 #: The spelling used by the seed patch's documentation; same number.
 KVM_ARM_VCPU_MAX_BUFFER_SIZE = KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
 # x86 [uapi]: a real VCPU attribute to exercise the plumbing on x86 hosts.
