@@ -317,7 +317,9 @@ class AttrInfo:
     group: int
     attr: int
     names: tuple[str, ...]
-    value: struct.Struct
+    #: The C type behind ``addr``; None for an attribute that takes no value
+    #: (the kernel ignores ``addr``, as for KVM_ARM_VCPU_PMU_V3_INIT).
+    value: struct.Struct | None
     errnos: dict[str, dict[int, str]]
 
     @property
@@ -367,9 +369,12 @@ ATTRS: dict[tuple[int, int], AttrInfo] = {
             "set": {
                 **_GROUP_ERRNOS,
                 errno.EFAULT: "the int at kvm_device_attr.addr could not be read",
-                errno.EBUSY: "the VM has already run; the SPE interrupt is fixed from then on",
+                errno.EBUSY: "this VCPU's SPE interrupt is already set (it is set once, even"
+                " to the same value), or the VM has already run",
                 errno.EINVAL: "the interrupt is not a PPI (16..31), or differs from the VM's SPE"
-                " interrupt: every VCPU uses the same PPI, and it does not change once set",
+                " interrupt: every VCPU uses the same PPI",
+                errno.ENXIO: "the VM has no in-kernel irqchip (create the vGIC first),"
+                " or SPE is not supported",
             },
             "get": {
                 **_GROUP_ERRNOS,
@@ -401,6 +406,27 @@ ATTRS: dict[tuple[int, int], AttrInfo] = {
             "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
         },
     ),
+    (KVM_ARM_VCPU_SPE_CTRL, KVM_ARM_VCPU_SPE_INIT): AttrInfo(
+        KVM_ARM_VCPU_SPE_CTRL,
+        KVM_ARM_VCPU_SPE_INIT,
+        ("KVM_ARM_VCPU_SPE_INIT",),
+        None,
+        {
+            "set": {
+                **_GROUP_ERRNOS,
+                errno.EBUSY: "SPE is already initialised on this VCPU, or the VM has already run",
+                errno.ENXIO: "SPE is not ready to initialise: the VM needs an in-kernel irqchip,"
+                " this VCPU its KVM_ARM_VCPU_SPE_IRQ, and the VM its KVM_ARM_VCPU_SPE_SPU and"
+                " KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, all set first; or SPE is not supported",
+            },
+            "get": {
+                **_GROUP_ERRNOS,
+                errno.ENXIO: "KVM_ARM_VCPU_SPE_INIT cannot be read back (it has no value);"
+                " or SPE is not supported",
+            },
+            "has": {errno.ENXIO: _GROUP_ERRNOS[errno.ENXIO]},
+        },
+    ),
 }
 
 #: Name -> (group, attr), both spellings of the max buffer size attribute included.
@@ -408,8 +434,8 @@ ATTR_BY_NAME: dict[str, tuple[int, int]] = {n: key for key, info in ATTRS.items(
 
 #: What KVM_RUN errnos mean for an SPE VCPU (model and real kernel alike).
 RUN_ERRNOS = {
-    errno.EINVAL: "SPE is not fully configured on this VCPU: its IRQ, the VM's SPU and the"
-    " VM's max buffer size must all be set before the first KVM_RUN",
+    errno.EINVAL: "SPE is not initialised on this VCPU: set its IRQ, the VM's SPU and the"
+    " VM's max buffer size, then KVM_ARM_VCPU_SPE_INIT, before the first KVM_RUN",
     errno.ENOEXEC: "the VCPU has not been initialised with KVM_ARM_VCPU_INIT",
     errno.EINTR: "KVM_RUN was interrupted by a signal",
 }
@@ -478,8 +504,15 @@ class Exit:
         return self.reason == ASSUMED.exit_rlimit
 
 
-def check_value(info: AttrInfo, value: int) -> None:
-    """Refuse a value that does not fit the attribute's C type (before any ioctl)."""
+def check_value(info: AttrInfo, value: int | None) -> None:
+    """Refuse a value that does not fit the attribute's C type (before any ioctl).
+
+    An attribute without a value (INIT) takes only None.
+    """
+    if info.value is None:
+        if value is not None:
+            raise ValueError(f"{info.name} takes no value (pass None), got {value!r}")
+        return
     lo, hi = (0, (1 << 64) - 1) if info.value is U64 else (-(1 << 31), (1 << 31) - 1)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         ctype = "__u64" if info.value is U64 else "int"

@@ -17,8 +17,13 @@ __all__ = ["Assumptions", "DEFAULT"]
 
 @dataclass(frozen=True)
 class Assumptions:
-    #: IRQ: the SPE interrupt must be a PPI, INTIDs 16..31 (as for the PMU).
+    #: IRQ: the SPE interrupt must be a PPI, INTIDs 16..31 (RFC v4/v5; the
+    #: PMU's interrupt measured on Linux 7.2 refuses an SGI too).
     irq_ppi_range: tuple[int, int] = (16, 31)
+    #: KVM_CREATE_VCPU answers EINVAL for an id from this number up: arm64's
+    #: KVM_MAX_VCPU_IDS, which is KVM_MAX_VCPUS, the GICv3 limit of 512 VCPUs
+    #: (read from the kernel source, not measured).
+    max_vcpu_ids: int = 512
     #: Set-time locked-memory accounting: charged once per VM, when the value
     #: is stored (after check 6), never for a repeated set of the same value.
     set_time_charge: Literal["per-vm"] = "per-vm"

@@ -1,8 +1,10 @@
 """The conformance cases: the documented SPE attribute interface, as data.
 
 Each :class:`Rule` states one rule of the interface once, in words, with its
-source (``seed``, ``series``, ``arch``, ``uapi`` or ``assumed``, as in the
-project's FACTS) and the section it comes from; its :class:`Case` objects are
+source class (``seed``: the reference patch; ``series``: another patch or
+revision of the SPE series; ``measured``: the real kernel's nearest interface,
+measured on Linux 7.2 arm64; ``arch``; ``uapi``; ``assumed``) and where in that
+source it is; its :class:`Case` objects are
 the call sequences that show the rule holds. :mod:`kvmspe.conformance` runs
 them against the model or a real kernel, and :mod:`kvmspe.vectors` writes
 them out for other languages.
@@ -27,6 +29,7 @@ and SPU limit are whatever they are:
     the MaxBuffSize field value of ``x``.
 
 ``BAD`` as a SET value or GET address is a pointer the kernel cannot use.
+A SET of KVM_ARM_VCPU_SPE_INIT has no value (``None``).
 
 Expected results: ``"ok"`` (the call succeeded), an errno name (``"EDOM"``),
 ``True``/``False`` for HAS, an int or expression for a GET or a read,
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field, replace
 
 __all__ = [
     "CASES",
+    "INIT",
     "IRQ",
     "MAX",
     "MAX_DOC",
@@ -62,18 +66,22 @@ MAX = "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE"
 MAX_DOC = "KVM_ARM_VCPU_MAX_BUFFER_SIZE"
 IRQ = "KVM_ARM_VCPU_SPE_IRQ"
 SPU = "KVM_ARM_VCPU_SPE_SPU"
-#: Attribute 3 of KVM_ARM_VCPU_SPE_CTRL, which the group does not have.
-UNKNOWN = "3"
+#: Attribute 3 (v6 patch 15/35, "Add SPE VCPU device attribute to initialize SPE").
+INIT = "KVM_ARM_VCPU_SPE_INIT"
+#: An attribute number of KVM_ARM_VCPU_SPE_CTRL that no revision of the series
+#: uses (3 is INIT; RFC v5 also had a STOP attribute after INIT).
+UNKNOWN = "255"
 
-SOURCES = ("seed", "series", "arch", "uapi", "assumed")
+SOURCES = ("seed", "series", "measured", "arch", "uapi", "assumed")
 
 #: Operations a step may name. ``set``/``get``/``has`` are the three device
 #: attribute ioctls, ``run`` is KVM_RUN, ``setrlimit`` changes the VMM's
-#: RLIMIT_MEMLOCK. The rest need a guest that programs its SPE buffer, which
+#: RLIMIT_MEMLOCK, ``create_vcpu`` adds a VCPU to the VM (KVM_CREATE_VCPU and
+#: KVM_ARM_VCPU_INIT; ``target`` "spe" with the SPE feature, "plain" without). The rest need a guest that programs its SPE buffer, which
 #: only the model has: ``enable`` (the guest enables a buffer of ``value``
 #: bytes), ``disable``, ``guest_read`` (the guest reads a register field,
 #: ``target`` = "REG.FIELD"), ``vm_lck`` (the VMM's VmLck).
-OPS = ("set", "get", "has", "run", "setrlimit", "enable", "disable", "guest_read", "vm_lck")
+OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu", "enable", "disable", "guest_read", "vm_lck")
 #: The operations that need guest code (model only).
 GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
 
@@ -100,7 +108,8 @@ class Setup:
 
     ``spus=()`` is a host without SPE. ``page_size=None`` means any page size
     (the model uses 4 KiB). ``vcpus`` gives, per VCPU, whether it is created
-    with the SPE feature. ``memlock`` is the room left under RLIMIT_MEMLOCK
+    with the SPE feature. ``irqchip=False`` is a VM without an in-kernel
+    irqchip (the real backend then creates no vGIC for it). ``memlock`` is the room left under RLIMIT_MEMLOCK
     (the limit is set to what is locked already plus this); ``None`` leaves
     the limit alone (the model: unlimited). ``locked`` is memory the model's
     VMM has locked already (a real process has its own).
@@ -109,6 +118,7 @@ class Setup:
     spus: tuple[SpuSpec, ...] = (SpuSpec(),)
     page_size: int | None = None
     vcpus: tuple[bool, ...] = (True,)
+    irqchip: bool = True
     memlock: Value = None
     locked: int = 0
 
@@ -139,6 +149,8 @@ class Step:
             return f"{who}GET {name}" + (" addr=BAD" if self.value == "BAD" else "")
         if self.op == "has":
             return f"{who}HAS {name}"
+        if self.op == "create_vcpu":
+            return f"create a VCPU {'with' if self.target == 'spe' else 'without'} SPE"
         if self.op == "guest_read":
             return f"{who}guest reads {self.target}"
         if self.op in ("setrlimit", "enable"):
@@ -210,6 +222,16 @@ def run(expect: Expect = "exit", vcpu: int = 0) -> Step:
     return Step("run", "", None, expect, vcpu)
 
 
+def init(expect: Expect = "ok", vcpu: int = 0, addr: str | None = None) -> Step:
+    """SET KVM_ARM_VCPU_SPE_INIT: no value; ``addr="BAD"`` passes a pointer the
+    kernel cannot read (it reads none)."""
+    return Step("set", INIT, addr, expect, vcpu)
+
+
+def create_vcpu(spe: bool, expect: Expect = "ok") -> Step:
+    return Step("create_vcpu", "spe" if spe else "plain", None, expect)
+
+
 def setrlimit(room: Value) -> Step:
     return Step("setrlimit", "", room)
 
@@ -239,6 +261,12 @@ NO_SPE_NO_FEATURE = Setup(spus=(), vcpus=(False,))
 ONE = Setup()
 NO_FEATURE = Setup(vcpus=(False,))
 TWO_VCPUS = Setup(vcpus=(True, True))
+NO_IRQCHIP = Setup(irqchip=False)
+#: VMs whose VCPUs are added by the case: without an irqchip, because the
+#: real backend initialises the vGIC once the setup's VCPUs exist, and KVM
+#: refuses a VCPU created after that (EBUSY).
+ADD_TO_SPE_VM = Setup(irqchip=False)
+ADD_TO_PLAIN_VM = Setup(vcpus=(False,), irqchip=False)
 UNLIMITED = Setup(spus=(SpuSpec(0),))
 #: A 16 MiB limit on the model; calls use LIMIT, so any non-zero limit will do.
 LIMITED = Setup(spus=(SpuSpec(16 << 20),))
@@ -248,28 +276,29 @@ PAGE_16K = Setup(page_size=16384)
 PAGE_64K = Setup(page_size=65536)
 
 #: Every SPE attribute under every name, with a short name for case names.
-_SPE_ATTRS = (("irq", IRQ), ("spu", SPU), ("max", MAX), ("max-doc", MAX_DOC))
+_SPE_ATTRS = (("irq", IRQ), ("spu", SPU), ("max", MAX), ("max-doc", MAX_DOC), ("init", INIT))
 
-#: The SPE configuration KVM_RUN requires, on VCPU 0.
+#: The SPE configuration INIT requires, on VCPU 0; READY adds INIT, which KVM_RUN requires.
 SPU_SET = set_(SPU, "SPU")
 IRQ_SET = set_(IRQ, 21)
 CONFIGURE = (SPU_SET, IRQ_SET, set_(MAX, "PAGE * 2"))
+READY = (*CONFIGURE, init())
 
 
 # --- the rules ------------------------------------------------------------------------------
 
 _ATTRIBUTE_RULES: tuple[Rule, ...] = (
-    # -- group level: FACTS section 2 and 3 "Also" --------------------------------------------------
+    # -- group level: the reference patch's ENXIO and ENODEV -------------------------------------------
     _rule(
         "no-spe",
         "seed",
-        "FACTS 3 (Also), 1 (x86)",
+        "the reference patch (ENXIO: SPE not supported); uapi (x86 has no SPE group)",
         """Where KVM has no usable SPE (an arm64 host without it, or any other
         architecture), KVM_ARM_VCPU_SPE_CTRL answers ENXIO: HAS says no, SET and
         GET fail with ENXIO, for every attribute and both spellings.""",
         *(case(f"no-spe-has-{n}", NO_SPE, has(a, False)) for n, a in _SPE_ATTRS),
         *(
-            case(f"no-spe-set-{n}", NO_SPE, set_(a, 4096 if "max" in n else 21, "ENXIO"))
+            case(f"no-spe-set-{n}", NO_SPE, set_(a, None if n == "init" else 4096 if "max" in n else 21, "ENXIO"))
             for n, a in _SPE_ATTRS
         ),
         *(case(f"no-spe-get-{n}", NO_SPE, get(a, "ENXIO")) for n, a in _SPE_ATTRS),
@@ -278,7 +307,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "no-feature",
         "seed",
-        "FACTS 3 (Also)",
+        "the reference patch (ENODEV: the VCPU feature is not set)",
         """A VCPU created without the KVM_ARM_VCPU_SPE feature answers ENODEV to
         SET and GET of every SPE attribute.""",
         case("no-feature-set-irq", NO_FEATURE, set_(IRQ, 21, "ENODEV")),
@@ -287,21 +316,22 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("no-feature-set-max-doc", NO_FEATURE, set_(MAX_DOC, "PAGE", "ENODEV")),
         case("no-feature-get-max", NO_FEATURE, get(MAX, "ENODEV")),
         case("no-feature-get-spu", NO_FEATURE, get(SPU, "ENODEV")),
+        case("no-feature-set-init", NO_FEATURE, init("ENODEV")),
     ),
     _rule(
         "no-feature-has",
-        "assumed",
-        "FACTS 3 (Has); as KVM_ARM_VCPU_PMU_V3_CTRL does",
+        "measured",
+        "KVM_ARM_VCPU_PMU_V3_CTRL HAS without the PMU feature: ENXIO, measured on Linux 7.2 arm64",
         """HAS on a VCPU without the SPE feature says no.""",
         case("no-feature-has-max", NO_FEATURE, has(MAX, False)),
     ),
     _rule(
         "unknown-attribute",
         "seed",
-        "FACTS 2, 3 (Has)",
-        """KVM_ARM_VCPU_SPE_CTRL has attributes 0 (IRQ), 1 (SPU) and 2
-        (MAX_BUFFER_SIZE) only: for any other HAS says no and SET and GET fail
-        with ENXIO.""",
+        "the reference patch (HAS: other attributes ENXIO); v6 patch 15 adds 3 (INIT)",
+        """KVM_ARM_VCPU_SPE_CTRL has attributes 0 (IRQ), 1 (SPU), 2
+        (MAX_BUFFER_SIZE) and 3 (INIT) only: for any other HAS says no and SET
+        and GET fail with ENXIO.""",
         case("unknown-attr-has", ONE, has(UNKNOWN, False)),
         case("unknown-attr-set", ONE, set_(UNKNOWN, 0, "ENXIO")),
         case("unknown-attr-get", ONE, get(UNKNOWN, "ENXIO")),
@@ -309,9 +339,9 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "has",
         "seed",
-        "FACTS 3 (Has)",
+        "the reference patch (HAS)",
         """On an SPE VCPU, HAS says yes for IRQ, SPU and MAX_BUFFER_SIZE, under
-        either spelling, before anything is set.""",
+        either spelling, before anything is set. (INIT: rule init-has.)""",
         case("has-irq", ONE, has(IRQ, True)),
         case("has-spu", ONE, has(SPU, True)),
         case("has-max", ONE, has(MAX, True)),
@@ -320,7 +350,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "both-spellings",
         "seed",
-        "FACTS 2",
+        "the reference patch (uapi header and documentation)",
         """KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE and KVM_ARM_VCPU_MAX_BUFFER_SIZE name
         one attribute (2): what is set under one name reads back under the other,
         and counts as set for both.""",
@@ -337,7 +367,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "set-efault",
         "seed",
-        "FACTS 1, 3 (Also)",
+        "the reference patch (get_user of the u64: EFAULT); uapi (value behind addr)",
         """SET reads its value through kvm_device_attr.addr; a pointer the kernel
         cannot read gives EFAULT.""",
         case("efault-set-max", ONE, SPU_SET, set_(MAX, "BAD", "EFAULT")),
@@ -348,27 +378,28 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "get-efault",
         "seed",
-        "FACTS 1, 3 (Get)",
+        "the reference patch (put_user of the value: EFAULT)",
         """GET writes the value through kvm_device_attr.addr; a pointer the kernel
         cannot write gives EFAULT, once there is a value to write.""",
         case("efault-get-max", ONE, SPU_SET, set_(MAX, "PAGE"), get(MAX, "EFAULT", addr="BAD")),
         case("efault-get-spu", ONE, SPU_SET, get(SPU, "EFAULT", addr="BAD")),
         case("efault-get-irq", ONE, IRQ_SET, get(IRQ, "EFAULT", addr="BAD")),
     ),
-    # -- MAX_BUFFER_SIZE set, checks 1-7 of FACTS section 3 -------------------------------------------
+    # -- MAX_BUFFER_SIZE set, the reference patch's checks 1-7 -------------------------------------------
     _rule(
         "has-run",
         "seed",
-        "FACTS 3, check 1",
+        "the reference patch, SET check 1",
         """Once any VCPU of the VM has entered KVM_RUN, setting the max buffer size
         fails with EBUSY, even to the value already set.""",
-        case("run-then-set-same", ONE, *CONFIGURE, run(), set_(MAX, "PAGE * 2", "EBUSY")),
-        case("run-then-set-different", ONE, *CONFIGURE, run(), set_(MAX, "PAGE * 4", "EBUSY")),
+        case("run-then-set-same", ONE, *READY, run(), set_(MAX, "PAGE * 2", "EBUSY")),
+        case("run-then-set-different", ONE, *READY, run(), set_(MAX, "PAGE * 4", "EBUSY")),
         case(
             "run-other-vcpu-then-set",
             TWO_VCPUS,
-            *CONFIGURE,
+            *READY,
             set_(IRQ, 21, vcpu=1),
+            init(vcpu=1),
             run(vcpu=1),
             set_(MAX, "PAGE * 2", "EBUSY"),
         ),
@@ -376,7 +407,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "page-aligned",
         "seed",
-        "FACTS 3, check 2",
+        "the reference patch, SET check 2",
         """A size that is not a multiple of the host page size (4, 16 or 64 KiB)
         gives EINVAL, even when it has an encoding; a multiple is accepted.""",
         case("unaligned-half-page", ONE, SPU_SET, set_(MAX, "PAGE // 2", "EINVAL")),
@@ -390,7 +421,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "spu-assigned",
         "seed",
-        "FACTS 3, check 3",
+        "the reference patch, SET check 3",
         """Setting the max buffer size before an SPU is assigned to the VM gives
         ENODEV.""",
         case("no-spu-set-max", ONE, set_(MAX, "PAGE", "ENODEV")),
@@ -399,7 +430,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "already-set",
         "seed",
-        "FACTS 3, check 4",
+        "the reference patch, SET check 4",
         """Once the VM has a max buffer size, setting the same value again succeeds
         and changes nothing; a different value gives EINVAL and the first stays.""",
         case("set-same-twice", ONE, SPU_SET, set_(MAX, "PAGE"), set_(MAX, "PAGE"), get(MAX, "PAGE")),
@@ -417,7 +448,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "encodable",
         "seed",
-        "FACTS 3 check 5; FACTS 4 [arch]",
+        "the reference patch, SET check 5; Arm DDI0601 PMBIDR_EL1.MaxBuffSize",
         """A page-aligned size with no exact PMBIDR_EL1.MaxBuffSize encoding gives
         EDOM: from 4 MiB up only multiples of the band's step (8 KiB and more) are
         encodable, and nothing above 1023 << 42.""",
@@ -429,7 +460,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "within-spu-limit",
         "seed",
-        "FACTS 3, check 6",
+        "the reference patch, SET check 6",
         """When the SPU has its own limit (its MaxBuffSize is not 0), 0 and any size
         above that limit give ERANGE; the limit itself is accepted. An SPU
         without a limit accepts 0 and the largest size.""",
@@ -443,7 +474,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "stored",
         "seed",
-        "FACTS 3, check 7; FACTS 4 [arch]",
+        "the reference patch, SET check 7; Arm DDI0601 PMBIDR_EL1.MaxBuffSize",
         """A size that passes every check is stored and GET returns it; both ends of
         an exponent band are accepted.""",
         case("store-page", ONE, SPU_SET, set_(MAX, "PAGE"), get(MAX, "PAGE")),
@@ -458,7 +489,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "memlock",
         "series",
-        "FACTS 5 (series 33)",
+        "v6 patch 33 (locked memory accounting for the SPE buffer)",
         """Setting the max buffer size accounts it against RLIMIT_MEMLOCK: a size
         larger than what the limit still allows gives ENOMEM; one that just fits
         is accepted.""",
@@ -475,10 +506,10 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "order",
         "seed",
-        "FACTS 3 (Set)",
+        "the reference patch, order of the SET checks",
         """The SET checks run in the order 1 to 6: when two fail at once, the
         earlier one decides the errno.""",
-        case("order-run-before-unaligned", ONE, *CONFIGURE, run(), set_(MAX, "PAGE + 1", "EBUSY")),
+        case("order-run-before-unaligned", ONE, *READY, run(), set_(MAX, "PAGE + 1", "EBUSY")),
         case("order-unaligned-before-no-spu", ONE, set_(MAX, "PAGE + 1", "EINVAL")),
         case("order-no-spu-before-unencodable", ONE, set_(MAX, "unrep(PAGE)", "ENODEV")),
         case(
@@ -503,20 +534,20 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "order-group",
         "assumed",
-        "FACTS 3 (Also)",
+        "the reference patch lists these errnos, not their place",
         """The group-level answers (no SPE: ENXIO; VCPU without the feature:
         ENODEV) come before reading the value (EFAULT), and reading it comes
         before checks 1-6.""",
         case("order-no-spe-before-efault", NO_SPE, set_(MAX, "BAD", "ENXIO")),
         case("order-no-spe-before-get-efault", NO_SPE, get(MAX, "ENXIO", addr="BAD")),
         case("order-no-feature-before-efault", NO_FEATURE, set_(MAX, "BAD", "ENODEV")),
-        case("order-efault-before-has-run", ONE, *CONFIGURE, run(), set_(MAX, "BAD", "EFAULT")),
+        case("order-efault-before-has-run", ONE, *READY, run(), set_(MAX, "BAD", "EFAULT")),
         case("order-efault-before-no-spu", ONE, set_(MAX, "BAD", "EFAULT")),
     ),
     _rule(
         "order-memlock",
         "assumed",
-        "FACTS 5; assumptions.set_time_charge",
+        "v6 patch 33 (accounting at set time); assumptions.set_time_charge",
         """The locked-memory check comes last: a size the SPU refuses gives ERANGE
         even over the limit, and setting the value already set succeeds even when
         the limit has dropped since.""",
@@ -539,7 +570,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "get-unset",
         "seed",
-        "FACTS 3 (Get)",
+        "the reference patch (GET of an unset value)",
         """GET of the max buffer size before it is set gives EINVAL (0 is a real
         value, so unset is not 0), even with a pointer the kernel cannot write.""",
         case("get-before-set", ONE, get(MAX, "EINVAL")),
@@ -549,7 +580,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "per-vm",
         "seed",
-        "FACTS 3",
+        "the reference patch (one value per VM)",
         """There is one max buffer size per VM, shared by its VCPUs and settable
         through any of them: the other VCPUs read it, accept it again and refuse
         a different one.""",
@@ -572,7 +603,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "spu",
         "seed",
-        "FACTS 2",
+        "the reference patch (SPU documentation: a different one is an error)",
         """The SPU attribute names one SPE instance of the host; once the VM has
         one, setting the same again succeeds and a different one gives EINVAL.""",
         case("spu-set-get", ONE, SPU_SET, get(SPU, "SPU")),
@@ -581,18 +612,27 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("spu-different-keeps-first", TWO_SPUS, SPU_SET, set_(SPU, "SPU2", "EINVAL"), get(SPU, "SPU")),
     ),
     _rule(
-        "spu-assumed",
-        "assumed",
-        "FACTS 2 (SPU id = perf PMU type)",
-        """An id that is no SPE instance's perf PMU type gives ENXIO; GET before
-        an SPU is assigned gives ENXIO.""",
+        "spu-unknown",
+        "measured",
+        "KVM_ARM_VCPU_PMU_V3_SET_PMU with an unknown id: ENXIO, measured on Linux 7.2 arm64",
+        """An id that is no SPE instance's perf PMU type gives ENXIO, whatever
+        the VM's state: also once it has an SPU, and once it has run. (That the
+        id is the perf PMU type is an assumption, by analogy with SET_PMU.)""",
         case("spu-unknown-id", ONE, set_(SPU, "NOSPU", "ENXIO")),
+        case("spu-unknown-after-spu", ONE, SPU_SET, set_(SPU, "NOSPU", "ENXIO")),
+        case("spu-unknown-after-run", ONE, *READY, run(), set_(SPU, "NOSPU", "ENXIO")),
+    ),
+    _rule(
+        "spu-get-unset",
+        "assumed",
+        "as the PMU's GET of an unset IRQ (ENXIO, measured on Linux 7.2 arm64)",
+        """GET of the SPU before one is assigned gives ENXIO.""",
         case("spu-get-unset", ONE, get(SPU, "ENXIO")),
     ),
     _rule(
         "irq",
-        "assumed",
-        "FACTS 2; as KVM_ARM_VCPU_PMU_V3_IRQ",
+        "series",
+        "RFC v4/v5 KVM_ARM_VCPU_SPE_IRQ; the PMU's IRQ, measured on Linux 7.2 arm64",
         """The SPE interrupt is a PPI (INTID 16..31), the same on every VCPU of
         the VM; others give EINVAL. GET before it is set gives ENXIO.""",
         case("irq-set-get", ONE, IRQ_SET, get(IRQ, 21)),
@@ -600,39 +640,165 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("irq-not-ppi-high", ONE, set_(IRQ, 32, "EINVAL")),
         case("irq-differs-across-vcpus", TWO_VCPUS, IRQ_SET, set_(IRQ, 22, "EINVAL", vcpu=1)),
         case("irq-same-across-vcpus", TWO_VCPUS, IRQ_SET, set_(IRQ, 21, vcpu=1), get(IRQ, 21, vcpu=1)),
+        case("irq-not-ppi-other-vcpu", TWO_VCPUS, IRQ_SET, set_(IRQ, 15, "EINVAL", vcpu=1)),
         case("irq-get-unset", ONE, get(IRQ, "ENXIO")),
+    ),
+    _rule(
+        "irq-once",
+        "series",
+        "RFC v4/v5 (EBUSY when the VCPU has an interrupt); the PMU's IRQ set twice, even to the"
+        " same value: EBUSY, measured on Linux 7.2 arm64",
+        """A VCPU's SPE interrupt is set once: setting it again gives EBUSY, even
+        to the same value, and the first stays. This is decided before the value
+        is read, so a bad pointer or a non-PPI also gives EBUSY.""",
+        case("irq-twice-same", ONE, IRQ_SET, set_(IRQ, 21, "EBUSY")),
+        case("irq-twice-different", ONE, IRQ_SET, set_(IRQ, 22, "EBUSY"), get(IRQ, 21)),
+        case("order-irq-once-before-efault", ONE, IRQ_SET, set_(IRQ, "BAD", "EBUSY")),
+        case("order-irq-once-before-not-ppi", ONE, IRQ_SET, set_(IRQ, 15, "EBUSY")),
+        case("irq-twice-after-run", ONE, *READY, run(), set_(IRQ, 21, "EBUSY")),
+    ),
+    _rule(
+        "irq-needs-irqchip",
+        "series",
+        "RFC v4/v5 (ENXIO without an in-kernel irqchip)",
+        """Without an in-kernel irqchip, setting the SPE interrupt gives ENXIO,
+        before the value is read or checked.""",
+        case("irq-without-irqchip", NO_IRQCHIP, set_(IRQ, 21, "ENXIO"), get(IRQ, "ENXIO")),
+        case("order-irqchip-before-not-ppi", NO_IRQCHIP, set_(IRQ, 15, "ENXIO")),
+        case("order-irqchip-before-efault", NO_IRQCHIP, set_(IRQ, "BAD", "ENXIO")),
+    ),
+    _rule(
+        "irq-after-run",
+        "measured",
+        "the PMU's IRQ set after the first run: EBUSY, measured on Linux 7.2 arm64",
+        """Once the VM has run, setting the SPE interrupt on any VCPU gives EBUSY,
+        before the value is read or checked.""",
+        case(
+            "order-irq-has-run-before-efault",
+            TWO_VCPUS,
+            *READY,
+            run(),
+            set_(IRQ, "BAD", "EBUSY", vcpu=1),
+        ),
+        case("order-irq-has-run-before-not-ppi", TWO_VCPUS, *READY, run(), set_(IRQ, 15, "EBUSY", vcpu=1)),
+        case("order-irq-has-run-before-differs", TWO_VCPUS, *READY, run(), set_(IRQ, 22, "EBUSY", vcpu=1)),
+    ),
+    # -- INIT ----------------------------------------------------------------------------------------------
+    _rule(
+        "init-has",
+        "series",
+        "v6 patch 15/35 (the attribute, by its title); RFC v5 KVM_ARM_VCPU_SPE_INIT",
+        """On an SPE VCPU, HAS says yes for KVM_ARM_VCPU_SPE_INIT (attribute 3).""",
+        case("has-init", ONE, has(INIT, True)),
+    ),
+    _rule(
+        "init",
+        "series",
+        "v6 patch 15/35 by title; RFC v5 KVM_ARM_VCPU_SPE_INIT; as KVM_ARM_VCPU_PMU_V3_INIT",
+        """INIT takes no value (addr is not read) and initialises SPE on the
+        VCPU once its IRQ, the VM's SPU and the VM's max buffer size are set and
+        the VM has its irqchip. Each VCPU is initialised on its own.""",
+        case("init-configured", ONE, *CONFIGURE, init()),
+        case("init-ignores-addr", ONE, *CONFIGURE, init(addr="BAD")),
+        case(
+            "init-per-vcpu",
+            TWO_VCPUS,
+            *READY,
+            init("ENXIO", vcpu=1),
+            set_(IRQ, 21, vcpu=1),
+            init(vcpu=1),
+        ),
+    ),
+    _rule(
+        "init-needs-irq",
+        "series",
+        "RFC v5 (ENXIO while the IRQ is unset); PMU INIT before its IRQ: ENXIO, measured on Linux 7.2 arm64",
+        """INIT before this VCPU's SPE interrupt is set gives ENXIO.""",
+        case("init-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), init("ENXIO")),
+        case("init-unconfigured", ONE, init("ENXIO")),
+    ),
+    _rule(
+        "init-needs-irqchip",
+        "series",
+        "RFC v5 (ENXIO while the vGIC is not initialised); the PMU answers ENODEV there,"
+        " measured on Linux 7.2 arm64",
+        """INIT on a VM without an in-kernel irqchip gives ENXIO (its interrupt
+        cannot be set there either).""",
+        case("init-without-irqchip", NO_IRQCHIP, SPU_SET, set_(MAX, "PAGE * 2"), init("ENXIO")),
+    ),
+    _rule(
+        "init-needs-config",
+        "assumed",
+        'the reference patch ("Required."; ENXIO: "not properly configured")',
+        """INIT before the VM's SPU or its max buffer size is set gives ENXIO.""",
+        case("init-without-max", ONE, SPU_SET, IRQ_SET, init("ENXIO")),
+        case("init-without-spu", ONE, IRQ_SET, init("ENXIO")),
+    ),
+    _rule(
+        "init-once",
+        "series",
+        "RFC v5 (EBUSY when initialised); PMU INIT twice: EBUSY, measured on Linux 7.2 arm64",
+        """INIT a second time gives EBUSY, and so does INIT once the VM has run,
+        also on a VCPU that is not ready to initialise.""",
+        case("init-twice", ONE, *READY, init("EBUSY")),
+        case("init-after-run", ONE, *READY, run(), init("EBUSY")),
+        case("order-init-has-run-before-needs-irq", TWO_VCPUS, *READY, run(), init("EBUSY", vcpu=1)),
+    ),
+    _rule(
+        "init-get",
+        "series",
+        "RFC v5 (GET knows only the IRQ); PMU INIT has no GET either (ENXIO)",
+        """GET of INIT gives ENXIO, before and after INIT: it has no value.""",
+        case("init-get-before", ONE, get(INIT, "ENXIO")),
+        case("init-get-after", ONE, *READY, get(INIT, "ENXIO")),
+    ),
+    # -- VCPU features ---------------------------------------------------------------------------------
+    _rule(
+        "features-per-vm",
+        "measured",
+        "KVM_ARM_VCPU_INIT with features other than the VM's: EINVAL, measured on Linux 7.2 arm64",
+        """The VCPU features are the VM's: a VCPU initialised with the SPE feature
+        in a VM whose first VCPU has none, or without it in a VM whose first VCPU
+        has it, gives EINVAL at KVM_ARM_VCPU_INIT; one with the same features is
+        accepted, and the first VCPU is unaffected.""",
+        case("features-plain-in-spe-vm", ADD_TO_SPE_VM, create_vcpu(False, "EINVAL"), has(MAX, True)),
+        case("features-spe-in-plain-vm", ADD_TO_PLAIN_VM, create_vcpu(True, "EINVAL")),
+        case("features-same-spe", ADD_TO_SPE_VM, create_vcpu(True), has(MAX, True, vcpu=1)),
     ),
     # -- KVM_RUN -------------------------------------------------------------------------------------------
     _rule(
-        "run-requires-config",
-        "assumed",
-        'FACTS 3 ("Required."; the errno is assumed)',
-        """KVM_RUN on an SPE VCPU fails with EINVAL until its IRQ, the VM's SPU and
-        the VM's max buffer size are all set; then it runs. A VCPU without the
-        SPE feature needs none of them.""",
+        "run-requires-init",
+        "series",
+        "RFC v5 (KVM_RUN of an SPE VCPU not initialised: EINVAL); KVM_RUN before PMU INIT:"
+        " EINVAL, measured on Linux 7.2 arm64",
+        """KVM_RUN on an SPE VCPU fails with EINVAL until SPE is initialised on it
+        (which needs its IRQ, the VM's SPU and max buffer size); then it runs. A
+        VCPU without the SPE feature needs none of them.""",
         case("run-unconfigured", ONE, run("EINVAL")),
         case("run-without-max", ONE, SPU_SET, IRQ_SET, run("EINVAL")),
         case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), run("EINVAL")),
-        case("run-configured", ONE, *CONFIGURE, run()),
+        case("run-without-init", ONE, *CONFIGURE, run("EINVAL")),
+        case("run-other-vcpu-not-initialised", TWO_VCPUS, *READY, set_(IRQ, 21, vcpu=1), run("EINVAL", vcpu=1)),
+        case("run-configured", ONE, *READY, run()),
         case("run-no-feature", NO_FEATURE, run()),
     ),
     _rule(
         "fixed-after-run",
         "assumed",
-        "FACTS 3 check 1, extended to SPU and IRQ",
-        """From the first KVM_RUN the SPU and the IRQ are fixed too (EBUSY), and
+        "the reference patch's SET check 1, extended to the SPU",
+        """From the first KVM_RUN the SPU is fixed too (EBUSY for a known id), and
         every value still reads back.""",
-        case("run-then-set-spu", ONE, *CONFIGURE, run(), set_(SPU, "SPU", "EBUSY")),
-        case("run-then-set-irq", ONE, *CONFIGURE, run(), set_(IRQ, 21, "EBUSY")),
-        case("run-then-get-max", ONE, *CONFIGURE, run(), get(MAX, "PAGE * 2")),
+        case("run-then-set-spu", ONE, *READY, run(), set_(SPU, "SPU", "EBUSY")),
+        case("order-spu-efault-before-has-run", ONE, *READY, run(), set_(SPU, "BAD", "EFAULT")),
+        case("run-then-get-max", ONE, *READY, run(), get(MAX, "PAGE * 2"), get(SPU, "SPU"), get(IRQ, 21)),
     ),
     # -- what the guest sees -----------------------------------------------------------------------------
     _rule(
         "guest-pmbidr",
         "series",
-        "FACTS 3 (series 19), FACTS 4",
+        "v6 patch 19 (trap PMBIDR_EL1); Arm DDI0601 MaxBuffSize",
         """The guest reads the VM's max buffer size back as PMBIDR_EL1.MaxBuffSize
-        (KVM traps the read), encoded as in FACTS 4.""",
+        (KVM traps the read), in the architecture's encoding.""",
         case("guest-pmbidr-size", ONE, *CONFIGURE, guest_read("PMBIDR_EL1.MaxBuffSize", "enc(PAGE * 2)")),
         case(
             "guest-pmbidr-zero",
@@ -657,14 +823,14 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
 #: guest (4 KiB granule, 48-bit VA: 4 levels) pins for an 8 KiB buffer on a
 #: 4 KiB host: 2 data pages and one table page per level.
 PINNED_8K = "PAGE * 6"
-ENABLED = (*CONFIGURE, enable("PAGE * 2"))
+ENABLED = (*READY, enable("PAGE * 2"))
 
 #: The run phase: what the guest's buffer enable does (model only: it needs guest code).
 RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "run-pins",
         "series",
-        "FACTS 5 (series 29, 33)",
+        "v6 patches 29 (pin the buffer, map it at stage 2) and 33",
         """When the guest enables its buffer, the next KVM_RUN pins the host pages
         behind the buffer and behind the stage-1 table pages that translate it,
         so VmLck grows by more than the buffer; the run goes on.""",
@@ -673,7 +839,7 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "run-rlimit",
         "series",
-        "FACTS 5 (series 32, 33)",
+        "v6 patches 32 (KVM_EXIT_RLIMIT) and 33",
         """When what the enabled buffer needs pinned does not fit under
         RLIMIT_MEMLOCK, KVM_RUN returns 0 with exit reason KVM_EXIT_RLIMIT and
         the excess in bytes, and pins nothing; after userspace raises the limit
@@ -698,7 +864,7 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "run-rlimit-repeat",
         "assumed",
-        "FACTS 5; assumptions.rlimit_exit_per_enable",
+        "v6 patch 32; assumptions.rlimit_exit_per_enable",
         """Re-entering without raising the limit exits with KVM_EXIT_RLIMIT again;
         the exit raises no guest-visible event.""",
         case(
@@ -713,7 +879,7 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "vmlck-peak",
         "series",
-        "FACTS 5",
+        "v6 patch 33 (VmLck keeps its peak)",
         """VmLck is the peak of locked memory: it does not go down when the guest
         disables its buffer and KVM unpins it.""",
         case("vmlck-after-disable", ONE, *ENABLED, run(), disable(), run(), vm_lck(PINNED_8K)),
@@ -721,13 +887,13 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "stage1-fault",
         "series",
-        "FACTS 5 (series 29); PMBSR_EL1 [arch]",
+        "v6 patch 29; PMBSR_EL1.EC (Arm architecture)",
         """A buffer address with no stage-1 translation at enable gives the guest a
         buffer management event with EC = stage-1 fault, and pins nothing.""",
         case(
             "stage1-unmapped",
             ONE,
-            *CONFIGURE,
+            *READY,
             enable("PAGE * 2", unmapped=True),
             run(),
             guest_read("PMBSR_EL1.EC", 0b100100),
@@ -738,13 +904,13 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "buffer-over-max",
         "arch",
-        "FACTS 4 (PMBSR_EL1 BSC 0x4)",
+        "PMBSR_EL1 BSC 0x4 (Arm architecture)",
         """A guest buffer larger than the advertised MaxBuffSize gives the guest a
         buffer management event (EC = 0, BSC = 0x4, S = 1), and pins nothing.""",
         case(
             "guest-buffer-too-big",
             ONE,
-            *CONFIGURE,
+            *READY,
             enable("PAGE * 4"),
             run(),
             guest_read("PMBSR_EL1.EC", 0),

@@ -207,13 +207,13 @@ class _Runner:
     """Runs the calls of a case on VCPUs; subclasses supply the host."""
 
     env: dict[str, Any]
+    vm: Any
     vcpus: list[Any]
 
     def value(self, v: int | str | None) -> object:
         if v == "BAD":
             return abi.BAD_ADDRESS
-        assert v is not None
-        return resolve(v, self.env)
+        return None if v is None else resolve(v, self.env)
 
     def expected(self, step: Step) -> Expect:
         exp = step.expect
@@ -246,6 +246,9 @@ class _Runner:
             return vcpu.has_device_attr(*_attr(step.target))
         if step.op == "run":
             return vcpu.run()
+        if step.op == "create_vcpu":
+            self.vcpus.append(self.vm.create_vcpu(spe=step.target == "spe"))
+            return "ok"
         if step.op == "setrlimit":
             self.set_room(resolve(step.value or 0, self.env))
             return "ok"
@@ -301,7 +304,7 @@ class _ModelRunner(_Runner):
         self.host = Host(
             page, spus, None if room is None else setup.locked + room, locked=setup.locked, rules=rules
         )
-        self.vm = self.host.create_vm()
+        self.vm = self.host.create_vm(irqchip=setup.irqchip)
         self.vcpus = [self.vm.create_vcpu(spe=f) for f in setup.vcpus]
 
     def set_room(self, room: int) -> None:
@@ -434,6 +437,7 @@ class _KvmRunner(_Runner):
         ids = [] if first is None else [first] + [i for i in facts.spu_limits if i != first]
         self.env = _env(facts.page_size, ids, facts.spu_limits.get(first) if first is not None else None)
         self._set_room = set_room
+        self.vm = vm
         self.vcpus = [self._create(vm, f, facts) for f in case.setup.vcpus]
 
     @staticmethod
@@ -540,7 +544,7 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
             )
         try:
             # The VCPUs exist: now the vGIC, before any call sets an interrupt.
-            refused = _add_vgic(vm) if facts.arch == "aarch64" else None
+            refused = _add_vgic(vm) if facts.arch == "aarch64" and case.setup.irqchip else None
             if refused is not None and _needs_irqchip(case, facts):
                 return _skipped(case, refused)
             status, exp, got, why = runner.execute(case)
@@ -560,8 +564,8 @@ def _needs_irqchip(case: Case, facts: HostFacts) -> bool:
     (or the VCPU runs bare), with or without an irqchip."""
     if not facts.spe:
         return False
-    irq = (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ)
-    return any(s.op == "run" or (s.op == "set" and _attr(s.target) == irq) for s in case.calls)
+    needs = {(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ), (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_INIT)}
+    return any(s.op == "run" or (s.op == "set" and _attr(s.target) in needs) for s in case.calls)
 
 
 def _add_vgic(vm: Any) -> str | None:

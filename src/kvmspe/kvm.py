@@ -66,7 +66,8 @@ DEFAULT_VALUE = abi.U64
 #: (``__u64`` for the max buffer size, ``int`` for IRQ and SPU).
 VALUE_STRUCTS: dict[int, dict[int, struct.Struct]] = {}
 for (_group, _attr), _info in abi.ATTRS.items():
-    VALUE_STRUCTS.setdefault(_group, {})[_attr] = _info.value
+    if _info.value is not None:  # INIT takes no value: addr is not read
+        VALUE_STRUCTS.setdefault(_group, {})[_attr] = _info.value
 
 _EMPTY: dict[int, struct.Struct] = {}
 #: flags is always 0; pack group and attr (bytes 4..16) in one go per call.

@@ -106,7 +106,9 @@ class Host:
 
     ``memlock_limit=None`` is unlimited. ``locked`` is memory the VMM process
     has locked already (for example guest RAM locked with mlock). ``spus=[]``
-    is a host without SPE.
+    is a host without SPE. Both numbers are bytes the kernel holds in 64 bits
+    (rlim_t, and the locked-page count times the page size): an int from 0 to
+    2**64 - 1; anything else is refused with ValueError.
     """
 
     def __init__(
@@ -125,8 +127,12 @@ class Host:
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SPU ids must be unique, got {ids}")
-        self.memlock_limit = memlock_limit
-        self.locked_bytes = locked
+        self.memlock_limit = _bytes("memlock_limit", memlock_limit, none_ok=True)
+        self.locked_bytes = _bytes("locked", locked)
+        if not isinstance(rules, RuleSet):
+            raise ValueError(f"rules must be a kvmspe.rules.RuleSet, got {type(rules).__name__}")
+        if not isinstance(assumptions, Assumptions):
+            raise ValueError(f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}")
         #: Historical maximum of locked memory (VmLck as KVM keeps it).
         self.vm_lck = locked
         self.rules = rules
@@ -144,8 +150,8 @@ class Host:
         return max(0, self.memlock_limit - self.locked_bytes)
 
     def set_memlock_limit(self, limit: int | None) -> None:
-        """Change RLIMIT_MEMLOCK (as setrlimit in the VMM would)."""
-        self.memlock_limit = limit
+        """Change RLIMIT_MEMLOCK (as setrlimit in the VMM would); None: unlimited."""
+        self.memlock_limit = _bytes("memlock_limit", limit, none_ok=True)
 
     def lock(self, nbytes: int) -> None:
         """Account ``nbytes`` more locked memory (the caller checked the limit)."""
@@ -156,19 +162,48 @@ class Host:
         """Release ``nbytes``; ``vm_lck`` keeps its peak."""
         self.locked_bytes -= nbytes
 
-    def create_vm(self) -> Vm:
-        """KVM_CREATE_VM."""
-        vm = Vm(self)
+    def create_vm(self, *, irqchip: bool = True) -> Vm:
+        """KVM_CREATE_VM, with an in-kernel irqchip unless ``irqchip=False``.
+
+        Every arm64 VMM gives its VM a vGIC, created and initialised after
+        the VCPUs and before their interrupts are set; the model's irqchip is
+        that vGIC, ready whenever a call needs it. ``irqchip=False`` is a VM
+        without one, where the SPE interrupt and INIT answer ENXIO.
+        """
+        if not isinstance(irqchip, bool):
+            raise ValueError(f"irqchip must be True or False, got {irqchip!r}")
+        vm = Vm(self, irqchip=irqchip)
         self.vms.append(vm)
         return vm
 
 
-class Vm:
-    """A modelled VM: the per-VM SPE state (SPU, max buffer size, IRQ)."""
+def _bytes(name: str, value: object, *, none_ok: bool = False) -> int | None:
+    """``value`` as a byte count the kernel can hold (0..2**64-1), or ValueError."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+        accepted = "None (unlimited) or " if none_ok else ""
+        raise ValueError(f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}")
+    return value
 
-    def __init__(self, host: Host):
+
+#: The largest value of a __u64 or an arm64 unsigned long.
+U64_MAX = (1 << 64) - 1
+
+
+class Vm:
+    """A modelled VM: the per-VM SPE state (SPU, max buffer size, IRQ), its
+    irqchip and the VCPU features its first VCPU fixed."""
+
+    def __init__(self, host: Host, *, irqchip: bool = True):
         self.host = host
+        self.irqchip = irqchip
         self.vcpus: list[Vcpu] = []
+        #: VCPU ids ever created: KVM never frees one (EEXIST on reuse).
+        self.used_ids: set[int] = set()
+        #: Whether the VM's VCPUs have the SPE feature, fixed by the first
+        #: KVM_ARM_VCPU_INIT (None before it).
+        self.spe_feature: bool | None = None
         self.spu: Spu | None = None
         #: None until set; 0 is a real value ("no limit").
         self.max_buffer_size: int | None = None
@@ -184,14 +219,38 @@ class Vm:
         """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature.
 
         ``index`` is the VCPU id (the next free one when omitted), as for the
-        real backend's ``create_vcpu``.
+        real backend's ``create_vcpu``: an int from 0 to 2**64-1 (the
+        ioctl's unsigned long); ids from ``Assumptions.max_vcpu_ids`` up
+        answer EINVAL, as KVM_CREATE_VCPU does. The VCPU features are per VM:
+        a VCPU whose SPE feature differs from the VM's first VCPU's answers
+        EINVAL at KVM_ARM_VCPU_INIT, and its id stays used (measured on
+        Linux 7.2 arm64).
         """
         if index is None:
-            index = len(self.vcpus)
-        if any(v.index == index for v in self.vcpus):
+            index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= U64_MAX:
+            raise ValueError(f"VCPU index takes an int from 0 to 2**64-1, got {index!r}")
+        if not isinstance(spe, bool):
+            raise ValueError(f"spe must be True or False, got {spe!r}")
+        limit = self.host.assumptions.max_vcpu_ids
+        if index >= limit:
+            raise KvmError(
+                errno.EINVAL, f"VCPU id {index} is not below KVM_MAX_VCPU_IDS ({limit})", ioctl="KVM_CREATE_VCPU"
+            )
+        if index in self.used_ids:
             raise KvmError(errno.EEXIST, f"VCPU {index} exists already", ioctl="KVM_CREATE_VCPU")
         if self.has_run:
             raise KvmError(errno.EBUSY, "VCPUs cannot be added once the VM has run", ioctl="KVM_CREATE_VCPU")
+        self.used_ids.add(index)
+        if self.spe_feature is not None and spe != self.spe_feature:
+            have = "with" if self.spe_feature else "without"
+            raise KvmError(
+                errno.EINVAL,
+                f"the VM's VCPUs were initialised {have} the SPE feature; every VCPU of a VM has the"
+                " same features",
+                ioctl="KVM_ARM_VCPU_INIT",
+            )
+        self.spe_feature = spe
         vcpu = Vcpu(self, index, spe)
         self.vcpus.append(vcpu)
         return vcpu
@@ -230,6 +289,8 @@ class Vcpu:
         self.index = index
         self.spe = spe
         self.irq: int | None = None
+        #: KVM_ARM_VCPU_SPE_INIT succeeded on this VCPU.
+        self.initialised = False
         self._regs = dict.fromkeys(self.GUEST_REGISTERS, 0)
         self.stage1: Stage1 | None = None
         #: The buffer is enabled by the guest but not pinned yet (handled by run()).
@@ -268,8 +329,10 @@ class Vcpu:
         """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
 
         ``value`` is an int, or :data:`kvmspe.abi.BAD_ADDRESS` for an
-        unreadable pointer. A value that does not fit the attribute's C type
-        is refused with ValueError before any check, as the real backend must.
+        unreadable pointer; None for KVM_ARM_VCPU_SPE_INIT, which reads no
+        value (so BAD_ADDRESS changes nothing for it). A value that does not
+        fit the attribute's C type is refused with ValueError before any
+        check, as the real backend must.
         """
         ioctl = "KVM_SET_DEVICE_ATTR"
         info = abi.attr_info(group, attr)
@@ -278,6 +341,9 @@ class Vcpu:
         info = self._group(group, attr, ioctl)
         call = Call(self, attr, value)
         if self._decide(self.vm.host.rules.set[attr], call, ioctl, group):
+            return
+        if attr == abi.KVM_ARM_VCPU_SPE_INIT:
+            self.initialised = True
             return
         assert isinstance(value, int)
         if attr == abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE:
@@ -310,7 +376,7 @@ class Vcpu:
         if attr == abi.KVM_ARM_VCPU_SPE_SPU:
             assert self.vm.spu is not None
             return self.vm.spu.id
-        assert self.irq is not None
+        assert attr == abi.KVM_ARM_VCPU_SPE_IRQ and self.irq is not None
         return self.irq
 
     def has_device_attr(self, group: int, attr: int) -> bool:

@@ -7,8 +7,21 @@ and nothing else decides an errno, so a reader answers "where is ERANGE
 decided?" here, and a test can swap two checks in a copy of
 :data:`RULES` to see which conformance cases catch it.
 
-Each check names its source: ``seed`` (the patch), ``series`` (another patch
-of the v6 series), ``uapi``, or ``assumed`` (see :mod:`kvmspe.assumptions`).
+Each check names its source class:
+
+``seed``
+    the reference patch (v6 patch 14/35, "Add SPE VCPU device attribute to
+    set the max buffer size");
+``series``
+    another revision or patch of the SPE series (v6 patches 19, 29, 32, 33;
+    RFC v4/v5 for the IRQ and INIT attributes);
+``measured``
+    the real kernel's nearest interface, KVM_ARM_VCPU_PMU_V3_CTRL or
+    KVM_ARM_VCPU_INIT, measured on Linux 7.2 arm64;
+``uapi``
+    the upstream headers;
+``assumed``
+    none of these (see :mod:`kvmspe.assumptions` and ``docs/rules.md``).
 """
 
 from __future__ import annotations
@@ -91,9 +104,12 @@ def _no_feature(c: Call) -> str | None:
 
 def _unknown_attr(c: Call) -> str | None:
     if abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, c.attr) is None:
-        return (
-            f"KVM_ARM_VCPU_SPE_CTRL has no attribute {c.attr}; known: 0 (IRQ), 1 (SPU), 2 (MAX_BUFFER_SIZE)"
+        known = ", ".join(
+            f"{attr} ({info.name.removeprefix('KVM_ARM_VCPU_SPE_')})"
+            for (group, attr), info in sorted(abi.ATTRS.items())
+            if group == abi.KVM_ARM_VCPU_SPE_CTRL
         )
+        return f"KVM_ARM_VCPU_SPE_CTRL has no attribute {c.attr}; known: {known}"
     return None
 
 
@@ -114,7 +130,7 @@ CHECK_FEATURE = Check("vcpu-has-spe-feature", errno.ENODEV, "seed", _no_feature)
 CHECK_ATTR = Check("known-attribute", errno.ENXIO, "seed", _unknown_attr)
 CHECK_EFAULT = Check("readable-pointer", errno.EFAULT, "seed", _bad_pointer)
 
-# --- MAX_BUFFER_SIZE set: checks 1-7 of FACTS section 3 [seed] --------------------
+# --- MAX_BUFFER_SIZE set: the reference patch's checks 1-7, in its order [seed] -----
 
 
 def _not_page_aligned(c: Call) -> str | None:
@@ -199,7 +215,20 @@ def _max_unset(c: Call) -> str | None:
 
 GET_MAX_BUFFER_SIZE = (Check("is-set", errno.EINVAL, "seed", _max_unset),)
 
-# --- IRQ [assumed, after KVM_ARM_VCPU_PMU_V3_IRQ] ------------------------------------
+# --- IRQ [series: RFC v4/v5; measured: the PMU's IRQ on Linux 7.2] -----------------------
+
+
+def _no_irqchip(c: Call) -> str | None:
+    if not c.vcpu.vm.irqchip:
+        return "the VM has no in-kernel irqchip; create and initialise its vGIC first"
+    return None
+
+
+def _irq_set_here(c: Call) -> str | None:
+    irq = c.vcpu.irq
+    if irq is not None:
+        return f"VCPU {c.vcpu.index}'s SPE interrupt is already {irq}; it is set once per VCPU"
+    return None
 
 
 def _not_ppi(c: Call) -> str | None:
@@ -217,10 +246,15 @@ def _irq_differs(c: Call) -> str | None:
     return None
 
 
+CHECK_IRQCHIP = Check("irqchip", errno.ENXIO, "series", _no_irqchip)
+
 SET_IRQ = (
-    Check("has-run", errno.EBUSY, "assumed", _has_run),
-    Check("is-ppi", errno.EINVAL, "assumed", _not_ppi),
-    Check("same-irq-on-every-vcpu", errno.EINVAL, "assumed", _irq_differs),
+    CHECK_IRQCHIP,
+    Check("has-run", errno.EBUSY, "measured", _has_run),
+    Check("irq-once", errno.EBUSY, "series", _irq_set_here),
+    CHECK_EFAULT,
+    Check("is-ppi", errno.EINVAL, "series", _not_ppi),
+    Check("same-irq-on-every-vcpu", errno.EINVAL, "series", _irq_differs),
 )
 
 
@@ -230,9 +264,9 @@ def _irq_unset(c: Call) -> str | None:
     return None
 
 
-GET_IRQ = (Check("is-set", errno.ENXIO, "assumed", _irq_unset),)
+GET_IRQ = (Check("is-set", errno.ENXIO, "series", _irq_unset),)
 
-# --- SPU [seed for "different one is an error"; errnos assumed] ---------------------
+# --- SPU [seed: a different one is an error; measured: SET_PMU's unknown id] -----------
 
 
 def _unknown_spu(c: Call) -> str | None:
@@ -251,8 +285,9 @@ def _spu_differs(c: Call) -> str | None:
 
 
 SET_SPU = (
+    CHECK_EFAULT,
+    Check("spu-exists", errno.ENXIO, "measured", _unknown_spu),
     Check("has-run", errno.EBUSY, "assumed", _has_run),
-    Check("spu-exists", errno.ENXIO, "assumed", _unknown_spu),
     Check("same-spu", errno.EINVAL, "seed", _spu_differs),
 )
 
@@ -265,12 +300,55 @@ def _spu_unset(c: Call) -> str | None:
 
 GET_SPU = (Check("is-set", errno.ENXIO, "assumed", _spu_unset),)
 
-# --- KVM_RUN [seed: "Required."; errno assumed] ---------------------------------------
+# --- INIT [series: v6 patch 15 by name, RFC v5 by behaviour; measured: PMU INIT] ---------
 
 
-def _unconfigured(c: Call) -> str | None:
+def _initialised(c: Call) -> str | None:
+    if c.vcpu.initialised:
+        return f"SPE is already initialised on VCPU {c.vcpu.index}"
+    return None
+
+
+def _init_without_irq(c: Call) -> str | None:
+    if c.vcpu.irq is None:
+        return f"VCPU {c.vcpu.index} has no SPE interrupt; set KVM_ARM_VCPU_SPE_IRQ before initialising"
+    return None
+
+
+def _init_without_spu(c: Call) -> str | None:
+    if c.vcpu.vm.spu is None:
+        return "the VM has no SPU; set KVM_ARM_VCPU_SPE_SPU before initialising"
+    return None
+
+
+def _init_without_max(c: Call) -> str | None:
+    if c.vcpu.vm.max_buffer_size is None:
+        return "the VM has no max buffer size; set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE before initialising"
+    return None
+
+
+SET_INIT = (
+    Check("has-run", errno.EBUSY, "measured", _has_run),
+    Check("init-once", errno.EBUSY, "series", _initialised),
+    CHECK_IRQCHIP,
+    Check("init-needs-irq", errno.ENXIO, "series", _init_without_irq),
+    Check("init-needs-spu", errno.ENXIO, "assumed", _init_without_spu),
+    Check("init-needs-max", errno.ENXIO, "assumed", _init_without_max),
+)
+
+
+def _no_value(c: Call) -> str | None:
+    return "KVM_ARM_VCPU_SPE_INIT has no value to read back"
+
+
+GET_INIT = (Check("init-has-no-value", errno.ENXIO, "series", _no_value),)
+
+# --- KVM_RUN [series: RFC v5; measured: KVM_RUN before PMU INIT] ------------------------
+
+
+def _not_initialised(c: Call) -> str | None:
     v = c.vcpu
-    if not v.spe:
+    if not v.spe or v.initialised:
         return None
     missing = [
         name
@@ -281,9 +359,8 @@ def _unconfigured(c: Call) -> str | None:
         )
         if unset
     ]
-    if missing:
-        return f"VCPU {v.index} has SPE but {', '.join(missing)} not set; set them before KVM_RUN"
-    return None
+    todo = f"set {', '.join(missing)}, then " if missing else ""
+    return f"VCPU {v.index} has SPE but it is not initialised; {todo}set KVM_ARM_VCPU_SPE_INIT before KVM_RUN"
 
 
 @dataclass(frozen=True)
@@ -293,9 +370,10 @@ class RuleSet:
     group: tuple[Check, ...] = (CHECK_NO_SPE, CHECK_FEATURE, CHECK_ATTR)
     set: dict[int, tuple[Check, ...]] = field(
         default_factory=lambda: {
-            abi.KVM_ARM_VCPU_SPE_IRQ: (CHECK_EFAULT, *SET_IRQ),
-            abi.KVM_ARM_VCPU_SPE_SPU: (CHECK_EFAULT, *SET_SPU),
+            abi.KVM_ARM_VCPU_SPE_IRQ: SET_IRQ,
+            abi.KVM_ARM_VCPU_SPE_SPU: SET_SPU,
             abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: (CHECK_EFAULT, *SET_MAX_BUFFER_SIZE),
+            abi.KVM_ARM_VCPU_SPE_INIT: SET_INIT,
         }
     )
     get: dict[int, tuple[Check, ...]] = field(
@@ -303,10 +381,11 @@ class RuleSet:
             abi.KVM_ARM_VCPU_SPE_IRQ: GET_IRQ,
             abi.KVM_ARM_VCPU_SPE_SPU: GET_SPU,
             abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: GET_MAX_BUFFER_SIZE,
+            abi.KVM_ARM_VCPU_SPE_INIT: GET_INIT,
         }
     )
-    run: tuple[Check, ...] = (Check("spe-configured", errno.EINVAL, "assumed", _unconfigured),)
+    run: tuple[Check, ...] = (Check("spe-initialised", errno.EINVAL, "series", _not_initialised),)
 
 
-#: The rules as the reference patch and our assumptions give them.
+#: The rules as the reference patch, the series, the PMU and our assumptions give them.
 RULES = RuleSet()

@@ -165,6 +165,8 @@ def _call(runner: _ModelRunner, step: Step) -> dict[str, Any]:
             call["addr"] = "bad-address" if step.value == "BAD" else "valid"
     elif step.op == "run":
         call["ioctl"] = "KVM_RUN"
+    elif step.op == "create_vcpu":
+        call.update(ioctl="KVM_CREATE_VCPU", spe=step.target == "spe")
     elif step.op == "setrlimit":
         room = runner.value(step.value)
         assert isinstance(room, int)
@@ -203,6 +205,7 @@ def _scenario(case: Case) -> dict[str, Any]:
             "memlock_limit": _hex(host.memlock_limit),
             "locked": _hex(host.locked_bytes),
         },
+        "irqchip": runner.vm.irqchip,
         "vcpus": [{"index": v.index, "spe": v.spe} for v in runner.vcpus],
         "calls": [_call(runner, s) for s in case.calls],
     }
