@@ -162,6 +162,52 @@ def test_swapping_two_checks_fails_exactly_the_order_case(
     assert _failing(_swapped(first, second)) == caught_by
 
 
+def _swapped_in(attr: int, a: str, b: str) -> RuleSet:
+    checks = _set_checks(attr)
+    names = [c.name for c in checks]
+    i, j = names.index(a), names.index(b)
+    checks[i], checks[j] = checks[j], checks[i]
+    return _with_set(checks, attr)
+
+
+IRQ = abi.KVM_ARM_VCPU_SPE_IRQ
+SPU = abi.KVM_ARM_VCPU_SPE_SPU
+INIT = abi.KVM_ARM_VCPU_SPE_INIT
+
+
+@pytest.mark.parametrize(
+    ("attr", "first", "second", "caught_by"),
+    [
+        # Moving the irqchip check after reading the value: a bad pointer on a
+        # VM without irqchip, and the two later EBUSY checks, now say EFAULT.
+        (
+            IRQ,
+            "irqchip",
+            "readable-pointer",
+            {"order-irqchip-before-efault", "order-irq-once-before-efault", "order-irq-has-run-before-efault"},
+        ),
+        (IRQ, "irq-once", "readable-pointer", {"order-irq-once-before-efault"}),
+        (IRQ, "has-run", "readable-pointer", {"order-irq-has-run-before-efault", "order-irq-once-before-efault"}),
+        (SPU, "spu-exists", "has-run", {"spu-unknown-after-run"}),
+        (SPU, "has-run", "same-spu", {"spu-different-after-run"}),
+        (INIT, "has-run", "init-needs-irq", {"order-init-has-run-before-needs-irq"}),
+        # Orders no call can tell apart (same errno, or states KVM cannot reach):
+        # without an irqchip the VM cannot have run; both checks say EBUSY or EINVAL;
+        # an initialised VCPU has everything INIT needs.
+        (IRQ, "irqchip", "has-run", set()),
+        (IRQ, "has-run", "irq-once", set()),
+        (IRQ, "is-ppi", "same-irq-on-every-vcpu", set()),
+        (INIT, "has-run", "init-once", set()),
+        (INIT, "init-once", "init-needs-irq", set()),
+        (INIT, "init-needs-irq", "init-needs-config", set()),
+    ],
+)
+def test_swapping_two_new_checks_fails_exactly_their_order_case(
+    attr: int, first: str, second: str, caught_by: set[str]
+) -> None:
+    assert _failing(_swapped_in(attr, first, second)) == caught_by
+
+
 def test_a_swap_is_reported_with_expected_and_got() -> None:
     report = conformance.run("model", rules=_swapped("page-aligned", "spu-assigned"))
     (bad,) = report.failed
@@ -240,8 +286,9 @@ def test_run_takes_a_subset_of_cases() -> None:
 
 class _FakeVm:
     """A model VM with the real one's vGIC calls, holding KVM's order to them:
-    no VCPU after the vGIC is initialised, and (as for the PMU interrupt) no
-    SPE interrupt accepted before the VM has an irqchip. ``log`` records the calls."""
+    no VCPU after the vGIC is initialised, and no irqchip for the model (so no
+    SPE interrupt, no INIT) until the vGIC is made and initialised. ``log``
+    records the calls."""
 
     def __init__(self, vm: model.Vm, log: list[str], refuse: int | None):
         self.vm = vm
@@ -259,8 +306,6 @@ class _FakeVm:
 
         def set_device_attr(group: int, attr: int, value: object) -> None:
             self.log.append(f"set {group}/{attr}")
-            if (group, attr) == (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ) and not self.vgic:
-                raise KvmError(errno.EINVAL, "no in-kernel irqchip", ioctl="KVM_SET_DEVICE_ATTR")
             set_attr(group, attr, value)
 
         vcpu.set_device_attr = set_device_attr  # type: ignore[method-assign]
@@ -276,6 +321,7 @@ class _FakeVm:
     def init_vgic(self) -> None:
         self.log.append("init_vgic")
         self.initialised = True
+        self.vm.irqchip = self.vgic
 
     def __enter__(self) -> _FakeVm:
         return self
@@ -297,7 +343,7 @@ class _FakeKvm:
 
     def create_vm(self) -> _FakeVm:
         self.log.append("create_vm")
-        return _FakeVm(self.host.create_vm(), self.log, self.refuse)
+        return _FakeVm(self.host.create_vm(irqchip=False), self.log, self.refuse)
 
     def __enter__(self) -> _FakeKvm:
         return self
@@ -408,7 +454,13 @@ def test_on_arm64_each_vm_gets_its_vgic_after_its_vcpus_and_before_any_attribute
     ran = [r for r in results.values() if r.status != "skipped"]
     vms = _per_vm(kvms[0].log)
     assert len(vms) == len(ran) and ran
+    # A case whose setup asks for a VM without an irqchip gets no vGIC.
+    bare = [calls for calls in vms if "create_vgic_v3" not in calls]
+    by = {c.name: c for c in CASES}
+    assert len(bare) == sum(1 for r in ran if not by[r.case].setup.irqchip) > 0
     for calls in vms:
+        if calls in bare:
+            continue
         creates = [i for i, c in enumerate(calls) if c.startswith("create_vcpu")]
         gic = calls.index("create_vgic_v3")
         assert creates and max(creates) < gic and calls[gic + 1] == "init_vgic", calls
@@ -416,17 +468,27 @@ def test_on_arm64_each_vm_gets_its_vgic_after_its_vcpus_and_before_any_attribute
     # The IRQ cases pass, which the fake allows only with the vGIC in place.
     assert results["irq-set-get"].status == "passed"
     assert results["run-configured"].status == "passed"
+    assert results["irq-without-irqchip"].status == "passed"
+    assert results["features-plain-in-spe-vm"].status == "passed"
 
 
 def test_a_host_that_refuses_a_gicv3_skips_the_interrupt_and_run_cases_with_the_reason() -> None:
     results = _spe_host_results(0, lambda host: _FakeKvm(host, refuse=errno.ENODEV))
     assert not [n for n, r in results.items() if r.status == "failed"]
-    for name in ("irq-set-get", "irq-not-ppi-low", "run-unconfigured", "run-configured", "efault-set-irq"):
+    for name in (
+        "irq-set-get",
+        "irq-not-ppi-low",
+        "run-unconfigured",
+        "run-configured",
+        "efault-set-irq",
+        "init-configured",
+    ):
         reason = results[name].reason
         assert results[name].status == "skipped", name
         assert "GICv3" in reason and "KVM_CREATE_DEVICE" in reason and "ENODEV" in reason, reason
     # Cases that neither set the interrupt nor run go on without the vGIC.
     assert results["store-page"].status == "passed"
+    assert results["irq-without-irqchip"].status == "passed"
     assert results["spu-different"].status == "passed"
 
 

@@ -789,6 +789,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         """From the first KVM_RUN the SPU is fixed too (EBUSY for a known id), and
         every value still reads back.""",
         case("run-then-set-spu", ONE, *READY, run(), set_(SPU, "SPU", "EBUSY")),
+        case("spu-different-after-run", TWO_SPUS, *READY, run(), set_(SPU, "SPU2", "EBUSY")),
         case("order-spu-efault-before-has-run", ONE, *READY, run(), set_(SPU, "BAD", "EFAULT")),
         case("run-then-get-max", ONE, *READY, run(), get(MAX, "PAGE * 2"), get(SPU, "SPU"), get(IRQ, 21)),
     ),
