@@ -1,10 +1,13 @@
-"""The kernel model's configuration phase, against FACTS sections 2, 3 and 5.
+"""The kernel model's configuration phase, against the reference patch, the
+series (RFC v4/v5 for the IRQ and INIT), the PMU as measured on Linux 7.2
+arm64, and the documented assumptions.
 
 The expected errno of every MAX_BUFFER_SIZE set is computed by
-:func:`expected_set_max`, written straight from FACTS section 3 (and the
-documented assumptions: group-level checks first, ENOMEM after ERANGE), not
-from :mod:`kvmspe.rules`. It is checked on a systematic grid of pairs of
-failing checks and on every step of a random state machine.
+:func:`expected_set_max`, written straight from the reference patch's checks
+1-7 (and the documented assumptions: group-level checks first, ENOMEM after
+ERANGE), not from :mod:`kvmspe.rules`. It is checked on a systematic grid of
+pairs of failing checks and, with the IRQ, SPU and INIT rules, on every step
+of a random state machine.
 """
 
 from __future__ import annotations
@@ -27,18 +30,20 @@ SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 IRQ = abi.KVM_ARM_VCPU_SPE_IRQ
 SPU = abi.KVM_ARM_VCPU_SPE_SPU
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
-ATTRS = (IRQ, SPU, MAX)
+INIT = abi.KVM_ARM_VCPU_SPE_INIT
+ATTRS = (IRQ, SPU, MAX, INIT)
+VALUED = (IRQ, SPU, MAX)
 U64_MAX = (1 << 64) - 1
 MiB = 1 << 20
 LARGEST = 1023 << 42
 GROUP_ERRNOS = {errno.ENXIO, errno.ENODEV}
 
 
-# --- independent oracle, from FACTS section 3 --------------------------------------------
+# --- independent oracle, from the reference patch's checks --------------------------------
 
 
 def representable(size: int) -> bool:
-    """FACTS section 4, normalised by the top bit."""
+    """The MaxBuffSize encoding (Arm DDI0601), normalised by the top bit."""
     if size < 2 * MiB:
         return size % 4096 == 0
     return size <= LARGEST and size & ((1 << (size.bit_length() - 10)) - 1) == 0
@@ -98,9 +103,9 @@ def outcome(fn: object, *args: object, **kwargs: object) -> int:
     return 0
 
 
-def raised(code: int, fn: object, *args: object) -> KvmError:
+def raised(code: int, fn: object, *args: object, **kwargs: object) -> KvmError:
     with pytest.raises(KvmError) as info:
-        fn(*args)  # type: ignore[operator]
+        fn(*args, **kwargs)  # type: ignore[operator]
     assert info.value.errno == code, str(info.value)
     return info.value
 
@@ -126,9 +131,37 @@ def make(
 
 
 def mark_ran(vm: Vm) -> None:
-    """Let the VM run through a VCPU without SPE, whatever its SPE state."""
-    vm.create_vcpu(spe=False).run()
-    assert vm.has_run
+    """Put the VM in the state its first KVM_RUN leaves it in, whatever its SPE state.
+
+    The reference patch decides check 1 (the VM has run) before checks 2-6,
+    and the grid below shows that on every combination. Through the API a VM
+    with SPE VCPUs runs only once they are initialised, which needs the SPU
+    and the max buffer size, so some combinations (run without an SPU) cannot
+    be reached that way: this sets the flag the first KVM_RUN sets.
+    """
+    vm.has_run = True
+
+
+def init(vcpu: Vcpu) -> None:
+    vcpu.set_device_attr(SPE, INIT, None)
+
+
+def run_ready(vcpu: Vcpu, size: int = 4 * MiB) -> abi.Exit:
+    """Set what is still unset (IRQ 23, SPU 8, ``size``), INIT, KVM_RUN."""
+    if vcpu.irq is None:
+        vcpu.set_device_attr(SPE, IRQ, 23)
+    if vcpu.vm.spu is None:
+        vcpu.set_device_attr(SPE, SPU, 8)
+    if vcpu.vm.max_buffer_size is None:
+        vcpu.set_device_attr(SPE, MAX, size)
+    init(vcpu)
+    return vcpu.run()
+
+
+def plain_vcpu(host: Host | None = None) -> Vcpu:
+    """A VCPU without the SPE feature, in a VM of its own (features are per VM)."""
+    host = host or Host(spus=[Spu(8, 0)])
+    return host.create_vm().create_vcpu(spe=False)
 
 
 # --- each check of MAX_BUFFER_SIZE set on its own --------------------------------------
@@ -136,8 +169,7 @@ def mark_ran(vm: Vm) -> None:
 
 def test_check1_has_run_ebusy() -> None:
     _, vm, vcpu = make()
-    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
-    vcpu.run()
+    run_ready(vcpu)
     # The same value (check 4 would say success) and a valid new one: both EBUSY.
     for value in (4 * MiB, 2 * MiB):
         exc = raised(errno.EBUSY, vcpu.set_device_attr, SPE, MAX, value)
@@ -343,8 +375,7 @@ def test_pair_efault_before_has_run() -> None:
 
 
 def test_pair_no_feature_before_everything() -> None:
-    _, vm, _ = make(spu=False)
-    plain = vm.create_vcpu(spe=False)
+    plain = plain_vcpu()
     raised(errno.ENODEV, plain.set_device_attr, SPE, MAX, 0x1001)
     raised(errno.ENODEV, plain.set_device_attr, SPE, MAX, abi.BAD_ADDRESS)
 
@@ -427,7 +458,7 @@ def test_host_without_spe() -> None:
     host = Host(spus=[])
     vcpu = host.create_vm().create_vcpu(spe=True)
     for attr in ATTRS:
-        value = 4096 if attr == MAX else 23
+        value = {MAX: 4096, INIT: None}.get(attr, 23)
         exc = raised(errno.ENXIO, vcpu.set_device_attr, SPE, attr, value)
         assert "not supported" in str(exc)
         raised(errno.ENXIO, vcpu.get_device_attr, SPE, attr)
@@ -435,16 +466,17 @@ def test_host_without_spe() -> None:
 
 
 def test_vcpu_without_spe_feature() -> None:
-    _, vm, _ = make()
-    plain = vm.create_vcpu(spe=False)
+    plain = plain_vcpu()
     for attr in ATTRS:
-        exc = raised(errno.ENODEV, plain.set_device_attr, SPE, attr, 4096 if attr == MAX else 23)
+        exc = raised(errno.ENODEV, plain.set_device_attr, SPE, attr, {MAX: 4096, INIT: None}.get(attr, 23))
         assert "without the SPE feature" in str(exc)
         raised(errno.ENODEV, plain.get_device_attr, SPE, attr)
         assert plain.has_device_attr(SPE, attr) is False
 
 
-@pytest.mark.parametrize(("group", "attr"), [(SPE, 3), (SPE, 99), (abi.KVM_ARM_VCPU_PMU_V3_CTRL, 0), (7, 2)])
+@pytest.mark.parametrize(
+    ("group", "attr"), [(SPE, 4), (SPE, 99), (SPE, 1 << 63), (abi.KVM_ARM_VCPU_PMU_V3_CTRL, 0), (7, 2)]
+)
 def test_unknown_attribute_enxio(group: int, attr: int) -> None:
     _, _, vcpu = make()
     exc = raised(errno.ENXIO, vcpu.set_device_attr, group, attr, 4096)
@@ -453,13 +485,13 @@ def test_unknown_attribute_enxio(group: int, attr: int) -> None:
     assert vcpu.has_device_attr(group, attr) is False
 
 
-def test_has_true_for_the_three_attributes() -> None:
+def test_has_true_for_the_four_attributes() -> None:
     _, _, vcpu = make(spu=False, irq=False)
     assert all(vcpu.has_device_attr(SPE, attr) for attr in ATTRS)
     assert vcpu.has_device_attr(SPE, abi.KVM_ARM_VCPU_MAX_BUFFER_SIZE)
 
 
-@pytest.mark.parametrize("attr", ATTRS)
+@pytest.mark.parametrize("attr", VALUED)
 def test_efault_on_set_and_get(attr: int) -> None:
     _, vm, vcpu = make(irq=attr != IRQ, spu=attr != SPU)
     raised(errno.EFAULT, vcpu.set_device_attr, SPE, attr, abi.BAD_ADDRESS)
@@ -476,15 +508,14 @@ def test_efault_on_set_and_get(attr: int) -> None:
 @pytest.mark.parametrize(
     ("attr", "value"),
     [(MAX, -1), (MAX, 1 << 64), (MAX, True), (MAX, 4096.0), (MAX, "4096"),
-     (IRQ, 1 << 31), (IRQ, -(1 << 31) - 1), (IRQ, False), (SPU, 1 << 31), (SPU, -(1 << 31) - 1), (SPU, None)],
+     (IRQ, 1 << 31), (IRQ, -(1 << 31) - 1), (IRQ, False), (SPU, 1 << 31), (SPU, -(1 << 31) - 1), (SPU, None),
+     (INIT, 0), (INIT, 1), (INIT, "x")],
 )  # fmt: skip
 def test_values_outside_the_c_type_raise_value_error_first(attr: int, value: object) -> None:
     # On a host without SPE, from a VCPU without the feature, after run: still ValueError.
-    host = Host(spus=[])
-    vm = host.create_vm()
-    plain = vm.create_vcpu(spe=False)
+    plain = plain_vcpu(Host(spus=[]))
     plain.run()
-    with pytest.raises(ValueError, match=r"takes a"):
+    with pytest.raises(ValueError, match=r"takes a|takes no value"):
         plain.set_device_attr(SPE, attr, value)
     with pytest.raises(ValueError):
         make()[2].set_device_attr(SPE, attr, value)
@@ -515,6 +546,14 @@ def test_irq_not_a_ppi_einval(irq: int) -> None:
     raised(errno.ENXIO, vcpu.get_device_attr, SPE, IRQ)
 
 
+def test_irq_is_set_once_per_vcpu_even_to_the_same_value() -> None:
+    _, _, vcpu = make()  # IRQ 23 set
+    for value in (23, 24, 5, abi.BAD_ADDRESS):  # decided before the value is read or checked
+        exc = raised(errno.EBUSY, vcpu.set_device_attr, SPE, IRQ, value)
+        assert str(exc) == "EBUSY: VCPU 0's SPE interrupt is already 23; it is set once per VCPU"
+    assert vcpu.get_device_attr(SPE, IRQ) == 23
+
+
 def test_irq_same_on_every_vcpu() -> None:
     _, vm, v0 = make(irq=False)
     v1 = vm.create_vcpu(spe=True)
@@ -528,8 +567,7 @@ def test_irq_same_on_every_vcpu() -> None:
 
 def test_irq_fixed_after_run() -> None:
     _, vm, vcpu = make()
-    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
-    vcpu.run()
+    run_ready(vcpu)
     raised(errno.EBUSY, vcpu.set_device_attr, SPE, IRQ, 23)
     raised(errno.EBUSY, vcpu.set_device_attr, SPE, IRQ, 5)  # EBUSY before the PPI check
     assert vcpu.get_device_attr(SPE, IRQ) == 23
@@ -557,10 +595,12 @@ def test_spu_different_one_einval() -> None:
 
 def test_spu_fixed_after_run() -> None:
     _, vm, vcpu = make()
-    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
-    vcpu.run()
+    run_ready(vcpu)
     raised(errno.EBUSY, vcpu.set_device_attr, SPE, SPU, 8)
-    raised(errno.EBUSY, vcpu.set_device_attr, SPE, SPU, 7)
+    raised(errno.EBUSY, vcpu.set_device_attr, SPE, SPU, 9)
+    # An unknown id is ENXIO whatever the state, as SET_PMU's (measured on Linux 7.2).
+    raised(errno.ENXIO, vcpu.set_device_attr, SPE, SPU, 7)
+    raised(errno.EFAULT, vcpu.set_device_attr, SPE, SPU, abi.BAD_ADDRESS)
 
 
 # --- run ---------------------------------------------------------------------------------------------
@@ -570,10 +610,15 @@ def test_run_without_irq_einval_then_configure_and_run() -> None:
     _, vm, vcpu = make(irq=False)
     vcpu.set_device_attr(SPE, MAX, 4 * MiB)
     exc = raised(errno.EINVAL, vcpu.run)
-    assert str(exc) == ("EINVAL: VCPU 0 has SPE but KVM_ARM_VCPU_SPE_IRQ not set; set them before KVM_RUN")
+    assert str(exc) == (
+        "EINVAL: VCPU 0 has SPE but it is not initialised; set KVM_ARM_VCPU_SPE_IRQ, then set"
+        " KVM_ARM_VCPU_SPE_INIT before KVM_RUN"
+    )
     assert not vm.has_run
     # A failed first run fixes nothing: configuration still works.
     vcpu.set_device_attr(SPE, IRQ, 23)
+    raised(errno.EINVAL, vcpu.run)  # configured, not initialised
+    init(vcpu)
     assert isinstance(vcpu.run(), abi.Exit)
     assert vm.has_run
 
@@ -584,6 +629,7 @@ def test_run_without_max_einval() -> None:
     assert "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE" in str(exc) and "KVM_ARM_VCPU_SPE_IRQ" not in str(exc)
     assert not vm.has_run
     vcpu.set_device_attr(SPE, MAX, 2 * MiB)
+    init(vcpu)
     vcpu.run()
 
 
@@ -592,34 +638,207 @@ def test_run_lists_everything_missing() -> None:
     exc = raised(errno.EINVAL, vcpu.run)
     for name in ("KVM_ARM_VCPU_SPE_IRQ", "KVM_ARM_VCPU_SPE_SPU", "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE"):
         assert name in str(exc)
+    assert str(exc).endswith("then set KVM_ARM_VCPU_SPE_INIT before KVM_RUN")
 
 
-def test_every_spe_vcpu_needs_its_own_irq() -> None:
+def test_every_spe_vcpu_needs_its_own_irq_and_init() -> None:
     _, vm, v0 = make()
     v0.set_device_attr(SPE, MAX, 4 * MiB)
+    init(v0)
     v1 = vm.create_vcpu(spe=True)
     raised(errno.EINVAL, v1.run)
+    exc = raised(errno.ENXIO, init, v1)
+    assert "VCPU 1 has no SPE interrupt" in str(exc)
     v1.set_device_attr(SPE, IRQ, 23)
+    raised(errno.EINVAL, v1.run)
+    init(v1)
     v1.run()
+    v0.run()
 
 
 def test_after_first_run_configuration_answers_ebusy() -> None:
     _, vm, vcpu = make()
-    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
-    exit_ = vcpu.run()
+    other = vm.create_vcpu(spe=True)
+    exit_ = run_ready(vcpu)
     assert isinstance(exit_, abi.Exit) and not exit_.is_rlimit
-    other = vm.vcpus[0]
-    for attr, value in ((IRQ, 23), (SPU, 8), (MAX, 4 * MiB)):
-        raised(errno.EBUSY, other.set_device_attr, SPE, attr, value)
+    for v in (vcpu, other):
+        for attr, value in ((IRQ, 23), (SPU, 8), (MAX, 4 * MiB), (INIT, None)):
+            exc = raised(errno.EBUSY, v.set_device_attr, SPE, attr, value)
+            assert "already run" in str(exc)
     # Reading and probing still work.
-    assert [vcpu.get_device_attr(SPE, a) for a in ATTRS] == [23, 8, 4 * MiB]
+    assert [vcpu.get_device_attr(SPE, a) for a in VALUED] == [23, 8, 4 * MiB]
     assert all(vcpu.has_device_attr(SPE, a) for a in ATTRS)
     vcpu.run()
+    raised(errno.EINVAL, other.run)  # never initialised, and now it cannot be
 
 
 def test_vcpu_without_spe_runs_unconfigured() -> None:
-    _, vm, _ = make(irq=False, spu=False)
-    assert isinstance(vm.create_vcpu(spe=False).run(), abi.Exit)
+    assert isinstance(plain_vcpu().run(), abi.Exit)
+
+
+# --- INIT ----------------------------------------------------------------------------------------------
+
+
+def test_init_initialises_once() -> None:
+    _, vm, vcpu = make()
+    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
+    assert vcpu.has_device_attr(SPE, INIT)
+    init(vcpu)
+    assert vcpu.initialised and not vm.has_run
+    exc = raised(errno.EBUSY, init, vcpu)
+    assert str(exc) == "EBUSY: SPE is already initialised on VCPU 0"
+    vcpu.run()
+
+
+def test_init_reads_no_value() -> None:
+    _, _, vcpu = make()
+    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
+    vcpu.set_device_attr(SPE, INIT, abi.BAD_ADDRESS)  # addr is not read: no EFAULT
+    assert vcpu.initialised
+    with pytest.raises(ValueError, match="takes no value"):
+        vcpu.set_device_attr(SPE, INIT, 0)
+
+
+def test_init_get_is_enxio_before_and_after() -> None:
+    _, _, vcpu = make()
+    exc = raised(errno.ENXIO, vcpu.get_device_attr, SPE, INIT)
+    assert "no value" in str(exc)
+    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
+    init(vcpu)
+    raised(errno.ENXIO, vcpu.get_device_attr, SPE, INIT, abi.BAD_ADDRESS)
+
+
+@pytest.mark.parametrize(
+    ("irqchip", "irq", "spu", "size", "words"),
+    [
+        (True, False, True, True, "no SPE interrupt"),
+        (False, False, True, True, "no in-kernel irqchip"),
+        (True, True, False, False, "no KVM_ARM_VCPU_SPE_SPU and no KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE"),
+        (True, True, True, False, "no KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE"),
+        (False, False, False, False, "no SPE interrupt"),
+    ],
+)
+def test_init_before_everything_is_set_enxio(irqchip: bool, irq: bool, spu: bool, size: bool, words: str) -> None:
+    host = Host(spus=[Spu(8, 0)])
+    vcpu = host.create_vm(irqchip=irqchip).create_vcpu()
+    if irq:
+        vcpu.set_device_attr(SPE, IRQ, 23)
+    if spu:
+        vcpu.set_device_attr(SPE, SPU, 8)
+    if size:
+        vcpu.set_device_attr(SPE, MAX, 4 * MiB)
+    exc = raised(errno.ENXIO, init, vcpu)
+    assert words in str(exc)
+    assert not vcpu.initialised
+
+
+def test_init_after_run_on_an_unready_vcpu_is_ebusy() -> None:
+    _, vm, v0 = make()
+    v1 = vm.create_vcpu()
+    run_ready(v0)
+    raised(errno.EBUSY, init, v1)  # has-run before the missing IRQ
+
+
+# --- the irqchip ------------------------------------------------------------------------------------
+
+
+def test_irq_without_irqchip_enxio_before_reading_or_checking() -> None:
+    host = Host(spus=[Spu(8, 0)])
+    vm = host.create_vm(irqchip=False)
+    vcpu = vm.create_vcpu()
+    for value in (23, 5, abi.BAD_ADDRESS):
+        exc = raised(errno.ENXIO, vcpu.set_device_attr, SPE, IRQ, value)
+        assert "irqchip" in str(exc)
+    assert vcpu.has_device_attr(SPE, IRQ)
+    raised(errno.ENXIO, vcpu.get_device_attr, SPE, IRQ)
+    # The rest of the configuration does not need one.
+    vcpu.set_device_attr(SPE, SPU, 8)
+    vcpu.set_device_attr(SPE, MAX, 4 * MiB)
+    raised(errno.EINVAL, vcpu.run)
+
+
+def test_create_vm_irqchip_takes_a_bool() -> None:
+    with pytest.raises(ValueError, match="irqchip must be True or False"):
+        Host().create_vm(irqchip=1)  # type: ignore[arg-type]
+
+
+# --- features per VM ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_vcpu_features_are_the_vms(first: bool) -> None:
+    vm = Host(spus=[Spu(8, 0)]).create_vm()
+    v0 = vm.create_vcpu(spe=first)
+    exc = raised(errno.EINVAL, vm.create_vcpu, spe=not first)
+    assert exc.ioctl == "KVM_ARM_VCPU_INIT" and "same features" in str(exc)
+    assert vm.vcpus == [v0]
+    # The id was used by KVM_CREATE_VCPU: it stays taken.
+    raised(errno.EEXIST, vm.create_vcpu, 1, spe=first)
+    v2 = vm.create_vcpu(spe=first)
+    assert v2.index == 2 and v2.spe is first
+
+
+def test_a_failed_vcpu_does_not_fix_the_features() -> None:
+    vm = Host(spus=[Spu(8, 0)]).create_vm()
+    with pytest.raises(ValueError):
+        vm.create_vcpu(spe=1)  # type: ignore[arg-type]
+    assert vm.spe_feature is None
+    vm.create_vcpu(spe=False)
+    assert vm.spe_feature is False
+
+
+# --- model input validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [-1, "0", 1.5, 2**64, True, None.__class__])
+def test_create_vcpu_refuses_what_kvm_create_vcpu_cannot_take(index: object) -> None:
+    vm = Host().create_vm()
+    with pytest.raises(ValueError) as info:
+        vm.create_vcpu(index)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and "from 0 to 2**64-1" in message and repr(index) in message
+    assert vm.vcpus == [] and vm.used_ids == set()
+
+
+def test_create_vcpu_ids_from_kvm_max_vcpu_ids_up_are_einval() -> None:
+    vm = Host().create_vm()
+    assert vm.create_vcpu(511).index == 511
+    for index in (512, 2**64 - 1):
+        exc = raised(errno.EINVAL, vm.create_vcpu, index)
+        assert exc.ioctl == "KVM_CREATE_VCPU" and "512" in str(exc)
+    assert vm.create_vcpu().index == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"memlock_limit": -1}, "memlock_limit"),
+        ({"memlock_limit": 1.5}, "memlock_limit"),
+        ({"memlock_limit": 1 << 64}, "memlock_limit"),
+        ({"memlock_limit": True}, "memlock_limit"),
+        ({"memlock_limit": "1M"}, "memlock_limit"),
+        ({"locked": -1 << 20}, "locked"),
+        ({"locked": 1 << 64}, "locked"),
+        ({"locked": 4096.0}, "locked"),
+        ({"locked": None}, "locked"),
+    ],
+)
+def test_host_refuses_byte_counts_the_kernel_cannot_hold(kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Host(**kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(f"{name} takes ") and "0 to 2**64-1" in message and "\n" not in message
+
+
+def test_host_byte_count_extremes_are_accepted() -> None:
+    host = Host(memlock_limit=(1 << 64) - 1, locked=0)
+    assert host.memlock_room() == (1 << 64) - 1
+    assert Host(memlock_limit=0).memlock_room() == 0
+    with pytest.raises(ValueError, match="memlock_limit takes None"):
+        host.set_memlock_limit(-4096)
+    assert host.memlock_limit == (1 << 64) - 1
+    host.set_memlock_limit(None)
+    assert host.memlock_room() is None
 
 
 # --- guest view ----------------------------------------------------------------------------------------
@@ -637,7 +856,7 @@ def test_guest_pmbidr_carries_the_vm_value_and_the_spu_fields() -> None:
     vcpu.set_device_attr(SPE, MAX, 4 * MiB)
     assert vcpu.guest_pmbidr == raw & ~(0xFFFF << 32) | 0x400 << 32
     assert vcpu.guest_pmbidr == 0x0000_0400_0000_0000 | 0x2 << 8 | 1 << 5 | 4
-    assert vm.create_vcpu(spe=False).guest_pmbidr is None
+    assert plain_vcpu(host).guest_pmbidr is None
 
 
 def test_guest_pmbidr_zero_means_no_limit() -> None:

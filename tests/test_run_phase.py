@@ -37,6 +37,8 @@ def make(
         v.set_device_attr(SPE, IRQ, 23)
     cpus[0].set_device_attr(SPE, SPU, 7)
     cpus[0].set_device_attr(SPE, MAX, size)
+    for v in cpus:
+        v.set_device_attr(SPE, abi.KVM_ARM_VCPU_SPE_INIT, None)
     return host, vm, cpus
 
 

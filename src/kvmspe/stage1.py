@@ -1,10 +1,10 @@
 """The guest's stage-1 translation, as far as pinning the SPE buffer needs it.
 
 KVM pins the host pages behind the guest's profiling buffer and behind every
-stage-1 table page that translates it (FACTS section 5). How many that is
-depends on the guest: its translation granule, how many levels it walks,
-whether it maps memory with blocks, and where its table and data pages sit
-in guest-physical memory. :class:`Stage1` says all of that as data, and
+stage-1 table page that translates it (the reference patch's documentation,
+v6 patch 29). How many that is depends on the guest: its translation
+granule, how many levels it walks, whether it maps memory with blocks, and
+where its table and data pages sit in guest-physical memory. :class:`Stage1` says all of that as data, and
 :meth:`Stage1.footprint` turns a buffer ``[lo, hi)`` into the host pages it
 needs, by interval arithmetic per level: the cost does not depend on the
 buffer's size.
