@@ -888,12 +888,14 @@ sizes = st.one_of(
 )
 irqs = st.sampled_from((15, 16, 20, 23, 31, 32, 0, -1)) | st.integers(-(1 << 31), (1 << 31) - 1)
 spu_ids = st.sampled_from((8, 9, 10, 7, -1))
-#: Values outside each attribute's C type (__u64 for MAX, int for IRQ and SPU).
+#: Values outside each attribute's C type (__u64 for MAX, int for IRQ and SPU, none for INIT).
 BAD_VALUES = {
-    MAX: (-1, 1 << 64, True, 1.0, None, "4096"),
+    MAX: (-1, 1 << 64, True, 1.0, None),
     IRQ: (-(1 << 31) - 1, 1 << 31, False, 23.0, None),
     SPU: (-(1 << 31) - 1, 1 << 31, True, 8.0, None),
+    INIT: (0, 1, -1, 3.0, "x"),
 }
+PPIS = range(16, 32)
 
 
 @dataclass
@@ -904,21 +906,27 @@ class SHost:
 
 @dataclass
 class SVm:
+    """The oracle's own record of a VM, kept from the rules as documented."""
+
     vm: Vm
     host: SHost
+    irqchip: bool = True
+    #: The SPE feature of the VM's VCPUs, fixed by the first one.
+    spe: bool | None = None
     spu: int | None = None
     max: int | None = None
     irq: int | None = None
     ran: bool = False
     frozen: object = None
     vcpus: list[SVcpu] = field(default_factory=list)
+    used_ids: set[int] = field(default_factory=set)
 
     def snapshot(self) -> object:
         return (
             None if self.vm.spu is None else self.vm.spu.id,
             self.vm.max_buffer_size,
             self.vm.irq,
-            [v.irq for v in self.vm.vcpus],
+            [(v.irq, v.initialised) for v in self.vm.vcpus],
         )
 
 
@@ -928,6 +936,8 @@ class SVcpu:
     vm: SVm
     spe: bool
     irq: int | None = None
+    initialised: bool = False
+    ran: bool = False
 
 
 def documented(call: str, attr: int) -> set[int]:
@@ -948,15 +958,34 @@ class ConfigMachine(RuleBasedStateMachine):
 
     # -- building: every new host or VM comes with one VCPU ---------------------------------------
 
-    def add_vcpu(self, vm: SVm, spe: bool) -> SVcpu:
-        svcpu = SVcpu(vm.vm.create_vcpu(spe=spe), vm, spe)
+    def add_vcpu(self, vm: SVm, spe: bool) -> SVcpu | None:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT; None when the oracle says it fails."""
+        index = next(i for i in range(len(vm.used_ids) + 1) if i not in vm.used_ids)
+        if vm.ran:
+            want = errno.EBUSY
+        elif vm.spe is not None and vm.spe != spe:
+            want = errno.EINVAL  # features are per VM (measured on Linux 7.2); the id is used
+            vm.used_ids.add(index)
+        else:
+            want = 0
+        try:
+            vcpu = vm.vm.create_vcpu(spe=spe)
+        except KvmError as exc:
+            assert exc.errno == want != 0, str(exc)
+            return None
+        assert want == 0 and vcpu.index == index
+        vm.used_ids.add(index)
+        vm.spe = spe
+        svcpu = SVcpu(vcpu, vm, spe)
         vm.vcpus.append(svcpu)
         return svcpu
 
-    def add_vm(self, host: SHost) -> SVcpu:
-        svm = SVm(host.host.create_vm(), host)
+    def add_vm(self, host: SHost, *, spe: bool = True, irqchip: bool = True) -> SVcpu:
+        svm = SVm(host.host.create_vm(irqchip=irqchip), host, irqchip)
         self.all_vms.append(svm)
-        return self.add_vcpu(svm, spe=True)
+        first = self.add_vcpu(svm, spe)
+        assert first is not None
+        return first
 
     @initialize(
         target=vcpus,
@@ -983,25 +1012,36 @@ class ConfigMachine(RuleBasedStateMachine):
         host = Host(page, [Spu(i, lim) for i, lim in spus.items()], memlock, locked=locked)
         return self.add_vm(SHost(host, spus))
 
-    @rule(target=vcpus, v=vcpus, configure=st.booleans())
-    def new_vm(self, v: SVcpu, configure: bool) -> SVcpu:
-        new = self.add_vm(v.vm.host)
+    @rule(
+        target=vcpus,
+        v=vcpus,
+        configure=st.booleans(),
+        spe=st.sampled_from((True, True, False)),
+        irqchip=st.sampled_from((True, True, False)),
+    )
+    def new_vm(self, v: SVcpu, configure: bool, spe: bool, irqchip: bool) -> SVcpu:
+        new = self.add_vm(v.vm.host, spe=spe, irqchip=irqchip)
         if configure:
             self.configure(new)
         return new
 
-    @rule(target=vcpus, v=vcpus, spe=st.booleans())
+    @rule(target=vcpus, v=vcpus, spe=st.sampled_from((True, True, False)))
     def new_vcpu(self, v: SVcpu, spe: bool) -> object:
-        if v.vm.ran:
-            assert outcome(v.vm.vm.create_vcpu, spe=spe) == errno.EBUSY
-            return multiple()
-        return self.add_vcpu(v.vm, spe)
+        made = self.add_vcpu(v.vm, spe)
+        return multiple() if made is None else made
 
     @rule(v=vcpus)
     def configure(self, v: SVcpu) -> None:
-        """What a VMM does: SPU 8 and PPI 23 (each may fail, and is checked)."""
+        """What a VMM does: SPU 8, PPI 23 (each may fail, and is checked)."""
         self.do_set(v, SPU, 8)
         self.do_set(v, IRQ, 23)
+
+    @rule(v=vcpus)
+    def configure_and_init(self, v: SVcpu) -> None:
+        """The whole sequence: SPU 8, PPI 23, the VM's size or 2 MiB, INIT."""
+        self.configure(v)
+        self.do_set(v, MAX, v.vm.max if v.vm.max is not None else 2 * MiB)
+        self.do_set(v, INIT, None)
 
     # -- the oracle's view --------------------------------------------------------------------------
 
@@ -1016,34 +1056,50 @@ class ConfigMachine(RuleBasedStateMachine):
 
     def expect_set(self, v: SVcpu, attr: int, value: object) -> int:
         vm = v.vm
+        bad = value is abi.BAD_ADDRESS
         if attr == MAX:
             host = vm.host.host
             room = None if host.memlock_limit is None else max(0, host.memlock_limit - host.locked_bytes)
             return expected_set_max(
                 host_has_spe=bool(vm.host.limits),
                 vcpu_spe=v.spe,
-                bad_address=value is abi.BAD_ADDRESS,
+                bad_address=bad,
                 ran=vm.ran,
                 page=host.page_size,
                 spu_limit=None if vm.spu is None else vm.host.limits[vm.spu],
                 current=vm.max,
                 room=room,
-                value=0 if value is abi.BAD_ADDRESS else value,  # type: ignore[arg-type]
+                value=0 if bad else value,  # type: ignore[arg-type]
             )
         code = self.group_errno(v, attr)
         if code:
             return code
-        if value is abi.BAD_ADDRESS:
-            return errno.EFAULT
-        if vm.ran:
-            return errno.EBUSY
         if attr == IRQ:
-            assert isinstance(value, int)
-            if not 16 <= value <= 31 or (vm.irq is not None and vm.irq != value):
+            # RFC v4/v5: no irqchip, then (as the PMU) after run, then set once;
+            # only then is the value read, and it must be the VM's one PPI.
+            if not vm.irqchip:
+                return errno.ENXIO
+            if vm.ran or v.irq is not None:
+                return errno.EBUSY
+            if bad:
+                return errno.EFAULT
+            if value not in PPIS or (vm.irq is not None and vm.irq != value):
                 return errno.EINVAL
             return 0
+        if attr == INIT:
+            # Takes no value: a bad pointer changes nothing.
+            if vm.ran or v.initialised:
+                return errno.EBUSY
+            if not vm.irqchip or v.irq is None or vm.spu is None or vm.max is None:
+                return errno.ENXIO
+            return 0
+        # SPU: the value is read first; an unknown id is ENXIO whatever the state (as SET_PMU).
+        if bad:
+            return errno.EFAULT
         if value not in vm.host.limits:
             return errno.ENXIO
+        if vm.ran:
+            return errno.EBUSY
         return errno.EINVAL if vm.spu is not None and vm.spu != value else 0
 
     def do_set(self, v: SVcpu, attr: int, value: object) -> None:
@@ -1053,6 +1109,9 @@ class ConfigMachine(RuleBasedStateMachine):
         assert got == want, (attr, value, got, want)
         assert got in documented("set", attr) | {0}
         if got:
+            return
+        if attr == INIT:
+            v.initialised = True
             return
         assert isinstance(value, int)
         if attr == MAX:
@@ -1078,11 +1137,20 @@ class ConfigMachine(RuleBasedStateMachine):
     def set_irq(self, v: SVcpu, irq: int) -> None:
         self.do_set(v, IRQ, irq)
 
+    @rule(v=vcpus)
+    def set_irq_again(self, v: SVcpu) -> None:
+        """The VM's PPI again (or 23): EBUSY on a VCPU that has one, even the same."""
+        self.do_set(v, IRQ, v.vm.irq if v.vm.irq is not None else 23)
+
     @rule(v=vcpus, spu=spu_ids)
     def set_spu(self, v: SVcpu, spu: int) -> None:
         self.do_set(v, SPU, spu)
 
-    @rule(v=vcpus, attr=st.sampled_from(ATTRS))
+    @rule(v=vcpus, bad=st.booleans())
+    def set_init(self, v: SVcpu, bad: bool) -> None:
+        self.do_set(v, INIT, abi.BAD_ADDRESS if bad else None)
+
+    @rule(v=vcpus, attr=st.sampled_from(VALUED))
     def set_bad_address(self, v: SVcpu, attr: int) -> None:
         self.do_set(v, attr, abi.BAD_ADDRESS)
 
@@ -1100,7 +1168,7 @@ class ConfigMachine(RuleBasedStateMachine):
             raise AssertionError(f"{value!r} was accepted")
         assert v.vm.snapshot() == before
 
-    @rule(v=vcpus, attr=st.sampled_from((3, 4, 255)))
+    @rule(v=vcpus, attr=st.sampled_from((4, 5, 255, 1 << 32)))
     def unknown_attr(self, v: SVcpu, attr: int) -> None:
         want = self.group_errno(v, attr)
         assert outcome(v.vcpu.set_device_attr, SPE, attr, 0) == want
@@ -1110,7 +1178,7 @@ class ConfigMachine(RuleBasedStateMachine):
     @rule(v=vcpus, attr=st.sampled_from(ATTRS), bad=st.booleans())
     def get(self, v: SVcpu, attr: int, bad: bool) -> None:
         want = self.group_errno(v, attr)
-        value = {MAX: v.vm.max, SPU: v.vm.spu, IRQ: v.irq}[attr]
+        value = {MAX: v.vm.max, SPU: v.vm.spu, IRQ: v.irq, INIT: None}[attr]
         if not want and value is None:
             want = errno.EINVAL if attr == MAX else errno.ENXIO
         if not want and bad:
@@ -1128,15 +1196,9 @@ class ConfigMachine(RuleBasedStateMachine):
         assert v.vcpu.has_device_attr(SPE, attr) is (self.group_errno(v, attr) == 0)
 
     @rule(v=vcpus)
-    def run_plain_vcpu(self, v: SVcpu) -> None:
-        """Any VCPU's first KVM_RUN fixes the VM, also one without SPE."""
-        if not v.vm.ran:
-            self.run(self.add_vcpu(v.vm, spe=False))
-
-    @rule(v=vcpus)
     def run(self, v: SVcpu) -> None:
         vm = v.vm
-        ready = not v.spe or (v.irq is not None and vm.spu is not None and vm.max is not None)
+        ready = not v.spe or v.initialised
         try:
             exit_ = v.vcpu.run()
         except KvmError as exc:
@@ -1144,6 +1206,7 @@ class ConfigMachine(RuleBasedStateMachine):
             assert exc.errno in abi.RUN_ERRNOS
             return
         assert ready and isinstance(exit_, abi.Exit)
+        v.ran = True
         if not vm.ran:
             vm.ran = True
             vm.frozen = vm.snapshot()
@@ -1159,11 +1222,43 @@ class ConfigMachine(RuleBasedStateMachine):
         for svm in self.all_vms:
             vm = svm.vm
             assert vm.has_run is svm.ran
+            assert vm.irqchip is svm.irqchip
+            assert vm.spe_feature is svm.spe
             assert vm.max_buffer_size == svm.max
             assert (None if vm.spu is None else vm.spu.id) == svm.spu
             assert vm.irq == svm.irq
+            assert vm.used_ids == svm.used_ids
+            assert [v.vcpu for v in svm.vcpus] == vm.vcpus
             for sv in svm.vcpus:
                 assert sv.vcpu.irq == sv.irq
+                assert sv.vcpu.initialised is sv.initialised
+
+    @invariant()
+    def one_ppi_per_vm(self) -> None:
+        """Every VCPU's SPE interrupt is the VM's, a PPI, set only with an irqchip."""
+        for svm in self.all_vms:
+            irqs = {sv.vcpu.irq for sv in svm.vcpus} - {None}
+            assert irqs <= {svm.vm.irq}
+            assert svm.vm.irq is None or (svm.vm.irq in PPIS and svm.irqchip)
+
+    @invariant()
+    def features_are_the_vms(self) -> None:
+        for svm in self.all_vms:
+            assert {sv.vcpu.spe for sv in svm.vcpus} <= {svm.spe}
+
+    @invariant()
+    def initialised_means_ready(self) -> None:
+        """INIT succeeded only with an irqchip, this VCPU's IRQ, the VM's SPU and size;
+        a run VCPU with SPE was initialised; a run VM with SPE has its SPU and size."""
+        for svm in self.all_vms:
+            for sv in svm.vcpus:
+                if sv.vcpu.initialised:
+                    assert svm.irqchip and sv.irq is not None
+                    assert svm.spu is not None and svm.max is not None
+                if sv.ran and sv.spe:
+                    assert sv.vcpu.initialised
+            if svm.ran and svm.spe:
+                assert svm.spu is not None and svm.max is not None and svm.irqchip
 
     @invariant()
     def nothing_changes_after_run(self) -> None:
