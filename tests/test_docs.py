@@ -32,10 +32,31 @@ def test_every_assumption_is_documented() -> None:
 
 
 def test_every_check_names_a_known_source() -> None:
-    sources = {"seed", "series", "arch", "uapi", "assumed"}
+    sources = {"seed", "series", "measured", "arch", "uapi", "assumed"}
     checks = list(RULES.group) + list(RULES.run)
     for table in (RULES.set, RULES.get):
         for tup in table.values():
             checks += list(tup)
     bad = [(c.name, c.source) for c in checks if c.source not in sources]
     assert not bad
+
+
+def test_the_docs_cite_sources_by_name() -> None:
+    """Sources are named (the reference patch, v6 patch N, RFC v5, Linux 7.2),
+    never by the section of a document the repository does not hold."""
+    assert "FACTS" not in RULES_DOC
+    for name in ("reference patch", "RFC v5", "patch 15", "measured on Linux 7.2"):
+        assert name in RULES_DOC, name
+
+
+def test_every_rule_row_names_a_source_class() -> None:
+    """Each row of a check table ends with its source class and what would change it."""
+    rows = [
+        line
+        for line in RULES_DOC.splitlines()
+        if line.startswith("| ") and len(line.split("|")) == 8 and "`" in line.split("|")[2]
+    ]
+    assert rows
+    classes = ("seed", "series", "measured", "uapi", "arch", "assumed")
+    bad = [r for r in rows if not any(c in r.split("|")[-3] for c in classes)]
+    assert not bad, bad

@@ -100,7 +100,8 @@ def test_scenarios_cover_every_case_once(scenarios: dict[str, Any]) -> None:
     guest_ops = {"enable", "disable", "guest_read", "vm_lck"}
     for s in scenarios["scenarios"]:
         assert s["needs_guest"] == any(c["op"] in guest_ops for c in s["calls"])
-        assert s["source"] in ("seed", "series", "arch", "uapi", "assumed")
+        assert s["source"] in ("seed", "series", "measured", "arch", "uapi", "assumed")
+        assert isinstance(s["irqchip"], bool)
 
 
 def _replay(s: dict[str, Any], base: int) -> list[str]:
@@ -109,7 +110,7 @@ def _replay(s: dict[str, Any], base: int) -> list[str]:
     spus = [model.Spu(spu["id"], pmbidr=_u64(spu["pmbidr_el1"])) for spu in h["spus"]]
     locked = _u64(h["locked"]) or 0
     host = model.Host(h["page_size"], spus, _u64(h["memlock_limit"]), locked=locked)
-    vm = host.create_vm()
+    vm = host.create_vm(irqchip=s["irqchip"])
     vcpus = [vm.create_vcpu(v["index"], spe=v["spe"]) for v in s["vcpus"]]
     problems = []
     for i, call in enumerate(s["calls"]):
@@ -132,6 +133,9 @@ def _replay(s: dict[str, Any], base: int) -> list[str]:
                     got.update(exit_reason=ex.reason, rlimit_excess=hex(ex.rlimit_excess or 0))
                 if exp.get("exit") == "any":
                     got = {"exit": "any"}
+            elif op == "create_vcpu":
+                vcpus.append(vm.create_vcpu(spe=call["spe"]))
+                got = {"ok": True}
             elif op == "setrlimit":
                 host.set_memlock_limit(_u64(call["memlock_limit"]))
                 got = {"ok": True}
@@ -182,6 +186,19 @@ def test_errno_numbers_match_their_names(scenarios: dict[str, Any]) -> None:
         "ENOMEM",
     }
     assert all(getattr(errno, name) == num for num, name in seen)
+
+
+def test_scenarios_carry_init_the_irqchip_and_vcpu_creation(scenarios: dict[str, Any]) -> None:
+    by = {s["name"]: s for s in scenarios["scenarios"]}
+    init = by["init-configured"]["calls"][-1]
+    assert (init["attr"], init["attr_name"], init["value"]) == (3, "KVM_ARM_VCPU_SPE_INIT", None)
+    assert by["irq-without-irqchip"]["irqchip"] is False and by["irq-set-get"]["irqchip"] is True
+    assert by["irq-without-irqchip"]["calls"][0]["expect"] == {"errno": errno.ENXIO, "errno_name": "ENXIO"}
+    create = by["features-plain-in-spe-vm"]["calls"][0]
+    assert (create["op"], create["ioctl"], create["spe"]) == ("create_vcpu", "KVM_CREATE_VCPU", False)
+    assert create["expect"] == {"errno": errno.EINVAL, "errno_name": "EINVAL"}
+    unknown = by["unknown-attr-set"]["calls"][-1]
+    assert unknown["attr"] not in (0, 1, 2, 3)
 
 
 def test_a_replayed_scenario_notices_a_wrong_expectation(scenarios: dict[str, Any]) -> None:
