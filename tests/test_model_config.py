@@ -718,7 +718,9 @@ def test_init_get_is_enxio_before_and_after() -> None:
         (False, False, False, False, "no SPE interrupt"),
     ],
 )
-def test_init_before_everything_is_set_enxio(irqchip: bool, irq: bool, spu: bool, size: bool, words: str) -> None:
+def test_init_before_everything_is_set_enxio(
+    irqchip: bool, irq: bool, spu: bool, size: bool, words: str
+) -> None:
     host = Host(spus=[Spu(8, 0)])
     vcpu = host.create_vm(irqchip=irqchip).create_vcpu()
     if irq:

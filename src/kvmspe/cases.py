@@ -77,10 +77,11 @@ SOURCES = ("seed", "series", "measured", "arch", "uapi", "assumed")
 #: Operations a step may name. ``set``/``get``/``has`` are the three device
 #: attribute ioctls, ``run`` is KVM_RUN, ``setrlimit`` changes the VMM's
 #: RLIMIT_MEMLOCK, ``create_vcpu`` adds a VCPU to the VM (KVM_CREATE_VCPU and
-#: KVM_ARM_VCPU_INIT; ``target`` "spe" with the SPE feature, "plain" without). The rest need a guest that programs its SPE buffer, which
-#: only the model has: ``enable`` (the guest enables a buffer of ``value``
-#: bytes), ``disable``, ``guest_read`` (the guest reads a register field,
-#: ``target`` = "REG.FIELD"), ``vm_lck`` (the VMM's VmLck).
+#: KVM_ARM_VCPU_INIT; ``target`` "spe" with the SPE feature, "plain" without).
+#: The rest need a guest that programs its SPE buffer, which only the model
+#: has: ``enable`` (the guest enables a buffer of ``value`` bytes),
+#: ``disable``, ``guest_read`` (the guest reads a register field, ``target`` =
+#: "REG.FIELD"), ``vm_lck`` (the VMM's VmLck).
 OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu", "enable", "disable", "guest_read", "vm_lck")
 #: The operations that need guest code (model only).
 GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
@@ -298,7 +299,11 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         GET fail with ENXIO, for every attribute and both spellings.""",
         *(case(f"no-spe-has-{n}", NO_SPE, has(a, False)) for n, a in _SPE_ATTRS),
         *(
-            case(f"no-spe-set-{n}", NO_SPE, set_(a, None if n == "init" else 4096 if "max" in n else 21, "ENXIO"))
+            case(
+                f"no-spe-set-{n}",
+                NO_SPE,
+                set_(a, {"init": None, "max": 4096, "max-doc": 4096}.get(n, 21), "ENXIO"),
+            )
             for n, a in _SPE_ATTRS
         ),
         *(case(f"no-spe-get-{n}", NO_SPE, get(a, "ENXIO")) for n, a in _SPE_ATTRS),
@@ -778,7 +783,9 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("run-without-max", ONE, SPU_SET, IRQ_SET, run("EINVAL")),
         case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), run("EINVAL")),
         case("run-without-init", ONE, *CONFIGURE, run("EINVAL")),
-        case("run-other-vcpu-not-initialised", TWO_VCPUS, *READY, set_(IRQ, 21, vcpu=1), run("EINVAL", vcpu=1)),
+        case(
+            "run-other-vcpu-not-initialised", TWO_VCPUS, *READY, set_(IRQ, 21, vcpu=1), run("EINVAL", vcpu=1)
+        ),
         case("run-configured", ONE, *READY, run()),
         case("run-no-feature", NO_FEATURE, run()),
     ),

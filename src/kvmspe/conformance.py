@@ -564,7 +564,7 @@ def _needs_irqchip(case: Case, facts: HostFacts) -> bool:
     (or the VCPU runs bare), with or without an irqchip."""
     if not facts.spe:
         return False
-    needs = {(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ), (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_INIT)}
+    needs = {(abi.KVM_ARM_VCPU_SPE_CTRL, a) for a in (abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_INIT)}
     return any(s.op == "run" or (s.op == "set" and _attr(s.target) in needs) for s in case.calls)
 
 

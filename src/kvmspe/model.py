@@ -127,12 +127,14 @@ class Host:
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SPU ids must be unique, got {ids}")
-        self.memlock_limit = _bytes("memlock_limit", memlock_limit, none_ok=True)
+        self.memlock_limit = _limit(memlock_limit)
         self.locked_bytes = _bytes("locked", locked)
         if not isinstance(rules, RuleSet):
             raise ValueError(f"rules must be a kvmspe.rules.RuleSet, got {type(rules).__name__}")
         if not isinstance(assumptions, Assumptions):
-            raise ValueError(f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}")
+            raise ValueError(
+                f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}"
+            )
         #: Historical maximum of locked memory (VmLck as KVM keeps it).
         self.vm_lck = locked
         self.rules = rules
@@ -151,7 +153,7 @@ class Host:
 
     def set_memlock_limit(self, limit: int | None) -> None:
         """Change RLIMIT_MEMLOCK (as setrlimit in the VMM would); None: unlimited."""
-        self.memlock_limit = _bytes("memlock_limit", limit, none_ok=True)
+        self.memlock_limit = _limit(limit)
 
     def lock(self, nbytes: int) -> None:
         """Account ``nbytes`` more locked memory (the caller checked the limit)."""
@@ -177,14 +179,16 @@ class Host:
         return vm
 
 
-def _bytes(name: str, value: object, *, none_ok: bool = False) -> int | None:
+def _bytes(name: str, value: object, accepted: str = "") -> int:
     """``value`` as a byte count the kernel can hold (0..2**64-1), or ValueError."""
-    if value is None and none_ok:
-        return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
-        accepted = "None (unlimited) or " if none_ok else ""
         raise ValueError(f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}")
     return value
+
+
+def _limit(value: object) -> int | None:
+    """An RLIMIT_MEMLOCK value: None (unlimited) or an rlim_t byte count."""
+    return None if value is None else _bytes("memlock_limit", value, "None (unlimited) or ")
 
 
 #: The largest value of a __u64 or an arm64 unsigned long.
@@ -235,7 +239,9 @@ class Vm:
         limit = self.host.assumptions.max_vcpu_ids
         if index >= limit:
             raise KvmError(
-                errno.EINVAL, f"VCPU id {index} is not below KVM_MAX_VCPU_IDS ({limit})", ioctl="KVM_CREATE_VCPU"
+                errno.EINVAL,
+                f"VCPU id {index} is not below KVM_MAX_VCPU_IDS ({limit})",
+                ioctl="KVM_CREATE_VCPU",
             )
         if index in self.used_ids:
             raise KvmError(errno.EEXIST, f"VCPU {index} exists already", ioctl="KVM_CREATE_VCPU")
