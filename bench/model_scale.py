@@ -34,6 +34,7 @@ def model_512_vcpus() -> int:
         if i == 0:
             vcpu.set_device_attr(ctrl, abi.KVM_ARM_VCPU_SPE_SPU, 1)
             vcpu.set_device_attr(ctrl, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, SIZE)
+        vcpu.set_device_attr(ctrl, abi.KVM_ARM_VCPU_SPE_INIT, None)
     for i, vcpu in enumerate(vm.vcpus):
         vcpu.enable_buffer(i * SIZE, SIZE)
         exit_ = vcpu.run()

@@ -111,6 +111,8 @@ def _model_pinned(case: str, vcpus: int, size: int, page: int, granule: int, lev
         v.set_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ, 20)
     cpus[0].set_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_SPU, 1)
     cpus[0].set_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, size)
+    for v in cpus:
+        v.set_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_INIT, None)
     for v, where in zip(cpus, placements(case, vcpus, size, granule=granule, levels=levels), strict=True):
         v.enable_buffer(where.base, where.size, where.stage1)
         assert v.run() == abi.Exit(assumptions.idle_exit)
