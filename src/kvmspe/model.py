@@ -6,7 +6,12 @@ objects with the same methods as the real backend's VCPU
 (:mod:`kvmspe.kvm`): ``set_device_attr``, ``get_device_attr``,
 ``has_device_attr`` and ``run``. Errors are :class:`~kvmspe.errors.KvmError`
 (an ``OSError``) with the kernel's errno. Which errno, and in what order, is
-decided only in :mod:`kvmspe.rules`; this module keeps state.
+decided only in :mod:`kvmspe.rules`; this module keeps state: the VM's SPU,
+max buffer size, SPE interrupt and in-kernel irqchip (on by default, as every
+arm64 VMM makes one), the VCPU features its first VCPU fixed, and per VCPU its
+interrupt and whether KVM_ARM_VCPU_SPE_INIT succeeded (which KVM_RUN needs).
+Bad input to the model itself (a VCPU id, a byte count, a value outside an
+attribute's C type) is a ValueError before any check.
 
 The run phase: the modelled guest programs its buffer on a VCPU
 (``guest_write`` / ``enable_buffer``) and describes its stage-1 translation
