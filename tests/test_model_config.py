@@ -802,6 +802,15 @@ def test_create_vcpu_refuses_what_kvm_create_vcpu_cannot_take(index: object) -> 
     assert vm.vcpus == [] and vm.used_ids == set()
 
 
+def test_create_vcpu_after_run_is_ebusy_before_the_id_is_looked_up() -> None:
+    vcpu = plain_vcpu()
+    vcpu.run()
+    for index in (0, 1):
+        exc = raised(errno.EBUSY, vcpu.vm.create_vcpu, index, spe=False)
+        assert exc.ioctl == "KVM_CREATE_VCPU"
+    raised(errno.EINVAL, vcpu.vm.create_vcpu, 512, spe=False)  # the id range first
+
+
 def test_create_vcpu_ids_from_kvm_max_vcpu_ids_up_are_einval() -> None:
     vm = Host().create_vm()
     assert vm.create_vcpu(511).index == 511

@@ -248,10 +248,11 @@ class Vm:
                 f"VCPU id {index} is not below KVM_MAX_VCPU_IDS ({limit})",
                 ioctl="KVM_CREATE_VCPU",
             )
-        if index in self.used_ids:
-            raise KvmError(errno.EEXIST, f"VCPU {index} exists already", ioctl="KVM_CREATE_VCPU")
+        # KVM_CREATE_VCPU refuses a new VCPU (EBUSY) before it looks the id up (EEXIST).
         if self.has_run:
             raise KvmError(errno.EBUSY, "VCPUs cannot be added once the VM has run", ioctl="KVM_CREATE_VCPU")
+        if index in self.used_ids:
+            raise KvmError(errno.EEXIST, f"VCPU {index} exists already", ioctl="KVM_CREATE_VCPU")
         self.used_ids.add(index)
         if self.spe_feature is not None and spe != self.spe_feature:
             have = "with" if self.spe_feature else "without"
