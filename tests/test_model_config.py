@@ -841,6 +841,11 @@ def test_host_refuses_byte_counts_the_kernel_cannot_hold(kwargs: dict[str, objec
     assert message.startswith(f"{name} takes ") and "0 to 2**64-1" in message and "\n" not in message
 
 
+def test_host_refuses_what_is_not_an_spu() -> None:
+    with pytest.raises(ValueError, match="spus takes kvmspe.model.Spu objects, got 8"):
+        Host(spus=[8])  # type: ignore[list-item]
+
+
 def test_host_byte_count_extremes_are_accepted() -> None:
     host = Host(memlock_limit=(1 << 64) - 1, locked=0)
     assert host.memlock_room() == (1 << 64) - 1

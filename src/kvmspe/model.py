@@ -129,6 +129,9 @@ class Host:
         maxbuf.check_page_size(page_size)
         self.page_size = page_size
         self.spus = tuple(spus)
+        odd = [s for s in self.spus if not isinstance(s, Spu)]
+        if odd:
+            raise ValueError(f"spus takes kvmspe.model.Spu objects, got {odd[0]!r}")
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SPU ids must be unique, got {ids}")
