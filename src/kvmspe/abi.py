@@ -602,7 +602,12 @@ def exit_name(reason: int) -> str:
     """Name of a KVM exit reason, KVM_EXIT_RLIMIT included."""
     if reason == ASSUMED.exit_rlimit:
         return "KVM_EXIT_RLIMIT"
-    return _EXIT_NAMES.get(reason, f"exit reason {reason}")
+    name = _EXIT_NAMES.get(reason)
+    if name is None:
+        from . import upstream
+
+        name = upstream.exit_name(reason)
+    return name or f"exit reason {reason}"
 
 
 @dataclass(frozen=True)

@@ -681,8 +681,9 @@ def cmd_configure(args: argparse.Namespace) -> int:
         for i in range(args.vcpus):
             vcpus.append(vm.create_vcpu(i, spe=True))
             if backend == "kvm" and kvm.arch == "aarch64":
-                step = f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {kvm.spe_feature().bit})"
-                report.add(step, True, vcpu=i)
+                bit = kvm.spe_feature().bit
+                report.add(f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})",
+                           True, vcpu=i)
             else:
                 report.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
         if backend == "kvm" and kvm.arch == "aarch64":

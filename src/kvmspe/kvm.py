@@ -872,8 +872,8 @@ class Vcpu(_Owned):
                 _retry(self._ioctl, self.fd, abi.KVM_RUN, 0)
             else:
                 self._run_bounded(timeout)
-        except RunTimeout:
-            raise
+        except KvmError:
+            raise  # ours: a timeout, or a run that cannot be bounded
         except OSError as exc:
             code = exc.errno or errno.EIO
             raise KvmError(code, self._run_error(code), ioctl="KVM_RUN") from None
