@@ -358,7 +358,9 @@ def _limit(n: int | None) -> str:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from . import discovery
+    from . import abi, discovery
+
+    abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
 
     if args.fixture:
         roots = discovery.fixture_roots(args.fixture)
@@ -379,6 +381,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         (info.dev_kvm, kvm),
         ("SPE in KVM", ("yes: " if info.spe_supported else "no: ") + info.spe_reason),
     ]
+    if info.spe_feature_reason:
+        rows.append(("SPE VCPU feature", info.spe_feature_reason))
     if info.cap_arm_spe_reason:
         rows.append(("KVM_CAP_ARM_SPE", info.cap_arm_spe_reason))
     if info.spe_instances:
