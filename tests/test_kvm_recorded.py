@@ -84,6 +84,8 @@ class Record:
     arg: int | bytes
     #: For SET: the 8 bytes behind addr when the call was made.
     value: bytes | None = None
+    #: For KVM_CREATE_VM / KVM_CREATE_VCPU: the fd answered.
+    result: int | None = None
 
 
 class Recorder:
@@ -130,7 +132,8 @@ class Recorder:
             code = pending.pop(0)
             raise OSError(code, os.strerror(code))
         if request in (CREATE_VM, CREATE_VCPU):
-            return self.new_fd()
+            record.result = self.new_fd()
+            return record.result
         if request == CREATE_DEVICE:
             assert isinstance(payload, bytes) and len(payload) == 12
             arg[4:8] = u32(self.new_fd())
@@ -960,3 +963,64 @@ def test_configure_spe_stops_at_a_refused_init_and_names_it(vcpu: Vcpu, rec: Rec
         vmm.configure_spe(vcpu, irq=23, spu=10, max_buffer_size=4 << 20)
     assert info.value.step == vmm.Step("set", INIT) and info.value.errno == errno.ENXIO
     assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: ENXIO")
+
+
+# -- discovery and the conformance probe against the recorded kernels ------------------------------
+
+
+def _host_info() -> Any:
+    from kvmspe.discovery import HostInfo
+
+    return HostInfo("aarch64", "aarch64", "test", 4096, "/dev/kvm", kvm_usable=True)
+
+
+def _vcpu_ids_per_vm(rec: Recorder) -> dict[int, list[int]]:
+    """VCPU ids asked for, per VM in creation order (fd numbers are reused after close)."""
+    ids: dict[int, list[int]] = {}
+    vm_fd: dict[int, int] = {}  # fd -> index of the VM currently holding it
+    for n, c in enumerate(rec.calls):
+        if c.request == CREATE_VM:
+            assert c.result is not None
+            vm_fd[c.result] = n
+        elif c.request == CREATE_VCPU:
+            assert isinstance(c.arg, int)
+            ids.setdefault(vm_fd[c.fd], []).append(c.arg)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("known", "unknown", "spe_bit", "supported", "words"),
+    [
+        (set(range(9)) | {12}, errno.EINVAL, 12, True, ["bit 12, probed"]),
+        (set(range(10)), errno.EINVAL, None, False,
+         ["this kernel has no SPE VCPU feature", "bit 9: accepted by KVM_ARM_VCPU_INIT, but the SPE group"]),
+        (set(range(7)), errno.ENOENT, None, False,
+         ["this kernel has no SPE VCPU feature", "bits 9..31: KVM_ARM_VCPU_INIT ENOENT"]),
+    ],
+    ids=["spe-at-bit-12", "accepts-an-unrelated-bit", "enoent-like-6.1"],
+)
+def test_discovery_probes_on_throwaway_vms_and_says_why(
+    rec: Recorder, tmp_path: Path, known: set[int], unknown: int, spe_bit: int | None,
+    supported: bool, words: list[str],
+) -> None:
+    from kvmspe import conformance, discovery
+
+    info = _host_info()
+    with _probe(rec, tmp_path, known, unknown, spe_bit) as kvm:
+        discovery._probe_spe_group(kvm, info)
+        assert info.spe_supported is supported
+        for word in words:
+            assert word in info.spe_reason, info.spe_reason
+        assert info.spe_feature_bit == spe_bit
+        assert info.cap_arm_spe is None
+        # Never the same VCPU id twice in one VM (KVM never frees one).
+        for ids in _vcpu_ids_per_vm(rec).values():
+            assert len(ids) == len(set(ids))
+        # The conformance runner's probe agrees, on a VM of its own.
+        assert conformance._probe(kvm).spe is supported
+    # Every INIT with a feature bit set was a one-candidate probe (bits 9..31), never a guess.
+    for c in rec.calls:
+        if c.request == ARM_VCPU_INIT and isinstance(c.arg, bytes):
+            word = int.from_bytes(c.arg[4:8], sys.byteorder)
+            assert word == 0 or (word & (word - 1) == 0 and word.bit_length() - 1 in range(9, 32))
+            assert c.arg[8:] == bytes(24)
