@@ -1024,3 +1024,65 @@ def test_discovery_probes_on_throwaway_vms_and_says_why(
             word = int.from_bytes(c.arg[4:8], sys.byteorder)
             assert word == 0 or (word & (word - 1) == 0 and word.bit_length() - 1 in range(9, 32))
             assert c.arg[8:] == bytes(24)
+
+
+# -- configure --backend kvm on a recorded arm64 kernel with SPE -------------------------------------
+
+
+def test_configure_gives_the_vm_its_gicv3_before_the_spe_irq_then_inits_spe(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kvmspe.kvm
+    from kvmspe import cli
+
+    rec.known_bits, rec.unknown_feature, rec.spe_bit = set(range(9)) | {12}, errno.EINVAL, 12
+    monkeypatch.setattr(kvmspe.kvm, "Kvm", lambda *a, **kw: make_kvm(rec, tmp_path))
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "2", "--spu", "10"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "KVM_ARM_VCPU_INIT with the SPE feature (bit 12)" in out
+    assert "KVM_DEV_ARM_VGIC_CTRL_INIT" in out and "KVM_ARM_VCPU_SPE_INIT" in out
+    # After the probe (its own VMs), the configured VM: both VCPUs, then the vGIC, then SPE.
+    last_vm = max(i for i, c in enumerate(rec.calls) if c.request == CREATE_VM)
+    calls = rec.calls[last_vm:]
+    names = []
+    for c in calls:
+        if c.request in (SET_ATTR, HAS_ATTR) and isinstance(c.arg, bytes):
+            group = int.from_bytes(c.arg[4:8], sys.byteorder)
+            attr = int.from_bytes(c.arg[8:16], sys.byteorder)
+            names.append(("set" if c.request == SET_ATTR else "has", group, attr))
+        else:
+            names.append((c.request,))  # type: ignore[arg-type]
+    first_irq = names.index(("has", SPE, IRQ))
+    vgic = names.index((CREATE_DEVICE,))
+    init = names.index(("set", VGIC_GRP_CTRL, VGIC_CTRL_INIT))
+    assert [i for i, n in enumerate(names) if n == (CREATE_VCPU,)][-1] < vgic < init < first_irq
+    assert names[vgic + 1: init] == [("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST),
+                                     ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST)]
+    per_vcpu = [("has", SPE, IRQ), ("set", SPE, IRQ), ("has", SPE, SPU), ("set", SPE, SPU),
+                ("has", SPE, MAX), ("set", SPE, MAX), ("has", SPE, INIT), ("set", SPE, INIT)]
+    assert names[first_irq: first_irq + 16] == per_vcpu * 2
+    init_sets = [c for c in calls if c.request == SET_ATTR and c.arg == device_attr(SPE, INIT, 0)]
+    assert len(init_sets) == 2
+    assert names.count((RUN,)) == 2 and names.index((RUN,)) > first_irq + 15
+
+
+def test_configure_on_a_kernel_without_the_spe_feature_stops_and_never_claims_it(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kvmspe.kvm
+    from kvmspe import cli
+
+    # Linux 7.2 as measured: bit 8 accepted with no SPE anywhere; unknown bits ENOENT.
+    rec.known_bits, rec.unknown_feature, rec.spe_bit = set(range(9)), errno.ENOENT, None
+    monkeypatch.setattr(kvmspe.kvm, "Kvm", lambda *a, **kw: make_kvm(rec, tmp_path))
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "stopped: SPE is not supported: this kernel has no SPE VCPU feature" in out
+    assert "ok   vcpu" not in out and "with the SPE feature (bit" not in out
+    # Only probe VCPUs were created (one per throwaway VM), never one with bit 8.
+    for c in rec.calls:
+        if c.request == ARM_VCPU_INIT:
+            assert isinstance(c.arg, bytes) and int.from_bytes(c.arg[4:8], sys.byteorder) != 1 << 8
+    assert RUN not in rec.requests()
