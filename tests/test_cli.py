@@ -406,9 +406,11 @@ def test_old_guessed_numbers_are_refused_as_bad_input(var: str, value: str) -> N
 
 def test_a_free_user_exit_number_is_used_by_the_model() -> None:
     r = kvmspe("configure", "--backend", "model", "--vcpus", "1", "--enable-buffer", "--memlock", "4M",
-               "--raise-memlock", "--json", env=_env(KVMSPE_EXIT_RLIMIT="0x20000"))
-    assert r.returncode == 0, r.stderr
-    assert any("KVM_EXIT_RLIMIT" in s["detail"] for s in json.loads(r.stdout)["steps"])
+               "--json", env=_env(KVMSPE_EXIT_RLIMIT="0x20000"))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert "KVM_EXIT_RLIMIT" in doc["error"]
+    assert any("KVM_EXIT_RLIMIT" in s["detail"] for s in doc["steps"] if not s["ok"])
 
 
 def test_conformance_and_vectors(tmp_path: Any) -> None:
