@@ -1086,3 +1086,14 @@ def test_configure_on_a_kernel_without_the_spe_feature_stops_and_never_claims_it
         if c.request == ARM_VCPU_INIT:
             assert isinstance(c.arg, bytes) and int.from_bytes(c.arg[4:8], sys.byteorder) != 1 << 8
     assert RUN not in rec.requests()
+
+
+def test_a_has_error_other_than_enxio_during_probing_does_not_count_the_bit(
+    rec: Recorder, tmp_path: Path
+) -> None:
+    rec.known_bits, rec.unknown_feature, rec.spe_bit = set(range(10)), errno.ENOENT, None
+    rec.fail[HAS_ATTR] = [errno.ENODEV]
+    with make_kvm(rec, tmp_path) as kvm:
+        feature = kvm.spe_feature()
+    assert feature.bit is None
+    assert feature.tried[0] == (9, "accepted by KVM_ARM_VCPU_INIT, but HAS on the SPE group answers ENODEV")

@@ -350,7 +350,15 @@ class Kvm(_Owned):
                 except KvmError as exc:
                     tried.append((bit, f"KVM_ARM_VCPU_INIT {exc.name}"))
                     continue
-                if vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE):
+                try:
+                    answers = vcpu.has_device_attr(
+                        abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+                    )
+                except KvmError as exc:
+                    answer = f"accepted by KVM_ARM_VCPU_INIT, but HAS on the SPE group answers {exc.name}"
+                    tried.append((bit, answer))
+                    continue
+                if answers:
                     reason = (
                         f"bit {bit}, probed: KVM_ARM_VCPU_INIT accepts it and the KVM_ARM_VCPU_SPE_CTRL"
                         " group then answers KVM_HAS_DEVICE_ATTR"
