@@ -348,7 +348,7 @@ class Kvm(_Owned):
                 try:
                     vcpu = vm._create(0, spe=True, bit=bit)
                 except KvmError as exc:
-                    tried.append((bit, f"KVM_ARM_VCPU_INIT {exc.name}"))
+                    tried.append((bit, f"{exc.ioctl} {exc.name}"))
                     continue
                 try:
                     answers = vcpu.has_device_attr(
