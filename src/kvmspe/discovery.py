@@ -287,6 +287,8 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
         if spe:
             feature = kvm.spe_feature()
             info.spe_feature_bit, info.spe_feature_reason = feature.bit, feature.reason
+            if feature.bit is None and feature.tried:
+                info.spe_feature_reason = f"none found; what the kernel answered: {feature.answers}"
             spe = feature.bit is not None
         with kvm.create_vm() as vm:
             vcpu = vm.create_vcpu(spe=spe)
@@ -310,7 +312,7 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
             else f"SPE not supported on this host: SPE is an arm64 feature (this host is {kvm.arch})"
         )
     elif not spe:
-        info.spe_reason = f"SPE not supported on this host: {info.spe_feature_reason}"
+        info.spe_reason = f"SPE not supported on this host: {feature.reason}"
     elif not known:
         info.spe_reason = (
             "SPE not supported on this host: with the SPE VCPU feature, KVM_HAS_DEVICE_ATTR"

@@ -159,6 +159,12 @@ class SpeFeature:
     reason: str
     tried: tuple[tuple[int, str], ...] = field(default_factory=tuple)
 
+    @property
+    def answers(self) -> str:
+        """What the kernel answered to the probed bits, e.g. ``bits 9..31:
+        KVM_ARM_VCPU_INIT ENOENT`` (empty when nothing was probed)."""
+        return _answers(self.tried)
+
 
 class _Owned:
     """Something that owns file descriptors: ``with`` closes it on the way out."""
@@ -204,22 +210,31 @@ def _fail(exc: OSError, name: str, text: str | None = None) -> KvmError:
     return KvmError(code, text if text is not None else os.strerror(code), ioctl=name)
 
 
-def _no_feature_reason(tried: list[tuple[int, str]]) -> str:
-    """One line: no probed bit made the SPE group answer, with what the kernel said."""
+def _no_feature_reason() -> str:
+    """One line: no probed bit made the SPE group answer."""
+    first, last = SPE_FEATURE_CANDIDATES[0], SPE_FEATURE_CANDIDATES[-1]
+    return (
+        "this kernel has no SPE VCPU feature: no KVM_ARM_VCPU_INIT feature bit"
+        f" ({first}..{last}) makes the KVM_ARM_VCPU_SPE_CTRL group answer;"
+        " set KVMSPE_SPE_FEATURE_BIT if it has one"
+    )
+
+
+def _answers(tried: tuple[tuple[int, str], ...]) -> str:
+    """What the kernel answered to each probed bit, runs of bits joined."""
     groups: dict[str, list[int]] = {}
     for bit, answer in tried:
         groups.setdefault(answer, []).append(bit)
     parts = []
     for answer, bits in groups.items():
-        span = f"bit {bits[0]}" if len(bits) == 1 else (
-            f"bits {bits[0]}..{bits[-1]}" if bits == list(range(bits[0], bits[-1] + 1))
-            else "bits " + ",".join(map(str, bits)))
+        if len(bits) == 1:
+            span = f"bit {bits[0]}"
+        elif bits == list(range(bits[0], bits[-1] + 1)):
+            span = f"bits {bits[0]}..{bits[-1]}"
+        else:
+            span = "bits " + ",".join(map(str, bits))
         parts.append(f"{span}: {answer}")
-    return (
-        "this kernel has no SPE VCPU feature: no KVM_ARM_VCPU_INIT feature bit made the"
-        f" KVM_ARM_VCPU_SPE_CTRL group answer ({'; '.join(parts)});"
-        " set KVMSPE_SPE_FEATURE_BIT if it has one"
-    )
+    return "; ".join(parts)
 
 
 def _feature_bits(features: tuple[int, ...] | list[int]) -> list[int]:
@@ -365,7 +380,7 @@ class Kvm(_Owned):
                     )
                     return SpeFeature(bit, "probed", reason, tuple(tried))
                 tried.append((bit, "accepted by KVM_ARM_VCPU_INIT, but the SPE group answers ENXIO"))
-        return SpeFeature(None, "none", _no_feature_reason(tried), tuple(tried))
+        return SpeFeature(None, "none", _no_feature_reason(), tuple(tried))
 
     def close(self) -> None:
         """Close every VM created here, then ``/dev/kvm``. Safe to call twice."""
@@ -430,7 +445,8 @@ class Vm(_Owned):
         if spe and self.kvm.arch == "aarch64":
             feature = self.kvm.spe_feature()
             if feature.bit is None:
-                raise SpeFeatureUnavailable(errno.EOPNOTSUPP, feature.reason, ioctl="KVM_ARM_VCPU_INIT")
+                why = feature.reason + (f" (probed: {feature.answers})" if feature.tried else "")
+                raise SpeFeatureUnavailable(errno.EOPNOTSUPP, why, ioctl="KVM_ARM_VCPU_INIT")
             bit = feature.bit
         return self._create(index, spe=spe, bit=bit)
 
