@@ -161,8 +161,9 @@ class SpeFeature:
 
     @property
     def answers(self) -> str:
-        """What the kernel answered to the probed bits, e.g. ``bits 9..31:
-        KVM_ARM_VCPU_INIT ENOENT`` (empty when nothing was probed)."""
+        """What the kernel answered to the probed bits, in words, e.g. ``bits
+        9..31: unknown to this kernel (KVM_ARM_VCPU_INIT refuses them)``
+        (empty when nothing was probed); ``tried`` has each errno."""
         return _answers(self.tried)
 
 
@@ -220,11 +221,19 @@ def _no_feature_reason() -> str:
     )
 
 
+#: How the probe's answers read for people: what an INIT refusal means, not
+#: the errno of a feature that is not SPE (``SpeFeature.tried`` keeps it).
+_ANSWER_WORDS = {
+    "KVM_ARM_VCPU_INIT ENOENT": "unknown to this kernel (KVM_ARM_VCPU_INIT refuses them)",
+    "KVM_ARM_VCPU_INIT EINVAL": "refused by KVM_ARM_VCPU_INIT (unknown or not available here)",
+}
+
+
 def _answers(tried: tuple[tuple[int, str], ...]) -> str:
-    """What the kernel answered to each probed bit, runs of bits joined."""
+    """What the kernel answered to each probed bit, in words, runs of bits joined."""
     groups: dict[str, list[int]] = {}
     for bit, answer in tried:
-        groups.setdefault(answer, []).append(bit)
+        groups.setdefault(_ANSWER_WORDS.get(answer, answer), []).append(bit)
     parts = []
     for answer, bits in groups.items():
         if len(bits) == 1:
