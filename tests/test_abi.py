@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import os
 import subprocess
@@ -12,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvmspe import abi
+from kvmspe import abi, upstream
+from kvmspe.assumptions import DEFAULT
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
@@ -91,9 +91,9 @@ def test_device_attr_layout_matches_c() -> None:
 
 def test_vcpu_init_layout_matches_c() -> None:
     c = KvmVcpuInit(target=5)
-    c.features[0] = 1 << abi.ASSUMED.spe_feature_bit
+    c.features[0] = 1 << 12
     c.features[6] = 7
-    assert abi.VCPU_INIT.pack(5, 1 << abi.ASSUMED.spe_feature_bit, 0, 0, 0, 0, 0, 7) == bytes(c)
+    assert abi.VCPU_INIT.pack(5, 1 << 12, 0, 0, 0, 0, 0, 7) == bytes(c)
 
 
 def test_value_types() -> None:
@@ -242,47 +242,84 @@ def test_bad_address() -> None:
 
 @pytest.fixture
 def restore_assumed() -> Iterator[None]:
-    saved = dataclasses.replace(abi.ASSUMED)
     try:
         yield
     finally:
-        abi.set_assumed(**dataclasses.asdict(saved))
+        abi.set_assumed(spe_feature_bit=None, cap_arm_spe=None, exit_rlimit=None)
 
 
-def test_assumed_defaults() -> None:
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("KVMSPE_SPE_FEATURE_BIT", "KVMSPE_CAP_ARM_SPE", "KVMSPE_EXIT_RLIMIT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_assumed_defaults_use_no_upstream_number() -> None:
     fresh = abi.Assumed()
-    assert (fresh.spe_feature_bit, fresh.cap_arm_spe, fresh.exit_rlimit) == (8, 208, 42)
+    got = (fresh.spe_feature_bit, fresh.cap_arm_spe, fresh.exit_rlimit)
+    assert got == (None, None, abi.MODEL_EXIT_RLIMIT)
     assert "assumed" in (abi.Assumed.__doc__ or "")
+    assert abi.MODEL_EXIT_RLIMIT not in upstream.EXITS and abi.MODEL_EXIT_RLIMIT > max(upstream.EXITS)
+    assert abi.MODEL_EXIT_RLIMIT != DEFAULT.idle_exit
+    assert abi.exit_name(abi.MODEL_EXIT_RLIMIT) == "KVM_EXIT_RLIMIT"
 
 
-@pytest.mark.usefixtures("restore_assumed")
+@pytest.mark.usefixtures("restore_assumed", "clean_env")
 def test_set_assumed_overrides() -> None:
-    abi.set_assumed(cap_arm_spe=240, spe_feature_bit=9)
-    assert abi.ASSUMED.cap_arm_spe == 240
+    abi.set_assumed(cap_arm_spe=260, spe_feature_bit=9)
+    assert abi.ASSUMED.cap_arm_spe == 260
     assert abi.ASSUMED.spe_feature_bit == 9
+    assert abi.ASSUMED.source("cap_arm_spe") == "set_assumed"
     abi.set_assumed(exit_rlimit=50)
     assert abi.exit_name(50) == "KVM_EXIT_RLIMIT"
-    assert abi.exit_name(42) == "exit reason 42"
+    assert abi.exit_name(42) == "KVM_EXIT_ARM_LDST64B"
     assert abi.Exit(50, 4096).is_rlimit
     assert abi.Exit(50).name == "KVM_EXIT_RLIMIT"
     assert not abi.Exit(abi.KVM_EXIT_INTR).is_rlimit
+    abi.set_assumed(exit_rlimit=None, cap_arm_spe=None)
+    assert (abi.ASSUMED.exit_rlimit, abi.ASSUMED.cap_arm_spe) == (abi.MODEL_EXIT_RLIMIT, None)
 
 
-@pytest.mark.usefixtures("restore_assumed")
+@pytest.mark.usefixtures("restore_assumed", "clean_env")
 @pytest.mark.parametrize(
     ("values", "match"),
     [
         ({"cap_arm_speX": 1}, r"unknown assumed number 'cap_arm_speX'; accepted: spe_feature_bit"),
-        ({"cap_arm_spe": -1}, "non-negative integer"),
-        ({"cap_arm_spe": True}, "non-negative integer"),
-        ({"exit_rlimit": "42"}, "non-negative integer"),
+        ({"cap_arm_spe": -1}, "must be an integer in"),
+        ({"cap_arm_spe": True}, "must be an integer in"),
+        ({"exit_rlimit": "42"}, "must be an integer in"),
+        ({"exit_rlimit": 1 << 32}, "must be an integer in"),
+        ({"spe_feature_bit": 224}, "must be an integer in"),
+        ({"cap_arm_spe": 1 << 62}, "must be an integer in"),
+        ({"spe_feature_bit": 8}, "KVM_ARM_VCPU_HAS_EL2_E2H0 upstream"),
+        ({"spe_feature_bit": 7}, "KVM_ARM_VCPU_HAS_EL2 upstream"),
+        ({"cap_arm_spe": 208}, "KVM_CAP_XSAVE2 upstream"),
+        ({"cap_arm_spe": 5}, "taken upstream"),
+        ({"exit_rlimit": 42}, "KVM_EXIT_ARM_LDST64B upstream"),
+        ({"exit_rlimit": 10}, "KVM_EXIT_INTR upstream"),
+        ({"exit_rlimit": 60, "cap_arm_spe": 208}, "KVM_CAP_XSAVE2"),
     ],
 )
 def test_set_assumed_validates(values: dict[str, object], match: str) -> None:
-    before = dataclasses.asdict(abi.ASSUMED)
-    with pytest.raises(ValueError, match=match):
+    before = abi.ASSUMED.as_dict()
+    with pytest.raises(abi.AssumedNumberError, match=match):
         abi.set_assumed(**values)  # type: ignore[arg-type]
-    assert dataclasses.asdict(abi.ASSUMED) == before
+    assert abi.ASSUMED.as_dict() == before  # all or nothing
+
+
+@pytest.mark.usefixtures("restore_assumed")
+def test_every_user_given_upstream_exit_is_refused() -> None:
+    for reason in upstream.EXITS:
+        with pytest.raises(abi.AssumedNumberError):
+            abi.set_assumed(exit_rlimit=reason)
+    for bit in upstream.ARM64_VCPU_FEATURES:
+        with pytest.raises(abi.AssumedNumberError):
+            abi.set_assumed(spe_feature_bit=bit)
+    for cap in range(upstream.CAP_MAX + 1):
+        with pytest.raises(abi.AssumedNumberError):
+            abi.set_assumed(cap_arm_spe=cap)
+    abi.set_assumed(exit_rlimit=max(upstream.EXITS) + 1, cap_arm_spe=upstream.CAP_MAX + 1, spe_feature_bit=9)
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -293,17 +330,38 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_env_var_override() -> None:
+def test_env_var_override_is_read_when_used() -> None:
     code = "from kvmspe import abi; a = abi.ASSUMED; print(a.spe_feature_bit, a.cap_arm_spe, a.exit_rlimit)"
-    assert _python(code).stdout.split() == ["8", "208", "42"]
+    assert _python(code).stdout.split() == ["None", "None", str(abi.MODEL_EXIT_RLIMIT)]
     out = _python(code, KVMSPE_SPE_FEATURE_BIT="11", KVMSPE_CAP_ARM_SPE="0x100", KVMSPE_EXIT_RLIMIT="44")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["11", "256", "44"]
 
 
-def test_bad_env_var_is_a_one_line_error() -> None:
-    out = _python("import kvmspe.abi", KVMSPE_CAP_ARM_SPE="many")
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr
-    assert out.stderr.strip().startswith("kvmspe: KVMSPE_CAP_ARM_SPE='many':")
-    assert len(out.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize(
+    ("var", "raw", "match"),
+    [
+        ("KVMSPE_CAP_ARM_SPE", "many", "expected a decimal or 0x-hex number"),
+        ("KVMSPE_EXIT_RLIMIT", "10", "KVM_EXIT_INTR upstream"),
+        ("KVMSPE_EXIT_RLIMIT", "-1", "expected a decimal"),
+        ("KVMSPE_EXIT_RLIMIT", "99999999999999999999", "at most 12 digits"),
+        ("KVMSPE_EXIT_RLIMIT", "0x100000000", "must be an integer in"),
+        ("KVMSPE_SPE_FEATURE_BIT", "8", "KVM_ARM_VCPU_HAS_EL2_E2H0"),
+        ("KVMSPE_SPE_FEATURE_BIT", "\u0669", "expected a decimal"),
+        ("KVMSPE_CAP_ARM_SPE", "208", "KVM_CAP_XSAVE2"),
+    ],
+)
+def test_a_bad_env_var_never_stops_the_import_and_is_refused_when_used(
+    var: str, raw: str, match: str
+) -> None:
+    raw = raw.encode().decode("unicode_escape")
+    out = _python("import kvmspe.abi, kvmspe.kvm, kvmspe.cli; print('imported')", **{var: raw})
+    assert out.returncode == 0 and out.stdout.strip() == "imported", out.stderr
+    code = (
+        "from kvmspe import abi\n"
+        "try:\n    abi.ASSUMED.check()\n"
+        "except abi.AssumedNumberError as e:\n    print(e)\n"
+    )
+    out = _python(code, **{var: raw})
+    assert out.returncode == 0 and out.stdout.startswith(f"{var}="), out
+    assert match in out.stdout and len(out.stdout.strip().splitlines()) == 1

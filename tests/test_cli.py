@@ -374,6 +374,43 @@ def test_configure_on_the_real_kernel() -> None:
         assert r.returncode == 1
         assert "FAIL vcpu 0: has KVM_ARM_VCPU_SPE_IRQ" in r.stdout
         assert "SPE not supported" in r.stdout
+    elif "SPE is not supported" in r.stdout:
+        # An arm64 kernel without an SPE VCPU feature: stop, never claim the feature.
+        assert r.returncode == 1
+        assert "this kernel has no SPE VCPU feature" in r.stdout
+        assert "ok   vcpu" not in r.stdout and "with the SPE feature (bit" not in r.stdout
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVMSPE_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [("10", "KVM_EXIT_INTR"), ("42", "KVM_EXIT_ARM_LDST64B"), ("0", "KVM_EXIT_UNKNOWN"),
+     ("-1", "decimal or 0x-hex"), ("99999999999999999999", "at most 12 digits"), ("ten", "decimal")],
+)
+def test_a_user_exit_number_that_collides_or_is_absurd_is_bad_input(value: str, needle: str) -> None:
+    # KVMSPE_EXIT_RLIMIT=10 used to hang: 10 is also the model's idle exit.
+    r = kvmspe("configure", "--enable-buffer", "--raise-memlock", env=_env(KVMSPE_EXIT_RLIMIT=value))
+    assert_bad_input(r, "KVMSPE_EXIT_RLIMIT", needle)
+
+
+@pytest.mark.parametrize(("var", "value"), [("KVMSPE_SPE_FEATURE_BIT", "8"), ("KVMSPE_CAP_ARM_SPE", "208")])
+def test_old_guessed_numbers_are_refused_as_bad_input(var: str, value: str) -> None:
+    for argv in (("configure",), ("probe",)):
+        assert_bad_input(kvmspe(*argv, env=_env(**{var: value})), var, "upstream")
+
+
+def test_a_free_user_exit_number_is_used_by_the_model() -> None:
+    r = kvmspe("configure", "--backend", "model", "--vcpus", "1", "--enable-buffer", "--memlock", "4M",
+               "--json", env=_env(KVMSPE_EXIT_RLIMIT="0x20000"))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert "KVM_EXIT_RLIMIT" in doc["error"]
+    assert any("KVM_EXIT_RLIMIT" in s["detail"] for s in doc["steps"] if not s["ok"])
 
 
 def test_conformance_and_vectors(tmp_path: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -522,3 +523,80 @@ def test_without_arm64_no_vgic_is_made() -> None:
     assert "create_vgic_v3" not in kvms[0].log and "init_vgic" not in kvms[0].log
     # The fake refuses the SPE interrupt without an irqchip: those cases now fail.
     assert results["irq-set-get"].status == "failed"
+
+
+# --- the kvm path tells the truth about what it could not run --------------------------------------
+
+
+class _NoVcpuKvm(_FakeKvm):
+    """A host where KVM_CREATE_VCPU fails for a reason of kvmspe's own (e.g. an id used twice)."""
+
+    def create_vm(self) -> _FakeVm:
+        vm = super().create_vm()
+
+        def refuse(index: int | None = None, *, spe: bool = True) -> model.Vcpu:
+            raise KvmError(errno.EEXIST, "VCPU id 0 was used before in this VM", ioctl="KVM_CREATE_VCPU")
+
+        vm.create_vcpu = refuse  # type: ignore[method-assign]
+        return vm
+
+
+def test_a_case_that_applies_but_cannot_create_its_vcpus_is_a_failure_not_a_skip() -> None:
+    host = model.Host(4096, [])
+    facts = HostFacts("aarch64", False, 4096, {})
+    _, results = conformance._run_kvm(by_name(["no-spe-has-irq"]), _NoVcpuKvm(host), facts)
+    (result,) = results
+    assert result.status == "failed"
+    assert "cannot create the VCPUs" in result.reason and "EEXIST" in result.reason
+    assert result.got == "EEXIST"
+
+
+def test_a_run_that_cannot_open_dev_kvm_is_not_ok_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvmspe.kvm
+
+    def no_access(*args: object, **kw: object) -> None:
+        raise KvmError(errno.EACCES, "no permission to open /dev/kvm", ioctl="open")
+
+    monkeypatch.setattr(kvmspe.kvm, "Kvm", no_access)
+    report = conformance.run("kvm")
+    assert not report.ok and report.count("passed") == 0
+    assert report.error is not None and "/dev/kvm is not usable" in report.error
+    assert report.to_dict()["ok"] is False and report.to_dict()["error"] == report.error
+    assert report.render().splitlines()[-1].startswith("error: nothing was tested: /dev/kvm is not usable")
+
+
+def test_the_cli_exits_non_zero_when_nothing_could_be_tested(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvmspe.kvm
+    from kvmspe import cli
+
+    def no_access(*args: object, **kw: object) -> None:
+        raise KvmError(errno.EACCES, "no permission to open /dev/kvm", ioctl="open")
+
+    monkeypatch.setattr(kvmspe.kvm, "Kvm", no_access)
+    assert cli.main(["conformance", "--backend", "kvm"]) == 1
+
+
+def test_a_timed_out_real_run_is_the_kernels_signal_exit(tmp_path: Path) -> None:
+    # run_bounded on a real-backend VCPU lets kvm.Vcpu.run bound it (a timer
+    # signal); the timeout becomes KVM_EXIT_INTR, what KVM reports for a signal.
+    import signal
+
+    from kvmspe.kvm import Kvm
+
+    def ioctl(fd: int, request: int, arg: object) -> int:
+        if request == abi.KVM_RUN:
+            signal.pause()
+            raise InterruptedError(errno.EINTR, "Interrupted")
+        if request == abi.KVM_GET_VCPU_MMAP_SIZE:
+            return 4096
+        if request in (abi.KVM_CREATE_VM, abi.KVM_CREATE_VCPU):
+            return os.open(tmp_path / f"fd{request}", os.O_RDWR | os.O_CREAT, 0o600)
+        return 0
+
+    (tmp_path / "kvm").touch()
+    with Kvm(str(tmp_path / "kvm"), ioctl=ioctl, arch="x86_64") as kvm:
+        vcpu = kvm.create_vm().create_vcpu(spe=False)
+        os.ftruncate(vcpu.fd, 4096)
+        start = time.monotonic()
+        assert conformance.run_bounded(vcpu, 0.1).reason == abi.KVM_EXIT_INTR
+        assert time.monotonic() - start < 5

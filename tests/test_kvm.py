@@ -12,13 +12,15 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from kvmspe import abi
 from kvmspe.errors import KvmError
-from kvmspe.kvm import Kvm, Vcpu
+from kvmspe.kvm import SPE_FEATURE_CANDIDATES, Kvm, RunTimeout, Vcpu
 
 TSC = (abi.KVM_VCPU_TSC_CTRL, abi.KVM_VCPU_TSC_OFFSET)
 SPE_ATTRS = sorted(attr for group, attr in abi.ATTRS if group == abi.KVM_ARM_VCPU_SPE_CTRL)
@@ -48,10 +50,15 @@ def kvm() -> Iterator[Kvm]:
         yield k
 
 
+def _spe(kvm: Kvm) -> bool:
+    """Whether a VCPU can get the SPE feature here (on arm64: a bit is known)."""
+    return kvm.arch != "aarch64" or kvm.spe_feature().bit is not None
+
+
 @pytest.fixture
 def vcpu(kvm: Kvm) -> Iterator[Vcpu]:
     with kvm.create_vm() as vm:
-        yield vm.create_vcpu(0)
+        yield vm.create_vcpu(0, spe=_spe(kvm))
 
 
 def _fds() -> int:
@@ -183,22 +190,79 @@ def test_spe_group_set_and_get_say_not_supported(vcpu: Vcpu, attr: int) -> None:
         with pytest.raises(KvmError) as info:
             call()
         assert info.value.errno == errno.ENXIO
-        assert "SPE not supported on this host" in str(info.value)
+        assert "SPE not supported on this" in str(info.value)
         assert (info.value.group, info.value.attr) == (abi.KVM_ARM_VCPU_SPE_CTRL, attr)
 
 
 # -- KVM_RUN -------------------------------------------------------------------------------
 
 
-def test_run_of_an_empty_vm_gives_an_exit_or_the_kernel_errno(kvm: Kvm, vcpu: Vcpu) -> None:
-    # A VM without memory: kernels differ (this one has answered ENOSPC);
-    # what matters is that the answer arrives as an Exit or a KvmError.
+def test_run_of_an_empty_vm_gives_an_exit_an_errno_or_a_timeout(kvm: Kvm, vcpu: Vcpu) -> None:
+    # A VM without memory: kernels differ (x86 has answered ENOSPC; arm64
+    # never returns by itself, so the run ends at its time limit).
+    start = time.monotonic()
     try:
-        exit_ = vcpu.run()
+        exit_ = vcpu.run(timeout=0.5)
+    except RunTimeout as exc:
+        assert exc.errno == errno.ETIMEDOUT and exc.ioctl == "KVM_RUN"
+        assert 0.5 <= time.monotonic() - start < 5
     except KvmError as exc:
         assert exc.ioctl == "KVM_RUN" and exc.errno not in (None, 0, errno.EINTR)
     else:
         assert isinstance(exit_, abi.Exit) and isinstance(exit_.reason, int)
+    # The previous SIGALRM handler is back and no timer is left armed.
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_arm64_run_without_guest_code_is_bounded(kvm: Kvm) -> None:
+    if kvm.arch != "aarch64":
+        pytest.skip(f"arm64 only: a VCPU without guest code returns from KVM_RUN on {kvm.arch}")
+    with kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(spe=False)
+        start = time.monotonic()
+        with pytest.raises(RunTimeout):
+            vcpu.run(timeout=0.3)
+        assert time.monotonic() - start < 5
+
+
+# -- VCPU ids and features ------------------------------------------------------------------
+
+
+def test_vcpu_ids_are_not_reused_after_close(kvm: Kvm) -> None:
+    with kvm.create_vm() as vm:
+        first = vm.create_vcpu(spe=False)
+        first.close()
+        assert vm.create_vcpu(spe=False).index == 1
+        with pytest.raises(KvmError) as info:
+            vm.create_vcpu(0, spe=False)
+        assert info.value.errno == errno.EEXIST and "never frees a VCPU id" in str(info.value)
+
+
+def test_an_unknown_feature_bit_is_explained(kvm: Kvm) -> None:
+    if kvm.arch != "aarch64":
+        pytest.skip(f"KVM_ARM_VCPU_INIT is arm64 only; this host is {kvm.arch}")
+    if kvm.spe_feature().bit == 31:
+        pytest.skip("this kernel's SPE feature is bit 31")
+    with Kvm(spe_feature_bit=31) as other, other.create_vm() as vm:
+        with pytest.raises(KvmError) as info:
+            vm.create_vcpu()
+    assert info.value.errno in (errno.ENOENT, errno.EINVAL) and info.value.ioctl == "KVM_ARM_VCPU_INIT"
+    assert "bit 31 (asked for as the SPE feature)" in str(info.value)
+    assert ("does not know" if info.value.errno == errno.ENOENT else "unknown feature bit") in str(info.value)
+
+
+def test_spe_feature_probe_answers_with_a_reason(kvm: Kvm) -> None:
+    feature = kvm.spe_feature()
+    assert feature.reason
+    if feature.bit is None:
+        assert feature.source == "none"
+        if kvm.arch == "aarch64":
+            assert feature.reason.startswith("this kernel has no SPE VCPU feature")
+            assert [b for b, _ in feature.tried] == list(SPE_FEATURE_CANDIDATES)
+    else:
+        with kvm.create_vm() as vm:
+            vcpu = vm.create_vcpu()
+            assert vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE)
 
 
 def test_run_returns_a_known_exit(kvm: Kvm) -> None:
@@ -235,7 +299,7 @@ def test_no_fd_leak_over_1000_vm_vcpu_cycles(kvm: Kvm) -> None:
 def test_vm_close_closes_its_vcpus(kvm: Kvm) -> None:
     before = _fds()
     vm = kvm.create_vm()
-    vcpus = [vm.create_vcpu() for _ in range(3)]
+    vcpus = [vm.create_vcpu(spe=False) for _ in range(3)]
     assert [v.index for v in vcpus] == [0, 1, 2]
     assert _fds() == before + 4
     vm.close()
@@ -247,9 +311,9 @@ def test_vm_close_closes_its_vcpus(kvm: Kvm) -> None:
 def test_vcpu_close_unmaps_and_closes(kvm: Kvm) -> None:
     before = _fds()
     with kvm.create_vm() as vm:
-        vcpu = vm.create_vcpu()
+        vcpu = vm.create_vcpu(spe=False)
         try:
-            vcpu.run()
+            vcpu.run(timeout=0.2)
         except KvmError:
             pass
         vcpu.close()
@@ -263,7 +327,7 @@ def test_kvm_close_closes_its_vms() -> None:
     before = _fds()
     kvm = Kvm()
     vm = kvm.create_vm()
-    vm.create_vcpu()
+    vm.create_vcpu(spe=False)
     kvm.close()
     assert vm.closed
     assert _fds() == before

@@ -8,10 +8,17 @@ import errno
 import pytest
 
 from kvmspe import abi
-from kvmspe.discovery import discover, fixture_roots
+from kvmspe.discovery import HostInfo, discover, fixture_roots
 from kvmspe.errors import KvmError
 from kvmspe.model import Host, Vcpu
-from kvmspe.profiles import DEFAULT_PROFILE, PROFILES, model_host
+from kvmspe.profiles import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    TYPICAL_SPE_TYPE,
+    fallback_host,
+    model_host,
+    spus_from_info,
+)
 
 SPE, SPU, MAX = abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
 NO_KVM = "/nonexistent/kvm"
@@ -131,3 +138,30 @@ def test_page_size_that_is_not_arm64_is_refused() -> None:
     info = discover(**fixture_roots(), dev_kvm=NO_KVM)
     with pytest.raises(ValueError, match="accepted"):
         model_host(dataclasses.replace(info, page_size=8192))
+
+
+# -- the fallback when the real kernel cannot run SPE guests -------------------------------------------
+
+
+def _info(arch: str, page: int) -> HostInfo:
+    return HostInfo(arch, arch, "test", page, "/dev/kvm")
+
+
+@pytest.mark.parametrize(("page", "name"), [(4096, "default-4k"), (16384, "16k"), (65536, "64k")])
+def test_an_arm64_host_without_spe_units_is_modelled_with_its_own_page_size(page: int, name: str) -> None:
+    host, why = fallback_host(_info("aarch64", page), memlock_limit=1 << 20, locked=4096)
+    assert host.page_size == page and [s.id for s in host.spus] == [TYPICAL_SPE_TYPE]
+    assert f"{page // 1024} KiB pages" in why and repr(name) in why
+    assert (host.memlock_limit, host.locked_bytes) == (1 << 20, 4096)
+
+
+def test_a_host_with_spe_units_is_modelled_from_them() -> None:
+    info = discover(**fixture_roots(), dev_kvm="/nonexistent/kvm")
+    host, why = fallback_host(info)
+    assert [s.id for s in host.spus] == [s.id for s in spus_from_info(info)] and "SPE units" in why
+
+
+@pytest.mark.parametrize("info", [None, _info("x86_64", 4096)])
+def test_elsewhere_the_default_profile_is_modelled(info: HostInfo | None) -> None:
+    host, why = fallback_host(info)
+    assert host.page_size == 4096 and repr(DEFAULT_PROFILE) in why

@@ -11,10 +11,11 @@ from kvmspe.errors import KvmError
 from kvmspe.kvm import Kvm
 from kvmspe.model import Host
 from kvmspe.profiles import model_host
-from kvmspe.vmm import SpeConfigError, configure_spe
+from kvmspe.vmm import SpeConfigError, Step, configure_spe, planned_steps
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 IRQ, SPU, MAX = abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+INIT = abi.KVM_ARM_VCPU_SPE_INIT
 GOOD = {"irq": 21, "spu": 10, "max_buffer_size": 1 << 21}
 
 
@@ -49,13 +50,37 @@ def _configure(host: Host, **kw: int) -> list[str]:
 # -- order and messages -----------------------------------------------------------------
 
 
-def test_has_then_set_for_irq_spu_and_max_buffer_size_in_order() -> None:
+def test_has_then_set_for_irq_spu_and_max_buffer_size_then_init_last() -> None:
     vcpu = Recording()
     steps = configure_spe(vcpu, **GOOD)
     expected = [("has", IRQ, None), ("set", IRQ, 21), ("has", SPU, None), ("set", SPU, 10)]
-    expected += [("has", MAX, None), ("set", MAX, 1 << 21)]
+    expected += [("has", MAX, None), ("set", MAX, 1 << 21), ("has", INIT, None), ("set", INIT, None)]
     assert vcpu.calls == expected
     assert [(s.call, s.attr, s.value) for s in steps] == expected
+    assert [s.name for s in steps[-2:]] == ["has KVM_ARM_VCPU_SPE_INIT", "set KVM_ARM_VCPU_SPE_INIT"]
+    assert [(s.call, s.attr, s.value) for s in planned_steps(21, 10, 1 << 21)] == expected
+
+
+def test_a_kernel_without_init_stops_at_its_has_step_after_the_values() -> None:
+    class NoInit(Recording):
+        def has_device_attr(self, group: int, attr: int) -> bool:
+            super().has_device_attr(group, attr)
+            return attr != INIT
+
+    vcpu = NoInit()
+    with pytest.raises(SpeConfigError) as info:
+        configure_spe(vcpu, **GOOD)
+    assert info.value.step == Step("has", INIT) and info.value.errno == errno.ENXIO
+    assert "KVM_ARM_VCPU_SPE_INIT" in str(info.value)
+    assert vcpu.calls[-1] == ("has", INIT, None) and ("set", MAX, 1 << 21) in vcpu.calls
+
+
+def test_a_refused_init_is_its_own_step() -> None:
+    vcpu = Recording(fail=("set", INIT, errno.EBUSY))
+    with pytest.raises(SpeConfigError) as info:
+        configure_spe(vcpu, **GOOD)
+    assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: EBUSY")
+    assert info.value.step == Step("set", INIT)
 
 
 def test_has_no_stops_with_not_supported_before_any_set() -> None:
@@ -108,7 +133,7 @@ def test_values_that_do_not_fit_are_refused_before_any_call(bad: dict[str, int])
 def test_model_configures_the_vm() -> None:
     host = model_host()
     vcpu = host.create_vm().create_vcpu(0)
-    assert len(configure_spe(vcpu, **GOOD)) == 6
+    assert len(configure_spe(vcpu, **GOOD)) == 8
     assert (vcpu.irq, vcpu.vm.spu and vcpu.vm.spu.id, vcpu.vm.max_buffer_size) == (21, 10, 1 << 21)
 
 
@@ -156,7 +181,8 @@ def test_real_vcpu_stops_at_the_has_step_where_kvm_lacks_spe() -> None:
     except KvmError as exc:
         pytest.skip(f"/dev/kvm is not usable here: {exc}")
     with kvm, kvm.create_vm() as vm:
-        vcpu = vm.create_vcpu(0)
+        # On arm64 a VCPU gets the SPE feature only where the kernel has one.
+        vcpu = vm.create_vcpu(0, spe=kvm.arch != "aarch64" or kvm.spe_feature().bit is not None)
         if vcpu.has_device_attr(SPE, IRQ):
             pytest.skip("this host's KVM supports SPE; the not-supported answer cannot be seen")
         with pytest.raises(SpeConfigError) as info:

@@ -358,7 +358,9 @@ def _limit(n: int | None) -> str:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from . import discovery
+    from . import abi, discovery
+
+    abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
 
     if args.fixture:
         roots = discovery.fixture_roots(args.fixture)
@@ -379,6 +381,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         (info.dev_kvm, kvm),
         ("SPE in KVM", ("yes: " if info.spe_supported else "no: ") + info.spe_reason),
     ]
+    if info.spe_feature_reason:
+        rows.append(("SPE VCPU feature", info.spe_feature_reason))
     if info.cap_arm_spe_reason:
         rows.append(("KVM_CAP_ARM_SPE", info.cap_arm_spe_reason))
     if info.spe_instances:
@@ -565,21 +569,14 @@ def _choose_backend(args: argparse.Namespace) -> tuple[str, str, Any, Any]:
     if args.profile is not None:
         host = profiles.model_host(args.profile, memlock_limit=limit, locked=args.locked)
         return "model", f"{why}; modelling profile {args.profile!r}", host, info
-    if info is not None and info.spe_instances:
-        host = profiles.model_host(info, memlock_limit=limit, locked=args.locked)
-        return "model", f"{why}; modelling this host's SPE units", host, info
-    host = profiles.model_host(profiles.DEFAULT_PROFILE, memlock_limit=limit, locked=args.locked)
-    return "model", f"{why}; modelling the default profile {profiles.DEFAULT_PROFILE!r}", host, info
+    host, modelling = profiles.fallback_host(info, memlock_limit=limit, locked=args.locked)
+    return "model", f"{why}; {modelling}", host, info
 
 
 def _planned_steps(irq: int, spu: int, size: int) -> list[Any]:
-    from . import abi, vmm
+    from . import vmm
 
-    out = []
-    for attr, value in ((abi.KVM_ARM_VCPU_SPE_IRQ, irq), (abi.KVM_ARM_VCPU_SPE_SPU, spu),
-                        (abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, size)):
-        out += [vmm.Step("has", attr), vmm.Step("set", attr, value)]
-    return out
+    return vmm.planned_steps(irq, spu, size)
 
 
 _HINTS = {
@@ -591,10 +588,14 @@ _HINTS = {
 
 def cmd_configure(args: argparse.Namespace) -> int:
     from . import maxbuf, memlock, planner, vmm
+    from .kvm import RunTimeout, SpeFeatureUnavailable
     from .registers import PMBIDR_EL1
 
     if args.enable_buffer is not None and args.backend == "kvm":
         raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
+    from . import abi
+
+    abi.ASSUMED.check()  # a bad KVMSPE_* number stops here, before anything runs (exit 2)
     backend, why, host, info = _choose_backend(args)
     report = _Report()
     report.add(f"backend: {backend}", True, why)
@@ -683,7 +684,19 @@ def cmd_configure(args: argparse.Namespace) -> int:
         vcpus = []
         for i in range(args.vcpus):
             vcpus.append(vm.create_vcpu(i, spe=True))
-            report.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
+            if backend == "kvm" and kvm.arch == "aarch64":
+                bit = kvm.spe_feature().bit
+                report.add(f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})",
+                           True, vcpu=i)
+            else:
+                report.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
+        if backend == "kvm" and kvm.arch == "aarch64":
+            # The SPE interrupt, like the PMU's, needs the VM's in-kernel irqchip:
+            # a GICv3, created once every VCPU exists, placed, then initialised.
+            vm.create_vgic_v3()
+            report.add("KVM_CREATE_DEVICE GICv3, distributor and redistributor addresses", True)
+            vm.init_vgic()
+            report.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
         for vcpu in vcpus:
             try:
                 done = vmm.configure_spe(vcpu, irq=args.irq, spu=spu, max_buffer_size=size)
@@ -698,7 +711,14 @@ def cmd_configure(args: argparse.Namespace) -> int:
             for step in done:
                 report.add(step.name, True, vcpu=vcpu.index)
         for vcpu in vcpus:
-            exit_ = vcpu.run()
+            try:
+                exit_ = vcpu.run()
+            except RunTimeout as exc:
+                # The VCPU entered the guest (no guest code here, so it would never come back).
+                report.add("KVM_RUN (first entry)", True,
+                           f"entered; no exit within {exc.seconds:g} s, ended by a timer signal",
+                           vcpu=vcpu.index)
+                continue
             report.add("KVM_RUN (first entry)", True, f"exit {exit_.name}", vcpu=vcpu.index)
         error = None
         if args.enable_buffer is not None:
@@ -718,6 +738,9 @@ def cmd_configure(args: argparse.Namespace) -> int:
             doc["vm_lck"] = memlock.status().vm_lck
         doc["memlock_limit"] = memlock_limit()
         return finish(error is None, error)
+    except SpeFeatureUnavailable as exc:
+        report.add("KVM_ARM_VCPU_INIT with the SPE feature", False, str(exc.strerror))
+        return finish(False, _one_line(f"SPE is not supported: {exc.strerror}"))
     except KvmError as exc:
         report.add(exc.ioctl or "ioctl", False, str(exc))
         return finish(False, _one_line(str(exc)))

@@ -367,15 +367,22 @@ def _vm_lck() -> int:
 
 
 def _probe(kvm: Any) -> HostFacts:
-    """Ask the kernel whether SPE is there: HAS on a fresh SPE VCPU (EAFP)."""
+    """Ask the kernel whether SPE is there, on a throwaway VM of its own.
+
+    On arm64 the SPE VCPU feature bit must be known (given, or found by
+    :meth:`kvmspe.kvm.Kvm.spe_feature`); then HAS on a VCPU with it decides.
+    """
     spe = False
-    with ExitStack() as stack:
-        vm = stack.enter_context(kvm.create_vm())
-        try:
-            vcpu = vm.create_vcpu(spe=True)
-            spe = bool(vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE))
-        except KvmError:
-            spe = False
+    feature = kvm.spe_feature() if hasattr(kvm, "spe_feature") else None
+    if feature is None or feature.bit is not None or kvm.arch != "aarch64":
+        with kvm.create_vm() as vm:
+            try:
+                vcpu = vm.create_vcpu(spe=True)
+                spe = bool(
+                    vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE)
+                )
+            except KvmError:
+                spe = False
     return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), _sysfs_spus() if spe else {})
 
 
@@ -472,11 +479,19 @@ def run_bounded(vcpu: _Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
 
     The conformance VMs have no memory and no guest code: on arm64 the VCPU
     takes a prefetch abort at its first instruction and keeps taking them
-    inside KVM_RUN, which then only returns on a signal. A SIGALRM whose
-    handler raises ends it; that counts as an exit (KVM_EXIT_INTR), since the
-    VCPU did enter KVM_RUN, which is all the run cases need. Outside the
-    main thread there is no SIGALRM handler, so the call is not bounded.
+    inside KVM_RUN, which then only returns on a signal. A real VCPU's run
+    is bounded by :meth:`kvmspe.kvm.Vcpu.run` (a timer signal); when it
+    times out, the kernel's own answer to a signal, KVM_EXIT_INTR, is the
+    exit: the VCPU did enter KVM_RUN, which is all the run cases need. Any
+    other VCPU (a stand-in) is bounded here by SIGALRM in the main thread.
     """
+    from .kvm import RunTimeout, Vcpu
+
+    if isinstance(vcpu, Vcpu):
+        try:
+            return vcpu.run(timeout=seconds)
+        except RunTimeout:
+            return abi.Exit(abi.KVM_EXIT_INTR)
     if threading.current_thread() is not threading.main_thread():
         return vcpu.run()
 
@@ -539,8 +554,10 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
         try:
             runner = _KvmRunner(case, facts, vm, set_room)
         except KvmError as exc:
+            # The case applies to this host: not running it is kvmspe's failure, not a skip.
             return Result(
-                case.name, key, source, "skipped", _show(case.expected), "", f"cannot create the VCPUs: {exc}"
+                case.name, key, source, "failed", _show(case.expected), exc.name,
+                f"cannot create the VCPUs: {exc.ioctl}: {exc}",
             )
         try:
             # The VCPUs exist: now the vGIC, before any call sets an interrupt.
@@ -606,14 +623,17 @@ class Report:
     results: list[Result]
     host: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Why the run could test nothing (e.g. no access to /dev/kvm); then not ok.
+    error: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
     def ok(self) -> bool:
-        """True when no case failed (skipped cases do not count against)."""
-        return self.count("failed") == 0
+        """True when no case failed (skipped cases do not count against) and
+        the run could test something (:attr:`error` is None)."""
+        return self.count("failed") == 0 and self.error is None
 
     @property
     def failed(self) -> list[Result]:
@@ -626,13 +646,10 @@ class Report:
             "schema_version": REPORT_SCHEMA_VERSION,
             "backend": self.backend,
             "host": self.host,
-            "assumed_numbers": {
-                "spe_feature_bit": abi.ASSUMED.spe_feature_bit,
-                "cap_arm_spe": abi.ASSUMED.cap_arm_spe,
-                "exit_rlimit": abi.ASSUMED.exit_rlimit,
-            },
+            "assumed_numbers": abi.ASSUMED.as_dict(),
             "summary": {s: self.count(s) for s in ("passed", "failed", "skipped")},
             "ok": self.ok,
+            "error": self.error,
             "seconds": round(self.seconds, 4),
             "results": [r.to_dict() for r in self.results],
         }
@@ -658,6 +675,8 @@ class Report:
             f"{self.backend}: {self.count('passed')} passed, {self.count('failed')} failed,"
             f" {self.count('skipped')} skipped in {self.seconds:.2f} s"
         )
+        if self.error is not None:
+            lines.append(f"error: nothing was tested: {self.error}")
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -681,4 +700,7 @@ def run(
         results = list(_run_model(chosen, RULES if rules is None else rules))
     else:
         host, results = _run_kvm(chosen)
-    return Report(backend, results, host, time.perf_counter() - start)
+    error = host.get("error")
+    if error is None and results and all(r.status == "skipped" for r in results):
+        error = "no case applies to this host"
+    return Report(backend, results, host, time.perf_counter() - start, error)

@@ -6,9 +6,14 @@ supports SPE, the host page size, the SPE instances in sysfs
 (``/sys/bus/event_source/devices/arm_spe_N``), RLIMIT_MEMLOCK and ``VmLck``.
 
 Capabilities are probed, never inferred from version numbers: SPE support
-is asked of KVM itself, by creating a VM and a VCPU and asking
-KVM_HAS_DEVICE_ATTR for each attribute of the SPE group (ENXIO means not
-supported), and on arm64 also with KVM_CHECK_EXTENSION(KVM_CAP_ARM_SPE).
+is asked of KVM itself. On arm64 the SPE VCPU feature bit is given by the
+user or probed (:meth:`kvmspe.kvm.Kvm.spe_feature`: a throwaway VM per
+candidate bit, and the bit counts only if the SPE group then answers);
+then a fresh VM gets a VCPU with that feature and KVM_HAS_DEVICE_ATTR is
+asked for each attribute of the SPE group (ENXIO means not supported).
+Every probe uses a VM of its own (KVM never frees a VCPU id).
+KVM_CHECK_EXTENSION(KVM_CAP_ARM_SPE) is asked only when the user gives the
+capability's number (the series does not publish it); it decides nothing.
 Every failure to read or probe something becomes a stated reason in the
 result, never an exception.
 
@@ -119,6 +124,8 @@ class HostInfo:
     api_version: int | None = None
     cap_arm_spe: int | None = None
     cap_arm_spe_reason: str | None = None
+    spe_feature_bit: int | None = None
+    spe_feature_reason: str | None = None
     spe_attrs: dict[str, bool] = field(default_factory=dict)
     spe_supported: bool = False
     spe_reason: str = ""
@@ -252,51 +259,68 @@ def _probe_kvm(info: HostInfo) -> None:
             info.spe_reason = f"not probed: {info.kvm_reason}"
             return
         info.kvm_usable = True
-        if kvm.arch == "aarch64":
+        cap = abi.ASSUMED.cap_arm_spe
+        if kvm.arch != "aarch64":
+            info.cap_arm_spe_reason = f"not probed: KVM_CAP_ARM_SPE is arm64 only, this is {kvm.arch}"
+        elif cap is None:
+            info.cap_arm_spe_reason = (
+                "not asked: the series does not publish KVM_CAP_ARM_SPE's number"
+                " (give it with KVMSPE_CAP_ARM_SPE); the SPE group is probed instead"
+            )
+        else:
             try:
-                info.cap_arm_spe = kvm.check_extension(abi.ASSUMED.cap_arm_spe)
+                info.cap_arm_spe = kvm.check_extension(cap)
             except KvmError as exc:
-                info.cap_arm_spe_reason = f"KVM_CHECK_EXTENSION failed: {exc}"
+                info.cap_arm_spe_reason = f"KVM_CHECK_EXTENSION({cap}) failed: {exc}"
             else:
                 info.cap_arm_spe_reason = (
-                    f"KVM_CHECK_EXTENSION({abi.ASSUMED.cap_arm_spe}) answered {info.cap_arm_spe};"
-                    " KVM_CAP_ARM_SPE's number is assumed (KVMSPE_CAP_ARM_SPE)"
+                    f"KVM_CHECK_EXTENSION({cap}) answered {info.cap_arm_spe}"
+                    f" ({cap} given by {abi.ASSUMED.source('cap_arm_spe')})"
                 )
-        else:
-            info.cap_arm_spe_reason = f"not probed: KVM_CAP_ARM_SPE is arm64 only, this is {kvm.arch}"
         _probe_spe_group(kvm, info)
 
 
 def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
-    note = ""
+    """The SPE feature bit (arm64), then HAS for each SPE attribute on a fresh VM."""
+    spe = kvm.arch == "aarch64"
     try:
+        if spe:
+            feature = kvm.spe_feature()
+            info.spe_feature_bit, info.spe_feature_reason = feature.bit, feature.reason
+            if feature.bit is None and feature.tried:
+                info.spe_feature_reason = f"none found; what the kernel answered: {feature.answers}"
+            spe = feature.bit is not None
         with kvm.create_vm() as vm:
-            try:
-                vcpu = vm.create_vcpu(0, spe=True)
-            except KvmError as exc:
-                if kvm.arch != "aarch64":
-                    raise
-                note = f"; KVM_ARM_VCPU_INIT with the SPE feature failed ({exc}), probed without it"
-                vcpu = vm.create_vcpu(0, spe=False)
+            vcpu = vm.create_vcpu(spe=spe)
             for attr, name in sorted(_SPE_ATTR_NAMES.items()):
                 info.spe_attrs[name] = vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
     except KvmError as exc:
         info.spe_reason = f"could not probe the SPE group: {exc}"
         return
     known = [n for n, ok in info.spe_attrs.items() if ok]
-    info.spe_supported = len(known) == len(info.spe_attrs) and not note
+    info.spe_supported = spe and len(known) == len(info.spe_attrs)
     if info.spe_supported:
-        info.spe_reason = "KVM_HAS_DEVICE_ATTR accepts every KVM_ARM_VCPU_SPE_CTRL attribute"
+        info.spe_reason = (
+            f"KVM_HAS_DEVICE_ATTR accepts every KVM_ARM_VCPU_SPE_CTRL attribute"
+            f" (SPE VCPU feature {info.spe_feature_reason})"
+        )
+    elif kvm.arch != "aarch64":
+        info.spe_reason = (
+            "SPE not supported on this host: SPE is an arm64 feature (this host is"
+            f" {kvm.arch}); KVM_HAS_DEVICE_ATTR answers ENXIO for the KVM_ARM_VCPU_SPE_CTRL group"
+            if not known
+            else f"SPE not supported on this host: SPE is an arm64 feature (this host is {kvm.arch})"
+        )
+    elif not spe:
+        info.spe_reason = f"SPE not supported on this host: {feature.reason}"
     elif not known:
         info.spe_reason = (
-            "SPE not supported on this host: KVM_HAS_DEVICE_ATTR answers ENXIO for every"
-            " KVM_ARM_VCPU_SPE_CTRL attribute"
-            + ("" if kvm.arch == "aarch64" else f" (SPE is an arm64 feature; this host is {kvm.arch})")
-            + note
+            "SPE not supported on this host: with the SPE VCPU feature, KVM_HAS_DEVICE_ATTR"
+            " answers ENXIO for every KVM_ARM_VCPU_SPE_CTRL attribute"
         )
     else:
         missing = [n for n, ok in info.spe_attrs.items() if not ok]
-        info.spe_reason = f"partial SPE support: KVM does not know {', '.join(missing)}{note}"
+        info.spe_reason = f"partial SPE support: KVM does not know {', '.join(missing)}"
 
 
 def discover(

@@ -23,7 +23,18 @@ VCPUs that exist when the vGIC is initialised.
 All system calls go through one injectable function with ``fcntl.ioctl``'s
 shape, ``ioctl(fd, request, arg) -> int`` where ``arg`` is an int or a
 mutable buffer; tests pass a recording fake to check the exact bytes of the
-arm64 paths on any machine. Interrupted calls (EINTR) are retried.
+arm64 paths on any machine. Interrupted calls (EINTR) are retried, except
+KVM_RUN, which is bounded: :meth:`Vcpu.run` ends it with a timer signal
+after ``timeout`` seconds and raises :class:`RunTimeout` (an arm64 VCPU
+without guest code or memory never returns from KVM_RUN by itself).
+
+VCPU ids are never reused within a VM (KVM never frees one: creating the
+same id again answers EEXIST, even after its fd was closed). The SPE VCPU
+feature bit is given by the user (``spe_feature_bit=``,
+``KVMSPE_SPE_FEATURE_BIT``, :func:`kvmspe.abi.set_assumed`) or found by
+probing (:meth:`Kvm.spe_feature`): the v6 series does not publish it, and
+the bits its older revisions used are other features upstream now. When no
+bit is found the backend says so and never sets a guessed bit.
 """
 
 from __future__ import annotations
@@ -33,8 +44,13 @@ import errno
 import fcntl
 import mmap
 import os
+import signal
 import struct
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -46,6 +62,11 @@ __all__ = [
     "Device",
     "IoctlFn",
     "Kvm",
+    "RUN_TIMEOUT",
+    "RunTimeout",
+    "SPE_FEATURE_CANDIDATES",
+    "SpeFeature",
+    "SpeFeatureUnavailable",
     "VALUE_STRUCTS",
     "VGIC_V3_DIST_BASE",
     "VGIC_V3_REDIST_BASE",
@@ -89,6 +110,62 @@ _NAMES = {_HAS: "KVM_HAS_DEVICE_ATTR", _GET: "KVM_GET_DEVICE_ATTR", _SET: "KVM_S
 VGIC_V3_DIST_BASE = 0x0800_0000
 VGIC_V3_REDIST_BASE = 0x080A_0000
 _VGIC_ALIGN = 64 << 10
+
+#: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
+RUN_TIMEOUT = 1.0
+#: After the first timer signal, how often it is repeated until KVM_RUN has
+#: returned (a signal that lands just before the ioctl starts is not lost).
+_RUN_TICK = 0.05
+
+#: Candidate bits for the SPE VCPU feature when probing: KVM_ARM_VCPU_INIT
+#: takes features only in features[0] (every kernel refuses a bit in
+#: features[1..6]), and bits 0..8 are upstream features (kvmspe.upstream).
+SPE_FEATURE_CANDIDATES: tuple[int, ...] = tuple(range(9, 32))
+
+
+class SpeFeatureUnavailable(KvmError):
+    """No SPE VCPU feature bit is known for this kernel: none was given and
+    probing found none. Raised by :meth:`Vm.create_vcpu` with ``spe=True``
+    on arm64 before any ioctl (so no VCPU id is used up); ``errno`` is
+    EOPNOTSUPP."""
+
+
+class RunTimeout(KvmError):
+    """KVM_RUN did not return within its time limit and was ended by a timer
+    signal (the kernel then reports KVM_EXIT_INTR). ``errno`` is ETIMEDOUT,
+    ``seconds`` the limit. The VCPU did enter the guest."""
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            errno.ETIMEDOUT,
+            f"KVM_RUN did not return within {seconds:g} s and was ended by a timer signal"
+            " (a VCPU without guest code or memory never returns by itself)",
+            ioctl="KVM_RUN",
+        )
+        self.seconds = seconds
+
+
+@dataclass(frozen=True)
+class SpeFeature:
+    """The SPE VCPU feature bit of a kernel, and how it was decided.
+
+    ``bit`` is None when the kernel has no SPE VCPU feature (as far as
+    probing can tell). ``source`` is "argument", "set_assumed",
+    "KVMSPE_SPE_FEATURE_BIT", "probed" or "none"; ``reason`` one line for
+    people; ``tried`` each probed bit with what the kernel answered.
+    """
+
+    bit: int | None
+    source: str
+    reason: str
+    tried: tuple[tuple[int, str], ...] = field(default_factory=tuple)
+
+    @property
+    def answers(self) -> str:
+        """What the kernel answered to the probed bits, in words, e.g. ``bits
+        9..31: unknown to this kernel (KVM_ARM_VCPU_INIT refuses them)``
+        (empty when nothing was probed); ``tried`` has each errno."""
+        return _answers(self.tried)
 
 
 class _Owned:
@@ -135,15 +212,93 @@ def _fail(exc: OSError, name: str, text: str | None = None) -> KvmError:
     return KvmError(code, text if text is not None else os.strerror(code), ioctl=name)
 
 
+def _no_feature_reason() -> str:
+    """One line: no probed bit made the SPE group answer."""
+    first, last = SPE_FEATURE_CANDIDATES[0], SPE_FEATURE_CANDIDATES[-1]
+    return (
+        "this kernel has no SPE VCPU feature: no KVM_ARM_VCPU_INIT feature bit"
+        f" ({first}..{last}) makes the KVM_ARM_VCPU_SPE_CTRL group answer;"
+        " set KVMSPE_SPE_FEATURE_BIT if it has one"
+    )
+
+
+#: How the probe's answers read for people: what an INIT refusal means, not
+#: the errno of a feature that is not SPE (``SpeFeature.tried`` keeps it).
+_ANSWER_WORDS = {
+    "KVM_ARM_VCPU_INIT ENOENT": "unknown to this kernel (KVM_ARM_VCPU_INIT refuses them)",
+    "KVM_ARM_VCPU_INIT EINVAL": "refused by KVM_ARM_VCPU_INIT (unknown or not available here)",
+}
+
+
+def _answers(tried: tuple[tuple[int, str], ...]) -> str:
+    """What the kernel answered to each probed bit, in words, runs of bits joined."""
+    groups: dict[str, list[int]] = {}
+    for bit, answer in tried:
+        groups.setdefault(_ANSWER_WORDS.get(answer, answer), []).append(bit)
+    parts = []
+    for answer, bits in groups.items():
+        if len(bits) == 1:
+            span = f"bit {bits[0]}"
+        elif bits == list(range(bits[0], bits[-1] + 1)):
+            span = f"bits {bits[0]}..{bits[-1]}"
+        else:
+            span = "bits " + ",".join(map(str, bits))
+        parts.append(f"{span}: {answer}")
+    return "; ".join(parts)
+
+
+def _feature_bits(features: tuple[int, ...] | list[int]) -> list[int]:
+    return [32 * w + b for w, word in enumerate(features) for b in range(32) if word >> b & 1]
+
+
+def _init_refused(code: int, bits: list[int], spe_bit: int | None) -> str | None:
+    """What a KVM_ARM_VCPU_INIT errno means for the features asked for."""
+    from . import upstream
+
+    def show(b: int) -> str:
+        name = upstream.feature_name(b)
+        if b == spe_bit:
+            return f"bit {b} (asked for as the SPE feature)"
+        return f"bit {b} ({name})" if name else f"bit {b}"
+
+    asked = ", ".join(show(b) for b in bits) or "no feature bit"
+    if code == errno.ENOENT:
+        return (
+            f"the kernel does not know a VCPU feature asked for ({asked}): KVM_ARM_VCPU_INIT"
+            " answers ENOENT for an unknown feature bit (Linux 6.1)"
+        )
+    if code == errno.EINVAL:
+        return (
+            f"the kernel refused the VCPU features ({asked}): an unknown feature bit (EINVAL on"
+            " newer kernels), a feature this host cannot give, features that differ from the"
+            " VM's other VCPUs, or a bad target"
+        )
+    return None
+
+
 class Kvm(_Owned):
     """An open ``/dev/kvm``: API version, capabilities, VM creation.
 
     ``ioctl`` replaces ``fcntl.ioctl`` (for tests); ``arch`` replaces the
     host architecture (default ``os.uname().machine``), which decides whether
-    VCPUs are initialised the arm64 way. Closing it closes its VMs too.
+    VCPUs are initialised the arm64 way. ``spe_feature_bit`` gives the SPE
+    VCPU feature bit (checked: not an upstream feature, fits
+    ``features[7]``); without it :meth:`spe_feature` decides. Closing it
+    closes its VMs too.
     """
 
-    def __init__(self, path: str = "/dev/kvm", *, ioctl: IoctlFn | None = None, arch: str | None = None):
+    def __init__(
+        self,
+        path: str = "/dev/kvm",
+        *,
+        ioctl: IoctlFn | None = None,
+        arch: str | None = None,
+        spe_feature_bit: int | None = None,
+    ):
+        if spe_feature_bit is not None:
+            abi.check_assumed("spe_feature_bit", spe_feature_bit)
+        self._spe_bit_arg = spe_feature_bit
+        self._spe_feature: SpeFeature | None = None
         self.path = path
         self.ioctl: IoctlFn = ioctl if ioctl is not None else cast(IoctlFn, fcntl.ioctl)
         self.arch = normalise_arch(arch if arch is not None else os.uname().machine)
@@ -183,6 +338,60 @@ class Kvm(_Owned):
         self.vms.append(vm)
         return vm
 
+    def spe_feature(self) -> SpeFeature:
+        """The SPE VCPU feature bit: given (argument, then
+        :data:`kvmspe.abi.ASSUMED`), else probed once and remembered.
+
+        Probing, on arm64: for each bit of :data:`SPE_FEATURE_CANDIDATES`, a
+        throwaway VM with one VCPU initialised with only that bit; the bit
+        counts only if KVM_ARM_VCPU_INIT accepts it AND the SPE group then
+        answers KVM_HAS_DEVICE_ATTR (KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE). A
+        kernel that accepts an unrelated bit (Linux 7.2 takes bit 8,
+        KVM_ARM_VCPU_HAS_EL2_E2H0) answers ENXIO there, so that bit does not
+        count. Unknown bits answer ENOENT (Linux 6.1) or EINVAL (newer).
+        """
+        if self._spe_feature is not None:
+            return self._spe_feature
+        if self._spe_bit_arg is not None:
+            bit = self._spe_bit_arg
+            found = SpeFeature(bit, "argument", f"bit {bit}, given as an argument")
+        elif abi.ASSUMED.spe_feature_bit is not None:
+            bit = abi.ASSUMED.spe_feature_bit
+            source = abi.ASSUMED.source("spe_feature_bit")
+            found = SpeFeature(bit, source, f"bit {bit}, given by {source}")
+        else:
+            found = self._probe_spe_feature()
+        self._spe_feature = found
+        return found
+
+    def _probe_spe_feature(self) -> SpeFeature:
+        if self.arch != "aarch64":
+            return SpeFeature(None, "none", f"SPE is an arm64 feature; this host is {self.arch}")
+        tried: list[tuple[int, str]] = []
+        for bit in SPE_FEATURE_CANDIDATES:
+            with self.create_vm() as vm:
+                try:
+                    vcpu = vm._create(0, spe=True, bit=bit)
+                except KvmError as exc:
+                    tried.append((bit, f"{exc.ioctl} {exc.name}"))
+                    continue
+                try:
+                    answers = vcpu.has_device_attr(
+                        abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+                    )
+                except KvmError as exc:
+                    answer = f"accepted by KVM_ARM_VCPU_INIT, but HAS on the SPE group answers {exc.name}"
+                    tried.append((bit, answer))
+                    continue
+                if answers:
+                    reason = (
+                        f"bit {bit}, probed: KVM_ARM_VCPU_INIT accepts it and the KVM_ARM_VCPU_SPE_CTRL"
+                        " group then answers KVM_HAS_DEVICE_ATTR"
+                    )
+                    return SpeFeature(bit, "probed", reason, tuple(tried))
+                tried.append((bit, "accepted by KVM_ARM_VCPU_INIT, but the SPE group answers ENXIO"))
+        return SpeFeature(None, "none", _no_feature_reason(), tuple(tried))
+
     def close(self) -> None:
         """Close every VM created here, then ``/dev/kvm``. Safe to call twice."""
         if self.closed:
@@ -204,6 +413,8 @@ class Vm(_Owned):
         self.devices: list[Device] = []
         #: The in-kernel GICv3, once :meth:`create_vgic_v3` has made it.
         self.vgic: Device | None = None
+        #: Every VCPU id created in this VM: KVM never frees one.
+        self.ids_used: set[int] = set()
         self.closed = False
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
@@ -226,39 +437,57 @@ class Vm(_Owned):
         self._call(abi.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
 
     def _next_index(self) -> int:
-        used = {v.index for v in self.vcpus}
+        """The lowest VCPU id this VM has never used (KVM never frees one)."""
+        used = self.ids_used
         return next(i for i in range(len(used) + 1) if i not in used)
 
     def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu:
         """KVM_CREATE_VCPU, and on arm64 KVM_ARM_PREFERRED_TARGET + KVM_ARM_VCPU_INIT.
 
-        ``index`` is the VCPU id (the lowest free one when omitted). On arm64
-        the VCPU is initialised with the preferred target and, when ``spe``,
-        the ``KVM_ARM_VCPU_SPE`` feature bit (an assumed number, see
-        :data:`kvmspe.abi.ASSUMED`). On x86 there is no init step and ``spe``
-        is only recorded.
+        ``index`` is the VCPU id (default: the lowest id this VM has never
+        used; KVM never frees an id, so a closed VCPU's id stays taken). On
+        arm64 the VCPU is initialised with the preferred target and, when
+        ``spe``, the SPE feature bit of :meth:`Kvm.spe_feature`; when the
+        kernel has none, :class:`SpeFeatureUnavailable` is raised before any
+        ioctl. On x86 there is no init step and ``spe`` is only recorded.
         """
+        bit = None
+        if spe and self.kvm.arch == "aarch64":
+            feature = self.kvm.spe_feature()
+            if feature.bit is None:
+                why = feature.reason + (f" (probed: {feature.answers})" if feature.tried else "")
+                raise SpeFeatureUnavailable(errno.EOPNOTSUPP, why, ioctl="KVM_ARM_VCPU_INIT")
+            bit = feature.bit
+        return self._create(index, spe=spe, bit=bit)
+
+    def _create(self, index: int | None, *, spe: bool, bit: int | None) -> Vcpu:
         if index is None:
             index = self._next_index()
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"VCPU index must be a non-negative int, got {index!r}")
-        fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU")
+        text = None
+        if index in self.ids_used:
+            text = (
+                f"VCPU id {index} was used before in this VM: KVM never frees a VCPU id,"
+                " even after its fd is closed"
+            )
+        fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU", text)
+        self.ids_used.add(index)
         vcpu = Vcpu(self, fd, index, spe)
         try:
             if self.kvm.arch == "aarch64":
-                self._arm_init(vcpu, spe)
+                self._arm_init(vcpu, bit)
         except BaseException:
             vcpu.close()
             raise
         self.vcpus.append(vcpu)
         return vcpu
 
-    def _arm_init(self, vcpu: Vcpu, spe: bool) -> None:
+    def _arm_init(self, vcpu: Vcpu, bit: int | None) -> None:
         init = bytearray(abi.VCPU_INIT.size)
         self._call(abi.KVM_ARM_PREFERRED_TARGET, init, "KVM_ARM_PREFERRED_TARGET")
         target, *features = abi.VCPU_INIT.unpack(init)
-        bit = abi.ASSUMED.spe_feature_bit
-        if spe:
+        if bit is not None:
             word = bit // 32
             if word >= len(features):
                 raise ValueError(f"SPE feature bit {bit} does not fit in kvm_vcpu_init.features[7]")
@@ -266,16 +495,10 @@ class Vm(_Owned):
         abi.VCPU_INIT.pack_into(init, 0, target, *features)
         vcpu.features = tuple(features)
         vcpu.target = target
-        text = None
         try:
             _retry(self.kvm.ioctl, vcpu.fd, abi.KVM_ARM_VCPU_INIT, init)
         except OSError as exc:
-            if spe and exc.errno == errno.EINVAL:
-                text = (
-                    f"the kernel refused the VCPU features; KVM_ARM_VCPU_SPE is assumed to be"
-                    f" bit {bit} (set KVMSPE_SPE_FEATURE_BIT if this kernel uses another),"
-                    " or this host's KVM has no SPE support"
-                )
+            text = _init_refused(exc.errno or 0, _feature_bits(features), bit)
             raise _fail(exc, "KVM_ARM_VCPU_INIT", text) from None
 
     # -- in-kernel devices --------------------------------------------------------------
@@ -425,6 +648,56 @@ class Device(_Owned):
         return f"Device(type={self.type}, {state})"
 
 
+_NO_HANDLER = (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    """SIGALRM while KVM_RUN is bounded: nothing to do but interrupt it."""
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """SIGALRM to this thread after ``seconds``, then every :data:`_RUN_TICK`,
+    until the block ends; the previous handler and timer are restored."""
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _RUN_TICK)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if old_delay > 0:
+                left = max(old_delay - (time.monotonic() - start), 1e-3)
+                signal.setitimer(signal.ITIMER_REAL, left, old_interval)
+        return
+    if signal.getsignal(signal.SIGALRM) in _NO_HANDLER:
+        raise KvmError(
+            errno.EINVAL,
+            "cannot bound KVM_RUN outside the main thread: SIGALRM has no Python handler"
+            " (install one in the main thread, or pass timeout=None)",
+            ioctl="KVM_RUN",
+        )
+    target = threading.get_ident()
+    done = threading.Event()
+
+    def ring() -> None:
+        if done.wait(seconds):
+            return
+        while not done.is_set():
+            signal.pthread_kill(target, signal.SIGALRM)
+            done.wait(_RUN_TICK)
+
+    ringer = threading.Thread(target=ring, name="kvmspe-run-timer", daemon=True)
+    ringer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ringer.join()
+
+
 class Vcpu(_Owned):
     """A VCPU file descriptor with the model VCPU's methods.
 
@@ -560,9 +833,10 @@ class Vcpu(_Owned):
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
         """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
 
-        ``value`` is an int of the attribute's C type, or
+        ``value`` is an int of the attribute's C type,
         :data:`kvmspe.abi.BAD_ADDRESS` for a pointer the kernel cannot read
-        (EFAULT). A value that does not fit is refused with ValueError before
+        (EFAULT), or None for an attribute that takes no value (``addr`` 0,
+        e.g. KVM_ARM_VCPU_SPE_INIT). A value that does not fit is refused with ValueError before
         any ioctl, as the model does.
         """
         if group != self._sel_group or attr != self._sel_attr:
@@ -575,6 +849,10 @@ class Vcpu(_Owned):
             buf = self._attr
         elif value is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
+        elif value is None:
+            # An attribute that takes no value (KVM_ARM_VCPU_SPE_INIT, as
+            # KVM_ARM_VCPU_PMU_V3_INIT): addr is 0.
+            buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, 0))
         else:
             if isinstance(value, bool) or not isinstance(value, int):
                 self._refuse(group, attr, self._fmt, value)
@@ -599,8 +877,21 @@ class Vcpu(_Owned):
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self) -> abi.Exit:
-        """KVM_RUN until it returns (EINTR is retried): the exit, read from ``kvm_run``."""
+    def run(self, timeout: float | None = RUN_TIMEOUT) -> abi.Exit:
+        """KVM_RUN, bounded: the exit, read from ``kvm_run``.
+
+        After ``timeout`` seconds a timer signal (SIGALRM) ends the call and
+        :class:`RunTimeout` is raised; the previous SIGALRM handler and
+        ITIMER_REAL timer are restored. In the main thread the timer is
+        ``setitimer``; in another thread a timer thread sends SIGALRM to
+        this one with ``pthread_kill``, which needs a Python SIGALRM handler
+        installed (else KvmError EINVAL, before KVM_RUN). ``timeout=None``
+        runs unbounded; an interrupted unbounded call is retried.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e6
+        ):
+            raise ValueError(f"timeout must be a number of seconds in (0, 1e6) or None, got {timeout!r}")
         run = self._run
         if run is None:
             size = self.vm.kvm.vcpu_mmap_size()
@@ -611,16 +902,52 @@ class Vcpu(_Owned):
                 raise _fail(exc, "mmap", why) from None
             self._run = run
         try:
-            _retry(self._ioctl, self.fd, abi.KVM_RUN, 0)
+            if timeout is None:
+                _retry(self._ioctl, self.fd, abi.KVM_RUN, 0)
+            else:
+                self._run_bounded(timeout)
+        except KvmError:
+            raise  # ours: a timeout, or a run that cannot be bounded
         except OSError as exc:
             code = exc.errno or errno.EIO
-            text = abi.RUN_ERRNOS.get(code) if self.vm.kvm.arch == "aarch64" else None
-            raise KvmError(code, text or os.strerror(code), ioctl="KVM_RUN") from None
+            raise KvmError(code, self._run_error(code), ioctl="KVM_RUN") from None
         reason: int = abi.U32.unpack_from(run, abi.KVM_RUN_EXIT_REASON_OFFSET)[0]
         if reason == abi.ASSUMED.exit_rlimit:
             excess: int = abi.U64.unpack_from(run, abi.KVM_RUN_RLIMIT_EXCESS_OFFSET)[0]
             return abi.Exit(reason, excess)
         return abi.Exit(reason)
+
+    def _run_bounded(self, seconds: float) -> None:
+        """One KVM_RUN under a timer signal; EINTR before the deadline is retried."""
+        deadline = time.monotonic() + seconds
+        with _alarm(seconds):
+            while True:
+                try:
+                    self._ioctl(self.fd, abi.KVM_RUN, 0)
+                    return
+                except InterruptedError:
+                    if time.monotonic() >= deadline:
+                        raise RunTimeout(seconds) from None
+
+    def _run_error(self, code: int) -> str:
+        """What a KVM_RUN errno means here; blames SPE only when SPE is the cause."""
+        if self.vm.kvm.arch != "aarch64":
+            return os.strerror(code)
+        if code != errno.EINVAL:
+            return abi.RUN_ERRNOS.get(code) or os.strerror(code)
+        other = (
+            "an enabled PMU not initialised (KVM_ARM_VCPU_PMU_V3_INIT), a missing or"
+            " uninitialised vGIC, or another feature of the VCPU not set up"
+        )
+        try:
+            spe = self.spe and self.has_device_attr(
+                abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
+            )
+        except KvmError:
+            spe = False
+        if not spe:
+            return f"the VCPU is not ready to run, and not because of SPE (it has none): {other}"
+        return f"{abi.RUN_ERRNOS[errno.EINVAL]}; or, not because of SPE: {other}"
 
     def close(self) -> None:
         """Unmap ``kvm_run`` and close the VCPU. Safe to call twice."""

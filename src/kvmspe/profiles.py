@@ -31,7 +31,9 @@ __all__ = [
     "Profile",
     "SpuProfile",
     "TYPICAL_SPE_TYPE",
+    "fallback_host",
     "model_host",
+    "profile_for_page_size",
     "spus_from_info",
 ]
 
@@ -150,3 +152,37 @@ def model_host(
     if profile is None:
         raise ValueError(f"unknown host profile {source!r}; known: {', '.join(PROFILES)}")
     return profile.host(memlock_limit, locked)
+
+
+def profile_for_page_size(page_size: int) -> str:
+    """The built-in profile with one unlimited SPE unit and ``page_size``
+    pages (``default-4k``, ``16k`` or ``64k``); ValueError for another size."""
+    for name in (DEFAULT_PROFILE, "16k", "64k"):
+        if PROFILES[name].page_size == page_size:
+            return name
+    accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
+    raise ValueError(f"no profile for a {page_size}-byte page size; accepted: {accepted}")
+
+
+def fallback_host(
+    info: HostInfo | None, *, memlock_limit: int | None = None, locked: int = 0
+) -> tuple[Host, str]:
+    """The model host to use when the real kernel cannot run SPE guests, and why.
+
+    The host itself as far as it can be modelled: its SPE units and page
+    size when sysfs shows SPE units; on an arm64 host without any (e.g. under
+    a hypervisor that does not pass SPE through), its page size with the
+    profile of that page size (one unlimited SPE unit); elsewhere (not
+    arm64, or not probed) :data:`DEFAULT_PROFILE`.
+    """
+    if info is not None and info.spe_instances:
+        return model_host(info, memlock_limit=memlock_limit, locked=locked), "modelling this host's SPE units"
+    if info is not None and info.arch == "aarch64" and info.page_size in maxbuf.PAGE_SIZES:
+        name = profile_for_page_size(info.page_size)
+        why = (
+            f"modelling this host's {info.page_size // 1024} KiB pages with profile {name!r}"
+            " (the host shows no SPE unit)"
+        )
+        return PROFILES[name].host(memlock_limit, locked), why
+    host = model_host(DEFAULT_PROFILE, memlock_limit=memlock_limit, locked=locked)
+    return host, f"modelling the default profile {DEFAULT_PROFILE!r}"

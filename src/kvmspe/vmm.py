@@ -2,8 +2,11 @@
 
 :func:`configure_spe` does what QEMU does for its PMU: for the SPE
 interrupt, the SPU and the max buffer size, in that order, it asks
-KVM_HAS_DEVICE_ATTR and then issues KVM_SET_DEVICE_ATTR, and stops at the
-first step that fails with one clear :class:`SpeConfigError` naming that step.
+KVM_HAS_DEVICE_ATTR and then issues KVM_SET_DEVICE_ATTR, and last the same
+for KVM_ARM_VCPU_SPE_INIT (v6 patch 15), which takes no value (``addr`` 0)
+and, like KVM_ARM_VCPU_PMU_V3_INIT, comes after the values it depends on
+(and after the VM's vGIC is initialised, on arm64). It stops at the first
+step that fails with one clear :class:`SpeConfigError` naming that step.
 It only uses ``has_device_attr`` and ``set_device_attr``, so it runs
 unchanged on a model VCPU (:mod:`kvmspe.model`) and a real one
 (:mod:`kvmspe.kvm`).
@@ -18,7 +21,7 @@ from typing import Literal, Protocol
 from . import abi
 from .errors import KvmError, KvmspeError
 
-__all__ = ["SpeConfigError", "SpeVcpu", "Step", "configure_spe"]
+__all__ = ["ORDER", "SpeConfigError", "SpeVcpu", "Step", "configure_spe", "planned_steps"]
 
 
 class SpeVcpu(Protocol):
@@ -41,7 +44,11 @@ class Step:
     @property
     def attr_name(self) -> str:
         info = abi.attr_info(self.group, self.attr)
-        return info.name if info is not None else f"attribute {self.attr}"
+        if info is not None:
+            return info.name
+        if (self.group, self.attr) == (abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_INIT):
+            return "KVM_ARM_VCPU_SPE_INIT"
+        return f"attribute {self.attr}"
 
     @property
     def shown_value(self) -> str:
@@ -55,6 +62,8 @@ class Step:
         """E.g. ``has KVM_ARM_VCPU_SPE_IRQ`` or ``set KVM_ARM_VCPU_SPE_SPU=10``."""
         if self.call == "has":
             return f"has {self.attr_name}"
+        if self.value is None:
+            return f"set {self.attr_name}"
         return f"set {self.attr_name}={self.shown_value}"
 
 
@@ -86,8 +95,29 @@ def _not_supported(step: Step) -> SpeConfigError:
     )
 
 
+#: The steps of :func:`configure_spe`, in order: (attribute, takes a value).
+ORDER: tuple[tuple[int, bool], ...] = (
+    (abi.KVM_ARM_VCPU_SPE_IRQ, True),
+    (abi.KVM_ARM_VCPU_SPE_SPU, True),
+    (abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, True),
+    (abi.KVM_ARM_VCPU_SPE_INIT, False),
+)
+
+
+def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+    """Every step :func:`configure_spe` takes when all succeed, in order."""
+    values = {abi.KVM_ARM_VCPU_SPE_IRQ: irq, abi.KVM_ARM_VCPU_SPE_SPU: spu,
+              abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size}
+    out: list[Step] = []
+    for attr, _ in ORDER:
+        out += [Step("has", attr), Step("set", attr, values.get(attr))]
+    return out
+
+
 def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[Step]:
-    """Give ``vcpu`` its SPE interrupt, SPU and max buffer size: HAS then SET each.
+    """Give ``vcpu`` its SPE interrupt, SPU and max buffer size, then
+    initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
+    (no value: ``set_device_attr(group, attr, None)``).
 
     Returns the steps done, in order. Values that do not fit their C type
     are refused with ValueError before any call. Raises
@@ -95,15 +125,16 @@ def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) ->
     this host's KVM" when HAS says no, else e.g. ``cannot set
     KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x401000: EDOM: ...``.
     """
-    plan = (
+    plan: list[tuple[int, int | None]] = [
         (abi.KVM_ARM_VCPU_SPE_IRQ, irq),
         (abi.KVM_ARM_VCPU_SPE_SPU, spu),
         (abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, max_buffer_size),
-    )
+    ]
     for attr, value in plan:
         info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
-        assert info is not None
+        assert info is not None and value is not None
         abi.check_value(info, value)
+    plan.append((abi.KVM_ARM_VCPU_SPE_INIT, None))
     done: list[Step] = []
     for attr, value in plan:
         has = Step("has", attr)
