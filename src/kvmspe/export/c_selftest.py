@@ -98,7 +98,9 @@ class _Exprs:
         lines = ["static uint64_t eval_expr(int id, struct env *e)", "{", "\tswitch (id) {"]
         for i, text in enumerate(self.texts):
             lines += [f"\tcase {i}: /* {text} */", f"\t\treturn {_c_expr(text)};"]
-        lines += ["\t}", '\te->error = "unknown expression";', "\treturn 0;", "}"]
+        lines += ["\t}", '\te->error = "unknown expression";', "\treturn 0;", "}", ""]
+        lines += ["static const char *const expr_texts[] = {"]
+        lines += [f"\t{_cstr(t)}," for t in self.texts] + ["};"]
         return lines
 
 
@@ -931,7 +933,8 @@ static long number_arg(const char *opt, const char *text)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvmspe-selftest [--spe-feature-bit N] [--exit-rlimit N] [--list]\n"
+    fprintf(f, "usage: kvmspe-selftest [--spe-feature-bit N] [--exit-rlimit N] [--list]"
+               " [--eval PAGE SPU SPU2 LIMIT]\n"
            "Runs kvmspe's conformance cases on /dev/kvm; TAP on stdout.\n"
            "Exit: 0 no failure, 1 a case failed, 2 bad usage, 4 every case skipped.\n"
            "The SPE feature bit and KVM_EXIT_RLIMIT are assumed numbers: give them with\n"
@@ -960,6 +963,32 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--exit-rlimit") && i + 1 < argc) {
             H.exit_rlimit = number_arg(argv[i], argv[i + 1]);
             i++;
+        } else if (!strcmp(argv[i], "--eval") && i + 4 < argc) {
+            /* Print every case expression on a host given as PAGE SPU SPU2 LIMIT. */
+            struct env e;
+            uint64_t got;
+
+            memset(&e, 0, sizeof(e));
+            for (int k = 0; k < ENV_N; k++)
+                e.have[k] = 1;
+            e.v[ENV_PAGE] = (uint64_t)number_arg("PAGE", argv[i + 1]);
+            e.v[ENV_SPU] = (uint64_t)number_arg("SPU", argv[i + 2]);
+            e.v[ENV_SPU2] = (uint64_t)number_arg("SPU2", argv[i + 3]);
+            e.v[ENV_LIMIT] = (uint64_t)number_arg("LIMIT", argv[i + 4]);
+            e.v[ENV_NOSPU] = (e.v[ENV_SPU] > e.v[ENV_SPU2] ? e.v[ENV_SPU] : e.v[ENV_SPU2]) + KS_NOSPU_OFFSET;
+            e.v[ENV_LARGEST] = KVMSPE_MAXBUFFSIZE_LARGEST;
+            e.v[ENV_KiB] = 1 << 10;
+            e.v[ENV_MiB] = 1 << 20;
+            e.v[ENV_GiB] = 1 << 30;
+            for (int k = 0; k < (int)(sizeof(expr_texts) / sizeof(expr_texts[0])); k++) {
+                e.error = NULL;
+                got = eval_expr(k, &e);
+                if (e.error)
+                    printf("%s\terror\n", expr_texts[k]);
+                else
+                    printf("%s\t%#llx\n", expr_texts[k], (unsigned long long)got);
+            }
+            return 0;
         } else if (!strcmp(argv[i], "--list")) {
             for (int k = 0; k < n; k++)
                 printf("%s %s\n", cases[k].name, cases[k].rule);
