@@ -6,11 +6,13 @@ rounding, every representable size and its neighbours)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,19 +80,35 @@ def _size_line(size: int) -> str:
     return "S " + " ".join(cols)
 
 
+def _vector_line(v: dict[str, Any]) -> str:
+    """An S line from a committed codec vector, as the vector states it."""
+    size = int(v["size"], 16)
+    if v["representable"]:
+        cols = [_hex(size), "1", _hex(v["field"])]
+        for page in maxbuf.PAGE_SIZES:  # a representable size is its own rounding where aligned
+            down = maxbuf.round_down(size, page)
+            cols += [_hex(down), _hex(maxbuf.round_up(size, page))]
+        return "S " + " ".join(cols)
+    cols = [_hex(size), "0", "-"]
+    for r in v["page_aligned"]:
+        cols += [f"{int(r['down'], 16):x}", f"{int(r['up'], 16):x}" if "up" in r else "-"]
+    return "S " + " ".join(cols)
+
+
 def codec_table() -> str:
-    """Every 16-bit field value (decode), and every representable size with its
-    neighbours and the codec vectors' sizes (the rest), as kvmspe answers."""
-    lines = []
-    for field in range(1 << 16):
-        valid = field <= maxbuf.FIELD_MAX
-        lines.append(f"D {field:x} {int(valid)} {_hex(maxbuf.decode(field) if valid else 0)}")
+    """The committed vectors (vectors/maxbuffsize-codec.json: every valid field's
+    size, the reserved fields, the pinned sizes), then every other 16-bit field
+    value and every representable size with its neighbours as kvmspe answers."""
+    committed = json.loads((ROOT / "vectors" / vectors.CODEC_FILE).read_text())
+    lines = [f"D {f:x} 1 {int(size, 16):x}" for f, size in enumerate(committed["decode_table"])]
+    reserved = {r["field"] for r in committed["reserved_fields"]}
+    lines += [f"D {f:x} 0 0" for f in sorted(reserved)]
+    lines += [f"D {f:x} 0 0" for f in range(maxbuf.FIELD_MAX + 1, 1 << 16) if f not in reserved]
+    lines += [_vector_line(v) for v in committed["vectors"]]
     sizes: set[int] = set()
     for field in range(maxbuf.FIELD_MAX + 1):
         s = maxbuf.decode(field)
         sizes.update(n for n in (s - 1, s, s + 1, s + 4095) if 0 <= n < 1 << 64)
-    for v in vectors.codec_vectors()["vectors"]:
-        sizes.add(int(v["size"], 16))
     sizes.update({maxbuf.LARGEST + 1, 1 << 63, (1 << 64) - 1})
     lines += [_size_line(s) for s in sorted(sizes)]
     return "\n".join(lines) + "\n"
