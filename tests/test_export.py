@@ -108,7 +108,9 @@ def codec_table() -> str:
     sizes: set[int] = set()
     for field in range(maxbuf.FIELD_MAX + 1):
         s = maxbuf.decode(field)
-        sizes.update(n for n in (s - 1, s, s + 1, s + 4095) if 0 <= n < 1 << 64)
+        # Either side, a page minus one above, and half way to the next size.
+        after = maxbuf.decode(field + 1) if field < maxbuf.FIELD_MAX else maxbuf.LARGEST + (1 << 42)
+        sizes.update(n for n in (s - 1, s, s + 1, s + 4095, (s + after) // 2) if 0 <= n < 1 << 64)
     sizes.update({maxbuf.LARGEST + 1, 1 << 63, (1 << 64) - 1})
     lines += [_size_line(s) for s in sorted(sizes)]
     return "\n".join(lines) + "\n"
