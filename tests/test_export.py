@@ -355,3 +355,28 @@ def test_rust_assumed_number_from_the_build_environment(tmp_path: Path) -> None:
     given.mkdir()
     env = {"KVM_ARM_VCPU_SPE": "11"}
     assert _run([str(_rust_build(given, main, env))]).stdout == "Some(11) None\n"
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["c", "rust", "c-selftest"])
+def test_cli_prints_the_export(lang: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmspe.cli import main
+
+    assert main(["export", "--lang", lang]) == 0
+    assert capsys.readouterr().out == render(lang)
+    assert main(["export", "--lang", lang, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"lang": lang, "text": render(lang)}
+
+
+def test_cli_refuses_an_unknown_language(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmspe.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--lang", "cobol"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "invalid choice: 'cobol'" in err
+    with pytest.raises(ValueError, match="accepted: c, rust, c-selftest"):
+        render("cobol")
