@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +21,12 @@ from kvmspe.cases import CASES
 from kvmspe.export import c_selftest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "export"))
+from compare_selftest import compare, parse_tap  # noqa: E402
+
 BUILD = ROOT / "tests" / "export" / "build-selftest.sh"
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
 TIMEOUT = 300
-_TAP = re.compile(r"^(ok|not ok) (\d+) (\S+)(?: # SKIP (.*))?$")
 
 
 def _tool(name: str, package: str) -> str:
@@ -57,24 +58,6 @@ def _build(tmp_path: Path, text: str, cc: str, *flags: str) -> Path:
 def selftest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gcc = _tool("gcc", "gcc")
     return _build(tmp_path_factory.mktemp("selftest"), c_selftest.render(), gcc)
-
-
-def parse_tap(text: str) -> dict[str, str]:
-    """TAP lines -> {case: passed|failed|skipped}; checks the plan and the numbering."""
-    lines = text.splitlines()
-    plan = [ln for ln in lines if re.fullmatch(r"1\.\.\d+", ln)]
-    assert len(plan) == 1, text
-    results: dict[str, str] = {}
-    for ln in lines:
-        m = _TAP.match(ln)
-        if not m:
-            assert ln.startswith(("#", "TAP version", "1..")), ln
-            continue
-        assert int(m.group(2)) == len(results) + 1, ln
-        status = "failed" if m.group(1) == "not ok" else "skipped" if m.group(4) is not None else "passed"
-        results[m.group(3)] = status
-    assert len(results) == int(plan[0][3:])
-    return results
 
 
 def test_lists_every_case_in_order(selftest: Path) -> None:
@@ -163,19 +146,6 @@ def _python_kvm() -> dict[str, str]:
     return {r["case"]: r["status"] for r in doc["results"]}
 
 
-def compare(c: dict[str, str], py: dict[str, str]) -> tuple[str, list[str]]:
-    """A table of (C status, Python status) counts and the cases that disagree."""
-    counts: dict[tuple[str, str], int] = {}
-    for name in py:
-        key = (c.get(name, "missing"), py[name])
-        counts[key] = counts.get(key, 0) + 1
-    rows = [f"{'C selftest':<12} {'kvmspe kvm':<12} cases"]
-    rows += [f"{a:<12} {b:<12} {n}" for (a, b), n in sorted(counts.items())]
-    differ = [f"{n}: C {c.get(n, 'missing')}, Python {s}" for n, s in py.items() if c.get(n) != s]
-    differ += [f"{n}: only in the C program" for n in c if n not in py]
-    return "\n".join(rows), differ
-
-
 def test_agrees_with_the_python_kvm_runner_case_by_case(selftest: Path) -> None:
     _dev_kvm()
     proc = subprocess.run([str(selftest)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -208,3 +178,35 @@ def test_a_wrong_expectation_shows_as_a_disagreement(tmp_path: Path, monkeypatch
     _, differ = compare(c, py)
     assert differ == [f"{target}: C failed, Python passed"]
     assert f"# {target}: call" in proc.stdout
+
+
+def test_the_comparison_script_agrees_on_this_machine(selftest: Path) -> None:
+    """The script the arm64 testbed runs in its guests, run here."""
+    _dev_kvm()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "export" / "compare_selftest.py"), str(selftest)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "C selftest   kvmspe kvm   cases" in proc.stdout and "DIFFERS" not in proc.stdout
+
+
+def test_parse_tap_refuses_what_is_not_tap() -> None:
+    from compare_selftest import Unreadable
+
+    with pytest.raises(Unreadable, match="plan"):
+        parse_tap("ok 1 a\n")
+    with pytest.raises(Unreadable, match="order"):
+        parse_tap("1..2\nok 2 a\nok 1 b\n")
+    with pytest.raises(Unreadable, match="says 2"):
+        parse_tap("1..2\nok 1 a\n")
+    assert parse_tap("TAP version 13\n1..3\nok 1 a\nnot ok 2 b\nok 3 c # SKIP why\n") == {
+        "a": "passed",
+        "b": "failed",
+        "c": "skipped",
+    }
