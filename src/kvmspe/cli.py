@@ -806,6 +806,16 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return _emit(args, doc, [f"wrote {p}" for p in paths])
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export
+
+    text = export.render(args.lang)
+    if args.json:
+        return _emit(args, {"lang": args.lang, "text": text}, [])
+    sys.stdout.write(text)
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 _SIZE_HELP = "a size in bytes: " + ACCEPTED.removeprefix("accepted: ")
@@ -846,6 +856,10 @@ _EPILOGS = {
   kvmspe conformance --backend kvm --json""",
     "vectors": """examples:
   kvmspe vectors --out vectors/""",
+    "export": """examples:
+  kvmspe export --lang c | gcc -x c -fsyntax-only -Wall -Wextra -Werror -
+  kvmspe export --lang rust > src/kvmspe.rs
+  kvmspe export --lang c-selftest > kvmspe_selftest.c""",
     "explain": """examples:
   kvmspe explain EDOM
   kvmspe explain 33
@@ -973,6 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("vectors", cmd_vectors, "write the codec and scenario test vectors (JSON) into a directory")
     p.add_argument("--out", metavar="DIR", required=True, help="directory to write (created if missing)")
+
+    from .export import LANGS
+
+    p = add("export", cmd_export, "print a C header, a Rust module or a C conformance program")
+    p.add_argument("--lang", choices=tuple(LANGS), required=True,
+                   help="; ".join(f"{k}: {v}" for k, v in LANGS.items()))
 
     return parser
 

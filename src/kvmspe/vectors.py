@@ -1,20 +1,28 @@
 """Golden test vectors, as JSON, for VMMs written in other languages.
 
-:func:`write` puts two files in a folder:
+:func:`write` puts two files in a folder (the repository keeps them in
+``vectors/``, and a test fails when regenerating them changes a byte):
 
 ``maxbuffsize-codec.json``
-    sizes and their PMBIDR_EL1.MaxBuffSize field values: both ends of every
-    exponent band, the sizes either side of each end that have no encoding
-    (with the nearest representable sizes below and above, and the nearest
-    page-aligned ones per host page size), and the extremes of the u64 range.
+    the PMBIDR_EL1.MaxBuffSize codec: the size of every valid field value,
+    field values with the reserved bits [15:14] set (invalid), and sizes
+    worth pinning down (both ends of every exponent band, their neighbours
+    without an encoding with the nearest representable sizes, page-aligned
+    roundings per host page size, the extremes of the u64 range).
 ``scenarios.json``
-    every conformance case of :mod:`kvmspe.cases`, resolved on the model's
-    host: the host, the VCPUs, and each call with the errno, value or exit it
-    must give.
+    every conformance case of :mod:`kvmspe.cases`, in a form a VMM test can
+    replay against its own KVM backend: what the host must have, the VCPUs,
+    and each call (ioctl, group, attribute, value) with the result it must
+    give. A value is given as the case's expression over the host's numbers
+    (``"PAGE * 2"``) and as resolved on the model's host.
 
-The schema of both is in ``docs/conformance.md``. A u64 is written as a hex
-string (``"0x200000"``): many JSON readers hold numbers in doubles, which
-lose bits above 2**53. Small numbers (field values, errnos, ids) are numbers.
+The schema of both is in ``docs/conformance.md``. Types are fixed by C type:
+every ``__u64`` (sizes, addresses, register values, limits, values of
+``__u64`` attributes) is a string ``"0x..."`` in lowercase hex, since many
+JSON readers hold numbers in doubles and lose bits above 2**53; every other
+number (field values, ``int`` attribute values, errnos, groups, attribute
+numbers, ids, page sizes) is a JSON integer. Keys are names, never numbers;
+something that does not exist is an absent key, never ``null``.
 """
 
 from __future__ import annotations
@@ -26,20 +34,26 @@ from typing import Any
 
 from . import abi, maxbuf
 from .cases import CASES, Case, Step
-from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, _ModelRunner
+from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, _ModelRunner
 from .errors import NotRepresentableError
+from .export.abidata import assumed_numbers
+from .registers import PMBIDR_EL1
 from .rules import RULES
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
-SCHEMA_VERSION = 1
+#: 2: one type per C type (no null, no numbers as keys), every valid field
+#: value, the reserved field bits, scenarios replayable on a real kernel.
+SCHEMA_VERSION = 2
 CODEC_FILE = "maxbuffsize-codec.json"
 SCENARIO_FILE = "scenarios.json"
 _U64_MAX = (1 << 64) - 1
+#: Where the reserved bits [15:14] of the MaxBuffSize field start.
+_RESERVED_SHIFT = maxbuf.M_BITS + maxbuf.E_BITS
 
 
-def _hex(v: int | None) -> str | None:
-    return None if v is None else f"{v:#x}"
+def _hex(v: int) -> str:
+    return f"{v:#x}"
 
 
 # --- codec --------------------------------------------------------------------------------------
@@ -73,21 +87,40 @@ def _entry(size: int, why: str) -> dict[str, Any]:
         maxbuf.encode(size)
     except NotRepresentableError as exc:
         below, above = exc.below, exc.above
-    rounded: dict[str, dict[str, str | None]] = {}
+    out: dict[str, Any] = {"size": _hex(size), "representable": False}
+    if below is not None:
+        out["below"] = _hex(below)
+    if above is not None:
+        out["above"] = _hex(above)
+    rounded = []
     for page in maxbuf.PAGE_SIZES:
+        one: dict[str, Any] = {"page_size": page, "down": _hex(maxbuf.round_down(size, page))}
         try:
-            up: int | None = maxbuf.round_up(size, page)
+            one["up"] = _hex(maxbuf.round_up(size, page))
         except NotRepresentableError:
-            up = None
-        rounded[str(page)] = {"down": _hex(maxbuf.round_down(size, page)), "up": _hex(up)}
-    return {
-        "size": _hex(size),
-        "representable": False,
-        "below": _hex(below),
-        "above": _hex(above),
-        "page_aligned": rounded,
-        "why": why,
-    }
+            pass
+        rounded.append(one)
+    out["page_aligned"] = rounded
+    out["why"] = why
+    return out
+
+
+def _reserved() -> list[dict[str, Any]]:
+    """Field values with bits [15:14] set: the codec refuses every one."""
+    out = []
+    for top in range(1, 4):
+        for low in (0, 1, 1 << maxbuf.M_BITS, maxbuf.FIELD_MAX):
+            field = (top << _RESERVED_SHIFT) | low
+            out.append(
+                {
+                    "field": field,
+                    "valid": False,
+                    "pmbidr_el1": _hex(PMBIDR_EL1.encode(MaxBuffSize=field)),
+                    "why": f"bits [15:14] = {top:#04b}: reserved, so the field has no size"
+                    " (decode refuses it; an encoder never produces it)",
+                }
+            )
+    return out
 
 
 def codec_vectors() -> dict[str, Any]:
@@ -107,19 +140,24 @@ def codec_vectors() -> dict[str, Any]:
         (_U64_MAX, "the largest u64"),
     ):
         sizes.setdefault(size, why)
+    field = PMBIDR_EL1.field("MaxBuffSize")
     return {
         "schema": "kvmspe-vectors-codec",
         "schema_version": SCHEMA_VERSION,
+        "u64": "string, 0x-prefixed lowercase hex",
         "field": {
-            "register": "PMBIDR_EL1",
-            "bits": "47:32",
-            "e_bits": "13:9",
-            "m_bits": "8:0",
-            "reserved_bits": "15:14",
+            "register": PMBIDR_EL1.name,
+            "msb": field.msb,
+            "lsb": field.lsb,
+            "e": {"msb": maxbuf.M_BITS + maxbuf.E_BITS - 1, "lsb": maxbuf.M_BITS},
+            "m": {"msb": maxbuf.M_BITS - 1, "lsb": 0},
+            "reserved": {"msb": field.width - 1, "lsb": _RESERVED_SHIFT},
             "decode": "E == 0: M * 4096; E > 0: (512 + M) << (E + 11); field 0 means no limit",
         },
         "largest": _hex(maxbuf.LARGEST),
         "page_sizes": list(maxbuf.PAGE_SIZES),
+        "decode_table": [_hex(maxbuf.decode(f)) for f in range(maxbuf.FIELD_MAX + 1)],
+        "reserved_fields": _reserved(),
         "vectors": [_entry(s, sizes[s]) for s in sorted(sizes)],
     }
 
@@ -127,29 +165,49 @@ def codec_vectors() -> dict[str, Any]:
 # --- scenarios ---------------------------------------------------------------------------------
 
 
-def _expect(runner: _ModelRunner, step: Step) -> dict[str, Any]:
-    exp = runner.expected(step)
+def _value_type(target: str) -> str:
+    """The C type behind ``addr`` for an attribute: ``__u64``, ``int`` or ``none``."""
+    key = (abi.KVM_ARM_VCPU_SPE_CTRL, int(target)) if target.isdigit() else abi.ATTR_BY_NAME[target]
+    info = abi.attr_info(*key)
+    if info is None:
+        return "__u64"  # an attribute the interface does not have: the backends pass a __u64
+    fmt = getattr(info, "value", None)
+    return "none" if fmt is None else "int" if fmt is abi.INT else "__u64"
+
+
+def _typed(value: int, ctype: str) -> int | str:
+    return value if ctype == "int" else _hex(value % (1 << 64))
+
+
+def _both(runner: _ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
+    """A case value: its expression over the host's names, and its value on the model host."""
+    value = runner.value(expr)
+    assert isinstance(value, int)
+    return {"expr": str(expr), "model": _typed(value, ctype)}
+
+
+def _expect(runner: _ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
+    exp = step.expect
     if isinstance(exp, bool):
         return {"has": exp}
-    if isinstance(exp, int):
-        return {"value": _hex(exp)}
-    if exp in errno.errorcode.values():
+    if isinstance(exp, str) and exp in errno.errorcode.values():
         return {"errno": getattr(errno, exp), "errno_name": exp}
     if exp == "ok":
         return {"ok": True}
     if exp == "exit":
         return {"exit": "any"}
-    name, _, excess = exp.partition(" excess=")
-    out: dict[str, Any] = {"exit": name}
-    if name == "KVM_EXIT_RLIMIT":
-        out["exit_reason"] = abi.ASSUMED.exit_rlimit
-    if excess:
-        out["rlimit_excess"] = excess
-    return out
+    if isinstance(exp, str) and exp.startswith("KVM_EXIT_"):
+        name, _, excess = exp.partition(" excess=")
+        out: dict[str, Any] = {"exit": name}
+        if excess:
+            out["rlimit_excess"] = _both(runner, excess)
+        return out
+    return {"value": _both(runner, exp, ctype)}
 
 
 def _call(runner: _ModelRunner, step: Step) -> dict[str, Any]:
     call: dict[str, Any] = {"vcpu": step.vcpu, "op": step.op}
+    ctype = "__u64"
     if step.op in ("set", "get", "has"):
         group, attr = (
             (abi.KVM_ARM_VCPU_SPE_CTRL, int(step.target))
@@ -157,31 +215,48 @@ def _call(runner: _ModelRunner, step: Step) -> dict[str, Any]:
             else abi.ATTR_BY_NAME[step.target]
         )
         ioctl = {"set": "KVM_SET_DEVICE_ATTR", "get": "KVM_GET_DEVICE_ATTR", "has": "KVM_HAS_DEVICE_ATTR"}
-        call.update(ioctl=ioctl[step.op], group=group, attr=attr, attr_name=step.target)
-        if step.op == "set":
-            value = runner.value(step.value)
-            call["value"] = "bad-address" if value is abi.BAD_ADDRESS else _hex(value)  # type: ignore[arg-type]
-        elif step.op == "get":
-            call["addr"] = "bad-address" if step.value == "BAD" else "valid"
+        ctype = _value_type(step.target)
+        call.update(ioctl=ioctl[step.op], group=group, attr=attr, attr_name=step.target, value_type=ctype)
+        if step.op in ("set", "get"):
+            if step.value == "BAD":
+                call["addr"] = "bad-address"
+            elif step.value is None:
+                call["addr"] = "valid" if step.op == "get" else "null"
+            else:
+                call["addr"] = "valid"
+                call["value"] = _both(runner, step.value, ctype)
     elif step.op == "run":
-        call["ioctl"] = "KVM_RUN"
+        call.update(ioctl="KVM_RUN", timeout_ms=int(RUN_TIMEOUT * 1000))
     elif step.op == "create_vcpu":
         call.update(ioctl="KVM_CREATE_VCPU", spe=step.target == "spe")
     elif step.op == "setrlimit":
-        room = runner.value(step.value)
-        assert isinstance(room, int)
-        call["memlock_limit"] = _hex(runner.host.locked_bytes + room)
+        call["memlock_room"] = _both(runner, step.value if step.value is not None else 0)
     elif step.op == "enable":
-        size = runner.value(step.value)
-        assert isinstance(size, int)
         call.update(
-            base=_hex(GUEST_BUFFER_BASE), size=_hex(size), stage1="unmapped" if step.target else "mapped"
+            base=_hex(GUEST_BUFFER_BASE),
+            size=_both(runner, step.value if step.value is not None else 0),
+            stage1="unmapped" if step.target else "mapped",
         )
     elif step.op == "guest_read":
         reg, _, name = step.target.partition(".")
         call.update(register=reg, field=name)
-    call["expect"] = _expect(runner, step)
+    call["expect"] = _expect(runner, step, ctype)
     return call
+
+
+def _requires(case: Case) -> dict[str, Any]:
+    """What a real host must offer for the case to apply (see docs/conformance.md)."""
+    setup = case.setup
+    out: dict[str, Any] = {"spe": bool(setup.spus)}
+    if setup.spus:
+        limit = setup.spus[0].limit
+        out["spus"] = len(setup.spus)
+        out["spu_limit"] = "any" if limit is None else "none" if limit == 0 else "some"
+    if setup.page_size is not None:
+        out["page_size"] = setup.page_size
+    out["guest"] = case.needs_guest
+    out["irqchip"] = getattr(setup, "irqchip", True)
+    return out
 
 
 def _scenario(case: Case) -> dict[str, Any]:
@@ -189,26 +264,29 @@ def _scenario(case: Case) -> dict[str, Any]:
     host = runner.host
     rule = case.rule
     assert rule is not None
-    out = {
+    model_host: dict[str, Any] = {
+        "page_size": host.page_size,
+        "spus": [
+            {"id": s.id, "max_buffer_size": _hex(s.max_buffer_size), "pmbidr_el1": _hex(s.pmbidr)}
+            for s in host.spus
+        ],
+        "locked": _hex(host.locked_bytes),
+    }
+    if host.memlock_limit is not None:
+        model_host["memlock_limit"] = _hex(host.memlock_limit)
+    out: dict[str, Any] = {
         "name": case.name,
         "rule": rule.key,
         "rule_text": rule.text,
         "source": rule.source,
         "where": rule.where,
-        "needs_guest": case.needs_guest,
-        "host": {
-            "page_size": host.page_size,
-            "spus": [
-                {"id": s.id, "max_buffer_size": _hex(s.max_buffer_size), "pmbidr_el1": _hex(s.pmbidr)}
-                for s in host.spus
-            ],
-            "memlock_limit": _hex(host.memlock_limit),
-            "locked": _hex(host.locked_bytes),
-        },
-        "irqchip": runner.vm.irqchip,
-        "vcpus": [{"index": v.index, "spe": v.spe} for v in runner.vcpus],
-        "calls": [_call(runner, s) for s in case.calls],
+        "requires": _requires(case),
+        "vcpus": [{"index": i, "spe": spe} for i, spe in enumerate(case.setup.vcpus)],
     }
+    if case.setup.memlock is not None:
+        out["memlock_room"] = _both(runner, case.setup.memlock)
+    out["model_host"] = model_host
+    out["calls"] = [_call(runner, s) for s in case.calls]
     return out
 
 
@@ -217,11 +295,9 @@ def scenario_vectors() -> dict[str, Any]:
     return {
         "schema": "kvmspe-vectors-scenarios",
         "schema_version": SCHEMA_VERSION,
-        "assumed_numbers": {
-            "spe_feature_bit": abi.ASSUMED.spe_feature_bit,
-            "cap_arm_spe": abi.ASSUMED.cap_arm_spe,
-            "exit_rlimit": abi.ASSUMED.exit_rlimit,
-        },
+        "u64": "string, 0x-prefixed lowercase hex",
+        # Names only: their numbers are unknown, and a VMM gives its own.
+        "assumed_numbers": [a.name for a in assumed_numbers()],
         "model_spu_ids": list(MODEL_SPU_IDS),
         "guest_buffer_base": _hex(GUEST_BUFFER_BASE),
         "scenarios": [_scenario(c) for c in CASES],
