@@ -5,7 +5,6 @@ rounding, every representable size and its neighbours)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -269,12 +268,16 @@ def test_c_assumed_numbers_have_no_default_and_take_a_build_flag(
 
 
 def test_a_number_the_user_gave_is_exported_marked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(abi, "ASSUMED", dataclasses.replace(abi.ASSUMED, cap_arm_spe=251))
-    header = c_header.render()
+    abi.set_assumed(cap_arm_spe=251)
+    try:
+        header = c_header.render()
+        rust = rust_module.render()
+    finally:
+        abi.set_assumed(cap_arm_spe=None)
     assert "#define KVM_CAP_ARM_SPE 251 /* ASSUMED: given to kvmspe" in header
     assert (
         'pub const KVM_CAP_ARM_SPE: Option<u32> = parse_assumed(option_env!("KVM_CAP_ARM_SPE"), Some(251));'
-        in rust_module.render()
+        in rust
     )
 
 

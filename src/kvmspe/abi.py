@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ASSUMED",
+    "ASSUMED_ENV",
     "Exit",
     "check_value",
     "exit_name",
@@ -261,6 +262,8 @@ _ENV = {
     "cap_arm_spe": "KVMSPE_CAP_ARM_SPE",
     "exit_rlimit": "KVMSPE_EXIT_RLIMIT",
 }
+#: Assumed number -> the environment variable that gives it.
+ASSUMED_ENV: dict[str, str] = dict(_ENV)
 #: The longest accepted spelling of a number (decimal or 0x hex) in the environment.
 _MAX_DIGITS = 12
 

@@ -11,7 +11,6 @@ exported language without a change here.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from .. import abi, maxbuf, registers
@@ -36,8 +35,6 @@ _ASSUMED_NAMES = {
     "cap_arm_spe": ("KVM_CAP_ARM_SPE", "the KVM_CHECK_EXTENSION capability (v6 series)"),
     "exit_rlimit": ("KVM_EXIT_RLIMIT", "the KVM_RUN exit reason (v6 series patch 32)"),
 }
-#: Environment variables kvmspe reads the assumed numbers from, when abi names them.
-_ENV: dict[str, str] = dict(getattr(abi, "_ENV", {}))
 
 
 @dataclass(frozen=True)
@@ -120,14 +117,13 @@ def uapi_constants() -> list[Constant]:
 
 
 def assumed_numbers() -> list[AssumedNumber]:
-    """The assumed numbers, each with the value the user gave, if any."""
+    """The assumed numbers, each with the value the user gave (a built-in
+    default is never reported as a number: it is not the kernel's)."""
     out = []
-    for f in dataclasses.fields(abi.Assumed):
-        name, what = _ASSUMED_NAMES.get(f.name, (f"KVMSPE_ASSUMED_{f.name.upper()}", f.name))
-        value = getattr(abi.ASSUMED, f.name, None)
-        if value is not None and f.default is not dataclasses.MISSING and value == f.default:
-            value = None  # a built-in default, not the user's number
-        out.append(AssumedNumber(f.name, name, what, _ENV.get(f.name), value))
+    for key, value in abi.ASSUMED.as_dict().items():
+        name, what = _ASSUMED_NAMES.get(key, (f"KVMSPE_ASSUMED_{key.upper()}", key))
+        given = value if abi.ASSUMED.source(key) != "default" else None
+        out.append(AssumedNumber(key, name, what, abi.ASSUMED_ENV[key], given))
     return out
 
 
