@@ -145,8 +145,8 @@ class Stage1:
         if va_bits is None and levels is not None and not walks[0] <= levels <= walks[1]:
             # Only the level count was given: say which counts this granule walks.
             raise InvalidArgumentError(
-                f"a guest with a {self.granule // 1024} KiB granule does not walk {levels} levels"
-                f" of stage-1 tables; accepted: {walks[0]}..{walks[1]}"
+                f"a guest with a {self.granule // 1024} KiB granule does not walk {levels}"
+                f" level{'s' if levels != 1 else ''} of stage-1 tables; accepted: {walks[0]}..{walks[1]}"
             )
         if va_bits is None:
             va_bits = 48 if levels is None else min(shift + bits * levels, MAX_VA_BITS)
