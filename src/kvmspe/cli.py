@@ -1026,11 +1026,27 @@ def _interrupted() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 yes, 1 no, 2 bad input, 130 SIGINT)."""
+    """Run the command line; returns the exit status (0 yes, 1 no, 2 bad input, 130 SIGINT).
+
+    Run as the program (``argv`` None), a SIGINT arriving once the answer is
+    given is ignored, so it cannot turn the exit into a traceback.
+    """
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        code = _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
-        return _interrupted()
+        code = _interrupted()
+    if argv is None:
+        _ignore_sigint()
+    return code
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, KeyboardInterrupt):  # not the main thread; or it came first
+        pass
 
 
 def _main(argv: Sequence[str]) -> int:

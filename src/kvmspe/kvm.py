@@ -515,10 +515,13 @@ class Vcpu(_Owned):
 
     # -- errors ---------------------------------------------------------------------------
 
+    def _closed_error(self, ioctl: str, group: int, attr: int) -> KvmError:
+        return KvmError(errno.EBADF, "this VCPU has been closed", ioctl=ioctl, group=group, attr=attr)
+
     def _error(self, exc: OSError, call: str, ioctl: str, group: int, attr: int) -> KvmError:
         code = exc.errno or errno.EIO
         if self.closed:
-            return KvmError(code, "this VCPU has been closed", ioctl=ioctl, group=group, attr=attr)
+            return self._closed_error(ioctl, group, attr)
         text = abi.explain(call, group, attr, code)
         if group == abi.KVM_ARM_VCPU_SPE_CTRL and code == errno.ENXIO and call != "has":
             text = self._spe_enxio(group, attr, text)
@@ -596,6 +599,8 @@ class Vcpu(_Owned):
         try:
             self._ioctl(self.fd, _HAS, self._attr)
             return True
+        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
+            raise self._closed_error("KVM_HAS_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             try:
                 self._again(exc, _HAS, self._attr, "has", group, attr)
@@ -625,6 +630,8 @@ class Vcpu(_Owned):
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
         try:
             self._ioctl(self.fd, _GET, buf)
+        except ValueError:
+            raise self._closed_error("KVM_GET_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             self._again(exc, _GET, buf, "get", group, attr)
         result: int = self._view[0]
@@ -658,6 +665,8 @@ class Vcpu(_Owned):
             return
         try:
             self._ioctl(self.fd, _SET, buf)
+        except ValueError:
+            raise self._closed_error("KVM_SET_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             self._again(exc, _SET, buf, "set", group, attr)
 
