@@ -30,6 +30,7 @@ from . import abi, maxbuf
 from .errors import KvmError
 from .kvm import Kvm, normalise_arch
 from .units import parse_uint
+from .validation import check_int
 
 __all__ = [
     "FIXTURE_HOST",
@@ -96,6 +97,8 @@ def parse_cpulist(text: str) -> list[int]:
     raises ValueError (before any list is built, so a range like
     ``0-400000000`` costs nothing).
     """
+    if not isinstance(text, str):
+        raise ValueError(f"bad CPU list {text!r}: not a string")
     cpus: set[int] = set()
     shown = _show(text.strip())
     for part in text.strip().split(","):
@@ -211,6 +214,11 @@ _KINDS = {
 }
 
 
+def _check_root(name: str, root: object) -> None:
+    if not isinstance(root, (str, os.PathLike)) or not str(root) or "\0" in str(root):
+        raise ValueError(f"{name} must be a directory path, got {root!r}")
+
+
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -275,6 +283,7 @@ def _read_instance(path: Path) -> SpeInstance:
 
 def read_spe_instances(sysfs_root: str = "/sys") -> tuple[list[SpeInstance], str | None]:
     """The ``arm_spe_N`` PMUs under ``sysfs_root``, and why there are none if so."""
+    _check_root("sysfs_root", sysfs_root)
     devices = Path(sysfs_root) / _EVENT_SOURCES
     try:
         names = sorted(p.name for p in _entries(devices) if p.name.startswith(_SPE_PREFIX))
@@ -288,6 +297,9 @@ def read_spe_instances(sysfs_root: str = "/sys") -> tuple[list[SpeInstance], str
 
 def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int | None, str | None]:
     """``VmLck`` of ``/proc/PID/status`` (``self`` by default) in bytes, or why not."""
+    _check_root("procfs_root", procfs_root)
+    if pid is not None:
+        check_int("pid", pid, 1, (1 << 31) - 1)
     status = Path(procfs_root) / ("self" if pid is None else str(pid)) / "status"
     try:
         lines = _read(status).splitlines()

@@ -72,6 +72,8 @@ for (_group, _attr), _info in abi.ATTRS.items():
     VALUE_STRUCTS.setdefault(_group, {})[_attr] = _info.value
 
 _EMPTY: dict[int, struct.Struct] = {}
+#: The selection of a VCPU whose struct holds no (group, attr) yet.
+_UNSELECTED = object()
 #: flags is always 0; pack group and attr (bytes 4..16) in one go per call.
 _GROUP_ATTR = struct.Struct("=IQ")
 _GROUP_ATTR_OFFSET = 4
@@ -500,8 +502,10 @@ class Vcpu(_Owned):
         self._value = (ctypes.c_uint64 * 1)()
         self.value_addr = ctypes.addressof(self._value)
         self._attr = bytearray(abi.DEVICE_ATTR.pack(0, 0, 0, self.value_addr))
-        self._sel_group: int | None = None
-        self._sel_attr: int | None = None
+        # What the struct holds: no (group, attr) until the first call. A
+        # sentinel, not None, so that a caller's None never matches it.
+        self._sel_group: object = _UNSELECTED
+        self._sel_attr: object = _UNSELECTED
         self._fmt = DEFAULT_VALUE
         self._view: memoryview[int] = memoryview(self._value).cast("B").cast("Q")
         self._run: mmap.mmap | None = None
@@ -511,7 +515,7 @@ class Vcpu(_Owned):
         if value.size > ctypes.sizeof(self._value):
             raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
         self.value_structs.setdefault(group, {})[attr] = value
-        self._sel_group = self._sel_attr = None  # the typed view may change
+        self._sel_group = self._sel_attr = _UNSELECTED  # the typed view may change
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -574,7 +578,7 @@ class Vcpu(_Owned):
         view = memoryview(self._value).cast("B").cast(cast(Any, fmt.format[-1]))
         # Forget the old selection before the struct changes: if this is
         # interrupted half way, the next call selects again.
-        self._sel_group = self._sel_attr = None
+        self._sel_group = self._sel_attr = _UNSELECTED
         _GROUP_ATTR.pack_into(self._attr, _GROUP_ATTR_OFFSET, group, attr)
         self._fmt = fmt
         self._view = view

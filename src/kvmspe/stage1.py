@@ -263,8 +263,16 @@ class Stage1:
     def footprint(self, lo: int, hi: int, page_size: int) -> Footprint:
         """Host pages to pin for a buffer at VA ``[lo, hi)`` on a host with ``page_size``.
 
-        Raises ValueError when the range has no translation (see :meth:`translates`).
+        Raises ValueError when the range has no translation (see :meth:`translates`),
+        or for arguments that are not ints in range.
         """
+        check_int("lo", lo, 0, _U64 - 1)
+        check_int("hi", hi, 0, _U64)
+        check_int("page_size", page_size, 1)
+        if page_size not in GRANULES:
+            raise InvalidArgumentError(
+                f"page size {page_size} is not an arm64 page size; accepted: 4096, 16384, 65536"
+            )
         region = self.region(lo, hi)
         if region is None or not self.translates(lo, hi):
             raise ValueError(f"[{lo:#x}, {hi:#x}) has no stage-1 translation in this guest")
