@@ -1041,10 +1041,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ignore_sigint() -> None:
-    import signal
-
+    # The C module under ``signal``: the Python one imports enum, which would
+    # cost the codec commands more than their own work.
+    c_signal = __import__("_signal")
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        c_signal.signal(c_signal.SIGINT, c_signal.SIG_IGN)
     except (ValueError, KeyboardInterrupt):  # not the main thread; or it came first
         pass
 
