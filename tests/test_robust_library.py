@@ -178,6 +178,7 @@ def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(vcpu: Any, grou
     attempt("get_device_attr", lambda: vcpu.get_device_attr(group, attr))
     attempt("set_device_attr", lambda: vcpu.set_device_attr(group, attr, value))
     attempt("get_device_attr(addr)", lambda: vcpu.get_device_attr(0, 0, value))
+    attempt("set_value_struct", lambda: vcpu.set_value_struct(group, attr, value))
     # Whatever was refused, the struct still says what the next call asks:
     # x86 knows KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET (0/0) and not the SPE group.
     assert vcpu.has_device_attr(0, 0) is True
@@ -186,7 +187,7 @@ def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(vcpu: Any, grou
 
 
 @pytest.mark.skipif(not HAVE_KVM, reason="/dev/kvm is missing or not usable here")
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(a=GARBAGE, b=GARBAGE)
 def test_kvm_and_vm_refuse_garbage_without_leaking(a: Any, b: Any) -> None:
     gc.collect()

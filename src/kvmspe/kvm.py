@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from . import abi
-from .errors import KvmError
+from .errors import InvalidArgumentError, KvmError
 from .validation import U32_MAX, U64_MAX, check_int
 
 __all__ = [
@@ -198,10 +198,12 @@ class Kvm(_Owned):
         self.vms: list[Vm] = []
         self._mmap_size: int | None = None
         self.closed = True  # until the open succeeds
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in str(path):
+            raise InvalidArgumentError(f"path must be the path of /dev/kvm (a non-empty str), got {path!r}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except (OSError, ValueError, TypeError) as exc:
-            code = (exc.errno if isinstance(exc, OSError) else None) or errno.ENOENT
+        except OSError as exc:
+            code = exc.errno or errno.EIO
             raise KvmError(code, _open_reason(str(path), code), ioctl="open") from None
         self._own(fd, f"Kvm({path!r})")
 
@@ -512,6 +514,10 @@ class Vcpu(_Owned):
 
     def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
         """Use ``value`` (e.g. :data:`kvmspe.abi.INT`) as the C type of ``(group, attr)``."""
+        check_int("device attribute group", group, 0, U32_MAX)
+        check_int("device attribute", attr, 0, U64_MAX)
+        if not isinstance(value, struct.Struct) or value.format[-1:] not in tuple("bBhHiIlLqQ"):
+            raise InvalidArgumentError(f"the value's C type must be an integer struct.Struct, got {value!r}")
         if value.size > ctypes.sizeof(self._value):
             raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
         self.value_structs.setdefault(group, {})[attr] = value
