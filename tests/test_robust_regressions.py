@@ -395,3 +395,14 @@ def test_a_closed_vcpu_says_so_and_touches_no_descriptor() -> None:
         assert vcpu.fd == -1
         with pytest.raises(KvmError, match="closed"):
             vcpu.get_device_attr(0, 0)
+
+
+@needs_kvm
+def test_calls_on_closed_kvm_and_vm_say_closed() -> None:
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    kvm.close()
+    with pytest.raises(KvmError, match="Vm has been closed"):
+        vm.create_vcpu(0)
+    with pytest.raises(KvmError, match="Kvm has been closed"):
+        kvm.create_vm()

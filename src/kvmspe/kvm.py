@@ -107,6 +107,11 @@ def _close_dropped(fd: int, what: str) -> None:
         pass
 
 
+def _closed(owner: _Owned, name: str) -> KvmError:
+    """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
+    return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
+
+
 class _Owned:
     """Something that owns one file descriptor (and maybe children that own
     theirs): ``with`` closes it on the way out, and so does the garbage
@@ -212,6 +217,10 @@ class Kvm(_Owned):
             return _retry(self.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name) from None
+        except ValueError:
+            if not self.closed:
+                raise
+            raise _closed(self, name) from None
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
@@ -262,6 +271,10 @@ class Vm(_Owned):
             return _retry(self.kvm.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name, text) from None
+        except ValueError:
+            if not self.closed:
+                raise
+            raise _closed(self, name) from None
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (answers for this VM's configuration)."""
