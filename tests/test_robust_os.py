@@ -306,5 +306,20 @@ def test_hostile_snapshot_is_read_without_hang_or_traceback(host: Path, damage: 
         assert doc["host"]["vm_lck"] is None and doc["host"]["vm_lck_reason"]
 
 
+def test_a_snapshot_too_large_in_all_is_read_only_up_to_its_budget(host: Path) -> None:
+    devices = spe0(host).parent
+    for i in range(2, 120):  # 118 more instances, each with a 60 KiB format file
+        d = devices / f"arm_spe_{i}"
+        (d / "format").mkdir(parents=True)
+        (d / "type").write_text(f"{10 + i}\n")
+        (d / "cpumask").write_text("0\n")
+        (d / "format" / "big").write_text("x" * (60 << 10))
+    spes, _ = discovery.read_spe_instances(str(host / "sys"))
+    assert len(spes) == 120
+    late = [p for inst in spes[-20:] for p in inst.problems]
+    assert late and all("exceed" in p for p in late)
+    assert spes[0].type is not None  # the first ones were read in full
+
+
 def test_report_figures() -> None:
     print(f"\nrobust os: {dict(sorted(STATS.items()))}")

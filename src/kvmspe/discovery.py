@@ -56,6 +56,24 @@ _SPE_ATTR_NAMES = {attr: info.name for (group, attr), info in abi.ATTRS.items()}
 MAX_FILE_BYTES = 64 << 10
 #: The most entries looked at in one directory (caps/, format/, the PMU list).
 MAX_DIR_ENTRIES = 4096
+#: The most bytes read for all SPE instances together, each file counted as at
+#: least 64 bytes (so at most 65536 files are opened); a real host needs a few KiB.
+MAX_SNAPSHOT_BYTES = 4 << 20
+_MIN_FILE_COST = 64
+
+
+class _Budget:
+    """What is left of :data:`MAX_SNAPSHOT_BYTES` while one snapshot is read."""
+
+    def __init__(self, nbytes: int = MAX_SNAPSHOT_BYTES) -> None:
+        self.left = nbytes
+
+    def take(self, nbytes: int) -> None:
+        self.left -= max(nbytes, _MIN_FILE_COST)
+
+    def check(self) -> None:
+        if self.left <= 0:
+            raise OSError(f"not read: the snapshot's files exceed {MAX_SNAPSHOT_BYTES} bytes in all")
 #: CPU numbers are below this: CONFIG_NR_CPUS is at most 8192 on every
 #: architecture Linux builds for (x86 MAXSMP, powerpc; arm64 allows 4096).
 MAX_CPUS = 8192
@@ -180,13 +198,15 @@ class HostInfo:
         return asdict(self)
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, budget: _Budget | None = None) -> str:
     """The text of a regular file of at most :data:`MAX_FILE_BYTES`, stripped.
 
     Opened without blocking and checked before reading: a FIFO, a device
     (a link to ``/dev/zero``), a directory or an oversized file raises
     OSError with a reason, rather than hang or fill memory.
     """
+    if budget is not None:
+        budget.check()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         mode = os.fstat(fd).st_mode
@@ -200,6 +220,8 @@ def _read(path: Path) -> str:
             data += chunk
     finally:
         os.close(fd)
+    if budget is not None:
+        budget.take(len(data))
     if len(data) > MAX_FILE_BYTES:
         raise OSError(f"larger than {MAX_FILE_BYTES} bytes: not a sysfs or procfs file")
     return data.decode("ascii", errors="replace").strip()
@@ -234,7 +256,7 @@ def _entries(path: Path) -> list[Path]:
     return sorted(found)
 
 
-def _read_dir(path: Path, sub: str, problems: list[str]) -> list[tuple[str, str]]:
+def _read_dir(path: Path, sub: str, problems: list[str], budget: _Budget) -> list[tuple[str, str]]:
     """(name, contents) of each file in ``path/sub``; failures go to ``problems``."""
     try:
         entries = _entries(path / sub)
@@ -244,30 +266,30 @@ def _read_dir(path: Path, sub: str, problems: list[str]) -> list[tuple[str, str]
     found = []
     for entry in entries:
         try:
-            found.append((entry.name, _read(entry)))
+            found.append((entry.name, _read(entry, budget)))
         except OSError as exc:
             problems.append(f"{sub}/{entry.name}: {_why(exc)}")
     return found
 
 
-def _read_instance(path: Path) -> SpeInstance:
+def _read_instance(path: Path, budget: _Budget) -> SpeInstance:
     inst = SpeInstance(path.name)
     try:
-        inst.type = parse_uint(_read(path / "type"), what="perf PMU type", maximum=(1 << 31) - 1)
+        inst.type = parse_uint(_read(path / "type", budget), what="perf PMU type", maximum=(1 << 31) - 1)
     except OSError as exc:
         inst.problems.append(f"type: {_why(exc)}")
     except ValueError as exc:
         inst.problems.append(f"type: {exc}")
     try:
-        inst.cpumask = _read(path / "cpumask")
+        inst.cpumask = _read(path / "cpumask", budget)
         inst.cpus = parse_cpulist(inst.cpumask)
     except OSError as exc:
         inst.problems.append(f"cpumask: {_why(exc)}")
     except ValueError as exc:
         inst.problems.append(f"cpumask: {exc}")
-    for name, text in _read_dir(path, "format", inst.problems):
+    for name, text in _read_dir(path, "format", inst.problems, budget):
         inst.formats[name] = text
-    for name, text in _read_dir(path, "caps", inst.problems):
+    for name, text in _read_dir(path, "caps", inst.problems, budget):
         try:
             value = parse_uint(text, what=f"caps/{name}")
         except ValueError:
@@ -292,7 +314,8 @@ def read_spe_instances(sysfs_root: str = "/sys") -> tuple[list[SpeInstance], str
     if not names:
         return [], f"no {_SPE_PREFIX}N PMU in {devices}: the host kernel's SPE driver found no SPE unit"
     names.sort(key=lambda n: (len(n), n))
-    return [_read_instance(devices / n) for n in names], None
+    budget = _Budget()
+    return [_read_instance(devices / n, budget) for n in names], None
 
 
 def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int | None, str | None]:
