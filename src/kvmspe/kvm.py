@@ -500,6 +500,10 @@ class Vcpu(_Owned):
     ``value_structs`` decides the C type behind ``addr`` per group and
     attribute (a copy of :data:`VALUE_STRUCTS`; change it with
     :meth:`set_value_struct`); anything not listed is a ``__u64``.
+
+    One thread at a time per VCPU, as a VMM runs each VCPU in its own thread:
+    the device-attribute calls share one struct and one value buffer, and a
+    lock would cost the hot path more than the call itself.
     """
 
     def __init__(self, vm: Vm, fd: int, index: int, spe: bool):
