@@ -238,7 +238,7 @@ def plan(
     _int("spu_limit", spu_limit, 0)
     if not maxbuf.is_representable(spu_limit):
         raise ValueError(
-            f"spu_limit {spu_limit:#x} is not a MaxBuffSize value; accepted: representable sizes"
+            f"the SPU limit {spu_limit:#x} is not a MaxBuffSize size; accepted: representable sizes"
         )
     if levels is not None:
         _int("levels", levels, 1, 5)
