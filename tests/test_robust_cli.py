@@ -46,7 +46,8 @@ NASTY = [
     "٤٠٩٦", "１２", "४", "²", "18446744073709551615", "18446744073709551616", "9" * 30, "9" * 5000,
     "0x" + "f" * 16, "0x" + "f" * 17, "0" * 100 + "1", "nan", "inf", "None", "True", "model", "kvm", "auto",
     "default-4k", "limited-spu", "arm64-big-little", "EDOM", "33", "KVM_RUN", "KVM_ARM_VCPU_SPE_CTRL",
-    "\u202e", "a\nb", "😀", "\udcff", "a/\udcff", "%s", "{}", "x" * 300, "out", "out/sub", "vectors", "plot.png",
+    "\u202e", "a\nb", "😀", "\udcff", "a/\udcff", "%s", "{}", "x" * 300, "out", "out/sub", "vectors",
+    "plot.png",
 ]
 
 #: The worst of them, drawn as often as all the others together.
