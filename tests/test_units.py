@@ -147,6 +147,8 @@ def _oracle_size(text: str) -> int | str:
         decm = re.fullmatch(_ORACLE_DECIMAL, s)
         if decm is None:
             if re.fullmatch(_ORACLE_FRACTION, s) and any(c.isdigit() for c in s):
+                if "," in s:
+                    return "commas are not accepted"
                 return "fractions are not accepted (sizes are exact)"
             if s[:2].lower() == "0x":
                 return "a hexadecimal size takes only hex digits and no unit"

@@ -11,8 +11,15 @@ exports the error types and the version only. Import the layers you need:
 * :mod:`kvmspe.model` - the reference model of the kernel side
 """
 
-from .errors import KvmError, KvmspeError, NotRepresentableError, RegisterError
+from .errors import InvalidArgumentError, KvmError, KvmspeError, NotRepresentableError, RegisterError
 
-__all__ = ["KvmError", "KvmspeError", "NotRepresentableError", "RegisterError", "__version__"]
+__all__ = [
+    "InvalidArgumentError",
+    "KvmError",
+    "KvmspeError",
+    "NotRepresentableError",
+    "RegisterError",
+    "__version__",
+]
 
 __version__ = "0.1.0"

@@ -67,10 +67,7 @@ def _uint_parser(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callabl
     """A parser of unsigned integers ``minimum..maximum`` named ``what``; raises ValueError."""
 
     def parse(text: str) -> int:
-        value = parse_uint(text, what=what, maximum=maximum)
-        if value < minimum:
-            raise ValueError(f"invalid {what} {text!r}: accepted: {minimum}..{maximum}")
-        return value
+        return parse_uint(text, what=what, maximum=maximum, minimum=minimum)
 
     parse.__name__ = what
     return parse
@@ -292,7 +289,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     group_names = {name: g for groups in abi.GROUP_NAMES.values() for g, name in groups.items()}
 
     code: int | None = None
-    if re.fullmatch(r"[0-9]+", topic):
+    if re.fullmatch(r"[0-9]{1,9}", topic):
         code = int(topic)
     elif key in errno_mod.__dict__ and key.startswith("E") and isinstance(errno_mod.__dict__[key], int):
         code = errno_mod.__dict__[key]
@@ -362,7 +359,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
 
-    if args.fixture:
+    if args.fixture is not None:
         roots = discovery.fixture_roots(args.fixture)
         info = discovery.discover(sysfs_root=roots["sysfs_root"], procfs_root=roots["procfs_root"])
     else:
@@ -458,6 +455,8 @@ def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> No
 def cmd_plan(args: argparse.Namespace) -> int:
     from . import planner
 
+    if args.plot is not None and not args.plot.strip():
+        raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
     plt = _plot_module() if args.plot else None
     plan = planner.plan(
         args.vcpus,
@@ -749,6 +748,11 @@ def cmd_configure(args: argparse.Namespace) -> int:
             kvm.close()
 
 
+#: How many times a VCPU is re-entered after KVM_EXIT_RLIMIT, each time with the
+#: limit raised by the excess reported, before the VMM gives up.
+_RLIMIT_REENTRIES = 8
+
+
 def _enable_buffers(
     args: argparse.Namespace, vcpus: list[Any], max_size: int, report: _Report,
     raise_by: Callable[[int], bool],
@@ -767,12 +771,21 @@ def _enable_buffers(
         base = i * size
         vcpu.enable_buffer(base, size)
         report.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
-        while True:
+        for entry in range(_RLIMIT_REENTRIES + 1):
             exit_ = vcpu.run()
             if not exit_.is_rlimit:
                 break
             excess = exit_.rlimit_excess or 0
             report.add("KVM_RUN", False, f"{exit_.name}: RLIMIT_MEMLOCK exceeded by {_sz(excess)}", vcpu=i)
+            if excess <= 0:
+                # Raising the limit by nothing cannot help: this exit number is
+                # probably another exit of this kernel (KVMSPE_EXIT_RLIMIT is assumed).
+                return (f"VCPU {i}: KVM_RUN returned exit reason {exit_.reason}, taken for KVM_EXIT_RLIMIT,"
+                        " without a positive excess; if this kernel numbers KVM_EXIT_RLIMIT"
+                        " differently, set KVMSPE_EXIT_RLIMIT")
+            if entry == _RLIMIT_REENTRIES:
+                return (f"VCPU {i}: still KVM_EXIT_RLIMIT after raising RLIMIT_MEMLOCK"
+                        f" {_RLIMIT_REENTRIES} times; giving up")
             if not args.raise_memlock:
                 return (f"KVM_EXIT_RLIMIT on VCPU {i}: pinning its buffer exceeds RLIMIT_MEMLOCK by"
                         f" {format_size(excess)}; pass --raise-memlock to raise the limit and re-enter")
@@ -801,6 +814,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def cmd_vectors(args: argparse.Namespace) -> int:
     from . import vectors
 
+    if not args.out.strip():
+        raise UsageError("--out needs a directory, e.g. --out vectors/ (an empty name is refused)")
     paths = vectors.write(args.out)
     doc: Doc = {"out": args.out, "files": [str(p) for p in paths]}
     return _emit(args, doc, [f"wrote {p}" for p in paths])
@@ -885,6 +900,13 @@ def build_parser() -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             text = " ".join(message.split())
             self.exit(2, f"kvmspe: error: {text} (see '{self.prog} --help')\n")
+
+        def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+            # argparse drops a "--" given as an option's own value (--to=--) and
+            # then hands the option an empty list, or its const, unchecked.
+            if action.option_strings and "--" in arg_strings:
+                self.error(f"argument {'/'.join(action.option_strings)}: expected a value, not '--'")
+            return super()._get_values(action, arg_strings)
 
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
@@ -1024,10 +1046,54 @@ def _codec_args(argv: Sequence[str]) -> _Args | None:
     return None
 
 
+def _interrupted() -> int:
+    """After SIGINT (KeyboardInterrupt): one line on stderr, exit status 130.
+
+    A second SIGINT while the line is printed is ignored, so it cannot turn
+    the clean exit into a traceback.
+    """
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no handler to change
+        previous = None
+    try:
+        print("kvmspe: interrupted", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 yes, 1 no, 2 bad input)."""
+    """Run the command line; returns the exit status (0 yes, 1 no, 2 bad input, 130 SIGINT).
+
+    Run as the program (``argv`` None), a SIGINT arriving once the answer is
+    given is ignored, so it cannot turn the exit into a traceback.
+    """
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        code = _interrupted()
     if argv is None:
-        argv = sys.argv[1:]
+        _ignore_sigint()
+    return code
+
+
+def _ignore_sigint() -> None:
+    # The C module under ``signal``: the Python one imports enum, which would
+    # cost the codec commands more than their own work.
+    c_signal = __import__("_signal")
+    try:
+        c_signal.signal(c_signal.SIGINT, c_signal.SIG_IGN)
+    except (ValueError, KeyboardInterrupt):  # not the main thread; or it came first
+        pass
+
+
+def _main(argv: Sequence[str]) -> int:
     args: Args | None = _codec_args(argv)
     if args is None:
         args = build_parser().parse_args(argv)
@@ -1043,8 +1109,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kvmspe: {exc.ioctl or 'ioctl'}: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except (KvmspeError, ValueError, OSError) as exc:
-        print(f"kvmspe: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"kvmspe: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kvmspe: interrupted", file=sys.stderr)
-        return 130

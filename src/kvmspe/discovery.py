@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import os
 import resource
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import abi
+from . import abi, maxbuf
 from .errors import KvmError
 from .kvm import Kvm, normalise_arch
+from .units import parse_uint
+from .validation import check_int
 
 __all__ = [
     "FIXTURE_HOST",
@@ -52,31 +55,90 @@ _EVENT_SOURCES = Path("bus", "event_source", "devices")
 _SPE_PREFIX = "arm_spe_"
 _SPE_ATTR_NAMES = {attr: info.name for (group, attr), info in abi.ATTRS.items()}
 
+#: The most bytes read from one sysfs or procfs file. A sysfs attribute is at
+#: most one page (64 KiB with the largest arm64 pages); /proc/PID/status is
+#: a few KiB. Anything larger is not the file it claims to be.
+MAX_FILE_BYTES = 64 << 10
+#: The most entries looked at in one directory (caps/, format/, the PMU list).
+MAX_DIR_ENTRIES = 4096
+#: The most bytes read for all SPE instances together, each file counted as at
+#: least 64 bytes (so at most 65536 files are opened); a real host needs a few KiB.
+MAX_SNAPSHOT_BYTES = 4 << 20
+_MIN_FILE_COST = 64
+
+
+class _Budget:
+    """What is left of :data:`MAX_SNAPSHOT_BYTES` while one snapshot is read."""
+
+    def __init__(self, nbytes: int = MAX_SNAPSHOT_BYTES) -> None:
+        self.left = nbytes
+
+    def take(self, nbytes: int) -> None:
+        self.left -= max(nbytes, _MIN_FILE_COST)
+
+    def check(self) -> None:
+        if self.left <= 0:
+            raise OSError(f"not read: the snapshot's files exceed {MAX_SNAPSHOT_BYTES} bytes in all")
+#: CPU numbers are below this: CONFIG_NR_CPUS is at most 8192 on every
+#: architecture Linux builds for (x86 MAXSMP, powerpc; arm64 allows 4096).
+MAX_CPUS = 8192
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
 
 def fixture_roots(name: str = FIXTURE_HOST) -> dict[str, str]:
-    """``sysfs_root`` and ``procfs_root`` of a shipped snapshot, for :func:`discover`."""
-    base = _FIXTURES / name
-    if not base.is_dir():
-        known = ", ".join(sorted(p.name for p in _FIXTURES.iterdir() if p.is_dir()))
-        raise ValueError(f"no fixture host {name!r}; shipped: {known}")
+    """``sysfs_root`` and ``procfs_root`` of a snapshot, for :func:`discover`.
+
+    ``name`` is a shipped snapshot (:data:`FIXTURE_HOST`) or the path of a
+    directory laid out the same way (it has ``sys/`` and ``proc/``; a path is
+    anything with a ``/`` in it). Raises ValueError for anything else.
+    """
+    shipped = sorted(p.name for p in _FIXTURES.iterdir() if p.is_dir())
+    accepted = f"accepted: a shipped snapshot ({', '.join(shipped)}) or a directory path with sys/ and proc/"
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise ValueError(f"bad fixture {name!r}; {accepted}")
+    if "/" in name or name in (".", ".."):
+        base = Path(name)
+        if not base.is_dir():
+            raise ValueError(f"fixture {_show(name)} is not a directory; {accepted}")
+        missing = [sub for sub in ("sys", "proc") if not (base / sub).is_dir()]
+        if missing:
+            raise ValueError(f"fixture {_show(name)} has no {' or '.join(missing)}/ directory; {accepted}")
+    elif name in shipped:
+        base = _FIXTURES / name
+    else:
+        raise ValueError(f"no fixture host {_show(name)}; {accepted}")
     return {"sysfs_root": str(base / "sys"), "procfs_root": str(base / "proc")}
 
 
 def parse_cpulist(text: str) -> list[int]:
-    """A kernel CPU list (``"0-3,8"``, as in sysfs ``cpumask``/``cpus``) as sorted CPU numbers."""
+    """A kernel CPU list (``"0-3,8"``, as in sysfs ``cpumask``/``cpus``) as sorted CPU numbers.
+
+    CPU numbers are ASCII decimal below :data:`MAX_CPUS`; anything else
+    raises ValueError (before any list is built, so a range like
+    ``0-400000000`` costs nothing).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"bad CPU list {text!r}: not a string")
     cpus: set[int] = set()
+    shown = _show(text.strip())
     for part in text.strip().split(","):
         part = part.strip()
         if not part:
             continue
         lo, sep, hi = part.partition("-")
-        try:
-            first = int(lo, 10)
-            last = int(hi, 10) if sep else first
-        except ValueError:
-            raise ValueError(f"bad CPU list {text.strip()!r}: expected ranges like '0-3,8'") from None
-        if first < 0 or last < first:
-            raise ValueError(f"bad CPU range {part!r} in {text.strip()!r}: expected low-high, low <= high")
+        lo, hi = lo.strip(), hi.strip()
+        numbers = (lo, hi) if sep else (lo,)
+        if not all(n.isascii() and n.isdigit() and len(n) <= 5 for n in numbers):
+            raise ValueError(f"bad CPU list {shown}: expected ranges like '0-3,8' of CPUs 0..{MAX_CPUS - 1}")
+        first = int(lo)
+        last = int(hi) if sep else first
+        if last < first:
+            raise ValueError(f"bad CPU range {_show(part)} in {shown}: expected low-high, low <= high")
+        if last >= MAX_CPUS:
+            raise ValueError(f"bad CPU list {shown}: CPU {last} is beyond {MAX_CPUS - 1}, the most Linux has")
         cpus.update(range(first, last + 1))
     return sorted(cpus)
 
@@ -143,73 +205,134 @@ class HostInfo:
         return asdict(self)
 
 
-def _read(path: Path) -> str:
-    return path.read_text(encoding="ascii", errors="replace").strip()
+def _read(path: Path, budget: _Budget | None = None) -> str:
+    """The text of a regular file of at most :data:`MAX_FILE_BYTES`, stripped.
+
+    Opened without blocking and checked before reading: a FIFO, a device
+    (a link to ``/dev/zero``), a directory or an oversized file raises
+    OSError with a reason, rather than hang or fill memory.
+    """
+    if budget is not None:
+        budget.check()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if budget is not None:
+        budget.take(len(data))
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(f"larger than {MAX_FILE_BYTES} bytes: not a sysfs or procfs file")
+    return data.decode("ascii", errors="replace").strip()
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_root(name: str, root: object) -> None:
+    if not isinstance(root, (str, os.PathLike)) or not str(root) or "\0" in str(root):
+        raise ValueError(f"{name} must be a directory path, got {root!r}")
 
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _read_dir(path: Path, sub: str, problems: list[str]) -> list[tuple[str, str]]:
+def _entries(path: Path) -> list[Path]:
+    """The first :data:`MAX_DIR_ENTRIES` entries of ``path``, sorted; OSError if more."""
+    found: list[Path] = []
+    with os.scandir(path) as it:
+        for entry in it:
+            if len(found) == MAX_DIR_ENTRIES:
+                raise OSError(f"more than {MAX_DIR_ENTRIES} entries")
+            found.append(path / entry.name)
+    return sorted(found)
+
+
+def _read_dir(path: Path, sub: str, problems: list[str], budget: _Budget) -> list[tuple[str, str]]:
     """(name, contents) of each file in ``path/sub``; failures go to ``problems``."""
     try:
-        entries = sorted((path / sub).iterdir())
+        entries = _entries(path / sub)
     except OSError as exc:
         problems.append(f"{sub}/: {_why(exc)}")
         return []
     found = []
     for entry in entries:
         try:
-            found.append((entry.name, _read(entry)))
+            found.append((entry.name, _read(entry, budget)))
         except OSError as exc:
             problems.append(f"{sub}/{entry.name}: {_why(exc)}")
     return found
 
 
-def _read_instance(path: Path) -> SpeInstance:
+def _read_instance(path: Path, budget: _Budget) -> SpeInstance:
     inst = SpeInstance(path.name)
     try:
-        inst.type = int(_read(path / "type"), 0)
+        inst.type = parse_uint(_read(path / "type", budget), what="perf PMU type", maximum=(1 << 31) - 1)
     except OSError as exc:
         inst.problems.append(f"type: {_why(exc)}")
-    except ValueError:
-        inst.problems.append("type: not an integer")
+    except ValueError as exc:
+        inst.problems.append(f"type: {exc}")
     try:
-        inst.cpumask = _read(path / "cpumask")
+        inst.cpumask = _read(path / "cpumask", budget)
         inst.cpus = parse_cpulist(inst.cpumask)
     except OSError as exc:
         inst.problems.append(f"cpumask: {_why(exc)}")
     except ValueError as exc:
         inst.problems.append(f"cpumask: {exc}")
-    for name, text in _read_dir(path, "format", inst.problems):
+    for name, text in _read_dir(path, "format", inst.problems, budget):
         inst.formats[name] = text
-    for name, text in _read_dir(path, "caps", inst.problems):
+    for name, text in _read_dir(path, "caps", inst.problems, budget):
         try:
-            inst.caps[name] = int(text, 0)
+            value = parse_uint(text, what=f"caps/{name}")
         except ValueError:
-            inst.problems.append(f"caps/{name}: {text!r} is not an integer")
+            inst.problems.append(f"caps/{name}: {_show(text)} is not an unsigned integer")
+            continue
+        if name == "max_buff_size" and not maxbuf.is_representable(value):
+            # The SPU's limit is a decoded PMBIDR_EL1.MaxBuffSize: any other number is not one.
+            inst.problems.append(f"caps/max_buff_size: {value:#x} is not a MaxBuffSize size; ignored")
+            continue
+        inst.caps[name] = value
     return inst
 
 
 def read_spe_instances(sysfs_root: str = "/sys") -> tuple[list[SpeInstance], str | None]:
     """The ``arm_spe_N`` PMUs under ``sysfs_root``, and why there are none if so."""
+    _check_root("sysfs_root", sysfs_root)
     devices = Path(sysfs_root) / _EVENT_SOURCES
     try:
-        names = sorted(p.name for p in devices.iterdir() if p.name.startswith(_SPE_PREFIX))
+        names = sorted(p.name for p in _entries(devices) if p.name.startswith(_SPE_PREFIX))
     except OSError as exc:
         return [], f"cannot list {devices}: {_why(exc)}"
     if not names:
         return [], f"no {_SPE_PREFIX}N PMU in {devices}: the host kernel's SPE driver found no SPE unit"
     names.sort(key=lambda n: (len(n), n))
-    return [_read_instance(devices / n) for n in names], None
+    budget = _Budget()
+    return [_read_instance(devices / n, budget) for n in names], None
 
 
 def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int | None, str | None]:
     """``VmLck`` of ``/proc/PID/status`` (``self`` by default) in bytes, or why not."""
+    _check_root("procfs_root", procfs_root)
+    if pid is not None:
+        check_int("pid", pid, 1, (1 << 31) - 1)
     status = Path(procfs_root) / ("self" if pid is None else str(pid)) / "status"
     try:
-        lines = status.read_text(encoding="ascii", errors="replace").splitlines()
+        lines = _read(status).splitlines()
     except OSError as exc:
         return None, f"cannot read {status}: {_why(exc)}"
     for line in lines:
@@ -217,7 +340,9 @@ def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int
         if key != "VmLck":
             continue
         fields = rest.split()
-        if len(fields) == 2 and fields[1] == "kB" and fields[0].isdigit():
+        number = fields[0] if len(fields) == 2 and fields[1] == "kB" else ""
+        # kB of a u64 byte count: at most 17 ASCII digits.
+        if number.isascii() and number.isdigit() and len(number) <= 17:
             return int(fields[0]) * 1024, None
         return None, f"{status}: cannot parse VmLck line {line!r}"
     return None, f"{status} has no VmLck line (a kernel thread, or not Linux procfs)"

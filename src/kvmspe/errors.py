@@ -3,6 +3,9 @@
 * :class:`KvmspeError` is the root.
 * :class:`NotRepresentableError` (a :class:`ValueError`) is raised by the
   MaxBuffSize codec for a size that has no exact encoding.
+* :class:`InvalidArgumentError` (a :class:`ValueError`) is raised for an
+  argument of the wrong type or outside its accepted range (see
+  :mod:`kvmspe.validation`).
 * :class:`RegisterError` (a :class:`ValueError`) is raised by the register
   engine for a bad field value or a set RES0 bit.
 * :class:`KvmError` (an :class:`OSError`) is what both the kernel model and
@@ -15,6 +18,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "InvalidArgumentError",
     "KvmError",
     "KvmspeError",
     "NotRepresentableError",
@@ -39,6 +43,10 @@ class NotRepresentableError(KvmspeError, ValueError):
         self.size = size
         self.below = below
         self.above = above
+
+
+class InvalidArgumentError(KvmspeError, ValueError):
+    """An argument of the wrong type (a bool, float, str...) or outside its range."""
 
 
 class RegisterError(KvmspeError, ValueError):

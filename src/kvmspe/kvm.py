@@ -48,6 +48,8 @@ import signal
 import struct
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,7 +57,8 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from . import abi
-from .errors import KvmError
+from .errors import InvalidArgumentError, KvmError
+from .validation import U32_MAX, U64_MAX, check_int
 
 __all__ = [
     "DEFAULT_VALUE",
@@ -91,6 +94,8 @@ for (_group, _attr), _info in abi.ATTRS.items():
         VALUE_STRUCTS.setdefault(_group, {})[_attr] = _info.value
 
 _EMPTY: dict[int, struct.Struct] = {}
+#: The selection of a VCPU whose struct holds no (group, attr) yet.
+_UNSELECTED = object()
 #: flags is always 0; pack group and attr (bytes 4..16) in one go per call.
 _GROUP_ATTR = struct.Struct("=IQ")
 _GROUP_ATTR_OFFSET = 4
@@ -110,6 +115,23 @@ _NAMES = {_HAS: "KVM_HAS_DEVICE_ATTR", _GET: "KVM_GET_DEVICE_ATTR", _SET: "KVM_S
 VGIC_V3_DIST_BASE = 0x0800_0000
 VGIC_V3_REDIST_BASE = 0x080A_0000
 _VGIC_ALIGN = 64 << 10
+#: The largest number ``fcntl.ioctl`` passes as an integer argument (a C int).
+_IOCTL_INT_MAX = (1 << 31) - 1
+
+
+def _close_dropped(fd: int, what: str) -> None:
+    """Close the descriptor of an object collected without ``close()``, and say so
+    with a ResourceWarning, as Python's own files do."""
+    warnings.warn(f"unclosed {what} (fd {fd}): call close() or use 'with'", ResourceWarning, stacklevel=1)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _closed(owner: _Owned, name: str) -> KvmError:
+    """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
+    return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
 
 #: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
 RUN_TIMEOUT = 1.0
@@ -169,7 +191,39 @@ class SpeFeature:
 
 
 class _Owned:
-    """Something that owns file descriptors: ``with`` closes it on the way out."""
+    """Something that owns one file descriptor (and maybe children that own
+    theirs): ``with`` closes it on the way out, and so does the garbage
+    collector, with a ResourceWarning, when it is dropped unclosed.
+
+    Closing marks the object closed and forgets its descriptor *before*
+    ``os.close``: a signal arriving in between can at worst leak the
+    descriptor, never let a later ``close()`` close a number the process
+    has reused for something else.
+    """
+
+    fd: int
+    closed: bool
+    _finalizer: weakref.finalize[..., Any] | None = None
+
+    def _own(self, fd: int, what: str) -> None:
+        """Take ownership of ``fd``: it is closed when this object is collected unclosed."""
+        self.fd = fd
+        self.closed = False
+        finalizer = weakref.finalize(self, _close_dropped, fd, what)
+        # At interpreter exit the system closes every descriptor: no warning then.
+        finalizer.atexit = False
+        self._finalizer = finalizer
+
+    def _close_fd(self) -> None:
+        """Close this object's own descriptor, once, whatever interrupts it."""
+        if self.closed:
+            return
+        fd = self.fd
+        if self._finalizer is not None:
+            self._finalizer.detach()  # idempotent: a retried close() passes here again
+        self.closed = True
+        self.fd = -1
+        os.close(fd)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -304,18 +358,25 @@ class Kvm(_Owned):
         self.arch = normalise_arch(arch if arch is not None else os.uname().machine)
         self.vms: list[Vm] = []
         self._mmap_size: int | None = None
+        self.closed = True  # until the open succeeds
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\0" in str(path):
+            raise InvalidArgumentError(f"path must be the path of /dev/kvm (a non-empty str), got {path!r}")
         try:
-            self.fd: int = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             code = exc.errno or errno.EIO
-            raise KvmError(code, _open_reason(path, code), ioctl="open") from None
-        self.closed = False
+            raise KvmError(code, _open_reason(str(path), code), ioctl="open") from None
+        self._own(fd, f"Kvm({path!r})")
 
     def _call(self, request: int, arg: Any, name: str) -> int:
         try:
             return _retry(self.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name) from None
+        except ValueError:
+            if not self.closed:
+                raise
+            raise _closed(self, name) from None
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
@@ -323,6 +384,7 @@ class Kvm(_Owned):
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on ``/dev/kvm``: 0 when absent, else a positive value."""
+        check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
     def vcpu_mmap_size(self) -> int:
@@ -333,6 +395,7 @@ class Kvm(_Owned):
 
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM (``machine_type`` 0: the default IPA size on arm64)."""
+        check_int("machine_type", machine_type, 0, _IOCTL_INT_MAX)
         fd = self._call(abi.KVM_CREATE_VM, machine_type, "KVM_CREATE_VM")
         vm = Vm(self, fd)
         self.vms.append(vm)
@@ -398,8 +461,7 @@ class Kvm(_Owned):
             return
         for vm in list(self.vms):
             vm.close()
-        os.close(self.fd)
-        self.closed = True
+        self._close_fd()
 
 
 class Vm(_Owned):
@@ -407,7 +469,7 @@ class Vm(_Owned):
 
     def __init__(self, kvm: Kvm, fd: int):
         self.kvm = kvm
-        self.fd = fd
+        self._own(fd, "Vm")
         self.vcpus: list[Vcpu] = []
         #: Devices from KVM_CREATE_DEVICE (closed with the VM).
         self.devices: list[Device] = []
@@ -415,22 +477,31 @@ class Vm(_Owned):
         self.vgic: Device | None = None
         #: Every VCPU id created in this VM: KVM never frees one.
         self.ids_used: set[int] = set()
-        self.closed = False
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
         try:
             return _retry(self.kvm.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name, text) from None
+        except ValueError:
+            if not self.closed:
+                raise
+            raise _closed(self, name) from None
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (answers for this VM's configuration)."""
+        check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
     def set_user_memory_region(
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
     ) -> None:
         """KVM_SET_USER_MEMORY_REGION: back guest memory with process memory."""
+        check_int("slot", slot, 0, U32_MAX)
+        check_int("flags", flags, 0, U32_MAX)
+        check_int("guest_phys_addr", guest_phys_addr, 0, U64_MAX)
+        check_int("memory_size", memory_size, 0, U64_MAX)
+        check_int("userspace_addr", userspace_addr, 0, U64_MAX)
         region = bytearray(
             abi.USERSPACE_MEMORY_REGION.pack(slot, flags, guest_phys_addr, memory_size, userspace_addr)
         )
@@ -463,8 +534,7 @@ class Vm(_Owned):
     def _create(self, index: int | None, *, spe: bool, bit: int | None) -> Vcpu:
         if index is None:
             index = self._next_index()
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"VCPU index must be a non-negative int, got {index!r}")
+        index = check_int("VCPU index", index, 0, _IOCTL_INT_MAX)
         text = None
         if index in self.ids_used:
             text = (
@@ -505,6 +575,7 @@ class Vm(_Owned):
 
     def create_device(self, type_: int) -> Device:
         """KVM_CREATE_DEVICE: an in-kernel device of ``type_`` (a ``KVM_DEV_TYPE_*``)."""
+        check_int("device type", type_, 0, U32_MAX)
         arg = bytearray(abi.CREATE_DEVICE.pack(type_, 0, 0))
         text = None
         try:
@@ -570,8 +641,7 @@ class Vm(_Owned):
             vcpu.close()
         for device in list(self.devices):
             device.close()
-        os.close(self.fd)
-        self.closed = True
+        self._close_fd()
         if self in self.kvm.vms:
             self.kvm.vms.remove(self)
 
@@ -587,9 +657,8 @@ class Device(_Owned):
 
     def __init__(self, vm: Vm, fd: int, type_: int):
         self.vm = vm
-        self.fd = fd
+        self._own(fd, f"Device(type={type_})")
         self.type = type_
-        self.closed = False
         self._value = (ctypes.c_uint64 * 1)()
         #: Where the value lives while a call is made.
         self.value_addr = ctypes.addressof(self._value)
@@ -604,6 +673,8 @@ class Device(_Owned):
         return None
 
     def _call(self, request: int, group: int, attr: int, addr: int) -> None:
+        check_int("device attribute group", group, 0, U32_MAX)
+        check_int("device attribute", attr, 0, U64_MAX)
         arg = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, addr))
         try:
             _retry(self.vm.kvm.ioctl, self.fd, request, arg)
@@ -636,8 +707,7 @@ class Device(_Owned):
         """Close the device fd. Safe to call twice."""
         if self.closed:
             return
-        os.close(self.fd)
-        self.closed = True
+        self._close_fd()
         if self in self.vm.devices:
             self.vm.devices.remove(self)
         if self.vm.vgic is self:
@@ -704,17 +774,20 @@ class Vcpu(_Owned):
     ``value_structs`` decides the C type behind ``addr`` per group and
     attribute (a copy of :data:`VALUE_STRUCTS`; change it with
     :meth:`set_value_struct`); anything not listed is a ``__u64``.
+
+    One thread at a time per VCPU, as a VMM runs each VCPU in its own thread:
+    the device-attribute calls share one struct and one value buffer, and a
+    lock would cost the hot path more than the call itself.
     """
 
     def __init__(self, vm: Vm, fd: int, index: int, spe: bool):
         self.vm = vm
-        self.fd = fd
+        self._own(fd, f"Vcpu(index={index})")
         self.index = index
         self.spe = spe
         #: kvm_vcpu_init as sent (arm64 only).
         self.target: int | None = None
         self.features: tuple[int, ...] = ()
-        self.closed = False
         self.value_structs = {g: dict(a) for g, a in VALUE_STRUCTS.items()}
         self._ioctl = vm.kvm.ioctl
         # The value lives at a fixed address for the VCPU's life; the struct
@@ -722,23 +795,34 @@ class Vcpu(_Owned):
         self._value = (ctypes.c_uint64 * 1)()
         self.value_addr = ctypes.addressof(self._value)
         self._attr = bytearray(abi.DEVICE_ATTR.pack(0, 0, 0, self.value_addr))
-        self._sel_group: int | None = None
-        self._sel_attr: int | None = None
+        # What the struct holds: no (group, attr) until the first call. A
+        # sentinel, not None, so that a caller's None never matches it.
+        self._sel_group: object = _UNSELECTED
+        self._sel_attr: object = _UNSELECTED
         self._fmt = DEFAULT_VALUE
         self._view: memoryview[int] = memoryview(self._value).cast("B").cast("Q")
         self._run: mmap.mmap | None = None
 
     def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
         """Use ``value`` (e.g. :data:`kvmspe.abi.INT`) as the C type of ``(group, attr)``."""
+        check_int("device attribute group", group, 0, U32_MAX)
+        check_int("device attribute", attr, 0, U64_MAX)
+        if not isinstance(value, struct.Struct) or value.format[-1:] not in tuple("bBhHiIlLqQ"):
+            raise InvalidArgumentError(f"the value's C type must be an integer struct.Struct, got {value!r}")
         if value.size > ctypes.sizeof(self._value):
             raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
         self.value_structs.setdefault(group, {})[attr] = value
-        self._sel_group = self._sel_attr = None  # the typed view may change
+        self._sel_group = self._sel_attr = _UNSELECTED  # the typed view may change
 
     # -- errors ---------------------------------------------------------------------------
 
+    def _closed_error(self, ioctl: str, group: int, attr: int) -> KvmError:
+        return KvmError(errno.EBADF, "this VCPU has been closed", ioctl=ioctl, group=group, attr=attr)
+
     def _error(self, exc: OSError, call: str, ioctl: str, group: int, attr: int) -> KvmError:
         code = exc.errno or errno.EIO
+        if self.closed:
+            return self._closed_error(ioctl, group, attr)
         text = abi.explain(call, group, attr, code)
         if group == abi.KVM_ARM_VCPU_SPE_CTRL and code == errno.ENXIO and call != "has":
             text = self._spe_enxio(group, attr, text)
@@ -773,13 +857,28 @@ class Vcpu(_Owned):
     # the C type's range check for free; a call for the same attribute as the
     # last one does nothing but the ioctl and one view access. Everything
     # else (another attribute, BAD_ADDRESS, errors, EINTR) takes the slow path.
+    #
+    # The cache is keyed by the very int objects last checked (``is``, not
+    # ``==``): 2.0 or True equal 2 and 1 but are not them, so they take the
+    # slow path, where _select refuses them before the struct is touched.
 
-    def _select(self, group: int, attr: int) -> None:
-        """Point the struct at ``(group, attr)`` and pick the value's typed view."""
+    def _select(self, group: object, attr: object) -> None:
+        """Point the struct at ``(group, attr)`` and pick the value's typed view.
+
+        Both are checked first (group a __u32, attr a __u64); a refused pair
+        leaves the struct and the selection as they were.
+        """
+        check_int("device attribute group", group, 0, U32_MAX)
+        check_int("device attribute", attr, 0, U64_MAX)
+        assert isinstance(group, int) and isinstance(attr, int)
         fmt = self.value_structs.get(group, _EMPTY).get(attr, DEFAULT_VALUE)
+        view = memoryview(self._value).cast("B").cast(cast(Any, fmt.format[-1]))
+        # Forget the old selection before the struct changes: if this is
+        # interrupted half way, the next call selects again.
+        self._sel_group = self._sel_attr = _UNSELECTED
         _GROUP_ATTR.pack_into(self._attr, _GROUP_ATTR_OFFSET, group, attr)
         self._fmt = fmt
-        self._view = memoryview(self._value).cast("B").cast(cast(Any, fmt.format[-1]))
+        self._view = view
         self._sel_group, self._sel_attr = group, attr
 
     def _again(self, exc: OSError, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
@@ -794,12 +893,15 @@ class Vcpu(_Owned):
 
     def has_device_attr(self, group: int, attr: int) -> bool:
         """KVM_HAS_DEVICE_ATTR: True if the kernel knows ``(group, attr)``,
-        False on ENXIO; any other errno raises :class:`KvmError`."""
-        if group != self._sel_group or attr != self._sel_attr:
+        False on ENXIO; any other errno raises :class:`KvmError`, and a
+        ``group``/``attr`` that is not a __u32/__u64 int raises ValueError."""
+        if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         try:
             self._ioctl(self.fd, _HAS, self._attr)
             return True
+        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
+            raise self._closed_error("KVM_HAS_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             try:
                 self._again(exc, _HAS, self._attr, "has", group, attr)
@@ -813,11 +915,15 @@ class Vcpu(_Owned):
         """KVM_GET_DEVICE_ATTR: the value the kernel writes through ``addr``.
 
         ``addr=kvmspe.abi.BAD_ADDRESS`` passes an unmapped pointer, so the
-        kernel's write fails (EFAULT).
+        kernel's write fails (EFAULT). The value buffer is cleared first: an
+        attribute narrower than its assumed width (an ``int`` read as a
+        ``__u64``) then reads back zero-extended, never with bytes of an
+        earlier call.
         """
-        if group != self._sel_group or attr != self._sel_attr:
+        if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         if addr is None:
+            self._value[0] = 0
             buf = self._attr
         elif addr is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
@@ -825,6 +931,8 @@ class Vcpu(_Owned):
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
         try:
             self._ioctl(self.fd, _GET, buf)
+        except ValueError:
+            raise self._closed_error("KVM_GET_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             self._again(exc, _GET, buf, "get", group, attr)
         result: int = self._view[0]
@@ -833,26 +941,24 @@ class Vcpu(_Owned):
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
         """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
 
-        ``value`` is an int of the attribute's C type,
-        :data:`kvmspe.abi.BAD_ADDRESS` for a pointer the kernel cannot read
-        (EFAULT), or None for an attribute that takes no value (``addr`` 0,
-        e.g. KVM_ARM_VCPU_SPE_INIT). A value that does not fit is refused with ValueError before
+        ``value`` is an int of the attribute's C type, ``None`` for an
+        attribute that takes no value (``addr`` 0, e.g. KVM_ARM_VCPU_SPE_INIT),
+        or :data:`kvmspe.abi.BAD_ADDRESS` for a pointer the kernel cannot read
+        (EFAULT). A value that does not fit is refused with ValueError before
         any ioctl, as the model does.
         """
-        if group != self._sel_group or attr != self._sel_attr:
+        if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         if type(value) is int:
             try:
                 self._view[0] = value
-            except ValueError:
+            except (ValueError, OverflowError):
                 self._refuse(group, attr, self._fmt, value)
             buf = self._attr
+        elif value is None:
+            buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, 0))
         elif value is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
-        elif value is None:
-            # An attribute that takes no value (KVM_ARM_VCPU_SPE_INIT, as
-            # KVM_ARM_VCPU_PMU_V3_INIT): addr is 0.
-            buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, 0))
         else:
             if isinstance(value, bool) or not isinstance(value, int):
                 self._refuse(group, attr, self._fmt, value)
@@ -860,6 +966,8 @@ class Vcpu(_Owned):
             return
         try:
             self._ioctl(self.fd, _SET, buf)
+        except ValueError:
+            raise self._closed_error("KVM_SET_DEVICE_ATTR", group, attr) from None
         except OSError as exc:
             self._again(exc, _SET, buf, "set", group, attr)
 
@@ -953,11 +1061,10 @@ class Vcpu(_Owned):
         """Unmap ``kvm_run`` and close the VCPU. Safe to call twice."""
         if self.closed:
             return
-        if self._run is not None:
-            self._run.close()
-            self._run = None
-        os.close(self.fd)
-        self.closed = True
+        run, self._run = self._run, None
+        if run is not None:
+            run.close()
+        self._close_fd()
         if self in self.vm.vcpus:
             self.vm.vcpus.remove(self)
 

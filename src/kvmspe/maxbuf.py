@@ -16,6 +16,7 @@ seed patch).
 from __future__ import annotations
 
 from .errors import NotRepresentableError
+from .validation import check_int
 
 # typing.TYPE_CHECKING without importing typing (the command line's codec path
 # starts faster without it); mypy treats any TYPE_CHECKING as true.
@@ -91,7 +92,9 @@ def step_at(size: int) -> int:
     Band E >= 1 holds sizes of bit length E + 21 in steps of 2^(E+11), so the
     step is 4 KiB up to 4 MiB (E = 0 and E = 1 alike) and doubles per band
     after that, up to 2^42 in the last band (sizes above LARGEST count as in it).
+    ``size`` is an int 0..2**64-1 (ValueError otherwise).
     """
+    check_int("size", size, 0, _U64_MAX)
     return GRANULE << max(0, min(size.bit_length() - 22, E_MASK - 1))
 
 
@@ -137,8 +140,8 @@ def encode(size: int) -> int:
 
 
 def check_page_size(page_size: int) -> None:
-    """Refuse anything but an arm64 host page size (4, 16 or 64 KiB)."""
-    if page_size not in PAGE_SIZES:
+    """Refuse anything but an arm64 host page size (4, 16 or 64 KiB), given as an int."""
+    if type(page_size) is not int or page_size not in PAGE_SIZES:
         accepted = ", ".join(str(p) for p in PAGE_SIZES)
         raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
 

@@ -16,12 +16,15 @@ import resource
 from dataclasses import dataclass
 
 from .errors import KvmspeError
+from .validation import check_int
 
-__all__ = ["MemlockPermissionError", "MemlockStatus", "raise_limit", "status"]
+__all__ = ["LIMIT_MAX", "MemlockPermissionError", "MemlockStatus", "raise_limit", "status"]
 
 _LIMIT_ROW = "Max locked memory"
-#: The largest finite rlim_t; Python spells RLIM_INFINITY as -1.
-_RLIM_MAX = (1 << 64) - 2
+#: The largest limit :func:`raise_limit` sets: the kernel's rlim_t is a u64
+#: (finite up to 2**64-2, RLIM_INFINITY being 2**64-1), but Python's
+#: ``resource`` module passes limits as a C long, so 2**63-1 is the most it can set.
+LIMIT_MAX = (1 << 63) - 1
 
 
 class MemlockPermissionError(KvmspeError, PermissionError):
@@ -41,9 +44,7 @@ class MemlockStatus:
 def _pid(pid: int | None) -> int:
     if pid is None:
         return os.getpid()
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        raise ValueError(f"pid must be a positive int or None (this process), got {pid!r}")
-    return pid
+    return check_int("pid", pid, 1, (1 << 31) - 1)
 
 
 def _limit_value(text: str) -> int | None:
@@ -94,8 +95,9 @@ def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> M
     without it, or without ``hard=True``, :class:`MemlockPermissionError`.
     Returns the new :func:`status`.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= _RLIM_MAX:
-        raise ValueError(f"nbytes must be an int 0..{_RLIM_MAX} (2**64-2), got {nbytes!r}")
+    check_int("nbytes", nbytes, 0, LIMIT_MAX)
+    if not isinstance(hard, bool):
+        raise ValueError(f"hard must be True or False, got {hard!r}")
     pid = _pid(pid)
     target = 0 if pid == os.getpid() else pid
     try:
@@ -114,13 +116,14 @@ def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> M
     if hard_v is not None and nbytes > hard_v:
         if not hard:
             raise MemlockPermissionError(
-                f"{nbytes} bytes is above the hard RLIMIT_MEMLOCK {hard_v} of process {pid};"
-                " pass hard=True to raise it (needs CAP_SYS_RESOURCE)"
+                f"{nbytes} bytes is above the hard RLIMIT_MEMLOCK {hard_v} of process {pid},"
+                " which is left as it is: only the soft limit is raised unless the hard one is"
+                " asked for too (and raising it needs CAP_SYS_RESOURCE)"
             )
         new_hard = nbytes
     try:
         resource.prlimit(target, resource.RLIMIT_MEMLOCK, (nbytes, new_hard))
-    except (PermissionError, ValueError) as exc:
+    except (PermissionError, ValueError, OverflowError) as exc:
         # Linux answers EPERM; Python reports a failed raise of the hard limit as ValueError.
         raise MemlockPermissionError(
             f"cannot raise RLIMIT_MEMLOCK of process {pid} to {nbytes} bytes: {exc}"

@@ -58,8 +58,9 @@ from . import maxbuf
 from .assumptions import DEFAULT, Assumptions
 from .registers import PMBIDR_EL1
 from .stage1 import GRANULES, Stage1
+from .validation import check_int
 
-__all__ = ["CASES", "Plan", "Placement", "placements", "plan"]
+__all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "placements", "plan"]
 
 #: The pinning cases, in the order reported.
 CASES = ("best", "typical", "worst")
@@ -109,6 +110,8 @@ def placements(
     """The buffers of ``case`` for ``vcpus`` VCPUs (what a model run enables)."""
     if case not in CASES:
         raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(CASES)}")
+    _int("vcpus", vcpus, 1, MAX_VCPUS)
+    _int("size", size, 1)
     out = []
     for i in range(vcpus):
         s1 = _stage1(case, granule, levels, tree=i)
@@ -163,11 +166,14 @@ class Plan:
         }
 
 
-def _int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-    return value
+_U64_MAX = (1 << 64) - 1
+#: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
+#: 2**64-1 is RLIM_INFINITY.
+RLIM_FINITE_MAX = (1 << 64) - 2
+
+
+def _int(name: str, value: object, lo: int, hi: int = _U64_MAX) -> int:
+    return check_int(name, value, lo, hi)
 
 
 def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: list[str]) -> int:
@@ -227,12 +233,12 @@ def plan(
     if max_buffer_size is not None:
         _int("max_buffer_size", max_buffer_size, 0, (1 << 64) - 1)
     maxbuf.check_page_size(page_size)
-    if granule not in GRANULES:
+    if type(granule) is not int or granule not in GRANULES:
         raise ValueError(f"granule {granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536")
     _int("spu_limit", spu_limit, 0)
     if not maxbuf.is_representable(spu_limit):
         raise ValueError(
-            f"spu_limit {spu_limit:#x} is not a MaxBuffSize value; accepted: representable sizes"
+            f"the SPU limit {spu_limit:#x} is not a MaxBuffSize size; accepted: representable sizes"
         )
     if levels is not None:
         _int("levels", levels, 1, 5)
@@ -264,6 +270,12 @@ def plan(
     held = size if assumptions.set_time_charge_mode == "held" else 0
     worst = pinned["worst"]["per_vm"]
     memlock = None if worst is None else locked_already + held + worst
+    if memlock is not None and memlock > RLIM_FINITE_MAX:
+        raise ValueError(
+            f"the RLIMIT_MEMLOCK needed, {locked_already:#x} locked already + {held + worst:#x} for SPE,"
+            f" is more than the kernel can hold (a finite limit is at most {RLIM_FINITE_MAX:#x});"
+            " accepted: less memory locked already, fewer VCPUs or a smaller size"
+        )
     return Plan(
         vcpus,
         max_buffer_size,

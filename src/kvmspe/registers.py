@@ -104,7 +104,7 @@ class Register:
     def field(self, name: str) -> Field:
         try:
             return self._by_name[name]
-        except KeyError:
+        except (KeyError, TypeError):
             accepted = ", ".join(self._by_name)
             raise RegisterError(f"{self.name} has no field {name!r}; fields: {accepted}") from None
 
@@ -145,6 +145,8 @@ class Register:
         Fields not named are zero. An unknown field, a value that does not
         fit its field, or an unknown enum name raises :class:`RegisterError`.
         """
+        if fields is not None and not isinstance(fields, Mapping):
+            raise RegisterError(f"{self.name}: fields must map field names to values, got {fields!r}")
         values = dict(fields or {}, **kw)
         out = 0
         for name, v in values.items():

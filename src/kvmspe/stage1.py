@@ -44,6 +44,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import InvalidArgumentError
+from .validation import check_int
+
 __all__ = [
     "BLOCK_LEVELS",
     "Footprint",
@@ -51,6 +54,7 @@ __all__ = [
     "Layout",
     "Stage1",
     "chunks",
+    "level_range",
 ]
 
 #: Translation granules of AArch64 (bytes).
@@ -95,6 +99,16 @@ class Footprint:
         return self.host_pages * self.page_size
 
 
+def level_range(granule: int) -> tuple[int, int]:
+    """The fewest and most stage-1 levels a guest with ``granule`` walks, for a VA
+    of 25 to 52 bits (4 KiB: 2..5, 16 KiB: 1..4, 64 KiB: 1..3)."""
+    shift = granule.bit_length() - 1
+    bits = shift - 3
+    lowest = -(-(_MIN_VA_BITS - shift) // bits)
+    highest = -(-(MAX_VA_BITS - shift) // bits)
+    return lowest, highest
+
+
 @dataclass(frozen=True)
 class Stage1:
     """How a guest maps its buffer at stage 1 (see the module docstring).
@@ -112,45 +126,50 @@ class Stage1:
     tree: int = 0
 
     def __post_init__(self) -> None:
-        if self.granule not in GRANULES:
+        if type(self.granule) is not int or self.granule not in GRANULES:
             raise ValueError(
                 f"granule {self.granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536"
             )
-        if self.layout not in LAYOUTS:
+        if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} is unknown; accepted: contiguous, scattered")
         shift = self.granule.bit_length() - 1
         bits = shift - 3
         levels, va_bits = self.levels, self.va_bits
-        for name, v in (("levels", levels), ("va_bits", va_bits)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                raise ValueError(f"{name} must be an int or None, got {v!r}")
+        if levels is not None:
+            check_int("levels", levels, 1, 5)
+        if va_bits is not None:
+            check_int("va_bits", va_bits, _MIN_VA_BITS, MAX_VA_BITS)
+        if not isinstance(self.blocks, bool):
+            raise InvalidArgumentError(f"blocks must be True or False, got {self.blocks!r}")
+        walks = level_range(self.granule)
+        if va_bits is None and levels is not None and not walks[0] <= levels <= walks[1]:
+            # Only the level count was given: say which counts this granule walks.
+            raise InvalidArgumentError(
+                f"a guest with a {self.granule // 1024} KiB granule does not walk {levels}"
+                f" level{'s' if levels != 1 else ''} of stage-1 tables; accepted: {walks[0]}..{walks[1]}"
+            )
         if va_bits is None:
             va_bits = 48 if levels is None else min(shift + bits * levels, MAX_VA_BITS)
-        if not _MIN_VA_BITS <= va_bits <= MAX_VA_BITS:
-            raise ValueError(f"va_bits {va_bits} is out of range; accepted: {_MIN_VA_BITS}..{MAX_VA_BITS}")
         needed = -(-(va_bits - shift) // bits)
         if levels is None:
             levels = needed
         if levels != needed:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{levels} levels do not fit a {va_bits}-bit VA with a {self.granule}-byte granule;"
-                f" accepted: {needed} levels for {va_bits} bits, or give only one of levels/va_bits"
+                f" accepted: {needed} levels for {va_bits} bits"
             )
-        if not 1 <= levels <= 5:
-            raise ValueError(f"levels {levels} is out of range; accepted: 1..5")
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "va_bits", va_bits)
         holes = []
         for hole in self.unmapped:
-            if not (isinstance(hole, tuple) and len(hole) == 2 and all(isinstance(x, int) for x in hole)):
+            if not (isinstance(hole, tuple) and len(hole) == 2 and all(type(x) is int for x in hole)):
                 raise ValueError(f"unmapped entries are (va, size) int pairs, got {hole!r}")
             va, size = hole
             if not (0 <= va < _U64 and 0 < size <= _U64 - va):
                 raise ValueError(f"unmapped range {hole!r} is not inside the 64-bit VA space with size > 0")
             holes.append((va, size))
         object.__setattr__(self, "unmapped", tuple(sorted(holes)))
-        if isinstance(self.tree, bool) or not isinstance(self.tree, int):
-            raise ValueError(f"tree must be an int, got {self.tree!r}")
+        check_int("tree", self.tree, None, None)
 
     # -- geometry --------------------------------------------------------------------
 
@@ -244,8 +263,16 @@ class Stage1:
     def footprint(self, lo: int, hi: int, page_size: int) -> Footprint:
         """Host pages to pin for a buffer at VA ``[lo, hi)`` on a host with ``page_size``.
 
-        Raises ValueError when the range has no translation (see :meth:`translates`).
+        Raises ValueError when the range has no translation (see :meth:`translates`),
+        or for arguments that are not ints in range.
         """
+        check_int("lo", lo, 0, _U64 - 1)
+        check_int("hi", hi, 0, _U64)
+        check_int("page_size", page_size, 1)
+        if page_size not in GRANULES:
+            raise InvalidArgumentError(
+                f"page size {page_size} is not an arm64 page size; accepted: 4096, 16384, 65536"
+            )
         region = self.region(lo, hi)
         if region is None or not self.translates(lo, hi):
             raise ValueError(f"[{lo:#x}, {hi:#x}) has no stage-1 translation in this guest")

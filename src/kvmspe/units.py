@@ -108,7 +108,9 @@ def parse_size(text: str) -> int:
     else:
         dec = _decimal(s)
         if dec is None:
-            if _fraction(s):
+            if _fraction(s) and "," in s:
+                why = "commas are not accepted (no digit grouping or decimal comma: sizes are exact)"
+            elif _fraction(s):
                 why = "fractions are not accepted (sizes are exact)"
             elif s[:2].lower() == "0x":
                 why = "a hexadecimal size takes only hex digits and no unit"
@@ -125,13 +127,22 @@ def parse_size(text: str) -> int:
     return value
 
 
-def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX) -> int:
-    """A plain unsigned integer, decimal or ``0x`` hex, 0..``maximum`` (no units).
+def _range(minimum: int, maximum: int) -> str:
+    """The accepted range as messages show it: decimal when small, else hex."""
+    if maximum <= 4096:
+        return f"{minimum}..{maximum}"
+    return f"{minimum}..{maximum:#x}"
 
-    For register values, field values and counts. Raises :class:`ValueError`.
+
+def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX, minimum: int = 0) -> int:
+    """A plain unsigned integer, decimal or ``0x`` hex, ``minimum..maximum`` (no units).
+
+    For register values, field values and counts. Raises :class:`ValueError`
+    whose message always states the same accepted range.
     """
+    accepted = f"accepted: decimal or 0x hex, {_range(minimum, maximum)}"
     if not isinstance(text, str):
-        raise ValueError(f"invalid {what} {text!r}: not a string")
+        raise ValueError(f"invalid {what} {text!r}: not a string; {accepted}")
     s = text.strip()
     hex_digits = _hex_digits(s)
     decimal = s.isascii() and s.isdigit()
@@ -140,7 +151,7 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX) -> int
             why = "negative values are not accepted"
         else:
             why = "not an unsigned integer"
-        raise ValueError(f"invalid {what} {_show(text)}: {why}; accepted: decimal or 0x hex, 0..{maximum:#x}")
+        raise ValueError(f"invalid {what} {_show(text)}: {why}; {accepted}")
     if hex_digits is not None:
         value = int(hex_digits, 16)
     elif len(s.lstrip("0")) > _U64_DIGITS:
@@ -148,7 +159,10 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX) -> int
     else:
         value = _int(s)
     if value > maximum:
-        raise ValueError(f"invalid {what} {_show(text)}: larger than {maximum:#x}; accepted: 0..{maximum:#x}")
+        top = _range(minimum, maximum).partition("..")[2]
+        raise ValueError(f"invalid {what} {_show(text)}: larger than {top}; {accepted}")
+    if value < minimum:
+        raise ValueError(f"invalid {what} {_show(text)}: smaller than {minimum}; {accepted}")
     return value
 
 

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,15 +307,60 @@ def scenario_vectors() -> dict[str, Any]:
     }
 
 
-def write(out_dir: str | Path) -> list[Path]:
-    """Write both vector files into ``out_dir`` (created if missing); return their paths."""
+#: ``writer(fd, data)``: write all of ``data`` to ``fd`` (os.write by default;
+#: tests inject a failing one to play a full disk).
+Writer = Callable[[int, bytes], None]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _temp_copy(folder: Path, name: str, data: bytes, writer: Writer) -> Path:
+    """``data`` in a new temporary file next to ``folder/name``, flushed to disk."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 is for the temporary name only
+        writer(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return Path(tmp)
+
+
+def write(out_dir: str | Path, *, writer: Writer = _write_all) -> list[Path]:
+    """Write both vector files into ``out_dir`` (created if missing); return their paths.
+
+    All or nothing: both documents are built, then written to temporary files
+    in ``out_dir``, and only when both are complete on disk do they replace
+    the files (``os.replace``, atomic per file). A failure (a full disk, an
+    interruption) leaves the files that were there untouched and no
+    temporary file behind. ``out_dir`` must be a non-empty path without NUL
+    (ValueError); failures of the file system raise OSError.
+    """
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip() or "\0" in str(out_dir):
+        raise ValueError(f"bad output directory {out_dir!r}; accepted: a non-empty directory path")
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a directory; give a directory for the vectors")
+    docs = ((CODEC_FILE, codec_vectors()), (SCENARIO_FILE, scenario_vectors()))
+    blobs = [(name, (json.dumps(doc, indent=1) + "\n").encode("utf-8")) for name, doc in docs]
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, doc in ((CODEC_FILE, codec_vectors()), (SCENARIO_FILE, scenario_vectors())):
-        path = folder / name
-        path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        paths.append(path)
-    return paths
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for name, data in blobs:
+            temps.append((_temp_copy(folder, name, data, writer), folder / name))
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+    return [path for _, path in temps]
