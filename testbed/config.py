@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-# Debian's archive, reached with apt through a private configuration (see fetch.Apt).
-ARCHIVE = "http://deb.debian.org/debian"
+# Debian's archive (KVMSPE_TESTBED_ARCHIVE: a mirror), reached with apt through a private configuration.
+ARCHIVE = os.environ.get("KVMSPE_TESTBED_ARCHIVE", "http://deb.debian.org/debian")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Package lists older than this are refreshed (apt-get update); a warm cache needs no network.
 LISTS_MAX_AGE = 7 * 24 * 3600

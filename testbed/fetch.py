@@ -66,7 +66,9 @@ def log(msg: str) -> None:
     print(f"testbed: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
+def _run(
+    argv: list[str], what: str, timeout: float, cwd: Path | None = None, with_stderr: bool = False
+) -> str:
     """Run a host tool, bounded; on failure raise FetchError with its last line of output."""
     try:
         proc = subprocess.run(
@@ -81,7 +83,7 @@ def _run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) ->
         errors = [ln for ln in lines if ln.startswith(("E:", "ERROR", "error"))]
         last = (errors or lines or ["(no output)"])[-1]
         raise FetchError(f"{what}: {last}")
-    return proc.stdout
+    return proc.stdout + ("\n" + proc.stderr if with_stderr else "")
 
 
 # --- host tools ------------------------------------------------------------------------------
@@ -99,7 +101,9 @@ def ensure_host_tools() -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        raise FetchError(f"{', '.join(missing)} missing and this is not root: apt-get install {' '.join(missing)}")
+        raise FetchError(
+            f"{', '.join(missing)} missing and this is not root: apt-get install {' '.join(missing)}"
+        )
     log(f"installing {' '.join(missing)} with apt-get")
     env_note = "apt-get update (the host's own sources)"
     _run(["apt-get", "update", "-q"], env_note, timeout=600)
@@ -122,9 +126,7 @@ class Apt:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
         suites = sorted({RUNTIME_SUITE, UAPI_SUITE, *(k.suite for k in KERNELS)})
-        lines = [
-            f"deb [arch=arm64 signed-by={KEYRING}] {ARCHIVE} {suite} main" for suite in suites
-        ]
+        lines = [f"deb [arch=arm64 signed-by={KEYRING}] {ARCHIVE} {suite} main" for suite in suites]
         sources = self.root / "etc/sources.list"
         text = "\n".join(lines) + "\n"
         if not sources.exists() or sources.read_text() != text:
@@ -158,12 +160,17 @@ class Apt:
             raise FetchError(f"{KEYRING} is missing: apt-get install debian-archive-keyring")
         log(f"apt-get update (private, arm64: {ARCHIVE})")
         out = _run(
-            ["apt-get", *self.opts, "update", "-q"], f"cannot reach Debian's archive {ARCHIVE}", timeout=600
+            ["apt-get", *self.opts, "update", "-q"],
+            f"cannot reach Debian's archive {ARCHIVE}",
+            timeout=600,
+            with_stderr=True,
         )
+
         # apt-get update exits 0 even when a source failed; its "W:"/"Err:" lines say so.
-        bad = [ln for ln in out.splitlines() if ln.startswith(("Err:", "W: Failed", "E:"))]
+        bad = [ln for ln in out.splitlines() if ln.startswith(("W: Failed to fetch", "E:"))]
         if bad:
-            raise FetchError(f"cannot reach Debian's archive {ARCHIVE}: {bad[0]}")
+            why = bad[0].removeprefix("W: Failed to fetch ").removeprefix("E: ")
+            raise FetchError(f"cannot reach Debian's archive {ARCHIVE}: {' '.join(why.split())}")
         (self.root / "lists.stamp").touch()
 
     def show(self, spec: str) -> dict[str, str]:
@@ -316,7 +323,9 @@ class Cache:
     def _resolve_kernel(self, spec: KernelSpec) -> dict[str, str]:
         """Follow the meta package to the package holding the image; prefer its unsigned twin."""
         meta = self.apt.show(f"{spec.meta}/{spec.suite}")
-        image_pkg = next((d for d in _deps(meta) if d.startswith("linux-image-") and d[12:13].isdigit()), None)
+        image_pkg = next(
+            (d for d in _deps(meta) if d.startswith("linux-image-") and d[12:13].isdigit()), None
+        )
         if image_pkg is None:
             raise FetchError(f"{spec.meta}/{spec.suite} depends on no linux-image-VERSION package")
         rec = self.apt.show(f"{image_pkg}={meta['Version']}")
@@ -377,7 +386,11 @@ def extract_kernel_image(deb: Path, dest: Path) -> tuple[Path, str]:
                 release = None
                 if parts[:1] == ["boot"] and len(parts) == 2 and parts[1].startswith("vmlinuz-"):
                     release = parts[1][len("vmlinuz-") :]
-                elif parts[:3] == ["usr", "lib", "modules"] and len(parts) == 5 and parts[4] in ("vmlinuz", "vmlinuz.unsigned"):
+                elif (
+                    parts[:3] == ["usr", "lib", "modules"]
+                    and len(parts) == 5
+                    and parts[4] in ("vmlinuz", "vmlinuz.unsigned")
+                ):
                     release = parts[3]
                 if release and member.isfile():
                     fh = tar.extractfile(member)

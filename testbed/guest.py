@@ -79,7 +79,11 @@ def boot(image: Path, initrd: Path, steps: list[tuple[str, int, str]], echo: boo
     argv = [QEMU, *QEMU_ARGS, "-kernel", str(image), "-initrd", str(initrd), "-append", KERNEL_CMDLINE]
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     stopping: list[int] = []

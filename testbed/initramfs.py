@@ -37,7 +37,9 @@ class Cpio:
         self.ino = 1
         self.seen: set[str] = set()
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", mtime: int = 0, rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", mtime: int = 0, rdev: tuple[int, int] = (0, 0)
+    ) -> None:
         name = name.strip("/")
         if name in self.seen:
             return
@@ -145,19 +147,22 @@ def build_base(cache: Path, runtime_debs: list[Path], wheels: list[Path]) -> Pat
     if importlib.util.MAGIC_NUMBER == PY311_MAGIC:
         # Debian compiles .pyc at install time; without them every guest import compiles under TCG.
         mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
-        for d, shown in ((stage / "usr/lib/python3.11", "/usr/lib/python3.11"), (site, str(site)[len(str(stage)) :])):
+        for d, shown in (
+            (stage / "usr/lib/python3.11", "/usr/lib/python3.11"),
+            (site, str(site)[len(str(stage)) :]),
+        ):
             compileall.compile_dir(d, ddir=shown, quiet=2, invalidation_mode=mode, workers=1)
     else:
         log(f"host Python is {sys.version.split()[0]}, not 3.11: the guest compiles its own bytecode")
     part = out.with_suffix(".part")
     with open(part, "wb") as fh:
-        cpio = Cpio(fh)  # type: ignore[arg-type]
-        for d in ("dev", "proc", "sys", "tmp", "root", "run", "mnt"):
-            cpio.dir(d)
+        cpio = Cpio(fh)
+        for top in ("dev", "proc", "sys", "tmp", "root", "run", "mnt"):
+            cpio.dir(top)
         cpio.chardev("dev/console", 5, 1)
         cpio.chardev("dev/null", 1, 3)
-        for d in MERGED:
-            cpio.symlink(d, f"usr/{d}")
+        for top in MERGED:
+            cpio.symlink(top, f"usr/{top}")
         cpio.tree(stage / "usr", "usr")
         if (stage / "etc").is_dir():
             cpio.tree(stage / "etc", "etc")
@@ -175,7 +180,9 @@ def _checkout_files(src_root: Path) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     for top in ("src", "tests"):
         for dirpath, dirnames, filenames in os.walk(src_root / top):
-            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", ".hypothesis") and not d.endswith(".egg-info"))
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in ("__pycache__", ".hypothesis") and not d.endswith(".egg-info")
+            )
             for name in sorted(filenames):
                 if name.endswith((".pyc", ".pyo")):
                     continue
@@ -189,7 +196,7 @@ def build_overlay(dest: Path, src_root: Path, steps_sh: str) -> Path:
     """/init, /testbed/steps.sh and /kvmspe (the checkout), as the archive appended to the base."""
     init = (HERE / "init.sh").read_bytes()
     with open(dest, "wb") as fh:
-        cpio = Cpio(fh)  # type: ignore[arg-type]
+        cpio = Cpio(fh)
         cpio.file("init", init, 0o755)
         cpio.dir("testbed")
         cpio.file("testbed/steps.sh", steps_sh.encode(), 0o644)
