@@ -267,8 +267,10 @@ def judge(check: Check, step: StepResult) -> list[str]:
     """Every way STEP falls short of CHECK, one line each; empty when it passes."""
     if not step.started:
         return ["never ran (the guest stopped before it)"]
+    if step.rc is None and step.hung:
+        return [f"hung: the guest run passed its limit during it (step limit {step.limit} s); QEMU killed"]
     if step.rc is None:
-        return [f"hung: no end within the run's limit (step limit {step.limit} s)"]
+        return ["the guest stopped while it ran (see the guest line below)"]
     if step.timed_out:
         where = f" in {running_test(step.output)}" if check.pytest and running_test(step.output) else ""
         return [f"timed out after {step.limit} s{where} and was killed"]

@@ -32,8 +32,9 @@ class StepResult:
     output: str = ""
     rc: int | None = None  # None: the step never ended (the guest hung or died in it)
     seconds: float | None = None
-    timed_out: bool = False
+    timed_out: bool = False  # killed in the guest by its own limit
     started: bool = False
+    hung: bool = False  # still running when the whole guest run passed its limit (QEMU killed)
 
 
 @dataclass
@@ -110,6 +111,8 @@ def boot(image: Path, initrd: Path, steps: list[tuple[str, int, str]], echo: boo
             if now > deadline_total:
                 name = current.name if current else "(between steps)"
                 run.problem = f"the whole guest run passed its limit of {deadline_total} s in step {name}"
+                if current is not None:
+                    current.hung = True
                 break
             events = sel.select(timeout=1.0)
             if not events:
