@@ -10,7 +10,6 @@ from __future__ import annotations
 import compileall
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import py_compile
@@ -18,6 +17,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from config import STDLIB_SKIP
 from fetch import extract_deb, log, unpack_wheel
@@ -32,7 +32,7 @@ DROP = ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale
 class Cpio:
     """A minimal writer of the newc format the kernel unpacks."""
 
-    def __init__(self, out: io.BufferedWriter) -> None:
+    def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.ino = 1
         self.seen: set[str] = set()
