@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 from config import (
     ARCHIVE,
@@ -249,6 +250,15 @@ class Kernel:
     package: str
 
 
+class Resolved(TypedDict):
+    """What resolve() found: [name, version, arch] per runtime package, the uapi package, the kernels."""
+
+    sources: str
+    runtime: list[list[str]]
+    uapi: list[str]
+    kernels: list[dict[str, str]]
+
+
 class Cache:
     """Resolves package names once (kept in resolved.json), downloads what is missing."""
 
@@ -270,14 +280,14 @@ class Cache:
         if age is None or age > LISTS_MAX_AGE:
             self.apt.update()
 
-    def _load_resolved(self) -> dict[str, object] | None:
+    def _load_resolved(self) -> Resolved | None:
         try:
             data = json.loads(self.resolved_file.read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("sources") != self._sources_key():
             return None
-        return data
+        return cast(Resolved, data)
 
     @staticmethod
     def _sources_key() -> str:
@@ -286,22 +296,22 @@ class Cache:
              [(k.suite, k.meta) for k in KERNELS]]
         )  # fmt: skip
 
-    def resolve(self, refresh: bool) -> dict[str, object]:
+    def resolve(self, refresh: bool) -> Resolved:
         """Package names and versions for every role; reuses the last resolution while it is fresh.
 
         Refreshing means an apt-get update (at most once per LISTS_MAX_AGE or on
         demand), so a warm cache needs no network at all.
         """
-        data = self._load_resolved()
+        cached = self._load_resolved()
         age = self.apt.lists_age()
-        if data is not None and not refresh and age is not None and age <= LISTS_MAX_AGE:
-            return data
+        if cached is not None and not refresh and age is not None and age <= LISTS_MAX_AGE:
+            return cached
         try:
             self._fresh_lists() if not refresh else self.apt.update()
         except FetchError:
-            if data is not None and not refresh:
+            if cached is not None and not refresh:
                 log("cannot refresh the package lists; using the last resolution in the cache")
-                return data
+                return cached
             raise
         runtime = []
         for name in RUNTIME_PACKAGES:
@@ -311,7 +321,7 @@ class Cache:
         kernels = []
         for spec in KERNELS:
             kernels.append(self._resolve_kernel(spec))
-        data = {
+        data: Resolved = {
             "sources": self._sources_key(),
             "runtime": runtime,
             "uapi": [uapi["Package"], uapi["Version"], uapi["Architecture"]],
