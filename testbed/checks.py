@@ -1,0 +1,308 @@
+"""What runs in each guest and what it must show: the expectations, as data, each with its reason.
+
+The guest is an arm64 kernel under QEMU TCG with EL2: /dev/kvm works, and
+there is no SPE (QEMU does not emulate it), so the SPE group of every VCPU
+answers ENXIO. The expectations below are what a correct kvmspe does there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from guest import StepResult
+
+PYTEST = "python3 -m pytest -p no:cacheprovider -o addopts= -v -rfEs --color=no"
+
+
+class Expectation(Protocol):
+    @property
+    def reason(self) -> str:
+        """Why a correct kvmspe shows this on a KVM without SPE (one line)."""
+
+    def failure(self, step: StepResult) -> str | None:
+        """None when STEP shows what is expected, else what it showed instead (one line)."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    reason: str
+
+    def failure(self, step: StepResult) -> str | None:
+        return None if step.rc == self.code else f"exit status {step.rc}, expected {self.code}"
+
+
+@dataclass(frozen=True)
+class Shows:
+    pattern: str
+    reason: str
+
+    def failure(self, step: StepResult) -> str | None:
+        if re.search(self.pattern, step.output, re.M):
+            return None
+        return f"no line matches /{self.pattern}/"
+
+
+@dataclass(frozen=True)
+class Never:
+    pattern: str
+    reason: str
+
+    def failure(self, step: StepResult) -> str | None:
+        m = re.search(self.pattern, step.output, re.M)
+        if m is None:
+            return None
+        line = step.output[step.output.rfind("\n", 0, m.start()) + 1 :].split("\n", 1)[0]
+        return f"shows /{self.pattern}/: {line.strip()[:160]}"
+
+
+@dataclass(frozen=True)
+class Count:
+    """The integer a pattern's first group captures, compared with a bound (absent counts as 0)."""
+
+    pattern: str
+    least: int | None
+    most: int | None
+    reason: str
+
+    def failure(self, step: StepResult) -> str | None:
+        found = re.findall(self.pattern, step.output, re.M)
+        value = int(found[-1]) if found else 0
+        if self.least is not None and value < self.least:
+            return f"/{self.pattern}/ counts {value}, expected at least {self.least}"
+        if self.most is not None and value > self.most:
+            return f"/{self.pattern}/ counts {value}, expected at most {self.most}"
+        return None
+
+
+@dataclass(frozen=True)
+class JsonSkips:
+    """Every skipped case of a JSON conformance report gives a reason that is not kvmspe's own error."""
+
+    bad: str
+    reason: str
+
+    def failure(self, step: StepResult) -> str | None:
+        try:
+            doc = json.loads(step.output[step.output.find("{") :])
+        except ValueError as exc:
+            return f"no JSON report: {exc}"
+        for r in doc.get("results", []):
+            if r.get("status") == "skipped" and re.search(self.bad, str(r.get("reason", ""))):
+                return f"{r.get('case')} skipped for {r.get('reason')!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    command: str
+    limit: int  # seconds, enforced in the guest
+    expect: tuple[Expectation, ...]
+    pytest: bool = False
+    excerpt: bool = True  # show the tail of the output under a failure (not for a JSON document)
+
+
+NO_TRACEBACK = Never(r"Traceback \(most recent call last\)", "kvmspe never answers with a traceback")
+
+
+def _pytest(name: str, files: str, limit: int) -> Check:
+    return Check(
+        name,
+        f"{PYTEST} {files}",
+        limit,
+        (
+            Exit(0, "the tests that need /dev/kvm pass on a real arm64 KVM"),
+            Count(r"(\d+) failed", None, 0, "no test fails"),
+            Count(r"(\d+) errors?\b", None, 0, "no test errors (a fixture that cannot set up is an error)"),
+            Count(r"(\d+) passed", 1, None, "the run tested something"),
+        ),
+        pytest=True,
+    )
+
+
+KVMSPE = "python3 -m kvmspe"
+ERRNO_NOT_ENXIO = r"\bE(?!NXIO\b)[A-Z0-9]{3,}\b"
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "sysinfo",
+        "echo release $(uname -r); echo machine $(uname -m); "
+        "echo pagesize $(python3 -c 'import os; print(os.sysconf(\"SC_PAGE_SIZE\"))'); "
+        "ls -l /dev/kvm; ls /sys/bus/event_source/devices/",
+        60,
+        (
+            Exit(0, "the guest's Python runs"),
+            Shows(r"^machine aarch64$", "the guest is arm64"),
+            Shows(r"^c.* /dev/kvm$", "QEMU's EL2 (virtualization=on) gives the guest kernel KVM"),
+        ),
+    ),
+    Check(
+        "probe",
+        f"{KVMSPE} probe",
+        60,
+        (
+            Exit(1, "probe exits 1 where the host cannot run SPE guests"),
+            Shows(r"^SPE in KVM\s+no\b.*not supported", "the SPE group answers ENXIO: SPE is not supported"),
+            Never(r"could not probe", "probing itself must work on a real arm64 KVM"),
+            Never(r"\bEEXIST\b", "KVM never frees a VCPU id: kvmspe must not create one twice"),
+            Never(r"\bENOENT\b", "an unknown feature bit (ENOENT on 6.1) is not SPE's answer"),
+        ),
+    ),
+    Check(
+        "conformance",
+        f"{KVMSPE} conformance --backend kvm",
+        120,
+        (
+            Exit(0, "every case that applies passes"),
+            Count(r"^kvm: (\d+) passed", 15, None, "every no-SPE (ENXIO) case runs and passes"),
+            Count(r"^kvm: \d+ passed, (\d+) failed", None, 0, "no case fails"),
+            Never(
+                r"^SKIPPED .*cannot create", "a case that could not set up is kvmspe's failure, not a skip"
+            ),
+        ),
+    ),
+    Check(
+        "conformance-json",
+        f"{KVMSPE} conformance --backend kvm --json",
+        120,
+        (
+            Exit(0, "the JSON report agrees with the table"),
+            JsonSkips(
+                rf"cannot|could not|{ERRNO_NOT_ENXIO}",
+                "a skip may only say a case does not apply; an errno other than ENXIO is kvmspe's own error",
+            ),
+        ),
+        excerpt=False,
+    ),
+    Check(
+        "configure",
+        f"{KVMSPE} configure --backend kvm",
+        120,
+        (
+            Exit(1, "configure stops when the kernel cannot do SPE"),
+            Shows(
+                r"(?i)SPE[^\n]{0,60}not supported|not supported[^\n]{0,60}SPE",
+                "it says why: SPE is not supported",
+            ),
+            Never(
+                r"(?i)^\s*ok\b.*SPE feature", "no VCPU has the SPE feature here: no line may claim one does"
+            ),
+        ),
+    ),
+    _pytest("pytest-kvm", "tests/test_kvm.py", 90),
+    _pytest(
+        "pytest-kvm-parts",
+        "tests/test_conformance.py tests/test_vmm.py tests/test_discovery.py tests/test_cli.py -k kvm",
+        90,
+    ),
+    Check(
+        "cli-encode",
+        f"{KVMSPE} encode 4M",
+        60,
+        (Exit(0, "4 MiB is representable"), Shows(r"^MaxBuffSize\s+0x0400\b", "4 MiB = 512 << 13: E=2, M=0")),
+    ),
+    Check(
+        "cli-encode-none",
+        f"{KVMSPE} encode 0x401000",
+        60,
+        (
+            Exit(1, "4100 KiB has no encoding (steps of 8 KiB from 4 to 8 MiB)"),
+            Shows(r"nearest", "it offers the nearest sizes"),
+        ),
+    ),
+    Check(
+        "cli-decode",
+        f"{KVMSPE} decode 0x400",
+        60,
+        (Exit(0, "a field value decodes"), Shows(r"^size\s+4 MiB", "field 0x400 is 4 MiB")),
+    ),
+    Check(
+        "cli-round",
+        f"{KVMSPE} round 4100K --page-size 16K",
+        60,
+        (
+            Exit(0, "any size rounds"),
+            Shows(r"^down\s+4 MiB", "4 MiB is the representable 16 KiB-aligned size below"),
+        ),
+    ),
+    Check(
+        "cli-sizes",
+        f"{KVMSPE} sizes --from 2M --to 2M",
+        60,
+        (Exit(0, "a range lists"), Shows(r"^0x200000\s", "2 MiB is representable")),
+    ),
+    Check(
+        "cli-explain",
+        f"{KVMSPE} explain EDOM",
+        60,
+        (Exit(0, "errno names explain"), Shows(r"^EDOM \(errno 33", "EDOM is errno 33 on arm64")),
+    ),
+    Check(
+        "cli-plan",
+        f"{KVMSPE} plan --vcpus 4 --max-buffer-size 4M",
+        60,
+        (Exit(0, "a plan is made"), Shows(r"MAX_BUFFER_SIZE=0x400000", "4 MiB is set as is")),
+    ),
+    Check(
+        "cli-bad-input",
+        f"{KVMSPE} encode bogus",
+        60,
+        (
+            Exit(2, "bad input exits 2"),
+            Shows(r"invalid size 'bogus'.*accepted", "one line: what was wrong and what is accepted"),
+        ),
+    ),
+)
+
+
+def by_name(name: str) -> Check:
+    return next(c for c in CHECKS if c.name == name)
+
+
+def judge(check: Check, step: StepResult) -> list[str]:
+    """Every way STEP falls short of CHECK, one line each; empty when it passes."""
+    if not step.started:
+        return ["never ran (the guest stopped before it)"]
+    if step.rc is None and step.hung:
+        return [f"hung: the guest run passed its limit during it (step limit {step.limit} s); QEMU killed"]
+    if step.rc is None:
+        return ["the guest stopped while it ran (see the guest line below)"]
+    if step.timed_out:
+        where = f" in {running_test(step.output)}" if check.pytest and running_test(step.output) else ""
+        return [f"timed out after {step.limit} s{where} and was killed"]
+    problems = []
+    for e in (*check.expect, NO_TRACEBACK):
+        why = e.failure(step)
+        if why is not None:
+            problems.append(f"{why}  [{e.reason}]")
+    return problems
+
+
+def running_test(output: str) -> str | None:
+    """The test pytest -v had started but not finished when its output stops (the one that hung)."""
+    for line in reversed(output.splitlines()):
+        m = re.match(r"(\S+::\S+)(.*)$", line)
+        if m:
+            done = re.search(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", m.group(2))
+            return None if done else m.group(1)
+    return None
+
+
+def pytest_counts(output: str) -> dict[str, int]:
+    """passed/failed/skipped/errors from pytest's closing line."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    lines = [
+        ln for ln in output.splitlines() if re.search(r"\b(passed|failed|error|skipped|no tests ran)\b", ln)
+    ]
+    if not lines:
+        return counts
+    last = lines[-1]
+    for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", last):
+        key = "errors" if word.startswith("error") else word
+        if key in counts:
+            counts[key] = int(n)
+    return counts
