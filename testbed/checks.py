@@ -193,7 +193,7 @@ CHECKS: tuple[Check, ...] = (
             ),
         ),
     ),
-    _pytest("pytest-kvm", "tests/test_kvm.py", 90),
+    _pytest("pytest-kvm", "tests/test_kvm.py", 180),
     _pytest(
         "pytest-kvm-parts",
         "tests/test_conformance.py tests/test_vmm.py tests/test_discovery.py tests/test_cli.py -k kvm",
