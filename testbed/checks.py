@@ -125,6 +125,11 @@ def _pytest(name: str, files: str, limit: int) -> Check:
 
 
 KVMSPE = "python3 -m kvmspe"
+#: The C conformance program (``kvmspe export --lang c-selftest``): built on the host for arm64
+#: by the checkout's script, shipped at SELFTEST_BINARY, compared in the guest.
+SELFTEST_BUILD = "tests/export/build-selftest.sh"
+SELFTEST_BINARY = "build/kvmspe-selftest-arm64"
+SELFTEST_COMPARE = "tests/export/compare_selftest.py"
 ERRNO_NOT_ENXIO = r"\bE(?!NXIO\b)[A-Z0-9]{3,}\b"
 
 CHECKS: tuple[Check, ...] = (
@@ -198,6 +203,15 @@ CHECKS: tuple[Check, ...] = (
         "pytest-kvm-parts",
         "tests/test_conformance.py tests/test_vmm.py tests/test_discovery.py tests/test_cli.py -k kvm",
         90,
+    ),
+    Check(
+        "c-selftest",
+        f"python3 {SELFTEST_COMPARE} {SELFTEST_BINARY}",
+        240,
+        (
+            Exit(0, "the generated C conformance program agrees with the Python kvm runner, case by case"),
+            Shows(r"^agree: (\d+) of \1 cases agree$", "the comparison ran over every case"),
+        ),
     ),
     Check(
         "cli-encode",

@@ -91,10 +91,13 @@ def _run(
 
 
 def ensure_host_tools() -> None:
-    """qemu-system-aarch64 (Debian: qemu-system-arm) and pip, installed with the host's own apt."""
+    """qemu-system-aarch64 (Debian: qemu-system-arm), pip, and the arm64 cross compiler that builds
+    kvmspe's C conformance program for the guests, installed with the host's own apt."""
     missing = []
     if shutil.which("qemu-system-aarch64") is None:
         missing.append("qemu-system-arm")
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        missing += ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
         missing.append("python3-pip")
     if shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None:

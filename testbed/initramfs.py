@@ -192,8 +192,11 @@ def _checkout_files(src_root: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def build_overlay(dest: Path, src_root: Path, steps_sh: str) -> Path:
-    """/init, /testbed/steps.sh and /kvmspe (the checkout), as the archive appended to the base."""
+def build_overlay(
+    dest: Path, src_root: Path, steps_sh: str, extra: dict[str, Path] | None = None
+) -> Path:
+    """/init, /testbed/steps.sh and /kvmspe (the checkout, plus ``extra``: checkout-relative
+    name -> file built on the host), as the archive appended to the base."""
     init = (HERE / "init.sh").read_bytes()
     with open(dest, "wb") as fh:
         cpio = Cpio(fh)
@@ -202,7 +205,7 @@ def build_overlay(dest: Path, src_root: Path, steps_sh: str) -> Path:
         cpio.file("testbed/steps.sh", steps_sh.encode(), 0o644)
         cpio.dir("kvmspe")
         made = {"kvmspe"}
-        for rel, path in _checkout_files(src_root):
+        for rel, path in _checkout_files(src_root) + sorted((extra or {}).items()):
             parts = rel.split("/")
             for i in range(1, len(parts)):
                 d = "kvmspe/" + "/".join(parts[:i])

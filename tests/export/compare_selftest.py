@@ -107,6 +107,8 @@ def main(argv: list[str]) -> int:
         name = line.split(":")[0]
         reason = py[name]["reason"] if name in py else ""
         print(f"DIFFERS {line}" + (f" ({reason})" if reason else ""))
+    total = len(set(c) | set(py))
+    print(f"{'differ' if differ else 'agree'}: {total - len(differ)} of {total} cases agree")
     return 1 if differ else 0
 
 
