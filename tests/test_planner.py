@@ -145,3 +145,16 @@ def test_planner_and_model_agree_to_the_byte(
     _, _, host = _model_pinned("worst", vcpus, p.size, page, granule, levels, assumptions,
                                p.memlock_limit - p.locked_already)
     assert host.memlock_room() == 0
+
+
+def test_sweep_is_the_plan_at_each_power_of_two_size() -> None:
+    from kvmspe import planner
+
+    s = planner.sweep(3, page_size=16384, up_to=1 << 26)
+    assert s.sizes == [16384 << k for k in range(13)]
+    for i, size in enumerate(s.sizes):
+        p = planner.plan(3, size, page_size=16384)
+        assert {case: s.per_vm[case][i] for case in planner.CASES} == \
+            {case: p.pinned[case]["per_vm"] for case in planner.CASES}
+    with pytest.raises(ValueError, match="vcpus"):
+        planner.sweep(0)

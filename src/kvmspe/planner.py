@@ -60,7 +60,7 @@ from .registers import PMBIDR_EL1
 from .stage1 import GRANULES, Stage1
 from .validation import check_int
 
-__all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "placements", "plan"]
+__all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
 
 #: The pinning cases, in the order reported.
 CASES = ("best", "typical", "worst")
@@ -291,3 +291,38 @@ def plan(
         memlock,
         warnings,
     )
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Pinned memory per VM against the max buffer size: ``sizes`` and, for
+    each pinning case, ``per_vm[case][i]`` the bytes pinned at ``sizes[i]``."""
+
+    sizes: list[int]
+    per_vm: dict[str, list[int]]
+
+
+def sweep(
+    vcpus: int,
+    *,
+    page_size: int = 4096,
+    granule: int = 4096,
+    levels: int | None = None,
+    locked_already: int = 0,
+    up_to: int = 64 << 20,
+    assumptions: Assumptions = DEFAULT,
+) -> Sweep:
+    """:func:`plan` at every power-of-two multiple of ``page_size`` up to
+    ``up_to`` (and the largest size MaxBuffSize encodes), no SPU limit.
+
+    Raises ValueError as :func:`plan` does.
+    """
+    top = min(_int("up_to", up_to, 0), maxbuf.LARGEST)
+    sizes = [s for s in (page_size << k for k in range(64)) if s <= top]
+    per_vm: dict[str, list[int]] = {case: [] for case in CASES}
+    for size in sizes:
+        p = plan(vcpus, size, page_size=page_size, spu_limit=0, granule=granule, levels=levels,
+                 locked_already=locked_already, assumptions=assumptions)
+        for case in CASES:
+            per_vm[case].append(p.pinned[case]["per_vm"])
+    return Sweep(sizes, per_vm)

@@ -12,7 +12,16 @@ exact, so ``1.5M`` is refused rather than guessed.
 
 from __future__ import annotations
 
-__all__ = ["ACCEPTED", "U64_MAX", "UNITS", "format_size", "parse_size", "parse_uint"]
+__all__ = [
+    "ACCEPTED",
+    "U64_MAX",
+    "UNITS",
+    "format_limit",
+    "format_size",
+    "format_size_hex",
+    "parse_size",
+    "parse_uint",
+]
 
 U64_MAX = (1 << 64) - 1
 
@@ -178,3 +187,15 @@ def format_size(nbytes: int) -> str:
         if nbytes and nbytes % unit == 0:
             return f"{nbytes // unit} {letter}iB"
     return f"{nbytes} B"
+
+
+def format_size_hex(n: int | None) -> str:
+    """A size for people with its exact value: ``4 MiB (0x400000)``; None is ``none``."""
+    if n is None:
+        return "none"
+    return f"{format_size(n)} ({n:#x})"
+
+
+def format_limit(n: int | None) -> str:
+    """A limit such as RLIMIT_MEMLOCK: None (no limit) is ``unlimited``."""
+    return "unlimited" if n is None else format_size_hex(n)
