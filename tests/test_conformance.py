@@ -600,3 +600,18 @@ def test_a_timed_out_real_run_is_the_kernels_signal_exit(tmp_path: Path) -> None
         start = time.monotonic()
         assert conformance.run_bounded(vcpu, 0.1).reason == abi.KVM_EXIT_INTR
         assert time.monotonic() - start < 5
+
+
+def test_expectations_are_parsed_once_into_their_kind() -> None:
+    from kvmspe.cases import Expectation, Step
+
+    assert Expectation.parse(True) == Expectation("has", flag=True)
+    assert Expectation.parse(0x400) == Expectation("value", expr=0x400)
+    assert Expectation.parse("ok") == Expectation("ok")
+    assert Expectation.parse("exit") == Expectation("exit")
+    assert Expectation.parse("EDOM") == Expectation("errno", errno_name="EDOM")
+    assert Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE * 4") == \
+        Expectation("exit", exit_name="KVM_EXIT_RLIMIT", expr="PAGE * 4")
+    assert Expectation.parse("KVM_EXIT_INTR") == Expectation("exit", exit_name="KVM_EXIT_INTR")
+    assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr="enc(LIMIT)")
+    assert Step("get", "X", expect="EINVAL").expectation.kind == "errno"

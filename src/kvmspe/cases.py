@@ -39,8 +39,10 @@ with its data (``"KVM_EXIT_RLIMIT excess=PAGE * 4"``).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 __all__ = [
     "CASES",
@@ -54,6 +56,7 @@ __all__ = [
     "SPU",
     "UNKNOWN",
     "Case",
+    "Expectation",
     "Rule",
     "Setup",
     "SpuSpec",
@@ -88,6 +91,42 @@ GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
 
 Value = int | str | None
 Expect = int | str | bool
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A step's expected result, parsed once from its short written form.
+
+    ``kind`` is ``"ok"`` (the call succeeded), ``"has"`` (HAS answers
+    ``flag``), ``"errno"`` (the call fails with ``errno_name``), ``"exit"``
+    (KVM_RUN returned: any exit when ``exit_name`` is None, else that exit,
+    with ``expr`` the KVM_EXIT_RLIMIT excess when given) or ``"value"`` (a GET
+    or a read gives ``expr``, an int or an expression over the host's names).
+    """
+
+    kind: Literal["ok", "has", "errno", "exit", "value"]
+    flag: bool = False
+    errno_name: str = ""
+    exit_name: str | None = None
+    expr: int | str | None = None
+
+    @classmethod
+    def parse(cls, written: Expect) -> Expectation:
+        """The expectation ``written`` stands for (see the module docstring)."""
+        if isinstance(written, bool):
+            return cls("has", flag=written)
+        if isinstance(written, int):
+            return cls("value", expr=written)
+        if written == "ok":
+            return cls("ok")
+        if written == "exit":
+            return cls("exit")
+        if written in errno.errorcode.values():
+            return cls("errno", errno_name=written)
+        if written.startswith("KVM_EXIT_"):
+            name, _, excess = written.partition(" excess=")
+            return cls("exit", exit_name=name, expr=excess or None)
+        return cls("value", expr=written)
 
 
 @dataclass(frozen=True)
@@ -139,6 +178,10 @@ class Step:
     value: Value = None
     expect: Expect = "ok"
     vcpu: int = 0
+    expectation: Expectation = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expectation", Expectation.parse(self.expect))
 
     def describe(self) -> str:
         """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""

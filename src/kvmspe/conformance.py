@@ -17,7 +17,6 @@ the JSON form documented in ``docs/conformance.md``.
 from __future__ import annotations
 
 import ast
-import errno
 import operator
 import os
 import resource
@@ -27,16 +26,27 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from . import abi, maxbuf
+from .backend import Vcpu, Vm
 from .cases import CASES, Case, Expect, Setup, Step
 from .errors import KvmError, errno_name
 from .registers import PMBIDR_EL1, PMBSR_EL1, Register
 from .rules import RULES, RuleSet
 from .stage1 import Stage1
 
-__all__ = ["BACKENDS", "HostFacts", "REPORT_SCHEMA", "Report", "Result", "resolve", "run", "run_bounded"]
+__all__ = [
+    "BACKENDS",
+    "REPORT_SCHEMA",
+    "HostFacts",
+    "ModelRunner",
+    "Report",
+    "Result",
+    "resolve",
+    "run",
+    "run_bounded",
+]
 
 BACKENDS = ("model", "kvm")
 REPORT_SCHEMA = "kvmspe-conformance-report"
@@ -158,13 +168,6 @@ def _env(page: int, spu_ids: list[int], limit: int | None) -> dict[str, Any]:
 # --- running one case -------------------------------------------------------------------------
 
 
-class _Vcpu(Protocol):
-    def set_device_attr(self, group: int, attr: int, value: object) -> None: ...
-    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int: ...
-    def has_device_attr(self, group: int, attr: int) -> bool: ...
-    def run(self) -> abi.Exit: ...
-
-
 @dataclass(frozen=True)
 class Result:
     """One case's outcome. ``expected``/``got`` are for the first call that
@@ -207,8 +210,8 @@ class _Runner:
     """Runs the calls of a case on VCPUs; subclasses supply the host."""
 
     env: dict[str, Any]
-    vm: Any
-    vcpus: list[Any]
+    vm: Vm
+    vcpus: list[Vcpu]
 
     def value(self, v: int | str | None) -> object:
         if v == "BAD":
@@ -216,15 +219,20 @@ class _Runner:
         return None if v is None else resolve(v, self.env)
 
     def expected(self, step: Step) -> Expect:
-        exp = step.expect
-        if isinstance(exp, bool) or isinstance(exp, int):
-            return exp
-        if exp.startswith("KVM_EXIT_"):
-            name, _, excess = exp.partition(" excess=")
-            return f"{name} excess={_show(resolve(excess, self.env))}" if excess else name
-        if exp in ("ok", "exit") or exp in errno.errorcode.values():
-            return exp
-        return resolve(exp, self.env)
+        """What ``step`` must give on this host, in the form :func:`_matches` compares."""
+        exp = step.expectation
+        if exp.kind == "has":
+            return exp.flag
+        if exp.kind == "errno":
+            return exp.errno_name
+        if exp.kind == "exit" and exp.exit_name is not None:
+            if exp.expr is None:
+                return exp.exit_name
+            return f"{exp.exit_name} excess={_show(resolve(exp.expr, self.env))}"
+        if exp.kind in ("ok", "exit"):
+            return exp.kind
+        assert exp.expr is not None
+        return resolve(exp.expr, self.env)
 
     def call(self, step: Step) -> object:
         """Perform one call; return what it gave, an errno name on KvmError."""
@@ -234,7 +242,7 @@ class _Runner:
             return errno_name(exc.errno or 0)
 
     def perform(self, step: Step) -> object:
-        vcpu: _Vcpu = self.vcpus[step.vcpu]
+        vcpu: Vcpu = self.vcpus[step.vcpu]
         if step.op == "set":
             group, attr = _attr(step.target)
             vcpu.set_device_attr(group, attr, self.value(step.value))
@@ -292,7 +300,14 @@ def _matches(exp: Expect, got: object) -> bool:
 # --- the model backend ------------------------------------------------------------------------------
 
 
-class _ModelRunner(_Runner):
+class ModelRunner(_Runner):
+    """A case's host on the model, shaped as ``setup`` asks, with ``rules`` deciding.
+
+    ``host``, ``vm`` and ``vcpus`` are the model objects; :meth:`value`
+    gives a case value on this host, :meth:`expected` a step's expected
+    result, :meth:`execute` runs a case's calls.
+    """
+
     def __init__(self, setup: Setup, rules: RuleSet):
         from .model import Host, Spu
 
@@ -311,15 +326,13 @@ class _ModelRunner(_Runner):
         self.host.set_memlock_limit(self.host.locked_bytes + room)
 
     def guest(self, step: Step) -> object:
+        from .model import Vcpu as ModelVcpu
+
         vcpu = self.vcpus[step.vcpu]
+        assert isinstance(vcpu, ModelVcpu)
         if step.op == "guest_read":
             reg, _, name = step.target.partition(".")
-            if hasattr(vcpu, "guest_read"):
-                raw = vcpu.guest_read(reg)
-            elif reg == "PMBIDR_EL1":
-                raw = vcpu.guest_pmbidr
-            else:
-                return f"the model cannot read {reg}"
+            raw = vcpu.guest_read(reg)
             if raw is None:
                 return "no value"
             return _REGISTERS[reg].get(raw, name) if name else raw
@@ -341,7 +354,7 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
         rule = case.rule
         key, source = (rule.key, rule.source) if rule else ("", "")
         try:
-            runner = _ModelRunner(case.setup, rules)
+            runner = ModelRunner(case.setup, rules)
             status, exp, got, reason = runner.execute(case)
         except Exception as exc:  # noqa: BLE001 - a broken rule set is a failed case, not a crash
             status, exp, got, reason = "failed", _show(case.expected), type(exc).__name__, str(exc)
@@ -437,6 +450,13 @@ def _memlock_room(room: int | None) -> Iterator[Callable[[int], None]]:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
 
 
+@runtime_checkable
+class _Closing(Protocol):
+    """A real VCPU, which holds a file descriptor until closed."""
+
+    def close(self) -> None: ...
+
+
 class _KvmRunner(_Runner):
     def __init__(self, case: Case, facts: HostFacts, vm: Any, set_room: Callable[[int], None]):
         want = case.setup.spus[0].limit if case.setup.spus else None
@@ -474,7 +494,7 @@ class _RunTimeout(Exception):
     """Raised by the SIGALRM handler to get out of a KVM_RUN that does not return."""
 
 
-def run_bounded(vcpu: _Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
+def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     """KVM_RUN, cut short after ``seconds``.
 
     The conformance VMs have no memory and no guest code: on arm64 the VCPU
@@ -569,7 +589,8 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
             status, exp, got, why = "failed", _show(case.expected), type(exc).__name__, str(exc)
         finally:
             for vcpu in runner.vcpus:
-                vcpu.close()
+                if isinstance(vcpu, _Closing):
+                    vcpu.close()
     return Result(case.name, key, source, status, exp, got, why)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from . import abi, maxbuf
 from .cases import CASES, Case, Step
-from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, _ModelRunner
+from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from .errors import NotRepresentableError
 from .export.abidata import assumed_numbers
 from .registers import PMBIDR_EL1
@@ -182,33 +182,33 @@ def _typed(value: int, ctype: str) -> int | str:
     return value if ctype == "int" else _hex(value % (1 << 64))
 
 
-def _both(runner: _ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
+def _both(runner: ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
     """A case value: its expression over the host's names, and its value on the model host."""
     value = runner.value(expr)
     assert isinstance(value, int)
     return {"expr": str(expr), "model": _typed(value, ctype)}
 
 
-def _expect(runner: _ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
-    exp = step.expect
-    if isinstance(exp, bool):
-        return {"has": exp}
-    if isinstance(exp, str) and exp in errno.errorcode.values():
-        return {"errno": getattr(errno, exp), "errno_name": exp}
-    if exp == "ok":
+def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
+    exp = step.expectation
+    if exp.kind == "has":
+        return {"has": exp.flag}
+    if exp.kind == "errno":
+        return {"errno": getattr(errno, exp.errno_name), "errno_name": exp.errno_name}
+    if exp.kind == "ok":
         return {"ok": True}
-    if exp == "exit":
-        return {"exit": "any"}
-    if isinstance(exp, str) and exp.startswith("KVM_EXIT_"):
-        name, _, excess = exp.partition(" excess=")
-        out: dict[str, Any] = {"exit": name}
-        if excess:
-            out["rlimit_excess"] = _both(runner, excess)
+    if exp.kind == "exit":
+        if exp.exit_name is None:
+            return {"exit": "any"}
+        out: dict[str, Any] = {"exit": exp.exit_name}
+        if exp.expr is not None:
+            out["rlimit_excess"] = _both(runner, exp.expr)
         return out
-    return {"value": _both(runner, exp, ctype)}
+    assert exp.expr is not None
+    return {"value": _both(runner, exp.expr, ctype)}
 
 
-def _call(runner: _ModelRunner, step: Step) -> dict[str, Any]:
+def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
     call: dict[str, Any] = {"vcpu": step.vcpu, "op": step.op}
     ctype = "__u64"
     if step.op in ("set", "get", "has"):
@@ -263,7 +263,7 @@ def _requires(case: Case) -> dict[str, Any]:
 
 
 def _scenario(case: Case) -> dict[str, Any]:
-    runner = _ModelRunner(case.setup, RULES)
+    runner = ModelRunner(case.setup, RULES)
     host = runner.host
     rule = case.rule
     assert rule is not None

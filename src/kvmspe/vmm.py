@@ -22,10 +22,12 @@ step as data, and what the VM ended with.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from . import abi
+from .backend import Vcpu
 from .errors import KvmError, KvmspeError
 from .units import format_limit, format_size, format_size_hex
 
@@ -42,21 +44,12 @@ __all__ = [
     "BringUpResult",
     "BringUpStep",
     "SpeConfigError",
-    "SpeVcpu",
     "Step",
     "bring_up",
     "choose_backend",
     "configure_spe",
     "planned_steps",
 ]
-
-
-class SpeVcpu(Protocol):
-    """What :func:`configure_spe` needs of a VCPU (model or real)."""
-
-    def has_device_attr(self, group: int, attr: int) -> bool: ...
-
-    def set_device_attr(self, group: int, attr: int, value: object) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[Step]:
     return out
 
 
-def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[Step]:
     """Give ``vcpu`` its SPE interrupt, SPU and max buffer size, then
     initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
     (no value: ``set_device_attr(group, attr, None)``).
@@ -403,9 +396,10 @@ def bring_up(
     return _bring_up_kvm(result, limit)
 
 
-def _configure_all(result: BringUpResult, vcpus: list[SpeVcpu], indices: list[int]) -> bool:
+def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
     """:func:`configure_spe` on every VCPU, each step recorded; False at the first refusal."""
-    for vcpu, index in zip(vcpus, indices, strict=True):
+    for vcpu in vcpus:
+        index = vcpu.index
         try:
             done = configure_spe(vcpu, irq=result.irq, spu=result.spu, max_buffer_size=result.max_buffer_size)
         except SpeConfigError as exc:
@@ -445,7 +439,7 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
             result.add("KVM_CREATE_DEVICE GICv3, distributor and redistributor addresses", True)
             vm.init_vgic()
             result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
-        if not _configure_all(result, list(vcpus), [v.index for v in vcpus]):
+        if not _configure_all(result, vcpus):
             return result
         for vcpu in vcpus:
             try:
@@ -485,7 +479,7 @@ def _bring_up_model(
         for i in range(result.vcpus):
             vcpus.append(vm.create_vcpu(i, spe=True))
             result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
-        if not _configure_all(result, list(vcpus), [v.index for v in vcpus]):
+        if not _configure_all(result, vcpus):
             return result
         for vcpu in vcpus:
             result.add("KVM_RUN (first entry)", True, f"exit {vcpu.run().name}", vcpu=vcpu.index)
