@@ -1,4 +1,4 @@
-"""The ABI table against FACTS sections 1 and 2, and an independent ioctl computation."""
+"""The ABI table against the uapi headers and the reference patch, and an independent ioctl computation."""
 
 from __future__ import annotations
 

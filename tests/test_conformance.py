@@ -68,6 +68,8 @@ def test_by_name_keeps_order_and_refuses_unknown_names() -> None:
     assert [c.name for c in by_name(["has-irq", "get-before-set"])] == ["has-irq", "get-before-set"]
     with pytest.raises(ValueError, match="no-such-case"):
         by_name(["no-such-case"])
+    # An iterator is read once, not exhausted by the check before the lookup.
+    assert [c.name for c in by_name(iter(["has-irq"]))] == ["has-irq"]
 
 
 def test_resolve_evaluates_case_expressions_and_nothing_else() -> None:

@@ -28,7 +28,7 @@ from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.kvm import Kvm, RunTimeout, SpeFeatureUnavailable, Vcpu
 
-# Request numbers as the uapi headers give them [FACTS 1].
+# Request numbers as the uapi headers give them.
 CREATE_VM = 0xAE01
 CHECK_EXTENSION = 0xAE03
 GET_VCPU_MMAP_SIZE = 0xAE04

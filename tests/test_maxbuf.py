@@ -1,4 +1,4 @@
-"""The MaxBuffSize codec against an independent reading of FACTS section 4.
+"""The MaxBuffSize codec against an independent reading of Arm DDI0601 PMBIDR_EL1.MaxBuffSize.
 
 The oracles here are written from the facts, not from the module: the list of
 all representable sizes is built from the decode formula directly, and

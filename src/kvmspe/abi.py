@@ -19,6 +19,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .validation import is_int
+
 __all__ = [
     "ASSUMED",
     "ASSUMED_ENV",
@@ -305,7 +307,7 @@ def check_assumed(name: str, value: object) -> int:
     if name not in _ENV:
         raise AssumedNumberError(f"unknown assumed number {name!r}; accepted: {', '.join(_ENV)}")
     lo, hi = _LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not is_int(value) or not lo <= value <= hi:
         raise AssumedNumberError(f"{name} must be an integer in {lo}..{hi:#x}, got {value!r}")
     why = _collision(name, value)
     if why is not None:
@@ -666,6 +668,6 @@ def check_value(info: AttrInfo, value: int | None) -> None:
             raise ValueError(f"{info.name} takes no value (pass None), got {value!r}")
         return
     lo, hi = (0, (1 << 64) - 1) if info.value is U64 else (-(1 << 31), (1 << 31) - 1)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not is_int(value) or not lo <= value <= hi:
         ctype = "__u64" if info.value is U64 else "int"
         raise ValueError(f"{info.name} takes a {ctype} ({lo}..{hi}), got {value!r}")

@@ -40,7 +40,7 @@ with its data (``"KVM_EXIT_RLIMIT excess=PAGE * 4"``).
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -978,8 +978,12 @@ RULE_LIST: tuple[Rule, ...] = (*_ATTRIBUTE_RULES, *RUN_PHASE)
 CASES: tuple[Case, ...] = tuple(c for r in RULE_LIST for c in r.cases)
 
 
-def by_name(names: Iterator[str] | list[str] | tuple[str, ...]) -> tuple[Case, ...]:
-    """The cases with these names, in the given order; refuses unknown names."""
+def by_name(names: Iterable[str]) -> tuple[Case, ...]:
+    """The cases with these names, in the given order; refuses unknown names.
+
+    ``names`` may be any iterable, an iterator included: it is read once.
+    """
+    names = tuple(names)
     index = {c.name: c for c in CASES}
     missing = [n for n in names if n not in index]
     if missing:

@@ -1,7 +1,8 @@
 """The kvmspe command line: every capability of the package from a shell.
 
 Each subcommand prints a human answer by default and a JSON document with
-``--json`` (keys documented in ``docs/cli.md``). Exit status: 0 success, 1
+``--json`` (keys documented in the CLI reference, ``docs/cli.md`` of the
+source tree). Exit status: 0 success, 1
 when the answer is "no" (a size without encoding, a host that cannot run SPE
 guests, a configuration the kernel refuses), 2 for bad usage or input, with a
 one-line message on stderr and never a traceback.
@@ -697,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print a JSON document (keys in docs/cli.md)")
+    common.add_argument("--json", action="store_true",
+                        help="print a JSON document (its keys: kvmspe's CLI reference, in its source)")
 
     parser = _Parser(
         prog="kvmspe",
@@ -772,8 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "model", "kvm"), default="auto",
                    help="auto (default): the real kernel where it supports SPE, else the model")
     p.add_argument("--profile", metavar="NAME", default=None,
-                   help="the model host to use (see docs/cli.md; default: this host if it has SPE units,"
-                        " else default-4k)")
+                   help="the model host to use, by profile name (an unknown name lists the known ones;"
+                        " default: this host if it has SPE units, else default-4k)")
     p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 512, 1), default=1,
                    help="number of VCPUs (default 1)")
     p.add_argument("--irq", metavar="INTID", type=_uint("IRQ", (1 << 31) - 1), default=DEFAULT_IRQ,

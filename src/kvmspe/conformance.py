@@ -35,6 +35,7 @@ from .errors import KvmError, errno_name
 from .registers import PMBIDR_EL1, PMBSR_EL1, Register
 from .rules import RULES, RuleSet
 from .stage1 import Stage1
+from .validation import is_int
 
 __all__ = [
     "BACKENDS",
@@ -201,7 +202,7 @@ def _attr(target: str) -> tuple[int, int]:
 
 
 def _show(v: object) -> str:
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not is_int(v):
         return str(v)
     return f"{v:#x}" if v >= 10 else str(v)
 

@@ -58,7 +58,7 @@ from typing import Any, Self, cast
 
 from . import abi
 from .errors import InvalidArgumentError, KvmError
-from .validation import U32_MAX, U64_MAX, check_int
+from .validation import U32_MAX, U64_MAX, check_int, is_int
 
 __all__ = [
     "DEFAULT_VALUE",
@@ -605,7 +605,7 @@ class Vm(_Owned):
         """
         nr = max(len(self.vcpus), 1)
         for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
-            if isinstance(base, bool) or not isinstance(base, int) or base < 0 or base % _VGIC_ALIGN:
+            if not is_int(base) or base < 0 or base % _VGIC_ALIGN:
                 raise ValueError(f"{name} must be a 64 KiB aligned guest physical address, got {base!r}")
         dist_end = dist_base + abi.KVM_VGIC_V3_DIST_SIZE
         redist_end = redist_base + nr * abi.KVM_VGIC_V3_REDIST_SIZE
@@ -688,7 +688,7 @@ class Device(_Owned):
         if value is None:
             self._call(_SET, group, attr, 0)
             return
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if not is_int(value) or not 0 <= value < 1 << 64:
             raise ValueError(f"device attribute {group}/{attr} takes a __u64, got {value!r}")
         self._value[0] = value
         self._call(_SET, group, attr, self.value_addr)
@@ -960,7 +960,7 @@ class Vcpu(_Owned):
         elif value is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 self._refuse(group, attr, self._fmt, value)
             self.set_device_attr(group, attr, int(cast(int, value)))
             return

@@ -1,7 +1,7 @@
 """Read and raise RLIMIT_MEMLOCK of this process or another one.
 
 KVM charges the pinned SPE buffer against the VMM's RLIMIT_MEMLOCK
-(FACTS section 5), so a VMM raises the limit before running its VCPUs, or
+(the reference patch; v6 series patches 29, 32 and 33), so a VMM raises the limit before running its VCPUs, or
 when KVM_RUN exits with KVM_EXIT_RLIMIT. :func:`status` reads the soft and
 hard limits and ``VmLck`` (the peak of locked memory) from procfs;
 :func:`raise_limit` raises the soft limit, and the hard one when asked and

@@ -54,6 +54,7 @@ from .registers import (
 )
 from .rules import RULES, Call, Check, RuleSet, first_outcome
 from .stage1 import Stage1
+from .validation import U64_MAX, is_int
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
 
@@ -76,7 +77,7 @@ class Spu:
         align: int = 0,
         cpus: Iterable[int] = (),
     ):
-        if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < 1 << 31:
+        if not is_int(id) or not 0 <= id < 1 << 31:
             raise ValueError(f"SPU id must be a non-negative int, got {id!r}")
         if pmbidr is not None and max_buffer_size is not None:
             raise ValueError("give max_buffer_size or pmbidr, not both")
@@ -189,7 +190,7 @@ class Host:
 
 def _bytes(name: str, value: object, accepted: str = "") -> int:
     """``value`` as a byte count the kernel can hold (0..2**64-1), or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+    if not is_int(value) or not 0 <= value <= U64_MAX:
         raise ValueError(f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}")
     return value
 
@@ -199,8 +200,6 @@ def _limit(value: object) -> int | None:
     return None if value is None else _bytes("memlock_limit", value, "None (unlimited) or ")
 
 
-#: The largest value of a __u64 or an arm64 unsigned long.
-U64_MAX = (1 << 64) - 1
 
 
 class Vm:
@@ -240,7 +239,7 @@ class Vm:
         """
         if index is None:
             index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= U64_MAX:
+        if not is_int(index) or not 0 <= index <= U64_MAX:
             raise ValueError(f"VCPU index takes an int from 0 to 2**64-1, got {index!r}")
         if not isinstance(spe, bool):
             raise ValueError(f"spe must be True or False, got {spe!r}")
@@ -473,7 +472,7 @@ class Vcpu:
         """
         if reg not in self.GUEST_REGISTERS:
             raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if not is_int(value) or not 0 <= value < 1 << 64:
             raise ValueError(f"{reg} takes a 64-bit value (0..2**64-1), got {value!r}")
         assumptions = self.vm.host.assumptions
         register = REGISTERS[reg]
@@ -527,7 +526,7 @@ class Vcpu:
         limit in bits [63:12], so ``base + size`` must be 4 KiB aligned.
         """
         for name, v in (("base", base), ("size", size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not is_int(v) or v < 0:
                 raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
         end = base + size
         if end >= 1 << 64 or end % 4096:

@@ -58,7 +58,7 @@ from . import maxbuf
 from .assumptions import DEFAULT, Assumptions
 from .registers import PMBIDR_EL1
 from .stage1 import GRANULES, Stage1
-from .validation import check_int
+from .validation import U64_MAX, check_int
 
 __all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
 
@@ -166,13 +166,12 @@ class Plan:
         }
 
 
-_U64_MAX = (1 << 64) - 1
 #: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
 #: 2**64-1 is RLIM_INFINITY.
-RLIM_FINITE_MAX = (1 << 64) - 2
+RLIM_FINITE_MAX = U64_MAX - 1
 
 
-def _int(name: str, value: object, lo: int, hi: int = _U64_MAX) -> int:
+def _int(name: str, value: object, lo: int, hi: int = U64_MAX) -> int:
     return check_int(name, value, lo, hi)
 
 
@@ -231,7 +230,7 @@ def plan(
     """
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     if max_buffer_size is not None:
-        _int("max_buffer_size", max_buffer_size, 0, (1 << 64) - 1)
+        _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
     maxbuf.check_page_size(page_size)
     if type(granule) is not int or granule not in GRANULES:
         raise ValueError(f"granule {granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536")

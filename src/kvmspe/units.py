@@ -12,6 +12,8 @@ exact, so ``1.5M`` is refused rather than guessed.
 
 from __future__ import annotations
 
+from .validation import U64_MAX, is_int
+
 __all__ = [
     "ACCEPTED",
     "U64_MAX",
@@ -23,7 +25,6 @@ __all__ = [
     "parse_uint",
 ]
 
-U64_MAX = (1 << 64) - 1
 
 #: Multiplier of each unit letter (binary).
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -180,7 +181,7 @@ def format_size(nbytes: int) -> str:
 
     The result is exact, so :func:`parse_size` reads it back to the same number.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+    if not is_int(nbytes) or nbytes < 0:
         raise ValueError(f"size {nbytes!r} is not a non-negative integer")
     for letter in "TGMK":
         unit = UNITS[letter]

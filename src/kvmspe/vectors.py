@@ -42,6 +42,7 @@ from .errors import NotRepresentableError
 from .export.abidata import assumed_numbers
 from .registers import PMBIDR_EL1
 from .rules import RULES
+from .validation import U64_MAX
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
@@ -50,7 +51,6 @@ __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "sc
 SCHEMA_VERSION = 2
 CODEC_FILE = "maxbuffsize-codec.json"
 SCENARIO_FILE = "scenarios.json"
-_U64_MAX = (1 << 64) - 1
 #: Where the reserved bits [15:14] of the MaxBuffSize field start.
 _RESERVED_SHIFT = maxbuf.M_BITS + maxbuf.E_BITS
 
@@ -134,13 +134,13 @@ def codec_vectors() -> dict[str, Any]:
     for size, why in list(sizes.items()):
         for delta in (-1, 1, -4096, 4096):
             n = size + delta
-            if 0 <= n <= _U64_MAX and not maxbuf.is_representable(n) and n not in sizes:
+            if 0 <= n <= U64_MAX and not maxbuf.is_representable(n) and n not in sizes:
                 sizes[n] = f"{delta:+d} from {size:#x} ({why.split(':')[0]}): no encoding"
     for size, why in (
         (maxbuf.LARGEST + 1, "one above the largest size"),
         (maxbuf.LARGEST + 4096, "a page above the largest size"),
         (1 << 63, "2**63: above the largest size"),
-        (_U64_MAX, "the largest u64"),
+        (U64_MAX, "the largest u64"),
     ):
         sizes.setdefault(size, why)
     field = PMBIDR_EL1.field("MaxBuffSize")

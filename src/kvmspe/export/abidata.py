@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .. import abi, maxbuf, registers
 from ..registers import REGISTERS
+from ..validation import is_int
 
 __all__ = [
     "AssumedNumber",
@@ -110,7 +111,7 @@ def uapi_constants() -> list[Constant]:
     for name, value in sorted(vars(abi).items()):
         if not (name.startswith("KVM_") or name == "KVMIO") or name in taken or name.endswith("_OFFSET"):
             continue
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             continue
         out.append(Constant(name, value))
     return out
@@ -149,7 +150,7 @@ def register_constants() -> dict[str, list[RegisterConstant]]:
         # Named values kvmspe keeps next to the table, e.g. PMBSR_BSC_SIZE.
         prefix = reg.name.removesuffix("_EL1") + "_"
         for name, value in sorted(vars(registers).items()):
-            if name.startswith(prefix) and isinstance(value, int) and not isinstance(value, bool):
+            if name.startswith(prefix) and is_int(value):
                 rows.append(RegisterConstant(name, value, "value"))
         out[reg.name] = rows
     return out
