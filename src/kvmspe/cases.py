@@ -595,7 +595,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
     _rule(
         "order-memlock",
         "assumed",
-        "v6 patch 33 (accounting at set time); assumptions.set_time_charge",
+        "v6 patch 33 (accounting at set time); assumed: charged once per VM",
         """The locked-memory check comes last: a size the SPU refuses gives ERANGE
         even over the limit, and setting the value already set succeeds even when
         the limit has dropped since.""",
@@ -915,7 +915,7 @@ RUN_PHASE: tuple[Rule, ...] = (
     _rule(
         "run-rlimit-repeat",
         "assumed",
-        "v6 patch 32; assumptions.rlimit_exit_per_enable",
+        "v6 patch 32; assumed: one exit per enable, the next KVM_RUN retries",
         """Re-entering without raising the limit exits with KVM_EXIT_RLIMIT again;
         the exit raises no guest-visible event.""",
         case(
