@@ -211,9 +211,7 @@ def cmd_round(args: argparse.Namespace) -> int:
 
     size: int = args.size
     page: int = args.page_size
-    if page not in maxbuf.PAGE_SIZES:
-        sizes = ", ".join(format_size(p).replace(" ", "") for p in maxbuf.PAGE_SIZES)
-        raise UsageError(f"--page-size {page} is not an arm64 page size; accepted: {sizes}")
+    maxbuf.check_page_size(page, "--page-size")
     want_down = args.direction in ("down", "both")
     want_up = args.direction in ("up", "both")
     down = maxbuf.round_down(size, page) if want_down else None

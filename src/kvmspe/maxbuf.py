@@ -14,7 +14,7 @@ Source: Arm DDI0601, PMBIDR_EL1.MaxBuffSize, as the reference patch uses it.
 
 from __future__ import annotations
 
-from .errors import NotRepresentableError
+from .errors import InvalidArgumentError, NotRepresentableError
 from .validation import U64_MAX, check_int, is_int
 
 # typing.TYPE_CHECKING without importing typing (the command line's codec path
@@ -137,11 +137,13 @@ def encode(size: int) -> int:
     )
 
 
-def check_page_size(page_size: int) -> None:
-    """Refuse anything but an arm64 host page size (4, 16 or 64 KiB), given as an int."""
+def check_page_size(page_size: object, what: str = "page size") -> int:
+    """``page_size`` when it is an arm64 host page size (4, 16 or 64 KiB) given as an int,
+    else :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) naming ``what``."""
     if type(page_size) is not int or page_size not in PAGE_SIZES:
         accepted = ", ".join(str(p) for p in PAGE_SIZES)
-        raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
+        raise InvalidArgumentError(f"{what} {page_size!r} is not an arm64 page size; accepted: {accepted}")
+    return page_size
 
 
 def round_down(size: int, page_size: int = GRANULE) -> int:

@@ -57,7 +57,7 @@ from typing import Any
 from . import maxbuf
 from .assumptions import DEFAULT, Assumptions
 from .registers import PMBIDR_EL1
-from .stage1 import GRANULES, Stage1
+from .stage1 import Stage1, check_granule
 from .validation import U64_MAX, check_int
 
 __all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
@@ -232,8 +232,7 @@ def plan(
     if max_buffer_size is not None:
         _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
     maxbuf.check_page_size(page_size)
-    if type(granule) is not int or granule not in GRANULES:
-        raise ValueError(f"granule {granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536")
+    check_granule(granule)
     _int("spu_limit", spu_limit, 0)
     if not maxbuf.is_representable(spu_limit):
         raise ValueError(

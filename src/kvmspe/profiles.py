@@ -142,11 +142,7 @@ def model_host(
     without SPUs, on which every SPE call answers ENXIO, as the real one does.
     """
     if isinstance(source, HostInfo):
-        if source.page_size not in maxbuf.PAGE_SIZES:
-            accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
-            raise ValueError(
-                f"the discovered page size {source.page_size} is not an arm64 page size; accepted: {accepted}"
-            )
+        maxbuf.check_page_size(source.page_size, "the discovered page size")
         return Host(source.page_size, spus_from_info(source), memlock_limit, locked=locked)
     profile = PROFILES.get(source)
     if profile is None:
