@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 from . import abi, maxbuf
 from .backend import Vcpu, Vm
 from .cases import CASES, Case, Expect, Setup, Step
-from .errors import KvmError, errno_name
+from .errors import KvmError, KvmspeError, errno_name
 from .registers import PMBIDR_EL1, PMBSR_EL1, Register
 from .rules import RULES, RuleSet
 from .stage1 import Stage1
@@ -375,9 +375,12 @@ def _sysfs_spus() -> dict[int, int | None]:
 
 def _vm_lck() -> int:
     """This process's VmLck in bytes (0 when it cannot be read)."""
-    from .discovery import read_vm_lck
+    from . import memlock
 
-    return read_vm_lck()[0] or 0
+    try:
+        return memlock.status().vm_lck
+    except (OSError, KvmspeError):
+        return 0
 
 
 def _probe(kvm: Any) -> HostFacts:

@@ -25,13 +25,12 @@ of a big.LITTLE arm64 host with two SPE instances ships with the package
 from __future__ import annotations
 
 import os
-import resource
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import abi, maxbuf
+from . import abi, maxbuf, memlock
 from .errors import KvmError
 from .kvm import Kvm, normalise_arch
 from .units import parse_uint
@@ -335,32 +334,21 @@ def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int
         lines = _read(status).splitlines()
     except OSError as exc:
         return None, f"cannot read {status}: {_why(exc)}"
-    for line in lines:
-        key, _, rest = line.partition(":")
-        if key != "VmLck":
-            continue
-        fields = rest.split()
-        number = fields[0] if len(fields) == 2 and fields[1] == "kB" else ""
-        # kB of a u64 byte count: at most 17 ASCII digits.
-        if number.isascii() and number.isdigit() and len(number) <= 17:
-            return int(fields[0]) * 1024, None
-        return None, f"{status}: cannot parse VmLck line {line!r}"
-    return None, f"{status} has no VmLck line (a kernel thread, or not Linux procfs)"
+    try:
+        vm_lck = memlock.parse_vm_lck("\n".join(lines))
+    except ValueError as exc:
+        return None, f"{status}: {exc}"
+    if vm_lck is None:
+        return None, f"{status} has no VmLck line (a kernel thread, or not Linux procfs)"
+    return vm_lck, None
 
 
 def _read_memlock(pid: int | None) -> tuple[int | None, int | None, str | None]:
     try:
-        if pid is None:
-            soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        else:
-            soft, hard = resource.prlimit(pid, resource.RLIMIT_MEMLOCK)
+        soft, hard = memlock.read_rlimit(pid)
     except OSError as exc:
         return None, None, f"cannot read RLIMIT_MEMLOCK of pid {pid}: {_why(exc)}"
-
-    def limit(v: int) -> int | None:
-        return None if v == resource.RLIM_INFINITY else v
-
-    return limit(soft), limit(hard), None
+    return soft, hard, None
 
 
 def _probe_kvm(info: HostInfo) -> None:
