@@ -389,17 +389,14 @@ def _probe(kvm: Any) -> HostFacts:
     On arm64 the SPE VCPU feature bit must be known (given, or found by
     :meth:`kvmspe.kvm.Kvm.spe_feature`); then HAS on a VCPU with it decides.
     """
-    spe = False
-    feature = kvm.spe_feature() if hasattr(kvm, "spe_feature") else None
-    if feature is None or feature.bit is not None or kvm.arch != "aarch64":
-        with kvm.create_vm() as vm:
-            try:
-                vcpu = vm.create_vcpu(spe=True)
-                spe = bool(
-                    vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE)
-                )
-            except KvmError:
-                spe = False
+    from .discovery import probe_spe_group
+
+    try:
+        probe = probe_spe_group(kvm)
+    except KvmError:
+        spe = False
+    else:
+        spe = probe.with_feature and probe.attrs.get("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", False)
     return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), _sysfs_spus() if spe else {})
 
 

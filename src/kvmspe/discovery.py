@@ -32,13 +32,15 @@ from typing import Any
 
 from . import abi, maxbuf, memlock
 from .errors import KvmError
-from .kvm import Kvm, normalise_arch
+from .kvm import Kvm, SpeFeature, normalise_arch
 from .units import parse_uint
 from .validation import check_int
 
 __all__ = [
     "FIXTURE_HOST",
     "HostInfo",
+    "SpeGroupProbe",
+    "probe_spe_group",
     "SpeInstance",
     "discover",
     "fixture_roots",
@@ -393,23 +395,54 @@ def _probe_kvm(info: HostInfo) -> None:
         _probe_spe_group(kvm, info)
 
 
+@dataclass(frozen=True)
+class SpeGroupProbe:
+    """What KVM itself says about SPE: the SPE VCPU feature (arm64 only, else
+    None) and, on a VCPU of a throwaway VM created with that feature where
+    there is one, KVM_HAS_DEVICE_ATTR for each KVM_ARM_VCPU_SPE_CTRL attribute."""
+
+    feature: SpeFeature | None
+    attrs: dict[str, bool]
+
+    @property
+    def with_feature(self) -> bool:
+        """Whether the VCPU asked had the SPE feature (always, off arm64: there is none)."""
+        return self.feature is None or self.feature.bit is not None
+
+
+def probe_spe_group(kvm: Kvm) -> SpeGroupProbe:
+    """The SPE feature bit (arm64), then HAS for each SPE attribute on a fresh VM.
+
+    Raises :class:`~kvmspe.errors.KvmError` when the kernel refuses a step.
+    """
+    return _has_spe_attrs(kvm, kvm.spe_feature() if kvm.arch == "aarch64" else None)
+
+
+def _has_spe_attrs(kvm: Kvm, feature: SpeFeature | None) -> SpeGroupProbe:
+    spe = feature is not None and feature.bit is not None
+    attrs: dict[str, bool] = {}
+    with kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(spe=spe)
+        for attr, name in sorted(_SPE_ATTR_NAMES.items()):
+            attrs[name] = vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
+    return SpeGroupProbe(feature, attrs)
+
+
 def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
-    """The SPE feature bit (arm64), then HAS for each SPE attribute on a fresh VM."""
-    spe = kvm.arch == "aarch64"
+    """Fill ``info`` from :func:`probe_spe_group`, with the reasons people read."""
+    feature: SpeFeature | None = None
     try:
-        if spe:
+        if kvm.arch == "aarch64":
             feature = kvm.spe_feature()
             info.spe_feature_bit, info.spe_feature_reason = feature.bit, feature.reason
             if feature.bit is None and feature.tried:
                 info.spe_feature_reason = f"none found; what the kernel answered: {feature.answers}"
-            spe = feature.bit is not None
-        with kvm.create_vm() as vm:
-            vcpu = vm.create_vcpu(spe=spe)
-            for attr, name in sorted(_SPE_ATTR_NAMES.items()):
-                info.spe_attrs[name] = vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
+        probe = _has_spe_attrs(kvm, feature)
     except KvmError as exc:
         info.spe_reason = f"could not probe the SPE group: {exc}"
         return
+    info.spe_attrs.update(probe.attrs)
+    spe = kvm.arch == "aarch64" and probe.with_feature
     known = [n for n, ok in info.spe_attrs.items() if ok]
     info.spe_supported = spe and len(known) == len(info.spe_attrs)
     if info.spe_supported:
@@ -425,6 +458,7 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
             else f"SPE not supported on this host: SPE is an arm64 feature (this host is {kvm.arch})"
         )
     elif not spe:
+        assert feature is not None
         info.spe_reason = f"SPE not supported on this host: {feature.reason}"
     elif not known:
         info.spe_reason = (
