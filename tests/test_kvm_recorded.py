@@ -966,7 +966,7 @@ def test_configure_spe_stops_at_a_refused_init_and_names_it(vcpu: Vcpu, rec: Rec
     vcpu._ioctl = failing
     with pytest.raises(vmm.SpeConfigError) as info:
         vmm.configure_spe(vcpu, irq=23, spu=10, max_buffer_size=4 << 20)
-    assert info.value.step == vmm.Step("set", INIT) and info.value.errno == errno.ENXIO
+    assert info.value.step == vmm.ConfigStep("set", INIT) and info.value.errno == errno.ENXIO
     assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: ENXIO")
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kvmspe import abi, maxbuf
 from kvmspe.assumptions import DEFAULT, Assumptions
 from kvmspe.model import Host, Spu
-from kvmspe.planner import CASES, placements, plan
+from kvmspe.planner import PINNING_CASES, placements, plan
 from kvmspe.registers import PMBIDR_EL1
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -24,7 +24,7 @@ KEYS = {
 def test_dict_keys_are_stable() -> None:
     d = plan(4, 4 * MiB).to_dict()
     assert set(d) == KEYS
-    assert set(d["pinned"]) == set(CASES)
+    assert set(d["pinned"]) == set(PINNING_CASES)
     assert all(set(v) == {"per_vcpu", "per_vm", "assumptions"} for v in d["pinned"].values())
 
 
@@ -75,7 +75,7 @@ def test_memlock_adds_locked_already_and_held_charge() -> None:
 
 def test_cases_are_ordered() -> None:
     p = plan(8, 64 * MiB, page_size=65536)
-    best, typical, worst = (p.pinned[c]["per_vm"] for c in CASES)
+    best, typical, worst = (p.pinned[c]["per_vm"] for c in PINNING_CASES)
     assert 8 * 64 * MiB <= best <= typical <= worst
 
 
@@ -135,7 +135,7 @@ def test_planner_and_model_agree_to_the_byte(
     assumptions = dataclasses.replace(DEFAULT, set_time_charge_mode="held" if held else "check")
     p = plan(vcpus, maxbuf.decode(field), page_size=page, granule=granule, levels=levels,
              locked_already=3 * page, assumptions=assumptions)
-    for case in CASES:
+    for case in PINNING_CASES:
         per_vcpu, _, host = _model_pinned(case, vcpus, p.size, page, granule, levels, assumptions, None)
         assert per_vcpu == p.pinned[case]["per_vcpu"], case
         assert host.locked_bytes - p.held_at_set == p.pinned[case]["per_vm"], case
@@ -154,7 +154,7 @@ def test_sweep_is_the_plan_at_each_power_of_two_size() -> None:
     assert s.sizes == [16384 << k for k in range(13)]
     for i, size in enumerate(s.sizes):
         p = planner.plan(3, size, page_size=16384)
-        assert {case: s.per_vm[case][i] for case in planner.CASES} == \
-            {case: p.pinned[case]["per_vm"] for case in planner.CASES}
+        assert {case: s.per_vm[case][i] for case in planner.PINNING_CASES} == \
+            {case: p.pinned[case]["per_vm"] for case in planner.PINNING_CASES}
     with pytest.raises(ValueError, match="vcpus"):
         planner.sweep(0)

@@ -13,8 +13,8 @@ from kvmspe.model import Host
 from kvmspe.profiles import model_host
 from kvmspe.vmm import (
     BackendChoice,
+    ConfigStep,
     SpeConfigError,
-    Step,
     bring_up,
     choose_backend,
     configure_spe,
@@ -78,7 +78,7 @@ def test_a_kernel_without_init_stops_at_its_has_step_after_the_values() -> None:
     vcpu = NoInit()
     with pytest.raises(SpeConfigError) as info:
         configure_spe(vcpu, **GOOD)
-    assert info.value.step == Step("has", INIT) and info.value.errno == errno.ENXIO
+    assert info.value.step == ConfigStep("has", INIT) and info.value.errno == errno.ENXIO
     assert "KVM_ARM_VCPU_SPE_INIT" in str(info.value)
     assert vcpu.calls[-1] == ("has", INIT, None) and ("set", MAX, 1 << 21) in vcpu.calls
 
@@ -88,7 +88,7 @@ def test_a_refused_init_is_its_own_step() -> None:
     with pytest.raises(SpeConfigError) as info:
         configure_spe(vcpu, **GOOD)
     assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: EBUSY")
-    assert info.value.step == Step("set", INIT)
+    assert info.value.step == ConfigStep("set", INIT)
 
 
 def test_has_no_stops_with_not_supported_before_any_set() -> None:

@@ -424,10 +424,10 @@ def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> No
     sweep = planner.sweep(args.vcpus, page_size=args.page_size, granule=args.granule, levels=args.levels,
                           locked_already=args.locked, up_to=max(chosen * 4, 64 << 20))
     xs = sweep.sizes
-    curves = {case: [b / (1 << 20) for b in sweep.per_vm[case]] for case in planner.CASES}
+    curves = {case: [b / (1 << 20) for b in sweep.per_vm[case]] for case in planner.PINNING_CASES}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mib = [x / (1 << 20) for x in xs]
-    for case in planner.CASES:
+    for case in planner.PINNING_CASES:
         ax.plot(mib, curves[case], marker="o", label=case)
     if chosen:
         ax.axvline(chosen / (1 << 20), linestyle="--", color="grey", label="chosen size")
@@ -467,7 +467,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ("set", f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
                 f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})"),
     ]
-    for case in planner.CASES:
+    for case in planner.PINNING_CASES:
         c = plan.pinned[case]
         if c["per_vm"] is None:
             rows.append((f"pinned, {case}", "unbounded (no limit): bounded only by guest RAM"))

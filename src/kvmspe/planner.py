@@ -60,10 +60,10 @@ from .registers import PMBIDR_EL1
 from .stage1 import Stage1, check_granule
 from .validation import U64_MAX, check_int
 
-__all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
+__all__ = ["PINNING_CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
 
 #: The pinning cases, in the order reported.
-CASES = ("best", "typical", "worst")
+PINNING_CASES = ("best", "typical", "worst")
 
 _CASE_TEXT = {
     "best": "block mappings; tables and data contiguous in guest-physical memory; all VCPUs"
@@ -108,8 +108,8 @@ def placements(
     case: str, vcpus: int, size: int, *, granule: int = 4096, levels: int | None = None
 ) -> list[Placement]:
     """The buffers of ``case`` for ``vcpus`` VCPUs (what a model run enables)."""
-    if case not in CASES:
-        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(CASES)}")
+    if case not in PINNING_CASES:
+        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     _int("size", size, 1)
     out = []
@@ -252,7 +252,7 @@ def plan(
                 f"{vcpus} buffers of {size:#x} bytes do not fit a {shape.va_bits}-bit guest VA space;"
                 " accepted: more levels, or a smaller size"
             )
-        for case in CASES:
+        for case in PINNING_CASES:
             one = placements(case, 1, size, granule=granule, levels=levels)[0]
             per_vcpu = one.stage1.footprint(one.base, one.base + size, page_size).bytes
             if case == "worst":
@@ -263,7 +263,7 @@ def plan(
                 per_vm = one.stage1.footprint(0, vcpus * size, page_size).bytes
             pinned[case] = {"per_vcpu": per_vcpu, "per_vm": per_vm, "assumptions": _CASE_TEXT[case]}
     else:
-        for case in CASES:
+        for case in PINNING_CASES:
             pinned[case] = {"per_vcpu": None, "per_vm": None, "assumptions": _CASE_TEXT[case]}
     held = size if assumptions.set_time_charge_mode == "held" else 0
     worst = pinned["worst"]["per_vm"]
@@ -317,10 +317,10 @@ def sweep(
     """
     top = min(_int("up_to", up_to, 0), maxbuf.LARGEST)
     sizes = [s for s in (page_size << k for k in range(64)) if s <= top]
-    per_vm: dict[str, list[int]] = {case: [] for case in CASES}
+    per_vm: dict[str, list[int]] = {case: [] for case in PINNING_CASES}
     for size in sizes:
         p = plan(vcpus, size, page_size=page_size, spu_limit=0, granule=granule, levels=levels,
                  locked_already=locked_already, assumptions=assumptions)
-        for case in CASES:
+        for case in PINNING_CASES:
             per_vm[case].append(p.pinned[case]["per_vm"])
     return Sweep(sizes, per_vm)

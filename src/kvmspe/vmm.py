@@ -44,7 +44,7 @@ __all__ = [
     "BringUpResult",
     "BringUpStep",
     "SpeConfigError",
-    "Step",
+    "ConfigStep",
     "bring_up",
     "choose_backend",
     "configure_spe",
@@ -53,7 +53,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Step:
+class ConfigStep:
     """One ioctl of the configuration: ``call`` is ``"has"`` or ``"set"``."""
 
     call: Literal["has", "set"]
@@ -93,14 +93,14 @@ class SpeConfigError(KvmspeError):
     ``errno`` is the kernel's errno, so callers can branch on it as on an OSError.
     """
 
-    def __init__(self, message: str, step: Step, error: KvmError):
+    def __init__(self, message: str, step: ConfigStep, error: KvmError):
         super().__init__(message)
         self.step = step
         self.error = error
         self.errno = error.errno
 
 
-def _not_supported(step: Step) -> SpeConfigError:
+def _not_supported(step: ConfigStep) -> SpeConfigError:
     error = KvmError(
         errno.ENXIO,
         abi.explain("has", step.group, step.attr, errno.ENXIO),
@@ -124,17 +124,17 @@ ORDER: tuple[tuple[int, bool], ...] = (
 )
 
 
-def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Every step :func:`configure_spe` takes when all succeed, in order."""
     values = {abi.KVM_ARM_VCPU_SPE_IRQ: irq, abi.KVM_ARM_VCPU_SPE_SPU: spu,
               abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size}
-    out: list[Step] = []
+    out: list[ConfigStep] = []
     for attr, _ in ORDER:
-        out += [Step("has", attr), Step("set", attr, values.get(attr))]
+        out += [ConfigStep("has", attr), ConfigStep("set", attr, values.get(attr))]
     return out
 
 
-def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Give ``vcpu`` its SPE interrupt, SPU and max buffer size, then
     initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
     (no value: ``set_device_attr(group, attr, None)``).
@@ -155,9 +155,9 @@ def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> li
         assert info is not None and value is not None
         abi.check_value(info, value)
     plan.append((abi.KVM_ARM_VCPU_SPE_INIT, None))
-    done: list[Step] = []
+    done: list[ConfigStep] = []
     for attr, value in plan:
-        has = Step("has", attr)
+        has = ConfigStep("has", attr)
         try:
             known = vcpu.has_device_attr(has.group, attr)
         except KvmError as exc:
@@ -165,7 +165,7 @@ def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> li
         if not known:
             raise _not_supported(has)
         done.append(has)
-        put = Step("set", attr, value)
+        put = ConfigStep("set", attr, value)
         try:
             vcpu.set_device_attr(put.group, attr, value)
         except KvmError as exc:
