@@ -278,7 +278,8 @@ def test_set_assumed_overrides() -> None:
     assert abi.Exit(50).name == "KVM_EXIT_RLIMIT"
     assert not abi.Exit(abi.KVM_EXIT_INTR).is_rlimit
     abi.set_assumed(exit_rlimit=None, cap_arm_spe=None)
-    assert (abi.ASSUMED.exit_rlimit, abi.ASSUMED.cap_arm_spe) == (abi.MODEL_EXIT_RLIMIT, None)
+    now = abi.ASSUMED.as_dict()
+    assert (now["exit_rlimit"], now["cap_arm_spe"]) == (abi.MODEL_EXIT_RLIMIT, None)
 
 
 @pytest.mark.usefixtures("restore_assumed", "clean_env")

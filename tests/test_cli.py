@@ -313,7 +313,7 @@ def test_plan_human_json_and_missing_matplotlib() -> None:
     assert {"pinned", "memlock_limit", "guest_pmbidr", "levels"} <= set(doc)
     assert doc["memlock_limit"] == doc["pinned"]["worst"]["per_vm"]
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         r = kvmspe("plan", "--vcpus", "1", "--plot", "out.png")
         assert_bad_input(r, "matplotlib", "kvmspe[plot]")

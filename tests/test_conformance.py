@@ -261,7 +261,11 @@ def _every_check() -> Iterator[tuple[str, RuleSet]]:
         for attr, checks in getattr(RULES, table).items():
             for i, check in enumerate(checks):
                 cut = {**getattr(RULES, table), attr: checks[:i] + checks[i + 1 :]}
-                yield f"{table}/{attr}/{check.name}", dataclasses.replace(RULES, **{table: cut})
+                if table == "set":
+                    rules = dataclasses.replace(RULES, set=cut)
+                else:
+                    rules = dataclasses.replace(RULES, get=cut)
+                yield f"{table}/{attr}/{check.name}", rules
     for i, check in enumerate(RULES.run):
         yield f"run/{check.name}", dataclasses.replace(RULES, run=RULES.run[:i] + RULES.run[i + 1 :])
 

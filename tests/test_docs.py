@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def test_help_points_to_no_file_that_pip_does_not_install() -> None:
 
     parser = build_parser()
     helps = [parser.format_help()]
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        helps += [sub.format_help() for sub in action.choices.values()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps += [sub.format_help() for sub in action.choices.values()]
     assert all("docs/" not in text for text in helps)

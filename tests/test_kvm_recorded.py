@@ -157,6 +157,7 @@ class Recorder:
         if request in (GET_ATTR, SET_ATTR) and addr == UNMAPPED:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
         if request == GET_ATTR:
+            assert isinstance(payload, bytes)
             group = int.from_bytes(payload[4:8], sys.byteorder)
             attr = int.from_bytes(payload[8:16], sys.byteorder)
             ctypes.memmove(addr, self.stored[group, attr], 8)
@@ -586,8 +587,9 @@ def test_run_einval_on_an_spe_vcpu_names_spe_and_the_other_causes(vcpu: Vcpu, re
     with pytest.raises(KvmError) as info:
         vcpu.run()
     assert info.value.errno == errno.EINVAL and info.value.ioctl == "KVM_RUN"
-    assert info.value.strerror.startswith(abi.RUN_ERRNOS[errno.EINVAL])
-    assert "not because of SPE" in info.value.strerror and "KVM_ARM_VCPU_PMU_V3_INIT" in info.value.strerror
+    text = info.value.strerror
+    assert text is not None and text.startswith(abi.RUN_ERRNOS[errno.EINVAL])
+    assert "not because of SPE" in text and "KVM_ARM_VCPU_PMU_V3_INIT" in text
     assert rec.requests()[-1] == HAS_ATTR  # asked, not guessed
 
 
@@ -598,6 +600,7 @@ def test_run_einval_without_spe_does_not_blame_spe(arm: Kvm, rec: Recorder) -> N
     with pytest.raises(KvmError) as info:
         vcpu.run()
     text = info.value.strerror
+    assert text is not None
     assert "not because of SPE" in text and "PMU" in text and "vGIC" in text
     assert "SPE is not fully configured" not in text
 
@@ -1030,8 +1033,8 @@ def test_discovery_probes_on_throwaway_vms_and_says_why(
     # Every INIT with a feature bit set was a one-candidate probe (bits 9..31), never a guess.
     for c in rec.calls:
         if c.request == ARM_VCPU_INIT and isinstance(c.arg, bytes):
-            word = int.from_bytes(c.arg[4:8], sys.byteorder)
-            assert word == 0 or (word & (word - 1) == 0 and word.bit_length() - 1 in range(9, 32))
+            bits = int.from_bytes(c.arg[4:8], sys.byteorder)
+            assert bits == 0 or (bits & (bits - 1) == 0 and bits.bit_length() - 1 in range(9, 32))
             assert c.arg[8:] == bytes(24)
 
 
@@ -1054,14 +1057,14 @@ def test_configure_gives_the_vm_its_gicv3_before_the_spe_irq_then_inits_spe(
     # After the probe (its own VMs), the configured VM: both VCPUs, then the vGIC, then SPE.
     last_vm = max(i for i, c in enumerate(rec.calls) if c.request == CREATE_VM)
     calls = rec.calls[last_vm:]
-    names = []
+    names: list[tuple[str | int, ...]] = []
     for c in calls:
         if c.request in (SET_ATTR, HAS_ATTR) and isinstance(c.arg, bytes):
             group = int.from_bytes(c.arg[4:8], sys.byteorder)
             attr = int.from_bytes(c.arg[8:16], sys.byteorder)
             names.append(("set" if c.request == SET_ATTR else "has", group, attr))
         else:
-            names.append((c.request,))  # type: ignore[arg-type]
+            names.append((c.request,))
     first_irq = names.index(("has", SPE, IRQ))
     vgic = names.index((CREATE_DEVICE,))
     init = names.index(("set", VGIC_GRP_CTRL, VGIC_CTRL_INIT))

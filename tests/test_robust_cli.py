@@ -82,12 +82,13 @@ VALID = ["0", "1", "2", "4", "16", "21", "22", "31", "512", "4K", "16K", "64K", 
 
 
 def _values(action: argparse.Action, valid: bool = False) -> st.SearchStrategy[str]:
+    pool: list[str]
     if valid:
         pool = VALID + [str(c) for c in action.choices or ()]
         if action.dest == "profile":
             pool += list(profiles.PROFILES)
         return st.sampled_from(pool)
-    pool: list[str] = list(NASTY)
+    pool = list(NASTY)
     if action.choices:
         pool += [str(c) for c in action.choices]
     if action.dest == "profile":

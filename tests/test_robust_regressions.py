@@ -319,7 +319,7 @@ def test_9_library_refuses_with_value_error(call: Any) -> None:
 
 def test_10_float_page_size_is_refused() -> None:
     with pytest.raises(ValueError):
-        maxbuf.check_page_size(4096.0)  # type: ignore[arg-type]
+        maxbuf.check_page_size(4096.0)
     with pytest.raises(ValueError):
         planner.plan(1, 4 << 20, page_size=4096.0)  # type: ignore[arg-type]
 

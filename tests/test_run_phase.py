@@ -42,7 +42,7 @@ def make(
     return host, vm, cpus
 
 
-def pmbsr(v: Vcpu) -> dict[str, object]:
+def pmbsr(v: Vcpu) -> dict[str, int | str]:
     return PMBSR_EL1.decode(v.guest_read("PMBSR_EL1"))
 
 

@@ -77,7 +77,7 @@ def test_scattered_small_granule_costs_a_host_page_per_guest_page() -> None:
 
 def _brute(s: Stage1, lo: int, hi: int, page: int) -> int:
     """Host pages by visiting every guest page (small ranges only)."""
-    pinned = set()
+    pinned: set[tuple[str | int, int]] = set()
     g = s.granule
     blocks = s.block_sizes()
     for gp in range(lo // g, -(-hi // g)):

@@ -49,6 +49,15 @@ class Recording:
         self.calls.append(("set", attr, value))
         self._maybe_fail("set", attr)
 
+    # The rest of the VCPU interface, which configuring never uses.
+    index = 0
+
+    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
+        raise AssertionError("configure_spe issues no KVM_GET_DEVICE_ATTR")
+
+    def run(self) -> abi.Exit:
+        raise AssertionError("configure_spe does not run the VCPU")
+
 
 def _configure(host: Host, **kw: int) -> list[str]:
     vcpu = host.create_vm().create_vcpu(0)

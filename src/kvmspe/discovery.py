@@ -28,7 +28,7 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from . import abi, maxbuf, memlock
 from .errors import KvmError
@@ -89,7 +89,14 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def fixture_roots(name: str = FIXTURE_HOST) -> dict[str, str]:
+class FixtureRoots(TypedDict):
+    """The keyword arguments of :func:`discover` that point it at a snapshot."""
+
+    sysfs_root: str
+    procfs_root: str
+
+
+def fixture_roots(name: str = FIXTURE_HOST) -> FixtureRoots:
     """``sysfs_root`` and ``procfs_root`` of a snapshot, for :func:`discover`.
 
     ``name`` is a shipped snapshot (:data:`FIXTURE_HOST`) or the path of a
