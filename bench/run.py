@@ -43,7 +43,8 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from kvmspe import abi, maxbuf  # noqa: E402
+from kvmspe import abi  # noqa: E402
+from kvmspe.arch import maxbuf  # noqa: E402
 
 __all__ = ["Row", "main"]
 

@@ -172,7 +172,7 @@ def test_help_has_examples() -> None:
 def test_encode_starts_lean() -> None:
     code = (
         "import sys; from kvmspe.cli import main; rc = main(['encode', '4M']);"
-        "heavy = [m for m in ('kvmspe.model', 'kvmspe.planner', 'kvmspe.kvm', 'kvmspe.discovery',"
+        "heavy = [m for m in ('kvmspe.model', 'kvmspe.planner', 'kvmspe.kvm', 'kvmspe.host.discovery',"
         " 'kvmspe.conformance', 'kvmspe.rules', 'kvmspe.vmm', 'kvmspe.profiles') if m in sys.modules];"
         "print(rc, heavy)"
     )
@@ -195,8 +195,8 @@ _SHOW_MODULES = "import sys; print(*sorted(sys.modules))"
 #: it pulls in, typing, and every layer above the codec.
 _NOT_ON_THE_FAST_PATH = {
     "argparse", "re", "typing", "collections", "dataclasses", "enum", "json",
-    "kvmspe.model", "kvmspe.planner", "kvmspe.kvm", "kvmspe.discovery", "kvmspe.conformance",
-    "kvmspe.registers", "kvmspe.rules", "kvmspe.abi",
+    "kvmspe.model", "kvmspe.planner", "kvmspe.kvm", "kvmspe.host.discovery", "kvmspe.conformance",
+    "kvmspe.arch.registers", "kvmspe.rules", "kvmspe.abi",
 }
 
 
@@ -212,7 +212,7 @@ def test_codec_commands_import_no_parser_and_no_higher_layer(argv: tuple[str, ..
     *output, modules, rc = r.stdout.splitlines()
     assert rc == "0" and output
     imported = set(modules.split()) - at_start
-    assert "kvmspe.maxbuf" in imported  # the command did run here
+    assert "kvmspe.arch.maxbuf" in imported  # the command did run here
     assert imported & (_NOT_ON_THE_FAST_PATH - allowed) == set()
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from kvmspe import conformance, maxbuf, vectors
+from kvmspe import conformance, vectors
+from kvmspe.arch import maxbuf
 from kvmspe.cases import CASES
 from kvmspe.export import c_selftest
 

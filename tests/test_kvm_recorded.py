@@ -977,7 +977,7 @@ def test_configure_spe_stops_at_a_refused_init_and_names_it(vcpu: Vcpu, rec: Rec
 
 
 def _host_info() -> Any:
-    from kvmspe.discovery import HostInfo
+    from kvmspe.host.discovery import HostInfo
 
     return HostInfo("aarch64", "aarch64", "test", 4096, "/dev/kvm", kvm_usable=True)
 
@@ -1012,7 +1012,8 @@ def test_discovery_probes_on_throwaway_vms_and_says_why(
     rec: Recorder, tmp_path: Path, known: set[int], unknown: int, spe_bit: int | None,
     supported: bool, words: list[str],
 ) -> None:
-    from kvmspe import conformance, discovery
+    from kvmspe import conformance
+    from kvmspe.host import discovery
 
     info = _host_info()
     with _probe(rec, tmp_path, known, unknown, spe_bit) as kvm:

@@ -17,7 +17,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import kvmspe
-from kvmspe import maxbuf
+from kvmspe.arch import maxbuf
 from kvmspe.errors import NotRepresentableError
 
 U64_MAX = (1 << 64) - 1

@@ -21,10 +21,11 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from kvmspe import abi, maxbuf
+from kvmspe import abi
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1
 from kvmspe.errors import KvmError, errno_name
 from kvmspe.model import Host, Spu, Vcpu, Vm
-from kvmspe.registers import PMBIDR_EL1
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 IRQ = abi.KVM_ARM_VCPU_SPE_IRQ

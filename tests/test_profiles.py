@@ -8,8 +8,8 @@ import errno
 import pytest
 
 from kvmspe import abi
-from kvmspe.discovery import HostInfo, discover, fixture_roots
 from kvmspe.errors import KvmError
+from kvmspe.host.discovery import HostInfo, discover, fixture_roots
 from kvmspe.model import Host, Vcpu
 from kvmspe.profiles import (
     DEFAULT_PROFILE,

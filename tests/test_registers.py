@@ -8,17 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmspe import registers
+from kvmspe.arch import registers
+from kvmspe.arch.registers import PMBIDR_EL1, PMBLIMITR_EL1, PMBPTR_EL1, PMBSR_EL1, REGISTERS, Field, Register
 from kvmspe.errors import RegisterError
-from kvmspe.registers import (
-    PMBIDR_EL1,
-    PMBLIMITR_EL1,
-    PMBPTR_EL1,
-    PMBSR_EL1,
-    REGISTERS,
-    Field,
-    Register,
-)
 
 U64_MAX = (1 << 64) - 1
 

@@ -25,11 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import discovery, maxbuf, memlock, planner, units, validation, vectors
+from kvmspe import planner, units, validation, vectors
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1, REGISTERS
+from kvmspe.arch.stage1 import Stage1
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
-from kvmspe.registers import PMBIDR_EL1, REGISTERS
-from kvmspe.stage1 import Stage1
 
 STATS: Counter[str] = Counter()
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)

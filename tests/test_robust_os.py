@@ -30,8 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import cli, discovery, vectors
+from kvmspe import cli, vectors
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery
 from kvmspe.kvm import Kvm
 
 STATS: Counter[str] = Counter()
@@ -248,7 +249,7 @@ def test_a_write_failing_anywhere_changes_nothing(tmp_path: Path, fail_at: int, 
 @pytest.fixture
 def host(tmp_path: Path) -> Path:
     root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent / "fixtures" / discovery.FIXTURE_HOST, root)
+    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
     return root
 
 

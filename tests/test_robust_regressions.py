@@ -25,10 +25,12 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, cli, discovery, maxbuf, memlock, planner, vectors
+from kvmspe import abi, cli, planner, vectors
+from kvmspe.arch import maxbuf
+from kvmspe.arch.stage1 import Stage1
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
-from kvmspe.stage1 import Stage1
 
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 needs_kvm = pytest.mark.skipif(not HAVE_KVM, reason="/dev/kvm is missing or not usable here")
@@ -238,7 +240,7 @@ def test_7_empty_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def fixture_copy(tmp_path: Path) -> Path:
     root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent / "fixtures" / discovery.FIXTURE_HOST, root)
+    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
     return root
 
 

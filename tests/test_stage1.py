@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvmspe.arch.stage1 import Stage1
 from kvmspe.pinning import PinnedPages, RefIntervals
-from kvmspe.stage1 import Stage1
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, maxbuf, model, vectors
+from kvmspe import abi, model, vectors
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1, PMBSR_EL1
+from kvmspe.arch.stage1 import Stage1
 from kvmspe.cases import CASES, SOURCES
 from kvmspe.errors import KvmError, NotRepresentableError
-from kvmspe.registers import PMBIDR_EL1, PMBSR_EL1
-from kvmspe.stage1 import Stage1
 
 
 @pytest.fixture(scope="module")

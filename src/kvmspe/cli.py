@@ -133,7 +133,7 @@ def _field_doc(field: int) -> Doc:
 
 
 def cmd_encode(args: Args) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     size: int = args.size
     try:
@@ -158,8 +158,8 @@ def cmd_encode(args: Args) -> int:
 
 
 def _decode_pmbidr(args: Args, value: int) -> int:
-    from . import maxbuf
-    from .registers import PMBIDR_EL1
+    from .arch import maxbuf
+    from .arch.registers import PMBIDR_EL1
 
     fields = PMBIDR_EL1.decode(value)
     raw_field = PMBIDR_EL1.get(value, "MaxBuffSize")
@@ -188,7 +188,7 @@ def _decode_pmbidr(args: Args, value: int) -> int:
 
 
 def cmd_decode(args: Args) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     if (args.field is None) == (args.pmbidr is None):
         raise UsageError("give either a MaxBuffSize FIELD or --pmbidr VALUE (exactly one)")
@@ -207,7 +207,7 @@ def cmd_decode(args: Args) -> int:
 
 
 def cmd_round(args: argparse.Namespace) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     size: int = args.size
     page: int = args.page_size
@@ -238,7 +238,7 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 
 def cmd_sizes(args: argparse.Namespace) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     lo: int = args.lo
     hi: int | None = args.hi
@@ -349,7 +349,8 @@ _limit = format_limit
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from . import abi, discovery
+    from . import abi
+    from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
 

@@ -28,13 +28,14 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from . import abi, maxbuf
+from . import abi
+from .arch import maxbuf
+from .arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
+from .arch.stage1 import Stage1
 from .backend import Vcpu, Vm
 from .cases import CASES, Case, Expect, Setup, Step
 from .errors import KvmError, KvmspeError, errno_name
-from .registers import PMBIDR_EL1, PMBSR_EL1, Register
 from .rules import RULES, RuleSet
-from .stage1 import Stage1
 from .validation import is_int
 
 __all__ = [
@@ -367,7 +368,7 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
 
 def _sysfs_spus() -> dict[int, int | None]:
     """SPE instances: perf PMU type -> own limit in bytes (None: sysfs does not say)."""
-    from .discovery import read_spe_instances
+    from .host.discovery import read_spe_instances
 
     instances, _ = read_spe_instances()
     return {i.type: i.max_buff_size for i in instances if i.type is not None}
@@ -375,7 +376,7 @@ def _sysfs_spus() -> dict[int, int | None]:
 
 def _vm_lck() -> int:
     """This process's VmLck in bytes (0 when it cannot be read)."""
-    from . import memlock
+    from .host import memlock
 
     try:
         return memlock.status().vm_lck
@@ -389,7 +390,7 @@ def _probe(kvm: Any) -> HostFacts:
     On arm64 the SPE VCPU feature bit must be known (given, or found by
     :meth:`kvmspe.kvm.Kvm.spe_feature`); then HAS on a VCPU with it decides.
     """
-    from .discovery import probe_spe_group
+    from .host.discovery import probe_spe_group
 
     try:
         probe = probe_spe_group(kvm)

@@ -15,7 +15,7 @@ attribute's C type) is a ValueError before any check.
 
 The run phase: the modelled guest programs its buffer on a VCPU
 (``guest_write`` / ``enable_buffer``) and describes its stage-1 translation
-(``guest_map``, a :class:`kvmspe.stage1.Stage1`); the next ``run()`` handles
+(``guest_map``, a :class:`kvmspe.arch.stage1.Stage1`); the next ``run()`` handles
 the enable. Its outcomes are not errnos but guest-visible events and exits:
 
 1. limit - pointer above a non-zero MaxBuffSize: a buffer management event,
@@ -39,11 +39,9 @@ import errno
 from collections.abc import Iterable
 from types import TracebackType
 
-from . import abi, maxbuf
-from .assumptions import DEFAULT, Assumptions
-from .errors import KvmError, RegisterError
-from .pinning import Interval, PinnedPages
-from .registers import (
+from . import abi
+from .arch import maxbuf
+from .arch.registers import (
     PMBIDR_EL1,
     PMBLIMITR_EL1,
     PMBSR_BSC_SIZE,
@@ -52,8 +50,11 @@ from .registers import (
     PMBSR_EL1,
     REGISTERS,
 )
+from .arch.stage1 import Stage1
+from .assumptions import DEFAULT, Assumptions
+from .errors import KvmError, RegisterError
+from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, RuleSet, first_outcome
-from .stage1 import Stage1
 from .validation import U64_MAX, is_int
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
@@ -512,7 +513,7 @@ class Vcpu:
         """Describe the guest's stage-1 translation for this VCPU's buffer
         (None: no translation at all)."""
         if stage1 is not None and not isinstance(stage1, Stage1):
-            raise ValueError(f"guest_map takes a kvmspe.stage1.Stage1 or None, got {stage1!r}")
+            raise ValueError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
         if stage1 != self.stage1 and self._pinned:
             self._unpin()
             self.pending = self.enabled and not self._stopped

@@ -2,8 +2,8 @@
 
 Every command needs a host to model, including on machines without SPE.
 :data:`PROFILES` names a few typical arm64 hosts; :func:`model_host` turns
-one of them, or a :class:`~kvmspe.discovery.HostInfo` from
-:func:`~kvmspe.discovery.discover`, into a :class:`kvmspe.model.Host`.
+one of them, or a :class:`~kvmspe.host.discovery.HostInfo` from
+:func:`~kvmspe.host.discovery.discover`, into a :class:`kvmspe.model.Host`.
 
 From a discovered host [assumed mapping, see :func:`model_host`]:
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import maxbuf
-from .discovery import HostInfo
+from .arch import maxbuf
+from .host.discovery import HostInfo
 from .model import Host, Spu
 
 __all__ = [

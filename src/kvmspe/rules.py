@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import abi, maxbuf
+from . import abi
+from .arch import maxbuf
 from .errors import NotRepresentableError
 
 if TYPE_CHECKING:

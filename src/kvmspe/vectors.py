@@ -35,12 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import abi, maxbuf
+from . import abi
+from .arch import maxbuf
+from .arch.registers import PMBIDR_EL1
 from .cases import CASES, Case, Step
 from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from .errors import NotRepresentableError
 from .export.abidata import assumed_numbers
-from .registers import PMBIDR_EL1
 from .rules import RULES
 from .validation import U64_MAX
 

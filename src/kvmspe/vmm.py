@@ -32,10 +32,10 @@ from .errors import KvmError, KvmspeError
 from .units import format_limit, format_size, format_size_hex
 
 if TYPE_CHECKING:
-    from .discovery import HostInfo
+    from .arch.registers import FieldValue
+    from .host.discovery import HostInfo
     from .model import Host
     from .model import Vcpu as ModelVcpu
-    from .registers import FieldValue
 
 __all__ = [
     "ORDER",
@@ -204,7 +204,8 @@ def choose_backend(
     ``profile``). ``memlock_limit`` is the model's RLIMIT_MEMLOCK; None reads
     this process's soft limit. ``locked`` is memory the model's VMM has
     locked already."""
-    from . import discovery, memlock, profiles
+    from . import profiles
+    from .host import discovery, memlock
 
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything is probed
     info = discovery.discover() if backend != "model" or profile is None else None
@@ -275,15 +276,15 @@ class BringUpResult:
     @property
     def guest_pmbidr_fields(self) -> dict[str, FieldValue] | None:
         """PMBIDR_EL1 as the guest reads it, field by field."""
-        from .registers import PMBIDR_EL1
+        from .arch.registers import PMBIDR_EL1
 
         return None if self.guest_pmbidr is None else PMBIDR_EL1.decode(self.guest_pmbidr)
 
     @property
     def guest_max_buffer_size(self) -> int | None:
         """The max buffer size the guest's PMBIDR_EL1.MaxBuffSize says."""
-        from . import maxbuf
-        from .registers import PMBIDR_EL1
+        from .arch import maxbuf
+        from .arch.registers import PMBIDR_EL1
 
         if self.guest_pmbidr is None:
             return None
@@ -307,14 +308,14 @@ class _Limit:
         self.host = result.backend.host
 
     def get(self) -> int | None:
-        from . import memlock
+        from .host import memlock
 
         if self.host is not None:
             return self.host.memlock_limit
         return memlock.status().soft
 
     def raise_to(self, nbytes: int, why: str) -> bool:
-        from . import memlock
+        from .host import memlock
 
         before = self.get()
         if self.host is not None:
@@ -415,7 +416,7 @@ def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
 
 
 def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
-    from . import memlock
+    from .host import memlock
     from .kvm import Kvm, RunTimeout, SpeFeatureUnavailable
 
     kvm: Kvm | None = None
@@ -501,7 +502,7 @@ def _enable_buffers(
 ) -> None:
     """The guest enables a ``size`` buffer on every VCPU; KVM_EXIT_RLIMIT is handled
     as a VMM should. Stops ``result`` at the first VCPU whose buffer is not pinned."""
-    from .registers import PMBSR_EL1
+    from .arch.registers import PMBSR_EL1
 
     for vcpu in vcpus:
         i = vcpu.index

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import RegisterError
-from .validation import is_int
+from ..errors import RegisterError
+from ..validation import is_int
 
 __all__ = [
     "Field",

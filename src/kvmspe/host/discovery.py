@@ -30,11 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from . import abi, maxbuf, memlock
-from .errors import KvmError
-from .kvm import Kvm, SpeFeature, normalise_arch
-from .units import parse_uint
-from .validation import check_int
+from .. import abi
+from ..arch import maxbuf
+from ..errors import KvmError
+from ..kvm import Kvm, SpeFeature, normalise_arch
+from ..units import parse_uint
+from ..validation import check_int
+from . import memlock
 
 __all__ = [
     "FIXTURE_HOST",
@@ -51,7 +53,7 @@ __all__ = [
 
 #: The shipped snapshot: a big.LITTLE arm64 host with arm_spe_0 and arm_spe_1.
 FIXTURE_HOST = "arm64-big-little"
-_FIXTURES = Path(__file__).parent / "fixtures"
+_FIXTURES = Path(__file__).parent.parent / "fixtures"
 _EVENT_SOURCES = Path("bus", "event_source", "devices")
 _SPE_PREFIX = "arm_spe_"
 _SPE_ATTR_NAMES = {attr: info.name for (group, attr), info in abi.ATTRS.items()}

@@ -14,8 +14,8 @@ Source: Arm DDI0601, PMBIDR_EL1.MaxBuffSize, as the reference patch uses it.
 
 from __future__ import annotations
 
-from .errors import InvalidArgumentError, NotRepresentableError
-from .validation import U64_MAX, check_int, is_int
+from ..errors import InvalidArgumentError, NotRepresentableError
+from ..validation import U64_MAX, check_int, is_int
 
 # typing.TYPE_CHECKING without importing typing (the command line's codec path
 # starts faster without it); mypy treats any TYPE_CHECKING as true.

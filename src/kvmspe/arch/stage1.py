@@ -44,9 +44,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
+from ..validation import check_int
 from .maxbuf import check_page_size
-from .validation import check_int
 
 __all__ = [
     "BLOCK_LEVELS",

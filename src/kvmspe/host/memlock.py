@@ -15,8 +15,8 @@ import os
 import resource
 from dataclasses import dataclass
 
-from .errors import KvmspeError
-from .validation import check_int
+from ..errors import KvmspeError
+from ..validation import check_int
 
 __all__ = [
     "LIMIT_MAX",
