@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvmspe import abi, upstream
-from kvmspe.assumptions import DEFAULT
+from kvmspe.model.assumptions import DEFAULT
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE

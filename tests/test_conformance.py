@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, conformance, model
-from kvmspe.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
-from kvmspe.conformance import HostFacts, Report, resolve
+from kvmspe import abi
+from kvmspe.conformance import runner as conformance
+from kvmspe.conformance.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
+from kvmspe.conformance.runner import HostFacts, Report, resolve
 from kvmspe.errors import KvmError
-from kvmspe.rules import RULES, Check, RuleSet
+from kvmspe.model import kernel as model
+from kvmspe.model.rules import RULES, Check, RuleSet
 
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
 CASE_IDS = [c.name for c in CASES]
@@ -609,7 +611,7 @@ def test_a_timed_out_real_run_is_the_kernels_signal_exit(tmp_path: Path) -> None
 
 
 def test_expectations_are_parsed_once_into_their_kind() -> None:
-    from kvmspe.cases import Expectation, Step
+    from kvmspe.conformance.cases import Expectation, Step
 
     assert Expectation.parse(True) == Expectation("has", flag=True)
     assert Expectation.parse(0x400) == Expectation("value", expr=0x400)

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from kvmspe.assumptions import Assumptions
-from kvmspe.rules import RULES
+from kvmspe.model.assumptions import Assumptions
+from kvmspe.model.rules import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DOC = (ROOT / "docs" / "rules.md").read_text()

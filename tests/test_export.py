@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, vectors
+from kvmspe import abi
 from kvmspe.arch import maxbuf
+from kvmspe.conformance import vectors
 from kvmspe.errors import NotRepresentableError
 from kvmspe.export import abidata, c_header, render, rust_module
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from kvmspe import conformance, vectors
 from kvmspe.arch import maxbuf
-from kvmspe.cases import CASES
+from kvmspe.conformance import runner as conformance
+from kvmspe.conformance import vectors
+from kvmspe.conformance.cases import CASES
 from kvmspe.export import c_selftest
 
 ROOT = Path(__file__).resolve().parent.parent

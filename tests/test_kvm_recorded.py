@@ -1012,7 +1012,7 @@ def test_discovery_probes_on_throwaway_vms_and_says_why(
     rec: Recorder, tmp_path: Path, known: set[int], unknown: int, spe_bit: int | None,
     supported: bool, words: list[str],
 ) -> None:
-    from kvmspe import conformance
+    from kvmspe.conformance import runner as conformance
     from kvmspe.host import discovery
 
     info = _host_info()

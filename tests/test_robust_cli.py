@@ -34,7 +34,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import cli, profiles
+from kvmspe import cli
+from kvmspe.model import profiles
 
 #: Tally of the runs of this module, by command and by exit status.
 STATS: Counter[str] = Counter()

@@ -25,10 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import planner, units, validation, vectors
+from kvmspe import planner, units, validation
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1, REGISTERS
 from kvmspe.arch.stage1 import Stage1
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
 from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm

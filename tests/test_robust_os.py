@@ -30,7 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import cli, vectors
+from kvmspe import cli
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
 from kvmspe.host import discovery
 from kvmspe.kvm import Kvm

@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, cli, planner, vectors
+from kvmspe import abi, cli, planner
 from kvmspe.arch import maxbuf
 from kvmspe.arch.stage1 import Stage1
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
 from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm

@@ -17,8 +17,8 @@ from kvmspe.arch.registers import (
     PMBSR_EL1,
 )
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.assumptions import DEFAULT
-from kvmspe.model import Host, Spu, Vcpu, Vm
+from kvmspe.model.assumptions import DEFAULT
+from kvmspe.model.kernel import Host, Spu, Vcpu, Vm
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 SPE, IRQ, SPU, MAX = abi.KVM_ARM_VCPU_SPE_CTRL, 0, 1, 2

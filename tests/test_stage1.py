@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.pinning import PinnedPages, RefIntervals
+from kvmspe.model.pinning import PinnedPages, RefIntervals
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from kvmspe import abi, upstream
-from kvmspe.assumptions import DEFAULT
 from kvmspe.kvm import SPE_FEATURE_CANDIDATES
+from kvmspe.model.assumptions import DEFAULT
 
 
 def _release(text: str) -> tuple[int, ...]:

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, model, vectors
+from kvmspe import abi
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1, PMBSR_EL1
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.cases import CASES, SOURCES
+from kvmspe.conformance import vectors
+from kvmspe.conformance.cases import CASES, SOURCES
 from kvmspe.errors import KvmError, NotRepresentableError
+from kvmspe.model import kernel as model
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.kvm import Kvm
-from kvmspe.model import Host
-from kvmspe.profiles import model_host
+from kvmspe.model.kernel import Host
+from kvmspe.model.profiles import model_host
 from kvmspe.vmm import (
     BackendChoice,
     ConfigStep,

@@ -295,7 +295,7 @@ def _collision(name: str, value: int) -> str | None:
         taken = upstream.EXITS.get(value)
         if taken is not None:
             return f"{value} is {taken[0]} upstream (since Linux {taken[1]}), not KVM_EXIT_RLIMIT"
-        from .assumptions import DEFAULT
+        from .model.assumptions import DEFAULT
 
         if value == DEFAULT.idle_exit:
             return f"{value} is the exit the model returns when its guest is idle"

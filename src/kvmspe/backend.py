@@ -1,6 +1,6 @@
 """What a backend offers: the VCPU and VM interface of the model and the real kernel.
 
-:class:`kvmspe.model.Vcpu` and :class:`kvmspe.kvm.Vcpu` (and their VMs)
+:class:`kvmspe.model.kernel.Vcpu` and :class:`kvmspe.kvm.Vcpu` (and their VMs)
 both satisfy these protocols, so code written against them (the VMM's
 bring-up, the conformance runners) runs unchanged on either. Errors are
 :class:`~kvmspe.errors.KvmError` with the kernel's errno on both.
@@ -50,7 +50,8 @@ class Vm(Protocol):
 
 
 if TYPE_CHECKING:
-    from . import kvm, model
+    from . import kvm
+    from .model import kernel as model
 
     def _both_backends_satisfy(
         mv: model.Vcpu, kv: kvm.Vcpu, mvm: model.Vm, kvm_vm: kvm.Vm

@@ -592,14 +592,14 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from . import conformance
+    from .conformance import runner as conformance
 
     report = conformance.run(args.backend)
     return _emit(args, report.to_dict(), report.render().splitlines(), 0 if report.ok else 1)
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from . import vectors
+    from .conformance import vectors
 
     if not args.out.strip():
         raise UsageError("--out needs a directory, e.g. --out vectors/ (an empty name is refused)")

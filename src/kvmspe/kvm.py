@@ -3,7 +3,7 @@
 :class:`Kvm` opens ``/dev/kvm``, :meth:`Kvm.create_vm` gives a :class:`Vm`,
 :meth:`Vm.create_vcpu` a :class:`Vcpu` whose ``set_device_attr``,
 ``get_device_attr``, ``has_device_attr`` and ``run`` behave like
-:class:`kvmspe.model.Vcpu`: same names, same errors
+:class:`kvmspe.model.kernel.Vcpu`: same names, same errors
 (:class:`~kvmspe.errors.KvmError`, an ``OSError`` carrying the kernel's errno
 and what it means for the attribute). So one piece of VMM code runs on either.
 

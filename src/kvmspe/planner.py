@@ -36,7 +36,7 @@ page multiple); when the SPU has no limit it takes 0 ("no limit", as the
 SPU itself) and warns that the memory to lock cannot be bounded.
 
 The three cases are placements a model guest can realise
-(:class:`kvmspe.arch.stage1.Stage1`), and :mod:`kvmspe.model` pins exactly as
+(:class:`kvmspe.arch.stage1.Stage1`), and :mod:`kvmspe.model.kernel` pins exactly as
 many bytes for them (tested):
 
 * best: block mappings, contiguous layout, one translation tree shared by
@@ -57,7 +57,7 @@ from typing import Any
 from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
 from .arch.stage1 import Stage1, check_granule
-from .assumptions import DEFAULT, Assumptions
+from .model.assumptions import DEFAULT, Assumptions
 from .validation import U64_MAX, check_int
 
 __all__ = ["PINNING_CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]

@@ -8,7 +8,7 @@ and, like KVM_ARM_VCPU_PMU_V3_INIT, comes after the values it depends on
 (and after the VM's vGIC is initialised, on arm64). It stops at the first
 step that fails with one clear :class:`SpeConfigError` naming that step.
 It only uses ``has_device_attr`` and ``set_device_attr``, so it runs
-unchanged on a model VCPU (:mod:`kvmspe.model`) and a real one
+unchanged on a model VCPU (:mod:`kvmspe.model.kernel`) and a real one
 (:mod:`kvmspe.kvm`).
 
 :func:`bring_up` is the whole sequence a VMM runs around it, on either
@@ -34,8 +34,8 @@ from .units import format_limit, format_size, format_size_hex
 if TYPE_CHECKING:
     from .arch.registers import FieldValue
     from .host.discovery import HostInfo
-    from .model import Host
-    from .model import Vcpu as ModelVcpu
+    from .model.kernel import Host
+    from .model.kernel import Vcpu as ModelVcpu
 
 __all__ = [
     "ORDER",
@@ -182,7 +182,7 @@ class BackendChoice:
     """Which kernel :func:`bring_up` talks to, and why.
 
     ``name`` is ``"kvm"`` (this host's /dev/kvm) or ``"model"`` (``host``, a
-    model :class:`~kvmspe.model.Host`); ``info`` is what discovery found, or
+    model :class:`~kvmspe.model.kernel.Host`); ``info`` is what discovery found, or
     None when nothing was probed.
     """
 
@@ -204,8 +204,8 @@ def choose_backend(
     ``profile``). ``memlock_limit`` is the model's RLIMIT_MEMLOCK; None reads
     this process's soft limit. ``locked`` is memory the model's VMM has
     locked already."""
-    from . import profiles
     from .host import discovery, memlock
+    from .model import profiles
 
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything is probed
     info = discovery.discover() if backend != "model" or profile is None else None

@@ -6,7 +6,7 @@ objects with the same methods as the real backend's VCPU
 (:mod:`kvmspe.kvm`): ``set_device_attr``, ``get_device_attr``,
 ``has_device_attr`` and ``run``. Errors are :class:`~kvmspe.errors.KvmError`
 (an ``OSError``) with the kernel's errno. Which errno, and in what order, is
-decided only in :mod:`kvmspe.rules`; this module keeps state: the VM's SPU,
+decided only in :mod:`kvmspe.model.rules`; this module keeps state: the VM's SPU,
 max buffer size, SPE interrupt and in-kernel irqchip (on by default, as every
 arm64 VMM makes one), the VCPU features its first VCPU fixed, and per VCPU its
 interrupt and whether KVM_ARM_VCPU_SPE_INIT succeeded (which KVM_RUN needs).
@@ -23,13 +23,13 @@ the enable. Its outcomes are not errnos but guest-visible events and exits:
 2. a buffer address without a stage-1 translation: PMBSR_EL1 EC=FAULT_S1,
    S=1; nothing is pinned [series 29];
 3. otherwise the host pages behind the buffer and its table pages are
-   pinned (:mod:`kvmspe.pinning`, each page once per VM) and charged
+   pinned (:mod:`kvmspe.model.pinning`, each page once per VM) and charged
    against RLIMIT_MEMLOCK; when they do not fit, ``run()`` returns
    KVM_EXIT_RLIMIT with the excess in bytes and pins nothing; the next
    ``run()`` retries [series 32, 33].
 
 Misaligned pointers and limits, empty buffers and when a disable unpins
-follow :class:`kvmspe.assumptions.Assumptions`. Disabling unpins; the
+follow :class:`kvmspe.model.assumptions.Assumptions`. Disabling unpins; the
 host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
 """
 
@@ -39,9 +39,9 @@ import errno
 from collections.abc import Iterable
 from types import TracebackType
 
-from . import abi
-from .arch import maxbuf
-from .arch.registers import (
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import (
     PMBIDR_EL1,
     PMBLIMITR_EL1,
     PMBSR_BSC_SIZE,
@@ -50,12 +50,12 @@ from .arch.registers import (
     PMBSR_EL1,
     REGISTERS,
 )
-from .arch.stage1 import Stage1
+from ..arch.stage1 import Stage1
+from ..errors import KvmError, RegisterError
+from ..validation import U64_MAX, is_int
 from .assumptions import DEFAULT, Assumptions
-from .errors import KvmError, RegisterError
 from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, RuleSet, first_outcome
-from .validation import U64_MAX, is_int
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
 
@@ -133,17 +133,18 @@ class Host:
         self.spus = tuple(spus)
         odd = [s for s in self.spus if not isinstance(s, Spu)]
         if odd:
-            raise ValueError(f"spus takes kvmspe.model.Spu objects, got {odd[0]!r}")
+            raise ValueError(f"spus takes kvmspe.model.kernel.Spu objects, got {odd[0]!r}")
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SPU ids must be unique, got {ids}")
         self.memlock_limit = _limit(memlock_limit)
         self.locked_bytes = _bytes("locked", locked)
         if not isinstance(rules, RuleSet):
-            raise ValueError(f"rules must be a kvmspe.rules.RuleSet, got {type(rules).__name__}")
+            raise ValueError(f"rules must be a kvmspe.model.rules.RuleSet, got {type(rules).__name__}")
         if not isinstance(assumptions, Assumptions):
             raise ValueError(
-                f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}"
+                "assumptions must be a kvmspe.model.assumptions.Assumptions,"
+                f" got {type(assumptions).__name__}"
             )
         #: Historical maximum of locked memory (VmLck as KVM keeps it).
         self.vm_lck = locked

@@ -2,9 +2,9 @@
 
 The seed patch and the series fix the MAX_BUFFER_SIZE checks and their errnos;
 the order of checks, including the assumed ones (marked ``assumed``), is in
-:mod:`kvmspe.rules`. The quantities and policies they leave open are decided
+:mod:`kvmspe.model.rules`. The quantities and policies they leave open are decided
 here; the docs list each item as an assumption. Change a value (or pass a modified
-copy to :class:`kvmspe.model.Host`) to model another reading.
+copy to :class:`kvmspe.model.kernel.Host`) to model another reading.
 """
 
 from __future__ import annotations

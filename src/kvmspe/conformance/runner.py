@@ -1,6 +1,6 @@
-"""The conformance runner: the cases of :mod:`kvmspe.cases` against a backend.
+"""The conformance runner: the cases of :mod:`kvmspe.conformance.cases` against a backend.
 
-``run("model")`` builds a :class:`kvmspe.model.Host` per case, shaped as the
+``run("model")`` builds a :class:`kvmspe.model.kernel.Host` per case, shaped as the
 case's setup asks. ``run("kvm")`` uses the real kernel through
 :class:`kvmspe.kvm.Kvm`: the host is what it is, so a case whose setup needs
 something the host lacks (SPE at all, a page size, an SPU with or without its
@@ -28,15 +28,15 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from . import abi
-from .arch import maxbuf
-from .arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
-from .arch.stage1 import Stage1
-from .backend import Vcpu, Vm
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
+from ..arch.stage1 import Stage1
+from ..backend import Vcpu, Vm
+from ..errors import KvmError, KvmspeError, errno_name
+from ..model.rules import RULES, RuleSet
+from ..validation import is_int
 from .cases import CASES, Case, Expect, Setup, Step
-from .errors import KvmError, KvmspeError, errno_name
-from .rules import RULES, RuleSet
-from .validation import is_int
 
 __all__ = [
     "BACKENDS",
@@ -99,7 +99,7 @@ def resolve(value: int | str, env: dict[str, Any]) -> int:
     """The integer a case value stands for on a host described by ``env``.
 
     ``value`` is an int or an expression of ints, names in ``env``, ``+ - *
-    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.cases`).
+    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.conformance.cases`).
     """
     if isinstance(value, int):
         return value
@@ -311,7 +311,7 @@ class ModelRunner(_Runner):
     """
 
     def __init__(self, setup: Setup, rules: RuleSet):
-        from .model import Host, Spu
+        from ..model.kernel import Host, Spu
 
         page = setup.page_size or 4096
         spus = [Spu(i, spec.limit or 0) for i, spec in zip(MODEL_SPU_IDS, setup.spus, strict=False)]
@@ -328,7 +328,7 @@ class ModelRunner(_Runner):
         self.host.set_memlock_limit(self.host.locked_bytes + room)
 
     def guest(self, step: Step) -> object:
-        from .model import Vcpu as ModelVcpu
+        from ..model.kernel import Vcpu as ModelVcpu
 
         vcpu = self.vcpus[step.vcpu]
         assert isinstance(vcpu, ModelVcpu)
@@ -368,7 +368,7 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
 
 def _sysfs_spus() -> dict[int, int | None]:
     """SPE instances: perf PMU type -> own limit in bytes (None: sysfs does not say)."""
-    from .host.discovery import read_spe_instances
+    from ..host.discovery import read_spe_instances
 
     instances, _ = read_spe_instances()
     return {i.type: i.max_buff_size for i in instances if i.type is not None}
@@ -376,7 +376,7 @@ def _sysfs_spus() -> dict[int, int | None]:
 
 def _vm_lck() -> int:
     """This process's VmLck in bytes (0 when it cannot be read)."""
-    from .host import memlock
+    from ..host import memlock
 
     try:
         return memlock.status().vm_lck
@@ -390,7 +390,7 @@ def _probe(kvm: Any) -> HostFacts:
     On arm64 the SPE VCPU feature bit must be known (given, or found by
     :meth:`kvmspe.kvm.Kvm.spe_feature`); then HAS on a VCPU with it decides.
     """
-    from .host.discovery import probe_spe_group
+    from ..host.discovery import probe_spe_group
 
     try:
         probe = probe_spe_group(kvm)
@@ -507,7 +507,7 @@ def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     exit: the VCPU did enter KVM_RUN, which is all the run cases need. Any
     other VCPU (a stand-in) is bounded here by SIGALRM in the main thread.
     """
-    from .kvm import RunTimeout, Vcpu
+    from ..kvm import RunTimeout, Vcpu
 
     if isinstance(vcpu, Vcpu):
         try:
@@ -545,7 +545,7 @@ def _run_kvm(
     results: list[Result] = []
     if kvm is None:
         try:
-            from .kvm import Kvm
+            from ..kvm import Kvm
         except ImportError as exc:
             reason = f"the real backend kvmspe.kvm is not available ({exc})"
             return {"error": reason}, [_skipped(c, reason) for c in cases]
@@ -708,9 +708,9 @@ def run(
 ) -> Report:
     """Run the conformance cases against ``backend`` ("model" or "kvm").
 
-    ``rules`` replaces the model's :data:`kvmspe.rules.RULES` (to show that a
+    ``rules`` replaces the model's :data:`kvmspe.model.rules.RULES` (to show that a
     changed rule is caught); it has no meaning for the real kernel.
-    ``cases`` defaults to every case of :mod:`kvmspe.cases`.
+    ``cases`` defaults to every case of :mod:`kvmspe.conformance.cases`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")

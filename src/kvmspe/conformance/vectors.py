@@ -10,7 +10,7 @@
     without an encoding with the nearest representable sizes, page-aligned
     roundings per host page size, the extremes of the u64 range).
 ``scenarios.json``
-    every conformance case of :mod:`kvmspe.cases`, in a form a VMM test can
+    every conformance case of :mod:`kvmspe.conformance.cases`, in a form a VMM test can
     replay against its own KVM backend: what the host must have, the VCPUs,
     and each call (ioctl, group, attribute, value) with the result it must
     give. A value is given as the case's expression over the host's numbers
@@ -35,15 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import abi
-from .arch import maxbuf
-from .arch.registers import PMBIDR_EL1
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import PMBIDR_EL1
+from ..errors import NotRepresentableError
+from ..export.abidata import assumed_numbers
+from ..model.rules import RULES
+from ..validation import U64_MAX
 from .cases import CASES, Case, Step
-from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
-from .errors import NotRepresentableError
-from .export.abidata import assumed_numbers
-from .rules import RULES
-from .validation import U64_MAX
+from .runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
