@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvmspe import abi, upstream
+from kvmspe import abi
+from kvmspe.abi import upstream
 from kvmspe.model.assumptions import DEFAULT
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL

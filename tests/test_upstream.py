@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmspe import abi, upstream
+from kvmspe import abi
+from kvmspe.abi import upstream
 from kvmspe.kvm import SPE_FEATURE_CANDIDATES
 from kvmspe.model.assumptions import DEFAULT
 

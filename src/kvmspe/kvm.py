@@ -141,7 +141,7 @@ _RUN_TICK = 0.05
 
 #: Candidate bits for the SPE VCPU feature when probing: KVM_ARM_VCPU_INIT
 #: takes features only in features[0] (every kernel refuses a bit in
-#: features[1..6]), and bits 0..8 are upstream features (kvmspe.upstream).
+#: features[1..6]), and bits 0..8 are upstream features (kvmspe.abi.upstream).
 SPE_FEATURE_CANDIDATES: tuple[int, ...] = tuple(range(9, 32))
 
 
@@ -307,7 +307,7 @@ def _feature_bits(features: tuple[int, ...] | list[int]) -> list[int]:
 
 def _init_refused(code: int, bits: list[int], spe_bit: int | None) -> str | None:
     """What a KVM_ARM_VCPU_INIT errno means for the features asked for."""
-    from . import upstream
+    from .abi import upstream
 
     def show(b: int) -> str:
         name = upstream.feature_name(b)
