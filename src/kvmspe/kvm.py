@@ -881,6 +881,16 @@ class Vcpu(_Owned):
         self._view = view
         self._sel_group, self._sel_attr = group, attr
 
+    def _issue(self, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
+        """One device-attribute ioctl on ``buf``: a closed VCPU is named, EINTR is
+        retried, any other errno raises the explained :class:`KvmError`."""
+        try:
+            self._ioctl(self.fd, request, buf)
+        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
+            raise self._closed_error(_NAMES[request], group, attr) from None
+        except OSError as exc:
+            self._again(exc, request, buf, call, group, attr)
+
     def _again(self, exc: OSError, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
         """After a failed ioctl: retry while EINTR, else raise the explained error."""
         while exc.errno == _EINTR:
@@ -898,18 +908,12 @@ class Vcpu(_Owned):
         if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         try:
-            self._ioctl(self.fd, _HAS, self._attr)
-            return True
-        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
-            raise self._closed_error("KVM_HAS_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            try:
-                self._again(exc, _HAS, self._attr, "has", group, attr)
-            except KvmError as err:
-                if err.errno == errno.ENXIO:
-                    return False
-                raise
-            return True
+            self._issue(_HAS, self._attr, "has", group, attr)
+        except KvmError as err:
+            if err.errno == errno.ENXIO:
+                return False
+            raise
+        return True
 
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
         """KVM_GET_DEVICE_ATTR: the value the kernel writes through ``addr``.
@@ -929,12 +933,7 @@ class Vcpu(_Owned):
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
-        try:
-            self._ioctl(self.fd, _GET, buf)
-        except ValueError:
-            raise self._closed_error("KVM_GET_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            self._again(exc, _GET, buf, "get", group, attr)
+        self._issue(_GET, buf, "get", group, attr)
         result: int = self._view[0]
         return result
 
@@ -964,12 +963,7 @@ class Vcpu(_Owned):
                 self._refuse(group, attr, self._fmt, value)
             self.set_device_attr(group, attr, int(cast(int, value)))
             return
-        try:
-            self._ioctl(self.fd, _SET, buf)
-        except ValueError:
-            raise self._closed_error("KVM_SET_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            self._again(exc, _SET, buf, "set", group, attr)
+        self._issue(_SET, buf, "set", group, attr)
 
     def _refuse(self, group: int, attr: int, fmt: struct.Struct, value: object) -> None:
         info = abi.attr_info(group, attr)
