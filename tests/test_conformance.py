@@ -618,8 +618,9 @@ def test_expectations_are_parsed_once_into_their_kind() -> None:
     assert Expectation.parse("ok") == Expectation("ok")
     assert Expectation.parse("exit") == Expectation("exit")
     assert Expectation.parse("EDOM") == Expectation("errno", errno_name="EDOM")
-    assert Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE * 4") == \
-        Expectation("exit", exit_name="KVM_EXIT_RLIMIT", expr="PAGE * 4")
+    assert Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE * 4") == Expectation(
+        "exit", exit_name="KVM_EXIT_RLIMIT", expr="PAGE * 4"
+    )
     assert Expectation.parse("KVM_EXIT_INTR") == Expectation("exit", exit_name="KVM_EXIT_INTR")
     assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr="enc(LIMIT)")
     assert Step("get", "X", expect="EINVAL").expectation.kind == "errno"

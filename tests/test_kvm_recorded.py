@@ -249,8 +249,10 @@ def test_vcpu_without_spe_sends_no_feature(arm: Kvm, rec: Recorder) -> None:
 
 @pytest.mark.parametrize(
     ("code", "words"),
-    [(errno.ENOENT, ["does not know", "ENOENT", "bit 9 (asked for as the SPE feature)"]),
-     (errno.EINVAL, ["unknown feature bit (EINVAL on newer kernels)", "differ from the VM's other VCPUs"])],
+    [
+        (errno.ENOENT, ["does not know", "ENOENT", "bit 9 (asked for as the SPE feature)"]),
+        (errno.EINVAL, ["unknown feature bit (EINVAL on newer kernels)", "differ from the VM's other VCPUs"]),
+    ],
 )
 def test_refused_init_explains_an_unknown_feature_bit_and_closes_the_vcpu(
     arm: Kvm, rec: Recorder, code: int, words: list[str]
@@ -316,8 +318,11 @@ def test_probing_finds_the_bit_that_makes_the_spe_group_answer(rec: Recorder, tm
     with _probe(rec, tmp_path, set(range(9)) | {12}, errno.EINVAL, 12) as kvm:
         feature = kvm.spe_feature()
         assert (feature.bit, feature.source) == (12, "probed")
-        assert feature.tried == ((9, "KVM_ARM_VCPU_INIT EINVAL"), (10, "KVM_ARM_VCPU_INIT EINVAL"),
-                                 (11, "KVM_ARM_VCPU_INIT EINVAL"))
+        assert feature.tried == (
+            (9, "KVM_ARM_VCPU_INIT EINVAL"),
+            (10, "KVM_ARM_VCPU_INIT EINVAL"),
+            (11, "KVM_ARM_VCPU_INIT EINVAL"),
+        )
         # Each candidate on a throwaway VM of its own, VCPU 0, only that bit.
         inits = [c for c in rec.calls if c.request == ARM_VCPU_INIT]
         assert [c.arg for c in inits] == [vcpu_init(TARGET, [1 << b] + [0] * 6) for b in (9, 10, 11, 12)]
@@ -346,8 +351,11 @@ def test_a_kernel_that_accepts_an_unrelated_bit_has_no_spe_feature(rec: Recorder
             " bits 10..31: refused by KVM_ARM_VCPU_INIT (unknown or not available here)"
         )
         # Bits 0..8 are upstream features: never tried.
-        bits = [int.from_bytes(c.arg[4:8], sys.byteorder).bit_length() - 1  # type: ignore[index]
-                for c in rec.calls if c.request == ARM_VCPU_INIT]
+        bits = [
+            int.from_bytes(c.arg[4:8], sys.byteorder).bit_length() - 1  # type: ignore[index]
+            for c in rec.calls
+            if c.request == ARM_VCPU_INIT
+        ]
         assert bits == list(range(9, 32))
         vms = rec.requests().count(CREATE_VM)
         # No guessed bit is ever set: an SPE VCPU is refused before any ioctl.
@@ -433,11 +441,8 @@ def test_get_reads_the_right_width_behind_addr(
 def test_has_bytes(vcpu: Vcpu, rec: Recorder, attr: int) -> None:
     assert vcpu.has_device_attr(SPE, attr) is True
     (call,) = rec.calls
-    assert (call.fd, call.request, call.arg[:16]) == (  # type: ignore[index]
-        vcpu.fd,
-        HAS_ATTR,
-        device_attr(SPE, attr, 0)[:16],
-    )
+    assert isinstance(call.arg, bytes)
+    assert (call.fd, call.request, call.arg[:16]) == (vcpu.fd, HAS_ATTR, device_attr(SPE, attr, 0)[:16])
 
 
 def test_the_value_buffer_never_moves(vcpu: Vcpu, rec: Recorder) -> None:
@@ -745,9 +750,7 @@ def test_closing_the_vm_closes_every_fd(arm: Kvm, rec: Recorder) -> None:
             os.fstat(fd)
 
 
-def test_alternating_attributes_each_carry_their_own_group_attr_and_width(
-    vcpu: Vcpu, rec: Recorder
-) -> None:
+def test_alternating_attributes_each_carry_their_own_group_attr_and_width(vcpu: Vcpu, rec: Recorder) -> None:
     # The struct keeps the last (group, attr) between calls: switching must re-point it.
     rec.stored[SPE, IRQ] = u32(23) + b"\xaa" * 4
     rec.stored[SPE, MAX] = u64(1 << 40)
@@ -935,10 +938,14 @@ def test_configure_spe_issues_has_then_set_for_each_attribute_and_init_last(
 
     steps = vmm.configure_spe(vcpu, irq=23, spu=10, max_buffer_size=4 << 20)
     assert [s.name for s in steps] == [
-        "has KVM_ARM_VCPU_SPE_IRQ", "set KVM_ARM_VCPU_SPE_IRQ=23",
-        "has KVM_ARM_VCPU_SPE_SPU", "set KVM_ARM_VCPU_SPE_SPU=10",
-        "has KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000",
-        "has KVM_ARM_VCPU_SPE_INIT", "set KVM_ARM_VCPU_SPE_INIT",
+        "has KVM_ARM_VCPU_SPE_IRQ",
+        "set KVM_ARM_VCPU_SPE_IRQ=23",
+        "has KVM_ARM_VCPU_SPE_SPU",
+        "set KVM_ARM_VCPU_SPE_SPU=10",
+        "has KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE",
+        "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000",
+        "has KVM_ARM_VCPU_SPE_INIT",
+        "set KVM_ARM_VCPU_SPE_INIT",
     ]
     addr = vcpu.value_addr
     assert [(c.fd, c.request, c.arg, c.value) for c in rec.calls] == [
@@ -1000,17 +1007,37 @@ def _vcpu_ids_per_vm(rec: Recorder) -> dict[int, list[int]]:
     ("known", "unknown", "spe_bit", "supported", "words"),
     [
         (set(range(9)) | {12}, errno.EINVAL, 12, True, ["bit 12, probed"]),
-        (set(range(10)), errno.EINVAL, None, False,
-         ["this kernel has no SPE VCPU feature", "bit 9: accepted by KVM_ARM_VCPU_INIT, but the SPE group"]),
-        (set(range(7)), errno.ENOENT, None, False,
-         ["this kernel has no SPE VCPU feature",
-          "the kernel answered: bits 9..31: unknown to this kernel"]),
+        (
+            set(range(10)),
+            errno.EINVAL,
+            None,
+            False,
+            [
+                "this kernel has no SPE VCPU feature",
+                "bit 9: accepted by KVM_ARM_VCPU_INIT, but the SPE group",
+            ],
+        ),
+        (
+            set(range(7)),
+            errno.ENOENT,
+            None,
+            False,
+            [
+                "this kernel has no SPE VCPU feature",
+                "the kernel answered: bits 9..31: unknown to this kernel",
+            ],
+        ),
     ],
     ids=["spe-at-bit-12", "accepts-an-unrelated-bit", "enoent-like-6.1"],
 )
 def test_discovery_probes_on_throwaway_vms_and_says_why(
-    rec: Recorder, tmp_path: Path, known: set[int], unknown: int, spe_bit: int | None,
-    supported: bool, words: list[str],
+    rec: Recorder,
+    tmp_path: Path,
+    known: set[int],
+    unknown: int,
+    spe_bit: int | None,
+    supported: bool,
+    words: list[str],
 ) -> None:
     from kvmspe.conformance import runner as conformance
     from kvmspe.host import discovery
@@ -1070,11 +1097,21 @@ def test_configure_gives_the_vm_its_gicv3_before_the_spe_irq_then_inits_spe(
     vgic = names.index((CREATE_DEVICE,))
     init = names.index(("set", VGIC_GRP_CTRL, VGIC_CTRL_INIT))
     assert [i for i, n in enumerate(names) if n == (CREATE_VCPU,)][-1] < vgic < init < first_irq
-    assert names[vgic + 1: init] == [("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST),
-                                     ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST)]
-    per_vcpu = [("has", SPE, IRQ), ("set", SPE, IRQ), ("has", SPE, SPU), ("set", SPE, SPU),
-                ("has", SPE, MAX), ("set", SPE, MAX), ("has", SPE, INIT), ("set", SPE, INIT)]
-    assert names[first_irq: first_irq + 16] == per_vcpu * 2
+    assert names[vgic + 1 : init] == [
+        ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST),
+        ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST),
+    ]
+    per_vcpu = [
+        ("has", SPE, IRQ),
+        ("set", SPE, IRQ),
+        ("has", SPE, SPU),
+        ("set", SPE, SPU),
+        ("has", SPE, MAX),
+        ("set", SPE, MAX),
+        ("has", SPE, INIT),
+        ("set", SPE, INIT),
+    ]
+    assert names[first_irq : first_irq + 16] == per_vcpu * 2
     init_sets = [c for c in calls if c.request == SET_ATTR and c.arg == device_attr(SPE, INIT, 0)]
     assert len(init_sets) == 2
     assert names.count((RUN,)) == 2 and names.index((RUN,)) > first_irq + 15

@@ -176,8 +176,9 @@ def vcpu() -> Iterator[Any]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(group=GARBAGE, attr=GARBAGE, value=GARBAGE)
-def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(vcpu: Any, group: Any, attr: Any,
-                                                                 value: Any) -> None:
+def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(
+    vcpu: Any, group: Any, attr: Any, value: Any
+) -> None:
     attempt("has_device_attr", lambda: vcpu.has_device_attr(group, attr))
     attempt("get_device_attr", lambda: vcpu.get_device_attr(group, attr))
     attempt("set_device_attr", lambda: vcpu.set_device_attr(group, attr, value))

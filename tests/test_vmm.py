@@ -228,8 +228,9 @@ def test_bring_up_on_the_model_records_every_step_in_order() -> None:
     names = [(s.step, s.vcpu) for s in result.steps]
     assert names[0] == ("backend: model", None) and names[1] == ("KVM_CREATE_VM", None)
     configured = [s for s in result.steps if s.step.startswith(("has ", "set "))]
-    assert [s.step for s in configured if s.vcpu == 1] == \
-        [s.name for s in planned_steps(21, result.spu, 4 << 20)]
+    assert [s.step for s in configured if s.vcpu == 1] == [
+        s.name for s in planned_steps(21, result.spu, 4 << 20)
+    ]
     assert names[-2:] == [("KVM_RUN (first entry)", 0), ("KVM_RUN (first entry)", 1)]
     assert result.guest_max_buffer_size == 4 << 20 and result.pinned_per_vcpu == [0, 0]
 
@@ -245,8 +246,9 @@ def test_bring_up_stops_at_the_refused_step_with_its_errno() -> None:
 def test_bring_up_answers_kvm_exit_rlimit_by_raising_the_limit() -> None:
     stopped = bring_up(_model_choice(4 << 20), irq=21, max_buffer_size=4 << 20, enable_buffer=0)
     assert not stopped.ok and stopped.stop == "rlimit" and "KVM_EXIT_RLIMIT on VCPU 0" in str(stopped.error)
-    done = bring_up(_model_choice(4 << 20), irq=21, max_buffer_size=4 << 20, enable_buffer=0,
-                    raise_memlock=True)
+    done = bring_up(
+        _model_choice(4 << 20), irq=21, max_buffer_size=4 << 20, enable_buffer=0, raise_memlock=True
+    )
     assert done.ok and done.pinned_per_vcpu is not None and done.pinned_per_vcpu[0] > 4 << 20
     assert done.memlock_limit is not None and done.locked_bytes is not None
     assert done.memlock_limit >= done.locked_bytes

@@ -297,12 +297,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
             for call, table in calls.items():
                 if code in table:
                     meanings.append(
-                        {"attribute": attribute, "call": call, "errno": code, "name": name,
-                         "meaning": table[code]}
+                        {
+                            "attribute": attribute,
+                            "call": call,
+                            "errno": code,
+                            "name": name,
+                            "meaning": table[code],
+                        }
                     )
-        doc: Doc = {"query": topic, "kind": "errno", "errno": code, "name": name,
-                    "strerror": os.strerror(code), "meanings": meanings}
-        lines = [f"{name} (errno {code}, \"{os.strerror(code)}\")"]
+        doc: Doc = {
+            "query": topic,
+            "kind": "errno",
+            "errno": code,
+            "name": name,
+            "strerror": os.strerror(code),
+            "meanings": meanings,
+        }
+        lines = [f'{name} (errno {code}, "{os.strerror(code)}")']
         lines += [f"  {m['attribute']} {m['call']}: {m['meaning']}" for m in meanings]
         if not meanings:
             lines.append("  no SPE attribute call or KVM_RUN answers this errno")
@@ -313,10 +324,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if key in by_name:
         info = by_name[key]
         infos = [(info.name, info.errnos)]
-        extra = {"group": info.group, "attr": info.attr, "names": list(info.names),
-                 "value_type": "__u64" if info.value is abi.U64 else "int"}
-        header = (f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
-                  f" at kvm_device_attr.addr)")
+        extra = {
+            "group": info.group,
+            "attr": info.attr,
+            "names": list(info.names),
+            "value_type": "__u64" if info.value is abi.U64 else "int",
+        }
+        header = (
+            f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
+            f" at kvm_device_attr.addr)"
+        )
         if len(info.names) > 1:
             header += f"; also spelled {', '.join(info.names[1:])}"
     elif key in abi.ERRNO_TABLE:
@@ -334,8 +351,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for call, table in calls.items():
             for c, meaning in sorted(table.items()):
                 n = errno_mod.errorcode.get(c, str(c))
-                meanings.append({"attribute": attribute, "call": call, "errno": c, "name": n,
-                                 "meaning": meaning})
+                meanings.append(
+                    {"attribute": attribute, "call": call, "errno": c, "name": n, "meaning": meaning}
+                )
                 prefix = f"{attribute} {call}" if len(infos) > 1 else call
                 lines.append(f"  {prefix:<5} {n:<7} {meaning}")
     doc = {"query": topic, "kind": "name", **extra, "meanings": meanings}
@@ -422,8 +440,14 @@ def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> No
     """Pinned memory (per VM, each case) against the max buffer size, the chosen size marked."""
     from . import planner
 
-    sweep = planner.sweep(args.vcpus, page_size=args.page_size, granule=args.granule, levels=args.levels,
-                          locked_already=args.locked, up_to=max(chosen * 4, 64 << 20))
+    sweep = planner.sweep(
+        args.vcpus,
+        page_size=args.page_size,
+        granule=args.granule,
+        levels=args.levels,
+        locked_already=args.locked,
+        up_to=max(chosen * 4, 64 << 20),
+    )
     xs = sweep.sizes
     curves = {case: [b / (1 << 20) for b in sweep.per_vm[case]] for case in planner.PINNING_CASES}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -461,12 +485,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     doc: Doc = plan.to_dict()
     doc["plot"] = args.plot
     rows = [
-        ("VM", f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
-               f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)"),
+        (
+            "VM",
+            f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
+            f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)",
+        ),
         ("SPU limit", "none" if not plan.spu_limit else _sz(plan.spu_limit)),
         ("max buffer size", _sz(plan.size) + ("  (0 = no limit)" if plan.size == 0 else "")),
-        ("set", f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
-                f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})"),
+        (
+            "set",
+            f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
+            f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})",
+        ),
     ]
     for case in planner.PINNING_CASES:
         c = plan.pinned[case]
@@ -477,8 +507,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.memlock_limit is None:
         rows.append(("RLIMIT_MEMLOCK", "unlimited (nothing bounds what the guest pins)"))
     else:
-        rows.append(("RLIMIT_MEMLOCK", f"at least {_sz(plan.memlock_limit)} (locked already"
-                                       f" {format_size(plan.locked_already)} + worst case)"))
+        rows.append(
+            (
+                "RLIMIT_MEMLOCK",
+                f"at least {_sz(plan.memlock_limit)} (locked already"
+                f" {format_size(plan.locked_already)} + worst case)",
+            )
+        )
     lines = _table(rows)
     lines += [f"warning: {w}" for w in plan.warnings]
     if plt is not None:
@@ -511,8 +546,15 @@ def _step_lines(steps: Sequence[Doc]) -> list[str]:
     merged: list[tuple[list[int], bool, str, str]] = []
     for row in rows:
         prev = merged[-1] if merged else None
-        if prev and row[1] and prev[1] and row[0] and prev[0] and prev[2:] == row[2:] \
-                and prev[0][-1] + 1 == row[0][0]:
+        if (
+            prev
+            and row[1]
+            and prev[1]
+            and row[0]
+            and prev[0]
+            and prev[2:] == row[2:]
+            and prev[0][-1] + 1 == row[0][0]
+        ):
             prev[0].append(row[0][0])
         else:
             merged.append(row)
@@ -545,40 +587,72 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
     if args.enable_buffer is not None and args.backend == "kvm":
         raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
-    choice = vmm.choose_backend(args.backend, profile=args.profile, memlock_limit=args.memlock,
-                                locked=args.locked)
-    r = vmm.bring_up(choice, vcpus=args.vcpus, irq=args.irq, spu=args.spu,
-                     max_buffer_size=args.max_buffer_size, raise_memlock=args.raise_memlock,
-                     enable_buffer=args.enable_buffer)
+    choice = vmm.choose_backend(
+        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked
+    )
+    r = vmm.bring_up(
+        choice,
+        vcpus=args.vcpus,
+        irq=args.irq,
+        spu=args.spu,
+        max_buffer_size=args.max_buffer_size,
+        raise_memlock=args.raise_memlock,
+        enable_buffer=args.enable_buffer,
+    )
     steps: list[Doc] = []
     for st in r.steps:
         hint = _HINTS.get(st.errno_name or "") if not st.ok else None
-        steps.append({"step": st.step, "vcpu": st.vcpu, "ok": st.ok,
-                      "detail": st.detail + (f"; {hint}" if hint else "")})
+        steps.append(
+            {
+                "step": st.step,
+                "vcpu": st.vcpu,
+                "ok": st.ok,
+                "detail": st.detail + (f"; {hint}" if hint else ""),
+            }
+        )
     error = r.error
     if error is not None and r.stop is not None:
         error = f"{error}; {_STOP_HINTS[r.stop]}"
-    doc: Doc = {"ok": r.ok, "backend": choice.name, "backend_reason": choice.reason, "profile": args.profile,
-                "vcpus": args.vcpus, "irq": args.irq, "spu": r.spu, "max_buffer_size": args.max_buffer_size,
-                "page_size": r.page_size, "steps": steps, "guest_pmbidr": r.guest_pmbidr,
-                "guest_pmbidr_fields": r.guest_pmbidr_fields,
-                "guest_max_buffer_size": r.guest_max_buffer_size,
-                "pinned_per_vcpu": r.pinned_per_vcpu, "locked_bytes": r.locked_bytes, "vm_lck": r.vm_lck,
-                "memlock_limit": r.memlock_limit, "error": error}
-    lines = [f"kvmspe configure: {args.vcpus} VCPU(s), IRQ {args.irq}, SPU {r.spu},"
-             f" max buffer size {_sz(r.max_buffer_size)}", *_step_lines(steps)]
+    doc: Doc = {
+        "ok": r.ok,
+        "backend": choice.name,
+        "backend_reason": choice.reason,
+        "profile": args.profile,
+        "vcpus": args.vcpus,
+        "irq": args.irq,
+        "spu": r.spu,
+        "max_buffer_size": args.max_buffer_size,
+        "page_size": r.page_size,
+        "steps": steps,
+        "guest_pmbidr": r.guest_pmbidr,
+        "guest_pmbidr_fields": r.guest_pmbidr_fields,
+        "guest_max_buffer_size": r.guest_max_buffer_size,
+        "pinned_per_vcpu": r.pinned_per_vcpu,
+        "locked_bytes": r.locked_bytes,
+        "vm_lck": r.vm_lck,
+        "memlock_limit": r.memlock_limit,
+        "error": error,
+    }
+    lines = [
+        f"kvmspe configure: {args.vcpus} VCPU(s), IRQ {args.irq}, SPU {r.spu},"
+        f" max buffer size {_sz(r.max_buffer_size)}",
+        *_step_lines(steps),
+    ]
     if r.guest_pmbidr is not None:
         f = r.guest_pmbidr_fields
         assert f is not None
-        lines.append(f"guest PMBIDR_EL1 = {r.guest_pmbidr:#018x}  (MaxBuffSize"
-                     f" {f['MaxBuffSize']:#06x} = {_sz(r.guest_max_buffer_size)},"
-                     f" ALIGN {f['ALIGN']}, EA {f['EA']})")
+        lines.append(
+            f"guest PMBIDR_EL1 = {r.guest_pmbidr:#018x}  (MaxBuffSize"
+            f" {f['MaxBuffSize']:#06x} = {_sz(r.guest_max_buffer_size)},"
+            f" ALIGN {f['ALIGN']}, EA {f['EA']})"
+        )
     if r.pinned_per_vcpu is not None:
         per = ", ".join(format_size(p) for p in r.pinned_per_vcpu)
         lines.append(f"pinned per VCPU: {per}")
     if r.locked_bytes is not None:
-        lines.append(f"locked {_sz(r.locked_bytes)}, VmLck {_sz(r.vm_lck)},"
-                     f" RLIMIT_MEMLOCK {_limit(r.memlock_limit)}")
+        lines.append(
+            f"locked {_sz(r.locked_bytes)}, VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}"
+        )
     elif r.vm_lck is not None:
         lines.append(f"VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}")
     if error:
@@ -697,8 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
-    common.add_argument("--json", action="store_true",
-                        help="print a JSON document (its keys: kvmspe's CLI reference, in its source)")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON document (its keys: kvmspe's CLI reference, in its source)",
+    )
 
     parser = _Parser(
         prog="kvmspe",
@@ -712,8 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_,
-                           epilog=_EPILOGS.get(name), formatter_class=fmt)
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=help_,
+            epilog=_EPILOGS.get(name),
+            formatter_class=fmt,
+        )
         p.set_defaults(func=func)
         return p
 
@@ -721,10 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("size", metavar="SIZE", type=_size, help=_SIZE_HELP)
 
     p = add("decode", cmd_decode, "the size a MaxBuffSize field stands for, or a whole PMBIDR_EL1")
-    p.add_argument("field", metavar="FIELD", nargs="?", type=_argtype(_parse_field),
-                   help="a MaxBuffSize field value, 0..0x3fff")
-    p.add_argument("--pmbidr", metavar="VALUE", type=_uint("PMBIDR_EL1 value"),
-                   help="decode a whole PMBIDR_EL1 value instead")
+    p.add_argument(
+        "field",
+        metavar="FIELD",
+        nargs="?",
+        type=_argtype(_parse_field),
+        help="a MaxBuffSize field value, 0..0x3fff",
+    )
+    p.add_argument(
+        "--pmbidr",
+        metavar="VALUE",
+        type=_uint("PMBIDR_EL1 value"),
+        help="decode a whole PMBIDR_EL1 value instead",
+    )
 
     p = add("round", cmd_round, "the nearest representable, page-aligned max buffer sizes")
     p.add_argument("size", metavar="SIZE", type=_size, help=_SIZE_HELP)
@@ -732,65 +824,165 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--up", dest="direction", action="store_const", const="up", help="round up only")
     way.add_argument("--down", dest="direction", action="store_const", const="down", help="round down only")
     p.set_defaults(direction="both")
-    p.add_argument("--page-size", metavar="SIZE", type=_size, default=4096,
-                   help="host page size: 4K, 16K or 64K (default 4K)")
+    p.add_argument(
+        "--page-size",
+        metavar="SIZE",
+        type=_size,
+        default=4096,
+        help="host page size: 4K, 16K or 64K (default 4K)",
+    )
 
     p = add("sizes", cmd_sizes, "list the representable max buffer sizes in a range")
     p.add_argument("--from", dest="lo", metavar="SIZE", type=_size, default=0, help="smallest (default 0)")
-    p.add_argument("--to", dest="hi", metavar="SIZE", type=_size, default=None,
-                   help="largest (default: 1023 << 42, the largest representable)")
-    p.add_argument("--limit", metavar="N", type=_uint("limit"), default=32,
-                   help="list at most N (default 32; 0 for all)")
+    p.add_argument(
+        "--to",
+        dest="hi",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="largest (default: 1023 << 42, the largest representable)",
+    )
+    p.add_argument(
+        "--limit", metavar="N", type=_uint("limit"), default=32, help="list at most N (default 32; 0 for all)"
+    )
 
     p = add("explain", cmd_explain, "what an errno means for each SPE attribute and call")
-    p.add_argument("topic", metavar="ERRNO|NAME",
-                   help="an errno name or number (EDOM, 33), an attribute name, or KVM_RUN")
+    p.add_argument(
+        "topic",
+        metavar="ERRNO|NAME",
+        help="an errno name or number (EDOM, 33), an attribute name, or KVM_RUN",
+    )
 
     p = add("probe", cmd_probe, "what this host can do for SPE guests, and why not (exit 1: it cannot)")
-    p.add_argument("--fixture", metavar="NAME",
-                   help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)")
+    p.add_argument(
+        "--fixture",
+        metavar="NAME",
+        help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)",
+    )
 
     p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs")
-    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 1 << 16, 1), required=True,
-                   help="number of VCPUs with SPE")
-    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=None,
-                   help="wanted max buffer size (default: the SPU's limit); rounded down safely")
-    p.add_argument("--page-size", metavar="SIZE", type=_size, default=4096,
-                   help="host page size (default 4K)")
-    p.add_argument("--spu-limit", metavar="SIZE", type=_size, default=0,
-                   help="the SPU's own MaxBuffSize limit (default 0: none)")
-    p.add_argument("--granule", metavar="SIZE", type=_size, default=4096,
-                   help="the guest's translation granule: 4K, 16K or 64K (default 4K)")
-    p.add_argument("--levels", metavar="N", type=_uint("level count", 5, 1), default=None,
-                   help="stage-1 levels the guest walks, 1..5 (default: those of a 48-bit VA)")
-    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
-                   help="memory the VMM locks already, e.g. guest RAM (default 0)")
-    p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="draw pinned memory against buffer size (needs kvmspe[plot], i.e. matplotlib)")
+    p.add_argument(
+        "--vcpus",
+        metavar="N",
+        type=_uint("VCPU count", 1 << 16, 1),
+        required=True,
+        help="number of VCPUs with SPE",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="wanted max buffer size (default: the SPU's limit); rounded down safely",
+    )
+    p.add_argument(
+        "--page-size", metavar="SIZE", type=_size, default=4096, help="host page size (default 4K)"
+    )
+    p.add_argument(
+        "--spu-limit",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="the SPU's own MaxBuffSize limit (default 0: none)",
+    )
+    p.add_argument(
+        "--granule",
+        metavar="SIZE",
+        type=_size,
+        default=4096,
+        help="the guest's translation granule: 4K, 16K or 64K (default 4K)",
+    )
+    p.add_argument(
+        "--levels",
+        metavar="N",
+        type=_uint("level count", 5, 1),
+        default=None,
+        help="stage-1 levels the guest walks, 1..5 (default: those of a 48-bit VA)",
+    )
+    p.add_argument(
+        "--locked",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="memory the VMM locks already, e.g. guest RAM (default 0)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="draw pinned memory against buffer size (needs kvmspe[plot], i.e. matplotlib)",
+    )
 
-    p = add("configure", cmd_configure,
-            "create a VM, configure SPE on every VCPU, run it, report each step")
-    p.add_argument("--backend", choices=("auto", "model", "kvm"), default="auto",
-                   help="auto (default): the real kernel where it supports SPE, else the model")
-    p.add_argument("--profile", metavar="NAME", default=None,
-                   help="the model host to use, by profile name (an unknown name lists the known ones;"
-                        " default: this host if it has SPE units, else default-4k)")
-    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 512, 1), default=1,
-                   help="number of VCPUs (default 1)")
-    p.add_argument("--irq", metavar="INTID", type=_uint("IRQ", (1 << 31) - 1), default=DEFAULT_IRQ,
-                   help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})")
-    p.add_argument("--spu", metavar="ID", type=_uint("SPU id", (1 << 31) - 1), default=None,
-                   help="the SPE unit: its perf PMU type (default: the host's first)")
-    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=4 << 20,
-                   help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)")
-    p.add_argument("--memlock", metavar="SIZE", type=_size, default=None,
-                   help="the model's RLIMIT_MEMLOCK (default: this process's soft limit)")
-    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
-                   help="memory the modelled VMM has locked already (default 0)")
-    p.add_argument("--raise-memlock", action="store_true",
-                   help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT")
-    p.add_argument("--enable-buffer", metavar="SIZE", nargs="?", type=_size, const=0, default=None,
-                   help="the modelled guest enables a buffer on every VCPU (default size: the max)")
+    p = add("configure", cmd_configure, "create a VM, configure SPE on every VCPU, run it, report each step")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "model", "kvm"),
+        default="auto",
+        help="auto (default): the real kernel where it supports SPE, else the model",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="the model host to use, by profile name (an unknown name lists the known ones;"
+        " default: this host if it has SPE units, else default-4k)",
+    )
+    p.add_argument(
+        "--vcpus",
+        metavar="N",
+        type=_uint("VCPU count", 512, 1),
+        default=1,
+        help="number of VCPUs (default 1)",
+    )
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=DEFAULT_IRQ,
+        help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})",
+    )
+    p.add_argument(
+        "--spu",
+        metavar="ID",
+        type=_uint("SPU id", (1 << 31) - 1),
+        default=None,
+        help="the SPE unit: its perf PMU type (default: the host's first)",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=4 << 20,
+        help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)",
+    )
+    p.add_argument(
+        "--memlock",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="the model's RLIMIT_MEMLOCK (default: this process's soft limit)",
+    )
+    p.add_argument(
+        "--locked",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="memory the modelled VMM has locked already (default 0)",
+    )
+    p.add_argument(
+        "--raise-memlock",
+        action="store_true",
+        help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT",
+    )
+    p.add_argument(
+        "--enable-buffer",
+        metavar="SIZE",
+        nargs="?",
+        type=_size,
+        const=0,
+        default=None,
+        help="the modelled guest enables a buffer on every VCPU (default size: the max)",
+    )
 
     p = add("conformance", cmd_conformance, "run the conformance cases on the model or the real kernel")
     p.add_argument("--backend", choices=("model", "kvm"), default="model", help="default: model")
@@ -801,8 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import LANGS
 
     p = add("export", cmd_export, "print a C header, a Rust module or a C conformance program")
-    p.add_argument("--lang", choices=tuple(LANGS), required=True,
-                   help="; ".join(f"{k}: {v}" for k, v in LANGS.items()))
+    p.add_argument(
+        "--lang", choices=tuple(LANGS), required=True, help="; ".join(f"{k}: {v}" for k, v in LANGS.items())
+    )
 
     return parser
 
@@ -827,8 +1020,9 @@ def _codec_args(argv: Sequence[str]) -> _Args | None:
         if command == "encode":
             return _Args(command=command, json=json, size=parse_size(operand), func=cmd_encode)
         if command == "decode":
-            return _Args(command=command, json=json, field=_parse_field(operand), pmbidr=None,
-                         func=cmd_decode)
+            return _Args(
+                command=command, json=json, field=_parse_field(operand), pmbidr=None, func=cmd_decode
+            )
     except ValueError:
         return None
     return None

@@ -133,6 +133,7 @@ def _closed(owner: _Owned, name: str) -> KvmError:
     """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
     return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
 
+
 #: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
 RUN_TIMEOUT = 1.0
 #: After the first timer signal, how often it is repeated until KVM_RUN has
@@ -973,9 +974,7 @@ class Vcpu(_Owned):
         signed = fmt.format[-1].islower()
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         ctype = f"{'' if signed else 'u'}int{bits}"
-        raise ValueError(
-            f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}"
-        )
+        raise ValueError(f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}")
 
     # -- running ------------------------------------------------------------------------------
 
@@ -1065,4 +1064,3 @@ class Vcpu(_Owned):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fd}"
         return f"Vcpu(index={self.index}, {state}, spe={self.spe})"
-

@@ -319,8 +319,16 @@ def sweep(
     sizes = [s for s in (page_size << k for k in range(64)) if s <= top]
     per_vm: dict[str, list[int]] = {case: [] for case in PINNING_CASES}
     for size in sizes:
-        p = plan(vcpus, size, page_size=page_size, spu_limit=0, granule=granule, levels=levels,
-                 locked_already=locked_already, assumptions=assumptions)
+        p = plan(
+            vcpus,
+            size,
+            page_size=page_size,
+            spu_limit=0,
+            granule=granule,
+            levels=levels,
+            locked_already=locked_already,
+            assumptions=assumptions,
+        )
         for case in PINNING_CASES:
             per_vm[case].append(p.pinned[case]["per_vm"])
     return Sweep(sizes, per_vm)

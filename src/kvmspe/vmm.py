@@ -126,8 +126,11 @@ ORDER: tuple[tuple[int, bool], ...] = (
 
 def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Every step :func:`configure_spe` takes when all succeed, in order."""
-    values = {abi.KVM_ARM_VCPU_SPE_IRQ: irq, abi.KVM_ARM_VCPU_SPE_SPU: spu,
-              abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size}
+    values = {
+        abi.KVM_ARM_VCPU_SPE_IRQ: irq,
+        abi.KVM_ARM_VCPU_SPE_SPU: spu,
+        abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size,
+    }
     out: list[ConfigStep] = []
     for attr, _ in ORDER:
         out += [ConfigStep("has", attr), ConfigStep("set", attr, values.get(attr))]

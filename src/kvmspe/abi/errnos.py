@@ -195,6 +195,7 @@ def explain(call: str, group: int, attr: int, code: int) -> str:
         return f"the kernel does not know VCPU attribute group {group} attribute {attr}"
     return os.strerror(code)
 
+
 def check_value(info: AttrInfo, value: int | None) -> None:
     """Refuse a value that does not fit the attribute's C type (before any ioctl).
 

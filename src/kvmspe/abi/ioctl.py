@@ -38,6 +38,7 @@ def _IOR(type_: int, nr: int, size: int) -> int:  # noqa: N802
 def _IOWR(type_: int, nr: int, size: int) -> int:  # noqa: N802
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, size)
 
+
 KVMIO = 0xAE
 
 KVM_GET_API_VERSION = _IO(KVMIO, 0x00)

@@ -728,10 +728,12 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
             kvm_run(),
             set_(IRQ, "BAD", "EBUSY", vcpu=1),
         ),
-        case("order-irq-has-run-before-not-ppi", TWO_VCPUS, *READY, kvm_run(),
-             set_(IRQ, 15, "EBUSY", vcpu=1)),
-        case("order-irq-has-run-before-differs", TWO_VCPUS, *READY, kvm_run(),
-             set_(IRQ, 22, "EBUSY", vcpu=1)),
+        case(
+            "order-irq-has-run-before-not-ppi", TWO_VCPUS, *READY, kvm_run(), set_(IRQ, 15, "EBUSY", vcpu=1)
+        ),
+        case(
+            "order-irq-has-run-before-differs", TWO_VCPUS, *READY, kvm_run(), set_(IRQ, 22, "EBUSY", vcpu=1)
+        ),
     ),
     # -- INIT ----------------------------------------------------------------------------------------------
     _rule(
@@ -829,7 +831,10 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), kvm_run("EINVAL")),
         case("run-without-init", ONE, *CONFIGURE, kvm_run("EINVAL")),
         case(
-            "run-other-vcpu-not-initialised", TWO_VCPUS, *READY, set_(IRQ, 21, vcpu=1),
+            "run-other-vcpu-not-initialised",
+            TWO_VCPUS,
+            *READY,
+            set_(IRQ, 21, vcpu=1),
             kvm_run("EINVAL", vcpu=1),
         ),
         case("run-configured", ONE, *READY, kvm_run()),

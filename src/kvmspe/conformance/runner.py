@@ -578,7 +578,12 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
         except KvmError as exc:
             # The case applies to this host: not running it is kvmspe's failure, not a skip.
             return Result(
-                case.name, key, source, "failed", _show(case.expected), exc.name,
+                case.name,
+                key,
+                source,
+                "failed",
+                _show(case.expected),
+                exc.name,
                 f"cannot create the VCPUs: {exc.ioctl}: {exc}",
             )
         try:
@@ -616,8 +621,7 @@ def _add_vgic(vm: Any) -> str | None:
         vm.init_vgic()
     except KvmError as exc:
         return (
-            "needs an in-kernel GICv3 for the SPE interrupt, and the host refused one"
-            f" ({exc.ioctl}: {exc})"
+            f"needs an in-kernel GICv3 for the SPE interrupt, and the host refused one ({exc.ioctl}: {exc})"
         )
     return None
 

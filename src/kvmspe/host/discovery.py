@@ -82,6 +82,8 @@ class _Budget:
     def check(self) -> None:
         if self.left <= 0:
             raise OSError(f"not read: the snapshot's files exceed {MAX_SNAPSHOT_BYTES} bytes in all")
+
+
 #: CPU numbers are below this: CONFIG_NR_CPUS is at most 8192 on every
 #: architecture Linux builds for (x86 MAXSMP, powerpc; arm64 allows 4096).
 MAX_CPUS = 8192

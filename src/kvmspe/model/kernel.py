@@ -202,8 +202,6 @@ def _limit(value: object) -> int | None:
     return None if value is None else _bytes("memlock_limit", value, "None (unlimited) or ")
 
 
-
-
 class Vm:
     """A modelled VM: the per-VM SPE state (SPU, max buffer size, IRQ), its
     irqchip and the VCPU features its first VCPU fixed."""

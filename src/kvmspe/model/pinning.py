@@ -90,9 +90,7 @@ class RefIntervals:
     @property
     def held(self) -> int:
         """Pages with a non-zero count."""
-        return sum(
-            self.points[k + 1] - self.points[k] for k in range(len(self.points) - 1) if self.counts[k]
-        )
+        return sum(self.points[k + 1] - self.points[k] for k in range(len(self.points) - 1) if self.counts[k])
 
 
 class PinnedPages:
