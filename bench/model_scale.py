@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmspe import abi
-from kvmspe.model import Host, Spu
+from kvmspe.model.kernel import Host, Spu
 from kvmspe.planner import plan
 
 GiB = 1 << 30

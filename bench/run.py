@@ -43,7 +43,8 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from kvmspe import abi, maxbuf  # noqa: E402
+from kvmspe import abi  # noqa: E402
+from kvmspe.arch import maxbuf  # noqa: E402
 
 __all__ = ["Row", "main"]
 
@@ -608,10 +609,12 @@ def bench_conformance(rounds: int) -> list[Row]:
     """Wall time of the whole conformance suite on the model (and, for
     reference, on /dev/kvm, where the cases that need SPE are skipped)."""
     try:
-        from kvmspe import conformance
+        from kvmspe.conformance import runner as conformance
     except ImportError as exc:
         return [
-            skipped("model", "conformance suite on the model", f"kvmspe.conformance not available ({exc})")
+            skipped(
+                "model", "conformance suite on the model", f"kvmspe.conformance.runner not available ({exc})"
+            )
         ]
     backends = ["model"]
     if os.access("/dev/kvm", os.R_OK | os.W_OK):

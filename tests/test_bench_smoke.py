@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
+def report() -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(RUN), "--rounds", "1", "--calls", "50", "--json"],
         capture_output=True,
@@ -40,23 +41,24 @@ def report() -> dict:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
 
 
-def test_json_describes_the_machine_and_the_run(report: dict) -> None:
+def test_json_describes_the_machine_and_the_run(report: dict[str, Any]) -> None:
     assert set(report["machine"]) >= {"cpu", "cores", "kernel", "python"}
     assert report["rounds"] == 1
     assert report["calls"] == 50
 
 
-def test_every_row_has_the_documented_keys(report: dict) -> None:
+def test_every_row_has_the_documented_keys(report: dict[str, Any]) -> None:
     keys = {"section", "name", "unit", "rounds", "median", "min", "max", "baseline", "ratio", "target", "met"}
     assert report["rows"]
     for row in report["rows"]:
         assert keys <= set(row), row
 
 
-def test_ioctl_rows_measure_c_and_python_for_each_call(report: dict) -> None:
+def test_ioctl_rows_measure_c_and_python_for_each_call(report: dict[str, Any]) -> None:
     rows = {r["name"]: r for r in report["rows"] if r["section"] == "ioctl"}
     for call in ("has", "get", "set"):
         c = rows[f"C ioctl_loop {call}"]
@@ -67,14 +69,14 @@ def test_ioctl_rows_measure_c_and_python_for_each_call(report: dict) -> None:
         assert bare["ratio"] > 0
 
 
-def test_codec_rows_are_measured(report: dict) -> None:
+def test_codec_rows_are_measured(report: dict[str, Any]) -> None:
     rows = {r["name"]: r for r in report["rows"] if r["section"] == "codec"}
     for name in ("encode", "decode", "round_down", "round_up"):
         assert rows[name]["median"] > 0
         assert rows[name]["min"] <= rows[name]["median"] <= rows[name]["max"]
 
 
-def test_cli_rows_have_a_baseline(report: dict) -> None:
+def test_cli_rows_have_a_baseline(report: dict[str, Any]) -> None:
     rows = [r for r in report["rows"] if r["section"] == "cli"]
     assert any(r["name"] == "python3 -c pass" and r["median"] > 0 for r in rows)
     for row in rows:

@@ -52,7 +52,12 @@ def test_encode_human_and_json() -> None:
     assert "0x0400" in r.stdout and "E=2, M=0" in r.stdout
     doc = ok_json("encode", "4MiB")
     assert doc == {
-        "size": 4 << 20, "representable": True, "field": 0x400, "e": 2, "m": 0, "pmbidr_bits": 0x400 << 32
+        "size": 4 << 20,
+        "representable": True,
+        "field": 0x400,
+        "e": 2,
+        "m": 0,
+        "pmbidr_bits": 0x400 << 32,
     }
 
 
@@ -107,8 +112,11 @@ def test_sizes() -> None:
         "to": 2056 << 10,
         "count": 3,
         "truncated": False,
-        "sizes": [{"size": 0x200000, "field": 0x200}, {"size": 0x201000, "field": 0x201},
-                  {"size": 0x202000, "field": 0x202}],
+        "sizes": [
+            {"size": 0x200000, "field": 0x200},
+            {"size": 0x201000, "field": 0x201},
+            {"size": 0x202000, "field": 0x202},
+        ],
     }
     assert_bad_input(kvmspe("sizes", "--from", "4M", "--to", "2M"), "below")
 
@@ -172,8 +180,9 @@ def test_help_has_examples() -> None:
 def test_encode_starts_lean() -> None:
     code = (
         "import sys; from kvmspe.cli import main; rc = main(['encode', '4M']);"
-        "heavy = [m for m in ('kvmspe.model', 'kvmspe.planner', 'kvmspe.kvm', 'kvmspe.discovery',"
-        " 'kvmspe.conformance', 'kvmspe.rules', 'kvmspe.vmm', 'kvmspe.profiles') if m in sys.modules];"
+        "heavy = [m for m in ('kvmspe.model', 'kvmspe.model.kernel', 'kvmspe.planner', 'kvmspe.kvm',"
+        " 'kvmspe.host', 'kvmspe.host.discovery', 'kvmspe.conformance', 'kvmspe.conformance.runner',"
+        " 'kvmspe.model.rules', 'kvmspe.vmm', 'kvmspe.model.profiles') if m in sys.modules];"
         "print(rc, heavy)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -194,9 +203,24 @@ _SHOW_MODULES = "import sys; print(*sorted(sys.modules))"
 #: Modules the codec commands' fast path must not import: the argument parser and what
 #: it pulls in, typing, and every layer above the codec.
 _NOT_ON_THE_FAST_PATH = {
-    "argparse", "re", "typing", "collections", "dataclasses", "enum", "json",
-    "kvmspe.model", "kvmspe.planner", "kvmspe.kvm", "kvmspe.discovery", "kvmspe.conformance",
-    "kvmspe.registers", "kvmspe.rules", "kvmspe.abi",
+    "argparse",
+    "re",
+    "typing",
+    "collections",
+    "dataclasses",
+    "enum",
+    "json",
+    "kvmspe.model",
+    "kvmspe.model.kernel",
+    "kvmspe.planner",
+    "kvmspe.kvm",
+    "kvmspe.host",
+    "kvmspe.host.discovery",
+    "kvmspe.conformance",
+    "kvmspe.conformance.runner",
+    "kvmspe.arch.registers",
+    "kvmspe.model.rules",
+    "kvmspe.abi",
 }
 
 
@@ -212,15 +236,16 @@ def test_codec_commands_import_no_parser_and_no_higher_layer(argv: tuple[str, ..
     *output, modules, rc = r.stdout.splitlines()
     assert rc == "0" and output
     imported = set(modules.split()) - at_start
-    assert "kvmspe.maxbuf" in imported  # the command did run here
+    assert "kvmspe.arch.maxbuf" in imported  # the command did run here
     assert imported & (_NOT_ON_THE_FAST_PATH - allowed) == set()
 
 
 def test_the_parser_is_imported_when_the_fast_path_cannot_answer() -> None:
     # The check above can fail: "encode lots" is left to argparse, which imports re.
     show_at_exit = "import atexit, sys; atexit.register(lambda: print(*sorted(sys.modules)))"
-    r = bare_python("-c", f"{show_at_exit}; from kvmspe.cli import main; raise SystemExit(main())",
-                    "encode", "lots")
+    r = bare_python(
+        "-c", f"{show_at_exit}; from kvmspe.cli import main; raise SystemExit(main())", "encode", "lots"
+    )
     assert r.returncode == 2
     assert {"argparse", "re"} <= set(r.stdout.split())
 
@@ -313,7 +338,7 @@ def test_plan_human_json_and_missing_matplotlib() -> None:
     assert {"pinned", "memlock_limit", "guest_pmbidr", "levels"} <= set(doc)
     assert doc["memlock_limit"] == doc["pinned"]["worst"]["per_vm"]
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         r = kvmspe("plan", "--vcpus", "1", "--plot", "out.png")
         assert_bad_input(r, "matplotlib", "kvmspe[plot]")
@@ -326,8 +351,19 @@ def test_configure_on_the_model_reports_every_step() -> None:
     assert r.returncode == 0, r.stderr
     assert "backend: model" in r.stdout and "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000" in r.stdout
     assert "guest PMBIDR_EL1 = 0x0000040000000000" in r.stdout
-    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k", "--vcpus", "2",
-                  "--enable-buffer", "--memlock", "4M", "--raise-memlock")
+    doc = ok_json(
+        "configure",
+        "--backend",
+        "model",
+        "--profile",
+        "default-4k",
+        "--vcpus",
+        "2",
+        "--enable-buffer",
+        "--memlock",
+        "4M",
+        "--raise-memlock",
+    )
     assert doc["ok"] is True and doc["error"] is None and doc["backend"] == "model"
     assert doc["guest_pmbidr"] == 0x400 << 32 and doc["guest_max_buffer_size"] == 4 << 20
     assert all(p > 4 << 20 for p in doc["pinned_per_vcpu"])
@@ -336,12 +372,24 @@ def test_configure_on_the_model_reports_every_step() -> None:
     names = [(s["vcpu"], s["step"]) for s in doc["steps"]]
     assert names.index((0, "set KVM_ARM_VCPU_SPE_IRQ=21")) < names.index((0, "set KVM_ARM_VCPU_SPE_SPU=10"))
     assert names.index((0, "set KVM_ARM_VCPU_SPE_SPU=10")) < names.index(
-        (0, "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000"))
+        (0, "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000")
+    )
 
 
 def test_configure_stops_at_rlimit_without_raise_memlock() -> None:
-    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k", "--vcpus", "2",
-                  "--enable-buffer", "--memlock", "6M", code=1)
+    doc = ok_json(
+        "configure",
+        "--backend",
+        "model",
+        "--profile",
+        "default-4k",
+        "--vcpus",
+        "2",
+        "--enable-buffer",
+        "--memlock",
+        "6M",
+        code=1,
+    )
     assert doc["ok"] is False and "KVM_EXIT_RLIMIT" in doc["error"] and "--raise-memlock" in doc["error"]
     assert any("KVM_EXIT_RLIMIT" in s["detail"] for s in doc["steps"] if not s["ok"])
 
@@ -349,8 +397,9 @@ def test_configure_stops_at_rlimit_without_raise_memlock() -> None:
 def test_configure_refusals_name_the_step_and_errno() -> None:
     r = kvmspe("configure", "--backend", "model", "--profile", "limited-spu", "--max-buffer-size", "8M")
     assert r.returncode == 1 and "ERANGE" in r.stdout and "FAIL" in r.stdout
-    doc = ok_json("configure", "--backend", "model", "--profile", "default-4k",
-                  "--max-buffer-size", "0x401000", code=1)
+    doc = ok_json(
+        "configure", "--backend", "model", "--profile", "default-4k", "--max-buffer-size", "0x401000", code=1
+    )
     failed = [s for s in doc["steps"] if not s["ok"]]
     assert len(failed) == 1 and failed[0]["step"] == "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x401000"
     assert failed[0]["detail"].startswith("EDOM")
@@ -389,8 +438,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("value", "needle"),
-    [("10", "KVM_EXIT_INTR"), ("42", "KVM_EXIT_ARM_LDST64B"), ("0", "KVM_EXIT_UNKNOWN"),
-     ("-1", "decimal or 0x-hex"), ("99999999999999999999", "at most 12 digits"), ("ten", "decimal")],
+    [
+        ("10", "KVM_EXIT_INTR"),
+        ("42", "KVM_EXIT_ARM_LDST64B"),
+        ("0", "KVM_EXIT_UNKNOWN"),
+        ("-1", "decimal or 0x-hex"),
+        ("99999999999999999999", "at most 12 digits"),
+        ("ten", "decimal"),
+    ],
 )
 def test_a_user_exit_number_that_collides_or_is_absurd_is_bad_input(value: str, needle: str) -> None:
     # KVMSPE_EXIT_RLIMIT=10 used to hang: 10 is also the model's idle exit.
@@ -405,8 +460,18 @@ def test_old_guessed_numbers_are_refused_as_bad_input(var: str, value: str) -> N
 
 
 def test_a_free_user_exit_number_is_used_by_the_model() -> None:
-    r = kvmspe("configure", "--backend", "model", "--vcpus", "1", "--enable-buffer", "--memlock", "4M",
-               "--json", env=_env(KVMSPE_EXIT_RLIMIT="0x20000"))
+    r = kvmspe(
+        "configure",
+        "--backend",
+        "model",
+        "--vcpus",
+        "1",
+        "--enable-buffer",
+        "--memlock",
+        "4M",
+        "--json",
+        env=_env(KVMSPE_EXIT_RLIMIT="0x20000"),
+    )
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert "KVM_EXIT_RLIMIT" in doc["error"]

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, conformance, model
-from kvmspe.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
-from kvmspe.conformance import HostFacts, Report, resolve
+from kvmspe import abi
+from kvmspe.conformance import runner as conformance
+from kvmspe.conformance.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
+from kvmspe.conformance.runner import HostFacts, Report, resolve
 from kvmspe.errors import KvmError
-from kvmspe.rules import RULES, Check, RuleSet
+from kvmspe.model import kernel as model
+from kvmspe.model.rules import RULES, Check, RuleSet
 
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
 CASE_IDS = [c.name for c in CASES]
@@ -68,6 +70,8 @@ def test_by_name_keeps_order_and_refuses_unknown_names() -> None:
     assert [c.name for c in by_name(["has-irq", "get-before-set"])] == ["has-irq", "get-before-set"]
     with pytest.raises(ValueError, match="no-such-case"):
         by_name(["no-such-case"])
+    # An iterator is read once, not exhausted by the check before the lookup.
+    assert [c.name for c in by_name(iter(["has-irq"]))] == ["has-irq"]
 
 
 def test_resolve_evaluates_case_expressions_and_nothing_else() -> None:
@@ -259,7 +263,11 @@ def _every_check() -> Iterator[tuple[str, RuleSet]]:
         for attr, checks in getattr(RULES, table).items():
             for i, check in enumerate(checks):
                 cut = {**getattr(RULES, table), attr: checks[:i] + checks[i + 1 :]}
-                yield f"{table}/{attr}/{check.name}", dataclasses.replace(RULES, **{table: cut})
+                if table == "set":
+                    rules = dataclasses.replace(RULES, set=cut)
+                else:
+                    rules = dataclasses.replace(RULES, get=cut)
+                yield f"{table}/{attr}/{check.name}", rules
     for i, check in enumerate(RULES.run):
         yield f"run/{check.name}", dataclasses.replace(RULES, run=RULES.run[:i] + RULES.run[i + 1 :])
 
@@ -600,3 +608,19 @@ def test_a_timed_out_real_run_is_the_kernels_signal_exit(tmp_path: Path) -> None
         start = time.monotonic()
         assert conformance.run_bounded(vcpu, 0.1).reason == abi.KVM_EXIT_INTR
         assert time.monotonic() - start < 5
+
+
+def test_expectations_are_parsed_once_into_their_kind() -> None:
+    from kvmspe.conformance.cases import Expectation, Step
+
+    assert Expectation.parse(True) == Expectation("has", flag=True)
+    assert Expectation.parse(0x400) == Expectation("value", expr=0x400)
+    assert Expectation.parse("ok") == Expectation("ok")
+    assert Expectation.parse("exit") == Expectation("exit")
+    assert Expectation.parse("EDOM") == Expectation("errno", errno_name="EDOM")
+    assert Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE * 4") == Expectation(
+        "exit", exit_name="KVM_EXIT_RLIMIT", expr="PAGE * 4"
+    )
+    assert Expectation.parse("KVM_EXIT_INTR") == Expectation("exit", exit_name="KVM_EXIT_INTR")
+    assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr="enc(LIMIT)")
+    assert Step("get", "X", expect="EINVAL").expectation.kind == "errno"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmspe import abi
-from kvmspe.discovery import (
+from kvmspe.host.discovery import (
     HostInfo,
     discover,
     fixture_roots,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
-from kvmspe.assumptions import Assumptions
-from kvmspe.rules import RULES
+from kvmspe.model.assumptions import Assumptions
+from kvmspe.model.rules import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DOC = (ROOT / "docs" / "rules.md").read_text()
@@ -60,3 +61,24 @@ def test_every_rule_row_names_a_source_class() -> None:
     classes = ("seed", "series", "measured", "uapi", "arch", "assumed")
     bad = [r for r in rows if not any(c in r.split("|")[-3] for c in classes)]
     assert not bad, bad
+
+
+def test_no_citation_of_a_document_outside_the_repository() -> None:
+    """Sources are cited by name (the patch, the series, the uapi header), never by
+    section of a notes file that is not in the repository."""
+    root = Path(__file__).resolve().parent.parent
+    texts = [*root.joinpath("src").rglob("*.py"), *root.joinpath("docs").rglob("*.md"), root / "README.md"]
+    texts += root.joinpath("src", "kvmspe", "fixtures").rglob("*.json")
+    cited = [str(p.relative_to(root)) for p in texts if "FACTS section" in p.read_text(encoding="utf-8")]
+    assert not cited
+
+
+def test_help_points_to_no_file_that_pip_does_not_install() -> None:
+    from kvmspe.cli import build_parser
+
+    parser = build_parser()
+    helps = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps += [sub.format_help() for sub in action.choices.values()]
+    assert all("docs/" not in text for text in helps)

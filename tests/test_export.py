@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, maxbuf, vectors
+from kvmspe import abi
+from kvmspe.arch import maxbuf
+from kvmspe.conformance import vectors
 from kvmspe.errors import NotRepresentableError
 from kvmspe.export import abidata, c_header, render, rust_module
 
@@ -296,7 +298,7 @@ def test_exports_follow_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_register_masks_are_the_tables() -> None:
-    from kvmspe.registers import PMBIDR_EL1
+    from kvmspe.arch.registers import PMBIDR_EL1
 
     rows = {r.name: r.value for r in abidata.register_constants()["PMBIDR_EL1"]}
     assert rows["PMBIDR_EL1_MaxBuffSize_SHIFT"] == 32

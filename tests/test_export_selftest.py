@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from kvmspe import conformance, maxbuf
-from kvmspe.cases import CASES
+from kvmspe.arch import maxbuf
+from kvmspe.conformance import runner as conformance
+from kvmspe.conformance import vectors
+from kvmspe.conformance.cases import CASES
 from kvmspe.export import c_selftest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +168,7 @@ def test_a_wrong_expectation_shows_as_a_disagreement(tmp_path: Path, monkeypatch
     gcc = _tool("gcc", "gcc")
     py = _python_kvm()
     target = next(n for n, s in py.items() if s == "passed")
-    doc = copy.deepcopy(c_selftest.scenario_vectors())
+    doc = copy.deepcopy(vectors.scenario_vectors())
     scenario: dict[str, Any] = next(s for s in doc["scenarios"] if s["name"] == target)
     last = scenario["calls"][-1]
     last["expect"] = {"errno": 33, "errno_name": "EDOM"} if "errno" not in last["expect"] else {"ok": True}

@@ -28,7 +28,7 @@ from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.kvm import Kvm, RunTimeout, SpeFeatureUnavailable, Vcpu
 
-# Request numbers as the uapi headers give them [FACTS 1].
+# Request numbers as the uapi headers give them.
 CREATE_VM = 0xAE01
 CHECK_EXTENSION = 0xAE03
 GET_VCPU_MMAP_SIZE = 0xAE04
@@ -157,6 +157,7 @@ class Recorder:
         if request in (GET_ATTR, SET_ATTR) and addr == UNMAPPED:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
         if request == GET_ATTR:
+            assert isinstance(payload, bytes)
             group = int.from_bytes(payload[4:8], sys.byteorder)
             attr = int.from_bytes(payload[8:16], sys.byteorder)
             ctypes.memmove(addr, self.stored[group, attr], 8)
@@ -248,8 +249,10 @@ def test_vcpu_without_spe_sends_no_feature(arm: Kvm, rec: Recorder) -> None:
 
 @pytest.mark.parametrize(
     ("code", "words"),
-    [(errno.ENOENT, ["does not know", "ENOENT", "bit 9 (asked for as the SPE feature)"]),
-     (errno.EINVAL, ["unknown feature bit (EINVAL on newer kernels)", "differ from the VM's other VCPUs"])],
+    [
+        (errno.ENOENT, ["does not know", "ENOENT", "bit 9 (asked for as the SPE feature)"]),
+        (errno.EINVAL, ["unknown feature bit (EINVAL on newer kernels)", "differ from the VM's other VCPUs"]),
+    ],
 )
 def test_refused_init_explains_an_unknown_feature_bit_and_closes_the_vcpu(
     arm: Kvm, rec: Recorder, code: int, words: list[str]
@@ -315,8 +318,11 @@ def test_probing_finds_the_bit_that_makes_the_spe_group_answer(rec: Recorder, tm
     with _probe(rec, tmp_path, set(range(9)) | {12}, errno.EINVAL, 12) as kvm:
         feature = kvm.spe_feature()
         assert (feature.bit, feature.source) == (12, "probed")
-        assert feature.tried == ((9, "KVM_ARM_VCPU_INIT EINVAL"), (10, "KVM_ARM_VCPU_INIT EINVAL"),
-                                 (11, "KVM_ARM_VCPU_INIT EINVAL"))
+        assert feature.tried == (
+            (9, "KVM_ARM_VCPU_INIT EINVAL"),
+            (10, "KVM_ARM_VCPU_INIT EINVAL"),
+            (11, "KVM_ARM_VCPU_INIT EINVAL"),
+        )
         # Each candidate on a throwaway VM of its own, VCPU 0, only that bit.
         inits = [c for c in rec.calls if c.request == ARM_VCPU_INIT]
         assert [c.arg for c in inits] == [vcpu_init(TARGET, [1 << b] + [0] * 6) for b in (9, 10, 11, 12)]
@@ -345,8 +351,11 @@ def test_a_kernel_that_accepts_an_unrelated_bit_has_no_spe_feature(rec: Recorder
             " bits 10..31: refused by KVM_ARM_VCPU_INIT (unknown or not available here)"
         )
         # Bits 0..8 are upstream features: never tried.
-        bits = [int.from_bytes(c.arg[4:8], sys.byteorder).bit_length() - 1  # type: ignore[index]
-                for c in rec.calls if c.request == ARM_VCPU_INIT]
+        bits = [
+            int.from_bytes(c.arg[4:8], sys.byteorder).bit_length() - 1  # type: ignore[index]
+            for c in rec.calls
+            if c.request == ARM_VCPU_INIT
+        ]
         assert bits == list(range(9, 32))
         vms = rec.requests().count(CREATE_VM)
         # No guessed bit is ever set: an SPE VCPU is refused before any ioctl.
@@ -432,11 +441,8 @@ def test_get_reads_the_right_width_behind_addr(
 def test_has_bytes(vcpu: Vcpu, rec: Recorder, attr: int) -> None:
     assert vcpu.has_device_attr(SPE, attr) is True
     (call,) = rec.calls
-    assert (call.fd, call.request, call.arg[:16]) == (  # type: ignore[index]
-        vcpu.fd,
-        HAS_ATTR,
-        device_attr(SPE, attr, 0)[:16],
-    )
+    assert isinstance(call.arg, bytes)
+    assert (call.fd, call.request, call.arg[:16]) == (vcpu.fd, HAS_ATTR, device_attr(SPE, attr, 0)[:16])
 
 
 def test_the_value_buffer_never_moves(vcpu: Vcpu, rec: Recorder) -> None:
@@ -586,8 +592,9 @@ def test_run_einval_on_an_spe_vcpu_names_spe_and_the_other_causes(vcpu: Vcpu, re
     with pytest.raises(KvmError) as info:
         vcpu.run()
     assert info.value.errno == errno.EINVAL and info.value.ioctl == "KVM_RUN"
-    assert info.value.strerror.startswith(abi.RUN_ERRNOS[errno.EINVAL])
-    assert "not because of SPE" in info.value.strerror and "KVM_ARM_VCPU_PMU_V3_INIT" in info.value.strerror
+    text = info.value.strerror
+    assert text is not None and text.startswith(abi.RUN_ERRNOS[errno.EINVAL])
+    assert "not because of SPE" in text and "KVM_ARM_VCPU_PMU_V3_INIT" in text
     assert rec.requests()[-1] == HAS_ATTR  # asked, not guessed
 
 
@@ -598,6 +605,7 @@ def test_run_einval_without_spe_does_not_blame_spe(arm: Kvm, rec: Recorder) -> N
     with pytest.raises(KvmError) as info:
         vcpu.run()
     text = info.value.strerror
+    assert text is not None
     assert "not because of SPE" in text and "PMU" in text and "vGIC" in text
     assert "SPE is not fully configured" not in text
 
@@ -742,9 +750,7 @@ def test_closing_the_vm_closes_every_fd(arm: Kvm, rec: Recorder) -> None:
             os.fstat(fd)
 
 
-def test_alternating_attributes_each_carry_their_own_group_attr_and_width(
-    vcpu: Vcpu, rec: Recorder
-) -> None:
+def test_alternating_attributes_each_carry_their_own_group_attr_and_width(vcpu: Vcpu, rec: Recorder) -> None:
     # The struct keeps the last (group, attr) between calls: switching must re-point it.
     rec.stored[SPE, IRQ] = u32(23) + b"\xaa" * 4
     rec.stored[SPE, MAX] = u64(1 << 40)
@@ -932,10 +938,14 @@ def test_configure_spe_issues_has_then_set_for_each_attribute_and_init_last(
 
     steps = vmm.configure_spe(vcpu, irq=23, spu=10, max_buffer_size=4 << 20)
     assert [s.name for s in steps] == [
-        "has KVM_ARM_VCPU_SPE_IRQ", "set KVM_ARM_VCPU_SPE_IRQ=23",
-        "has KVM_ARM_VCPU_SPE_SPU", "set KVM_ARM_VCPU_SPE_SPU=10",
-        "has KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000",
-        "has KVM_ARM_VCPU_SPE_INIT", "set KVM_ARM_VCPU_SPE_INIT",
+        "has KVM_ARM_VCPU_SPE_IRQ",
+        "set KVM_ARM_VCPU_SPE_IRQ=23",
+        "has KVM_ARM_VCPU_SPE_SPU",
+        "set KVM_ARM_VCPU_SPE_SPU=10",
+        "has KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE",
+        "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000",
+        "has KVM_ARM_VCPU_SPE_INIT",
+        "set KVM_ARM_VCPU_SPE_INIT",
     ]
     addr = vcpu.value_addr
     assert [(c.fd, c.request, c.arg, c.value) for c in rec.calls] == [
@@ -966,7 +976,7 @@ def test_configure_spe_stops_at_a_refused_init_and_names_it(vcpu: Vcpu, rec: Rec
     vcpu._ioctl = failing
     with pytest.raises(vmm.SpeConfigError) as info:
         vmm.configure_spe(vcpu, irq=23, spu=10, max_buffer_size=4 << 20)
-    assert info.value.step == vmm.Step("set", INIT) and info.value.errno == errno.ENXIO
+    assert info.value.step == vmm.ConfigStep("set", INIT) and info.value.errno == errno.ENXIO
     assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: ENXIO")
 
 
@@ -974,7 +984,7 @@ def test_configure_spe_stops_at_a_refused_init_and_names_it(vcpu: Vcpu, rec: Rec
 
 
 def _host_info() -> Any:
-    from kvmspe.discovery import HostInfo
+    from kvmspe.host.discovery import HostInfo
 
     return HostInfo("aarch64", "aarch64", "test", 4096, "/dev/kvm", kvm_usable=True)
 
@@ -997,19 +1007,40 @@ def _vcpu_ids_per_vm(rec: Recorder) -> dict[int, list[int]]:
     ("known", "unknown", "spe_bit", "supported", "words"),
     [
         (set(range(9)) | {12}, errno.EINVAL, 12, True, ["bit 12, probed"]),
-        (set(range(10)), errno.EINVAL, None, False,
-         ["this kernel has no SPE VCPU feature", "bit 9: accepted by KVM_ARM_VCPU_INIT, but the SPE group"]),
-        (set(range(7)), errno.ENOENT, None, False,
-         ["this kernel has no SPE VCPU feature",
-          "the kernel answered: bits 9..31: unknown to this kernel"]),
+        (
+            set(range(10)),
+            errno.EINVAL,
+            None,
+            False,
+            [
+                "this kernel has no SPE VCPU feature",
+                "bit 9: accepted by KVM_ARM_VCPU_INIT, but the SPE group",
+            ],
+        ),
+        (
+            set(range(7)),
+            errno.ENOENT,
+            None,
+            False,
+            [
+                "this kernel has no SPE VCPU feature",
+                "the kernel answered: bits 9..31: unknown to this kernel",
+            ],
+        ),
     ],
     ids=["spe-at-bit-12", "accepts-an-unrelated-bit", "enoent-like-6.1"],
 )
 def test_discovery_probes_on_throwaway_vms_and_says_why(
-    rec: Recorder, tmp_path: Path, known: set[int], unknown: int, spe_bit: int | None,
-    supported: bool, words: list[str],
+    rec: Recorder,
+    tmp_path: Path,
+    known: set[int],
+    unknown: int,
+    spe_bit: int | None,
+    supported: bool,
+    words: list[str],
 ) -> None:
-    from kvmspe import conformance, discovery
+    from kvmspe.conformance import runner as conformance
+    from kvmspe.host import discovery
 
     info = _host_info()
     with _probe(rec, tmp_path, known, unknown, spe_bit) as kvm:
@@ -1030,8 +1061,8 @@ def test_discovery_probes_on_throwaway_vms_and_says_why(
     # Every INIT with a feature bit set was a one-candidate probe (bits 9..31), never a guess.
     for c in rec.calls:
         if c.request == ARM_VCPU_INIT and isinstance(c.arg, bytes):
-            word = int.from_bytes(c.arg[4:8], sys.byteorder)
-            assert word == 0 or (word & (word - 1) == 0 and word.bit_length() - 1 in range(9, 32))
+            bits = int.from_bytes(c.arg[4:8], sys.byteorder)
+            assert bits == 0 or (bits & (bits - 1) == 0 and bits.bit_length() - 1 in range(9, 32))
             assert c.arg[8:] == bytes(24)
 
 
@@ -1054,23 +1085,33 @@ def test_configure_gives_the_vm_its_gicv3_before_the_spe_irq_then_inits_spe(
     # After the probe (its own VMs), the configured VM: both VCPUs, then the vGIC, then SPE.
     last_vm = max(i for i, c in enumerate(rec.calls) if c.request == CREATE_VM)
     calls = rec.calls[last_vm:]
-    names = []
+    names: list[tuple[str | int, ...]] = []
     for c in calls:
         if c.request in (SET_ATTR, HAS_ATTR) and isinstance(c.arg, bytes):
             group = int.from_bytes(c.arg[4:8], sys.byteorder)
             attr = int.from_bytes(c.arg[8:16], sys.byteorder)
             names.append(("set" if c.request == SET_ATTR else "has", group, attr))
         else:
-            names.append((c.request,))  # type: ignore[arg-type]
+            names.append((c.request,))
     first_irq = names.index(("has", SPE, IRQ))
     vgic = names.index((CREATE_DEVICE,))
     init = names.index(("set", VGIC_GRP_CTRL, VGIC_CTRL_INIT))
     assert [i for i, n in enumerate(names) if n == (CREATE_VCPU,)][-1] < vgic < init < first_irq
-    assert names[vgic + 1: init] == [("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST),
-                                     ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST)]
-    per_vcpu = [("has", SPE, IRQ), ("set", SPE, IRQ), ("has", SPE, SPU), ("set", SPE, SPU),
-                ("has", SPE, MAX), ("set", SPE, MAX), ("has", SPE, INIT), ("set", SPE, INIT)]
-    assert names[first_irq: first_irq + 16] == per_vcpu * 2
+    assert names[vgic + 1 : init] == [
+        ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_DIST),
+        ("set", VGIC_GRP_ADDR, VGIC_V3_ADDR_TYPE_REDIST),
+    ]
+    per_vcpu = [
+        ("has", SPE, IRQ),
+        ("set", SPE, IRQ),
+        ("has", SPE, SPU),
+        ("set", SPE, SPU),
+        ("has", SPE, MAX),
+        ("set", SPE, MAX),
+        ("has", SPE, INIT),
+        ("set", SPE, INIT),
+    ]
+    assert names[first_irq : first_irq + 16] == per_vcpu * 2
     init_sets = [c for c in calls if c.request == SET_ATTR and c.arg == device_attr(SPE, INIT, 0)]
     assert len(init_sets) == 2
     assert names.count((RUN,)) == 2 and names.index((RUN,)) > first_irq + 15

@@ -1,4 +1,4 @@
-"""The MaxBuffSize codec against an independent reading of FACTS section 4.
+"""The MaxBuffSize codec against an independent reading of Arm DDI0601 PMBIDR_EL1.MaxBuffSize.
 
 The oracles here are written from the facts, not from the module: the list of
 all representable sizes is built from the decode formula directly, and
@@ -17,7 +17,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import kvmspe
-from kvmspe import maxbuf
+from kvmspe.arch import maxbuf
 from kvmspe.errors import NotRepresentableError
 
 U64_MAX = (1 << 64) - 1

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmspe import memlock
-from kvmspe.memlock import MemlockPermissionError
+from kvmspe.host import memlock
+from kvmspe.host.memlock import MemlockPermissionError
 
 MiB = 1 << 20
 INF = resource.RLIM_INFINITY
@@ -130,7 +130,7 @@ def test_unprivileged_raise_of_the_hard_limit_is_refused() -> None:
     code = textwrap.dedent(
         """
         import os, resource, sys
-        from kvmspe import memlock
+        from kvmspe.host import memlock
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (1 << 20, 2 << 20))
         os.setgid(65534)
         os.setuid(65534)

@@ -5,7 +5,7 @@ arm64, and the documented assumptions.
 The expected errno of every MAX_BUFFER_SIZE set is computed by
 :func:`expected_set_max`, written straight from the reference patch's checks
 1-7 (and the documented assumptions: group-level checks first, ENOMEM after
-ERANGE), not from :mod:`kvmspe.rules`. It is checked on a systematic grid of
+ERANGE), not from :mod:`kvmspe.model.rules`. It is checked on a systematic grid of
 pairs of failing checks and, with the IRQ, SPU and INIT rules, on every step
 of a random state machine.
 """
@@ -21,10 +21,11 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from kvmspe import abi, maxbuf
+from kvmspe import abi
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1
 from kvmspe.errors import KvmError, errno_name
-from kvmspe.model import Host, Spu, Vcpu, Vm
-from kvmspe.registers import PMBIDR_EL1
+from kvmspe.model.kernel import Host, Spu, Vcpu, Vm
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 IRQ = abi.KVM_ARM_VCPU_SPE_IRQ
@@ -842,7 +843,7 @@ def test_host_refuses_byte_counts_the_kernel_cannot_hold(kwargs: dict[str, objec
 
 
 def test_host_refuses_what_is_not_an_spu() -> None:
-    with pytest.raises(ValueError, match="spus takes kvmspe.model.Spu objects, got 8"):
+    with pytest.raises(ValueError, match="spus takes kvmspe.model.kernel.Spu objects, got 8"):
         Host(spus=[8])  # type: ignore[list-item]
 
 

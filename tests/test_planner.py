@@ -8,23 +8,37 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import abi, maxbuf
-from kvmspe.assumptions import DEFAULT, Assumptions
-from kvmspe.model import Host, Spu
-from kvmspe.planner import CASES, placements, plan
-from kvmspe.registers import PMBIDR_EL1
+from kvmspe import abi
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1
+from kvmspe.model.assumptions import DEFAULT, Assumptions
+from kvmspe.model.kernel import Host, Spu
+from kvmspe.planner import PINNING_CASES, placements, plan
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 KEYS = {
-    "vcpus", "requested", "size", "max_buff_size_field", "guest_pmbidr", "page_size", "spu_limit",
-    "granule", "levels", "va_bits", "warnings", "pinned", "locked_already", "held_at_set", "memlock_limit",
+    "vcpus",
+    "requested",
+    "size",
+    "max_buff_size_field",
+    "guest_pmbidr",
+    "page_size",
+    "spu_limit",
+    "granule",
+    "levels",
+    "va_bits",
+    "warnings",
+    "pinned",
+    "locked_already",
+    "held_at_set",
+    "memlock_limit",
 }
 
 
 def test_dict_keys_are_stable() -> None:
     d = plan(4, 4 * MiB).to_dict()
     assert set(d) == KEYS
-    assert set(d["pinned"]) == set(CASES)
+    assert set(d["pinned"]) == set(PINNING_CASES)
     assert all(set(v) == {"per_vcpu", "per_vm", "assumptions"} for v in d["pinned"].values())
 
 
@@ -75,7 +89,7 @@ def test_memlock_adds_locked_already_and_held_charge() -> None:
 
 def test_cases_are_ordered() -> None:
     p = plan(8, 64 * MiB, page_size=65536)
-    best, typical, worst = (p.pinned[c]["per_vm"] for c in CASES)
+    best, typical, worst = (p.pinned[c]["per_vm"] for c in PINNING_CASES)
     assert 8 * 64 * MiB <= best <= typical <= worst
 
 
@@ -102,8 +116,16 @@ def test_bad_input_is_one_line_value_error(args: tuple[object, ...], kwargs: dic
     assert "\n" not in message and ("accepted" in message or "must be" in message)
 
 
-def _model_pinned(case: str, vcpus: int, size: int, page: int, granule: int, levels: int | None,
-                  assumptions: Assumptions, limit: int | None) -> tuple[int, int, Host]:
+def _model_pinned(
+    case: str,
+    vcpus: int,
+    size: int,
+    page: int,
+    granule: int,
+    levels: int | None,
+    assumptions: Assumptions,
+    limit: int | None,
+) -> tuple[int, int, Host]:
     host = Host(page, [Spu(1, 0)], limit, assumptions=assumptions)
     vm = host.create_vm()
     cpus = [vm.create_vcpu() for _ in range(vcpus)]
@@ -133,15 +155,37 @@ def test_planner_and_model_agree_to_the_byte(
 ) -> None:
     assume(not (granule == 65536 and levels == 4))  # a 64 KiB granule walks at most 3 levels
     assumptions = dataclasses.replace(DEFAULT, set_time_charge_mode="held" if held else "check")
-    p = plan(vcpus, maxbuf.decode(field), page_size=page, granule=granule, levels=levels,
-             locked_already=3 * page, assumptions=assumptions)
-    for case in CASES:
+    p = plan(
+        vcpus,
+        maxbuf.decode(field),
+        page_size=page,
+        granule=granule,
+        levels=levels,
+        locked_already=3 * page,
+        assumptions=assumptions,
+    )
+    for case in PINNING_CASES:
         per_vcpu, _, host = _model_pinned(case, vcpus, p.size, page, granule, levels, assumptions, None)
         assert per_vcpu == p.pinned[case]["per_vcpu"], case
         assert host.locked_bytes - p.held_at_set == p.pinned[case]["per_vm"], case
     # The recommended limit is exactly enough: the worst case runs with no KVM_EXIT_RLIMIT,
     # counting what was locked before, and leaves no room.
     assert p.memlock_limit is not None
-    _, _, host = _model_pinned("worst", vcpus, p.size, page, granule, levels, assumptions,
-                               p.memlock_limit - p.locked_already)
+    _, _, host = _model_pinned(
+        "worst", vcpus, p.size, page, granule, levels, assumptions, p.memlock_limit - p.locked_already
+    )
     assert host.memlock_room() == 0
+
+
+def test_sweep_is_the_plan_at_each_power_of_two_size() -> None:
+    from kvmspe import planner
+
+    s = planner.sweep(3, page_size=16384, up_to=1 << 26)
+    assert s.sizes == [16384 << k for k in range(13)]
+    for i, size in enumerate(s.sizes):
+        p = planner.plan(3, size, page_size=16384)
+        assert {case: s.per_vm[case][i] for case in planner.PINNING_CASES} == {
+            case: p.pinned[case]["per_vm"] for case in planner.PINNING_CASES
+        }
+    with pytest.raises(ValueError, match="vcpus"):
+        planner.sweep(0)

@@ -8,10 +8,10 @@ import errno
 import pytest
 
 from kvmspe import abi
-from kvmspe.discovery import HostInfo, discover, fixture_roots
 from kvmspe.errors import KvmError
-from kvmspe.model import Host, Vcpu
-from kvmspe.profiles import (
+from kvmspe.host.discovery import HostInfo, discover, fixture_roots
+from kvmspe.model.kernel import Host, Vcpu
+from kvmspe.model.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
     TYPICAL_SPE_TYPE,

@@ -1,4 +1,4 @@
-"""The SPE buffer register tables and the engine, against FACTS section 4."""
+"""The SPE buffer register tables and the engine, against the Arm architecture (DDI0601)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmspe import registers
+from kvmspe.arch import registers
+from kvmspe.arch.registers import PMBIDR_EL1, PMBLIMITR_EL1, PMBPTR_EL1, PMBSR_EL1, REGISTERS, Field, Register
 from kvmspe.errors import RegisterError
-from kvmspe.registers import (
-    PMBIDR_EL1,
-    PMBLIMITR_EL1,
-    PMBPTR_EL1,
-    PMBSR_EL1,
-    REGISTERS,
-    Field,
-    Register,
-)
 
 U64_MAX = (1 << 64) - 1
 
-#: Our own transcription of FACTS section 4: name -> {field: (msb, lsb)}; the rest is RES0.
+#: Our own transcription of Arm DDI0601: name -> {field: (msb, lsb)}; the rest is RES0.
 LAYOUT = {
     "PMBIDR_EL1": {"ALIGN": (3, 0), "P": (4, 4), "F": (5, 5), "EA": (11, 8), "MaxBuffSize": (47, 32)},
     "PMBSR_EL1": {
@@ -36,7 +28,7 @@ LAYOUT = {
     "PMBLIMITR_EL1": {"LIMIT": (63, 12), "PMFZ": (5, 5), "FM": (2, 1), "E": (0, 0)},
     "PMBPTR_EL1": {"PTR": (63, 0)},
 }
-#: op0, op1, CRn, CRm, op2 (Arm ARM; PMBIDR_EL1's is in FACTS section 4).
+#: op0, op1, CRn, CRm, op2 (Arm ARM; PMBIDR_EL1's as the reference patch gives it).
 ENCODINGS = {
     "PMBIDR_EL1": (3, 0, 9, 10, 7),
     "PMBSR_EL1": (3, 0, 9, 10, 3),

@@ -34,19 +34,93 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import cli, profiles
+from kvmspe import cli
+from kvmspe.model import profiles
 
 #: Tally of the runs of this module, by command and by exit status.
 STATS: Counter[str] = Counter()
 
 NASTY = [
-    "--", "-", "", " ", "\t", "\x00", "4\x00", "4K\x00", "a\x00b", "-1", "-0", "+1", "-4K", "0", "1", "2",
-    "4", "16", "31", "512", "513", "65536", "4K", "16K", "64K", "2M", "4M", "1G", "1T", "1023T", "4096",
-    "0x1000", "0x", "0x-1", "0xg", "4,096", "1.5M", ".5K", "1e3", "4 K", "4KiB", "4kb", "4KB ", " 4M",
-    "٤٠٩٦", "１２", "४", "²", "18446744073709551615", "18446744073709551616", "9" * 30, "9" * 5000,
-    "0x" + "f" * 16, "0x" + "f" * 17, "0" * 100 + "1", "nan", "inf", "None", "True", "model", "kvm", "auto",
-    "default-4k", "limited-spu", "arm64-big-little", "EDOM", "33", "KVM_RUN", "KVM_ARM_VCPU_SPE_CTRL",
-    "\u202e", "a\nb", "😀", "\udcff", "a/\udcff", "%s", "{}", "x" * 300, "out", "out/sub", "vectors",
+    "--",
+    "-",
+    "",
+    " ",
+    "\t",
+    "\x00",
+    "4\x00",
+    "4K\x00",
+    "a\x00b",
+    "-1",
+    "-0",
+    "+1",
+    "-4K",
+    "0",
+    "1",
+    "2",
+    "4",
+    "16",
+    "31",
+    "512",
+    "513",
+    "65536",
+    "4K",
+    "16K",
+    "64K",
+    "2M",
+    "4M",
+    "1G",
+    "1T",
+    "1023T",
+    "4096",
+    "0x1000",
+    "0x",
+    "0x-1",
+    "0xg",
+    "4,096",
+    "1.5M",
+    ".5K",
+    "1e3",
+    "4 K",
+    "4KiB",
+    "4kb",
+    "4KB ",
+    " 4M",
+    "٤٠٩٦",
+    "１２",
+    "४",
+    "²",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9" * 30,
+    "9" * 5000,
+    "0x" + "f" * 16,
+    "0x" + "f" * 17,
+    "0" * 100 + "1",
+    "nan",
+    "inf",
+    "None",
+    "True",
+    "model",
+    "kvm",
+    "auto",
+    "default-4k",
+    "limited-spu",
+    "arm64-big-little",
+    "EDOM",
+    "33",
+    "KVM_RUN",
+    "KVM_ARM_VCPU_SPE_CTRL",
+    "\u202e",
+    "a\nb",
+    "😀",
+    "\udcff",
+    "a/\udcff",
+    "%s",
+    "{}",
+    "x" * 300,
+    "out",
+    "out/sub",
+    "vectors",
     "plot.png",
 ]
 
@@ -77,17 +151,45 @@ def _safe_path(value: str) -> bool:
 
 
 #: Values a user would type: most command lines built from these get past the parser.
-VALID = ["0", "1", "2", "4", "16", "21", "22", "31", "512", "4K", "16K", "64K", "2M", "4M", "5M", "8M", "1G",
-         "0x1000", "0x400", "3", "5", "EDOM", "ENOMEM", "KVM_RUN", "arm64-big-little", "out", "d/e"]
+VALID = [
+    "0",
+    "1",
+    "2",
+    "4",
+    "16",
+    "21",
+    "22",
+    "31",
+    "512",
+    "4K",
+    "16K",
+    "64K",
+    "2M",
+    "4M",
+    "5M",
+    "8M",
+    "1G",
+    "0x1000",
+    "0x400",
+    "3",
+    "5",
+    "EDOM",
+    "ENOMEM",
+    "KVM_RUN",
+    "arm64-big-little",
+    "out",
+    "d/e",
+]
 
 
 def _values(action: argparse.Action, valid: bool = False) -> st.SearchStrategy[str]:
+    pool: list[str]
     if valid:
         pool = VALID + [str(c) for c in action.choices or ()]
         if action.dest == "profile":
             pool += list(profiles.PROFILES)
         return st.sampled_from(pool)
-    pool: list[str] = list(NASTY)
+    pool = list(NASTY)
     if action.choices:
         pool += [str(c) for c in action.choices]
     if action.dest == "profile":

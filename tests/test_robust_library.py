@@ -10,6 +10,7 @@ end of the module (``-s``).
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import resource
@@ -24,11 +25,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import discovery, maxbuf, memlock, planner, units, validation, vectors
+from kvmspe import planner, units, validation
+from kvmspe.arch import maxbuf
+from kvmspe.arch.registers import PMBIDR_EL1, REGISTERS
+from kvmspe.arch.stage1 import Stage1
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
-from kvmspe.registers import PMBIDR_EL1, REGISTERS
-from kvmspe.stage1 import Stage1
 
 STATS: Counter[str] = Counter()
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -112,9 +116,9 @@ def test_pure_functions_raise_only_documented_errors(name: str, args: list[Any])
 def test_every_register_refuses_garbage_as_documented(value: Any, name: Any) -> None:
     for reg in REGISTERS.values():
         fields = {name: value} if isinstance(name, str) else value
-        attempt(f"{reg.name}.decode", lambda r=reg: r.decode(value))
-        attempt(f"{reg.name}.get", lambda r=reg: r.get(value, name))
-        attempt(f"{reg.name}.encode", lambda r=reg, f=fields: r.encode(f))
+        attempt(f"{reg.name}.decode", functools.partial(reg.decode, value))
+        attempt(f"{reg.name}.get", functools.partial(reg.get, value, name))
+        attempt(f"{reg.name}.encode", functools.partial(reg.encode, fields))
 
 
 @settings(max_examples=150, deadline=None)
@@ -172,8 +176,9 @@ def vcpu() -> Iterator[Any]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(group=GARBAGE, attr=GARBAGE, value=GARBAGE)
-def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(vcpu: Any, group: Any, attr: Any,
-                                                                 value: Any) -> None:
+def test_vcpu_attribute_calls_refuse_garbage_and_keep_the_struct(
+    vcpu: Any, group: Any, attr: Any, value: Any
+) -> None:
     attempt("has_device_attr", lambda: vcpu.has_device_attr(group, attr))
     attempt("get_device_attr", lambda: vcpu.get_device_attr(group, attr))
     attempt("set_device_attr", lambda: vcpu.set_device_attr(group, attr, value))

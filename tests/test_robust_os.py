@@ -30,8 +30,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmspe import cli, discovery, vectors
+from kvmspe import cli
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery
 from kvmspe.kvm import Kvm
 
 STATS: Counter[str] = Counter()
@@ -79,8 +81,14 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def interrupted_run(argv: list[str], delay: float, cwd: Path) -> subprocess.CompletedProcess[str]:
     argv = [str(cwd / "vectors") if a == "VECTORS" else a for a in argv]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
     try:
         assert child.stdout is not None
         ready, _, _ = select.select([child.stdout], [], [], 30)
@@ -162,8 +170,12 @@ def test_error_paths_leave_no_fd_behind() -> None:
                 vm.create_vcpu(-1)
             with pytest.raises(KvmError):
                 vm.create_device(0xFFFF)
-        for argv in (["configure", "--backend", "kvm"], ["probe"], ["conformance", "--backend", "kvm"],
-                     ["configure", "--vcpus", "0"]):
+        for argv in (
+            ["configure", "--backend", "kvm"],
+            ["probe"],
+            ["conformance", "--backend", "kvm"],
+            ["configure", "--vcpus", "0"],
+        ):
             code, _, err = run_cli(*argv)
             assert code in (0, 1, 2) and "Traceback" not in err
         STATS["fd error-path rounds"] += 1
@@ -194,8 +206,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs (too small for the scenario vectors), or skip saying why not."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         why = done.stderr.strip()
         pytest.skip(f"cannot mount a small tmpfs here ({why}); the injected writer test covers it")
@@ -248,7 +264,7 @@ def test_a_write_failing_anywhere_changes_nothing(tmp_path: Path, fail_at: int, 
 @pytest.fixture
 def host(tmp_path: Path) -> Path:
     root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent / "fixtures" / discovery.FIXTURE_HOST, root)
+    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
     return root
 
 
@@ -258,8 +274,19 @@ def spe0(root: Path) -> Path:
 
 @pytest.mark.parametrize(
     "damage",
-    ["fifo-caps", "big-type", "zero-link-cpumask", "dir-type", "many-caps", "unicode-type", "binary-caps",
-     "huge-cpu", "dangling-link", "fifo-status", "huge-vmlck"],
+    [
+        "fifo-caps",
+        "big-type",
+        "zero-link-cpumask",
+        "dir-type",
+        "many-caps",
+        "unicode-type",
+        "binary-caps",
+        "huge-cpu",
+        "dangling-link",
+        "fifo-status",
+        "huge-vmlck",
+    ],
 )
 def test_hostile_snapshot_is_read_without_hang_or_traceback(host: Path, damage: str) -> None:
     d = spe0(host)
@@ -292,15 +319,31 @@ def test_hostile_snapshot_is_read_without_hang_or_traceback(host: Path, damage: 
     elif damage == "huge-vmlck":
         (host / "proc" / "self" / "status").write_text("VmLck:\t" + "9" * 5000 + " kB\n")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, "-m", "kvmspe", "probe", "--fixture", str(host), "--json"],
-                          capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmspe", "probe", "--fixture", str(host), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     STATS["hostile snapshots"] += 1
     assert done.returncode == 1, done.stderr  # this host cannot run SPE guests: a "no", not a crash
     assert "Traceback" not in done.stderr and done.stderr == ""
     doc = json.loads(done.stdout)
     problems = [p for inst in doc["host"]["spe_instances"] for p in inst["problems"]]
-    if damage.startswith(("fifo-caps", "big-type", "zero-link", "dir-type", "many", "unicode", "binary",
-                          "huge-cpu", "dangling")):
+    if damage.startswith(
+        (
+            "fifo-caps",
+            "big-type",
+            "zero-link",
+            "dir-type",
+            "many",
+            "unicode",
+            "binary",
+            "huge-cpu",
+            "dangling",
+        )
+    ):
         assert problems, damage
     else:
         assert doc["host"]["vm_lck"] is None and doc["host"]["vm_lck_reason"]

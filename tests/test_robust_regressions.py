@@ -25,10 +25,13 @@ from typing import Any
 
 import pytest
 
-from kvmspe import abi, cli, discovery, maxbuf, memlock, planner, vectors
+from kvmspe import abi, cli, planner
+from kvmspe.arch import maxbuf
+from kvmspe.arch.stage1 import Stage1
+from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
-from kvmspe.stage1 import Stage1
 
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 needs_kvm = pytest.mark.skipif(not HAVE_KVM, reason="/dev/kvm is missing or not usable here")
@@ -114,9 +117,22 @@ def test_2_narrow_value_reads_back_without_stale_upper_bytes(fake_vcpu: Any) -> 
 def test_3_rlimit_exit_equal_to_an_upstream_exit_is_refused_at_once() -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC), "KVMSPE_EXIT_RLIMIT": "10"}
     done = subprocess.run(
-        [sys.executable, "-m", "kvmspe", "configure", "--backend", "model", "--profile", "default-4k",
-         "--enable-buffer", "--raise-memlock"],
-        capture_output=True, text=True, timeout=30, env=env,
+        [
+            sys.executable,
+            "-m",
+            "kvmspe",
+            "configure",
+            "--backend",
+            "model",
+            "--profile",
+            "default-4k",
+            "--enable-buffer",
+            "--raise-memlock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
     assert_usage_error(done.returncode, done.stderr, "KVMSPE_EXIT_RLIMIT", "KVM_EXIT_INTR")
 
@@ -127,10 +143,17 @@ def test_3_rlimit_exit_equal_to_an_upstream_exit_is_refused_at_once() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["sizes", "--to=--"], ["sizes", "--limit=--"], ["configure", "--vcpus=--"],
-        ["configure", "--memlock=--"], ["configure", "--locked=--"], ["configure", "--profile=--"],
-        ["vectors", "--out=--"], ["configure", "--backend=--"], ["configure", "--enable-buffer=--"],
-        ["plan", "--vcpus", "1", "--plot=--"], ["probe", "--fixture=--"],
+        ["sizes", "--to=--"],
+        ["sizes", "--limit=--"],
+        ["configure", "--vcpus=--"],
+        ["configure", "--memlock=--"],
+        ["configure", "--locked=--"],
+        ["configure", "--profile=--"],
+        ["vectors", "--out=--"],
+        ["configure", "--backend=--"],
+        ["configure", "--enable-buffer=--"],
+        ["plan", "--vcpus", "1", "--plot=--"],
+        ["probe", "--fixture=--"],
     ],
 )
 def test_4_double_dash_as_a_value_is_refused(argv: list[str]) -> None:
@@ -196,11 +219,17 @@ def test_6_library_value_error_from_a_command_is_one_line_exit_2(monkeypatch: py
 
 def test_6_bad_environment_value_is_one_line_exit_2() -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC), "KVMSPE_EXIT_RLIMIT": "banana"}
-    probe = subprocess.run([sys.executable, "-c", "import kvmspe.abi"], env=env, capture_output=True,
-                           timeout=30)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import kvmspe.abi"], env=env, capture_output=True, timeout=30
+    )
     assert probe.returncode == 0, "importing kvmspe.abi must not read the environment"
-    done = subprocess.run([sys.executable, "-m", "kvmspe", "configure", "--enable-buffer"],
-                          capture_output=True, text=True, timeout=30, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmspe", "configure", "--enable-buffer"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert_usage_error(done.returncode, done.stderr, "KVMSPE_EXIT_RLIMIT")
 
@@ -238,7 +267,7 @@ def test_7_empty_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def fixture_copy(tmp_path: Path) -> Path:
     root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent / "fixtures" / discovery.FIXTURE_HOST, root)
+    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
     return root
 
 
@@ -319,7 +348,7 @@ def test_9_library_refuses_with_value_error(call: Any) -> None:
 
 def test_10_float_page_size_is_refused() -> None:
     with pytest.raises(ValueError):
-        maxbuf.check_page_size(4096.0)  # type: ignore[arg-type]
+        maxbuf.check_page_size(4096.0)
     with pytest.raises(ValueError):
         planner.plan(1, 4 << 20, page_size=4096.0)  # type: ignore[arg-type]
 

@@ -7,9 +7,7 @@ import dataclasses
 import pytest
 
 from kvmspe import abi
-from kvmspe.assumptions import DEFAULT
-from kvmspe.model import Host, Spu, Vcpu, Vm
-from kvmspe.registers import (
+from kvmspe.arch.registers import (
     PMBIDR_EL1,
     PMBLIMITR_EL1,
     PMBSR_BSC_FULL,
@@ -18,7 +16,9 @@ from kvmspe.registers import (
     PMBSR_EC_FAULT_S1,
     PMBSR_EL1,
 )
-from kvmspe.stage1 import Stage1
+from kvmspe.arch.stage1 import Stage1
+from kvmspe.model.assumptions import DEFAULT
+from kvmspe.model.kernel import Host, Spu, Vcpu, Vm
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 SPE, IRQ, SPU, MAX = abi.KVM_ARM_VCPU_SPE_CTRL, 0, 1, 2
@@ -42,7 +42,7 @@ def make(
     return host, vm, cpus
 
 
-def pmbsr(v: Vcpu) -> dict[str, object]:
+def pmbsr(v: Vcpu) -> dict[str, int | str]:
     return PMBSR_EL1.decode(v.guest_read("PMBSR_EL1"))
 
 

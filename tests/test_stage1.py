@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmspe.pinning import PinnedPages, RefIntervals
-from kvmspe.stage1 import Stage1
+from kvmspe.arch.stage1 import Stage1
+from kvmspe.model.pinning import PinnedPages, RefIntervals
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -21,8 +21,13 @@ def test_default_is_4k_granule_4_levels_48_bits_pages_contiguous() -> None:
 @pytest.mark.parametrize(
     ("granule", "va_bits", "levels"),
     [
-        (4096, 48, 4), (4096, 39, 3), (4096, 52, 5),
-        (16384, 48, 4), (16384, 47, 3), (65536, 48, 3), (65536, 42, 2),
+        (4096, 48, 4),
+        (4096, 39, 3),
+        (4096, 52, 5),
+        (16384, 48, 4),
+        (16384, 47, 3),
+        (65536, 48, 3),
+        (65536, 42, 2),
     ],
 )
 def test_levels_follow_from_va_bits(granule: int, va_bits: int, levels: int) -> None:
@@ -77,7 +82,7 @@ def test_scattered_small_granule_costs_a_host_page_per_guest_page() -> None:
 
 def _brute(s: Stage1, lo: int, hi: int, page: int) -> int:
     """Host pages by visiting every guest page (small ranges only)."""
-    pinned = set()
+    pinned: set[tuple[str | int, int]] = set()
     g = s.granule
     blocks = s.block_sizes()
     for gp in range(lo // g, -(-hi // g)):
@@ -112,8 +117,14 @@ def _brute(s: Stage1, lo: int, hi: int, page: int) -> int:
     hole=st.none() | st.integers(0, 4000),
 )
 def test_footprint_matches_page_by_page_count(
-    granule: int, page: int, levels: int | None, blocks: bool, layout: str,
-    lo_pages: int, n_pages: int, hole: int | None,
+    granule: int,
+    page: int,
+    levels: int | None,
+    blocks: bool,
+    layout: str,
+    lo_pages: int,
+    n_pages: int,
+    hole: int | None,
 ) -> None:
     unit = 4096
     lo, hi = lo_pages * unit, (lo_pages + n_pages) * unit

@@ -164,9 +164,40 @@ def _oracle_size(text: str) -> int | str:
 # Strings made of pieces from every edge of the grammar: digits, hex prefixes and
 # letters, unit letters and tails, separators, signs, ASCII and non-ASCII spaces,
 # a non-ASCII digit and letter, and runs of digits long enough to overflow a u64.
-_PIECES = ["0", "1", "9", "00", "0x", "0X", "x", "a", "F", "K", "k", "M", "g", "T", "i", "I", "B", "b",
-           "iB", "P", ".", ",", "+", "-", " ", "\t", "\u00a0", "\u2003", "\u0661", "\u00e9",
-           "18446744073709551615", "99999999999999999999"]
+_PIECES = [
+    "0",
+    "1",
+    "9",
+    "00",
+    "0x",
+    "0X",
+    "x",
+    "a",
+    "F",
+    "K",
+    "k",
+    "M",
+    "g",
+    "T",
+    "i",
+    "I",
+    "B",
+    "b",
+    "iB",
+    "P",
+    ".",
+    ",",
+    "+",
+    "-",
+    " ",
+    "\t",
+    "\u00a0",
+    "\u2003",
+    "\u0661",
+    "\u00e9",
+    "18446744073709551615",
+    "99999999999999999999",
+]
 _EDGY = st.lists(st.sampled_from(_PIECES), max_size=6).map("".join)
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmspe import abi, upstream
-from kvmspe.assumptions import DEFAULT
+from kvmspe import abi
+from kvmspe.abi import upstream
 from kvmspe.kvm import SPE_FEATURE_CANDIDATES
+from kvmspe.model.assumptions import DEFAULT
 
 
 def _release(text: str) -> tuple[int, ...]:
@@ -53,8 +54,11 @@ def test_tables_are_complete_and_well_formed() -> None:
     assert sorted(upstream.EXITS) == list(range(44))
     assert max(upstream.CAPS) == upstream.CAP_MAX == 249
     assert sorted(upstream.CAPS) == list(range(185, 250))
-    for table, prefix in ((upstream.ARM64_VCPU_FEATURES, "KVM_ARM_VCPU_"), (upstream.EXITS, "KVM_EXIT_"),
-                          (upstream.CAPS, "KVM_CAP_")):
+    for table, prefix in (
+        (upstream.ARM64_VCPU_FEATURES, "KVM_ARM_VCPU_"),
+        (upstream.EXITS, "KVM_EXIT_"),
+        (upstream.CAPS, "KVM_CAP_"),
+    ):
         for name, release in table.values():
             assert name.startswith(prefix)
             assert _release(release) <= _release(upstream.HEADERS_RELEASE)

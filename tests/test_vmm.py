@@ -9,9 +9,17 @@ import pytest
 from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.kvm import Kvm
-from kvmspe.model import Host
-from kvmspe.profiles import model_host
-from kvmspe.vmm import SpeConfigError, Step, configure_spe, planned_steps
+from kvmspe.model.kernel import Host
+from kvmspe.model.profiles import model_host
+from kvmspe.vmm import (
+    BackendChoice,
+    ConfigStep,
+    SpeConfigError,
+    bring_up,
+    choose_backend,
+    configure_spe,
+    planned_steps,
+)
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 IRQ, SPU, MAX = abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
@@ -40,6 +48,15 @@ class Recording:
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
         self.calls.append(("set", attr, value))
         self._maybe_fail("set", attr)
+
+    # The rest of the VCPU interface, which configuring never uses.
+    index = 0
+
+    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
+        raise AssertionError("configure_spe issues no KVM_GET_DEVICE_ATTR")
+
+    def run(self) -> abi.Exit:
+        raise AssertionError("configure_spe does not run the VCPU")
 
 
 def _configure(host: Host, **kw: int) -> list[str]:
@@ -70,7 +87,7 @@ def test_a_kernel_without_init_stops_at_its_has_step_after_the_values() -> None:
     vcpu = NoInit()
     with pytest.raises(SpeConfigError) as info:
         configure_spe(vcpu, **GOOD)
-    assert info.value.step == Step("has", INIT) and info.value.errno == errno.ENXIO
+    assert info.value.step == ConfigStep("has", INIT) and info.value.errno == errno.ENXIO
     assert "KVM_ARM_VCPU_SPE_INIT" in str(info.value)
     assert vcpu.calls[-1] == ("has", INIT, None) and ("set", MAX, 1 << 21) in vcpu.calls
 
@@ -80,7 +97,7 @@ def test_a_refused_init_is_its_own_step() -> None:
     with pytest.raises(SpeConfigError) as info:
         configure_spe(vcpu, **GOOD)
     assert str(info.value).startswith("cannot set KVM_ARM_VCPU_SPE_INIT: EBUSY")
-    assert info.value.step == Step("set", INIT)
+    assert info.value.step == ConfigStep("set", INIT)
 
 
 def test_has_no_stops_with_not_supported_before_any_set() -> None:
@@ -190,3 +207,55 @@ def test_real_vcpu_stops_at_the_has_step_where_kvm_lacks_spe() -> None:
     assert str(info.value).startswith("SPE not supported by this host's KVM")
     assert info.value.step.name == "has KVM_ARM_VCPU_SPE_IRQ"
     assert info.value.errno == errno.ENXIO
+
+
+# --- the whole bring-up, without the command line ---------------------------------------------
+
+
+def _model_choice(memlock: int) -> BackendChoice:
+    choice = choose_backend("model", profile="default-4k", memlock_limit=memlock)
+    assert choice.name == "model" and choice.host is not None and choice.info is None
+    assert choice.reason == "asked for with --backend model; modelling profile 'default-4k'"
+    assert choice.host.memlock_limit == memlock
+    return choice
+
+
+def test_bring_up_on_the_model_records_every_step_in_order() -> None:
+    choice = _model_choice(64 << 20)
+    result = bring_up(choice, vcpus=2, irq=21, max_buffer_size=4 << 20)
+    assert result.ok and result.error is None and result.stop is None
+    assert choice.host is not None and result.spu == choice.host.spus[0].id
+    names = [(s.step, s.vcpu) for s in result.steps]
+    assert names[0] == ("backend: model", None) and names[1] == ("KVM_CREATE_VM", None)
+    configured = [s for s in result.steps if s.step.startswith(("has ", "set "))]
+    assert [s.step for s in configured if s.vcpu == 1] == [
+        s.name for s in planned_steps(21, result.spu, 4 << 20)
+    ]
+    assert names[-2:] == [("KVM_RUN (first entry)", 0), ("KVM_RUN (first entry)", 1)]
+    assert result.guest_max_buffer_size == 4 << 20 and result.pinned_per_vcpu == [0, 0]
+
+
+def test_bring_up_stops_at_the_refused_step_with_its_errno() -> None:
+    result = bring_up(_model_choice(64 << 20), irq=21, max_buffer_size=0x401000)
+    assert not result.ok and result.error is not None and "EDOM" in result.error
+    failed = [s for s in result.steps if not s.ok]
+    assert len(failed) == 1 and failed[0].errno_name == "EDOM" and failed[0].vcpu == 0
+    assert result.steps[-1] == failed[0] and result.guest_pmbidr is None
+
+
+def test_bring_up_answers_kvm_exit_rlimit_by_raising_the_limit() -> None:
+    stopped = bring_up(_model_choice(4 << 20), irq=21, max_buffer_size=4 << 20, enable_buffer=0)
+    assert not stopped.ok and stopped.stop == "rlimit" and "KVM_EXIT_RLIMIT on VCPU 0" in str(stopped.error)
+    done = bring_up(
+        _model_choice(4 << 20), irq=21, max_buffer_size=4 << 20, enable_buffer=0, raise_memlock=True
+    )
+    assert done.ok and done.pinned_per_vcpu is not None and done.pinned_per_vcpu[0] > 4 << 20
+    assert done.memlock_limit is not None and done.locked_bytes is not None
+    assert done.memlock_limit >= done.locked_bytes
+
+
+def test_bring_up_refuses_a_bad_guest_buffer_before_anything_runs() -> None:
+    choice = _model_choice(64 << 20)
+    with pytest.raises(ValueError, match="non-zero multiple of 4 KiB"):
+        bring_up(choice, irq=21, max_buffer_size=4 << 20, enable_buffer=5000)
+    assert choice.host is not None and choice.host.locked_bytes == 0

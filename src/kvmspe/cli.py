@@ -1,7 +1,8 @@
 """The kvmspe command line: every capability of the package from a shell.
 
 Each subcommand prints a human answer by default and a JSON document with
-``--json`` (keys documented in ``docs/cli.md``). Exit status: 0 success, 1
+``--json`` (keys documented in the CLI reference, ``docs/cli.md`` of the
+source tree). Exit status: 0 success, 1
 when the answer is "no" (a size without encoding, a host that cannot run SPE
 guests, a configuration the kernel refuses), 2 for bad usage or input, with a
 one-line message on stderr and never a traceback.
@@ -21,7 +22,7 @@ import sys
 
 from . import __version__
 from .errors import KvmError, KvmspeError, NotRepresentableError
-from .units import ACCEPTED, U64_MAX, format_size, parse_size, parse_uint
+from .units import ACCEPTED, U64_MAX, format_limit, format_size, format_size_hex, parse_size, parse_uint
 
 # typing.TYPE_CHECKING without importing typing; mypy treats any TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -116,11 +117,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _sz(n: int | None) -> str:
-    """A size for people: ``4 MiB (0x400000)``."""
-    if n is None:
-        return "none"
-    return f"{format_size(n)} ({n:#x})"
+_sz = format_size_hex
 
 
 def _table(rows: Sequence[tuple[str, str]], indent: str = "") -> list[str]:
@@ -136,7 +133,7 @@ def _field_doc(field: int) -> Doc:
 
 
 def cmd_encode(args: Args) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     size: int = args.size
     try:
@@ -161,8 +158,8 @@ def cmd_encode(args: Args) -> int:
 
 
 def _decode_pmbidr(args: Args, value: int) -> int:
-    from . import maxbuf
-    from .registers import PMBIDR_EL1
+    from .arch import maxbuf
+    from .arch.registers import PMBIDR_EL1
 
     fields = PMBIDR_EL1.decode(value)
     raw_field = PMBIDR_EL1.get(value, "MaxBuffSize")
@@ -191,7 +188,7 @@ def _decode_pmbidr(args: Args, value: int) -> int:
 
 
 def cmd_decode(args: Args) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     if (args.field is None) == (args.pmbidr is None):
         raise UsageError("give either a MaxBuffSize FIELD or --pmbidr VALUE (exactly one)")
@@ -210,13 +207,11 @@ def cmd_decode(args: Args) -> int:
 
 
 def cmd_round(args: argparse.Namespace) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     size: int = args.size
     page: int = args.page_size
-    if page not in maxbuf.PAGE_SIZES:
-        sizes = ", ".join(format_size(p).replace(" ", "") for p in maxbuf.PAGE_SIZES)
-        raise UsageError(f"--page-size {page} is not an arm64 page size; accepted: {sizes}")
+    maxbuf.check_page_size(page, "--page-size")
     want_down = args.direction in ("down", "both")
     want_up = args.direction in ("up", "both")
     down = maxbuf.round_down(size, page) if want_down else None
@@ -243,7 +238,7 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 
 def cmd_sizes(args: argparse.Namespace) -> int:
-    from . import maxbuf
+    from .arch import maxbuf
 
     lo: int = args.lo
     hi: int | None = args.hi
@@ -302,12 +297,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
             for call, table in calls.items():
                 if code in table:
                     meanings.append(
-                        {"attribute": attribute, "call": call, "errno": code, "name": name,
-                         "meaning": table[code]}
+                        {
+                            "attribute": attribute,
+                            "call": call,
+                            "errno": code,
+                            "name": name,
+                            "meaning": table[code],
+                        }
                     )
-        doc: Doc = {"query": topic, "kind": "errno", "errno": code, "name": name,
-                    "strerror": os.strerror(code), "meanings": meanings}
-        lines = [f"{name} (errno {code}, \"{os.strerror(code)}\")"]
+        doc: Doc = {
+            "query": topic,
+            "kind": "errno",
+            "errno": code,
+            "name": name,
+            "strerror": os.strerror(code),
+            "meanings": meanings,
+        }
+        lines = [f'{name} (errno {code}, "{os.strerror(code)}")']
         lines += [f"  {m['attribute']} {m['call']}: {m['meaning']}" for m in meanings]
         if not meanings:
             lines.append("  no SPE attribute call or KVM_RUN answers this errno")
@@ -318,10 +324,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if key in by_name:
         info = by_name[key]
         infos = [(info.name, info.errnos)]
-        extra = {"group": info.group, "attr": info.attr, "names": list(info.names),
-                 "value_type": "__u64" if info.value is abi.U64 else "int"}
-        header = (f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
-                  f" at kvm_device_attr.addr)")
+        extra = {
+            "group": info.group,
+            "attr": info.attr,
+            "names": list(info.names),
+            "value_type": "__u64" if info.value is abi.U64 else "int",
+        }
+        header = (
+            f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
+            f" at kvm_device_attr.addr)"
+        )
         if len(info.names) > 1:
             header += f"; also spelled {', '.join(info.names[1:])}"
     elif key in abi.ERRNO_TABLE:
@@ -339,8 +351,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for call, table in calls.items():
             for c, meaning in sorted(table.items()):
                 n = errno_mod.errorcode.get(c, str(c))
-                meanings.append({"attribute": attribute, "call": call, "errno": c, "name": n,
-                                 "meaning": meaning})
+                meanings.append(
+                    {"attribute": attribute, "call": call, "errno": c, "name": n, "meaning": meaning}
+                )
                 prefix = f"{attribute} {call}" if len(infos) > 1 else call
                 lines.append(f"  {prefix:<5} {n:<7} {meaning}")
     doc = {"query": topic, "kind": "name", **extra, "meanings": meanings}
@@ -350,12 +363,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # --- probe ------------------------------------------------------------------------------------
 
 
-def _limit(n: int | None) -> str:
-    return "unlimited" if n is None else _sz(n)
+_limit = format_limit
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from . import abi, discovery
+    from . import abi
+    from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
 
@@ -425,19 +438,21 @@ def _plot_module() -> Any:
 
 def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> None:
     """Pinned memory (per VM, each case) against the max buffer size, the chosen size marked."""
-    from . import maxbuf, planner
+    from . import planner
 
-    top = max(chosen * 4, 64 << 20)
-    xs = [s for s in (args.page_size << k for k in range(64)) if s <= min(top, maxbuf.LARGEST)]
-    curves: dict[str, list[float]] = {case: [] for case in planner.CASES}
-    for size in xs:
-        p = planner.plan(args.vcpus, size, page_size=args.page_size, spu_limit=0,
-                         granule=args.granule, levels=args.levels, locked_already=args.locked)
-        for case in planner.CASES:
-            curves[case].append(p.pinned[case]["per_vm"] / (1 << 20))
+    sweep = planner.sweep(
+        args.vcpus,
+        page_size=args.page_size,
+        granule=args.granule,
+        levels=args.levels,
+        locked_already=args.locked,
+        up_to=max(chosen * 4, 64 << 20),
+    )
+    xs = sweep.sizes
+    curves = {case: [b / (1 << 20) for b in sweep.per_vm[case]] for case in planner.PINNING_CASES}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mib = [x / (1 << 20) for x in xs]
-    for case in planner.CASES:
+    for case in planner.PINNING_CASES:
         ax.plot(mib, curves[case], marker="o", label=case)
     if chosen:
         ax.axvline(chosen / (1 << 20), linestyle="--", color="grey", label="chosen size")
@@ -470,14 +485,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     doc: Doc = plan.to_dict()
     doc["plot"] = args.plot
     rows = [
-        ("VM", f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
-               f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)"),
+        (
+            "VM",
+            f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
+            f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)",
+        ),
         ("SPU limit", "none" if not plan.spu_limit else _sz(plan.spu_limit)),
         ("max buffer size", _sz(plan.size) + ("  (0 = no limit)" if plan.size == 0 else "")),
-        ("set", f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
-                f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})"),
+        (
+            "set",
+            f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
+            f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})",
+        ),
     ]
-    for case in planner.CASES:
+    for case in planner.PINNING_CASES:
         c = plan.pinned[case]
         if c["per_vm"] is None:
             rows.append((f"pinned, {case}", "unbounded (no limit): bounded only by guest RAM"))
@@ -486,8 +507,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.memlock_limit is None:
         rows.append(("RLIMIT_MEMLOCK", "unlimited (nothing bounds what the guest pins)"))
     else:
-        rows.append(("RLIMIT_MEMLOCK", f"at least {_sz(plan.memlock_limit)} (locked already"
-                                       f" {format_size(plan.locked_already)} + worst case)"))
+        rows.append(
+            (
+                "RLIMIT_MEMLOCK",
+                f"at least {_sz(plan.memlock_limit)} (locked already"
+                f" {format_size(plan.locked_already)} + worst case)",
+            )
+        )
     lines = _table(rows)
     lines += [f"warning: {w}" for w in plan.warnings]
     if plt is not None:
@@ -499,320 +525,155 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- configure --------------------------------------------------------------------------------
 
 
-class _Report:
-    """The steps of ``configure`` as they happen: the JSON list and the human lines."""
-
-    def __init__(self) -> None:
-        self.steps: list[Doc] = []
-
-    def add(self, step: str, ok: bool, detail: str = "", vcpu: int | None = None) -> None:
-        self.steps.append({"step": step, "vcpu": vcpu, "ok": ok, "detail": detail})
-
-    def lines(self) -> list[str]:
-        """One line per step, except that a VCPU's successful HAS/SET pairs share a line,
-        and a successful step repeated on consecutive VCPUs is shown once for all."""
-        rows: list[tuple[list[int], bool, str, str]] = []
-        for s in self.steps:
-            step, vcpu, ok, detail = s["step"], s["vcpu"], s["ok"], s["detail"]
-            last = rows[-1] if rows else None
-            if ok and not detail and step.startswith("has "):
-                continue  # shown with its SET; a failing HAS is shown on its own
-            if ok and not detail and step.startswith("set "):
-                text = step.removeprefix("set ")
-                if last and last[0] == [vcpu] and last[1] and last[2].startswith("HAS+SET "):
-                    rows[-1] = (last[0], True, f"{last[2]}, {text}", "")
-                else:
-                    rows.append(([vcpu], True, f"HAS+SET {text}", ""))
-                continue
-            rows.append(([] if vcpu is None else [vcpu], ok, step, detail))
-        merged: list[tuple[list[int], bool, str, str]] = []
-        for row in rows:
-            prev = merged[-1] if merged else None
-            if prev and row[1] and prev[1] and row[0] and prev[0] and prev[2:] == row[2:] \
-                    and prev[0][-1] + 1 == row[0][0]:
-                prev[0].append(row[0][0])
+def _step_lines(steps: Sequence[Doc]) -> list[str]:
+    """The steps of ``configure`` for people: one line per step, except that a VCPU's
+    successful HAS/SET pairs share a line, and a successful step repeated on
+    consecutive VCPUs is shown once for all."""
+    rows: list[tuple[list[int], bool, str, str]] = []
+    for s in steps:
+        step, vcpu, ok, detail = s["step"], s["vcpu"], s["ok"], s["detail"]
+        last = rows[-1] if rows else None
+        if ok and not detail and step.startswith("has "):
+            continue  # shown with its SET; a failing HAS is shown on its own
+        if ok and not detail and step.startswith("set "):
+            text = step.removeprefix("set ")
+            if last and last[0] == [vcpu] and last[1] and last[2].startswith("HAS+SET "):
+                rows[-1] = (last[0], True, f"{last[2]}, {text}", "")
             else:
-                merged.append(row)
-        rows = merged
-        out = []
-        for vcpus, ok, step, detail in rows:
-            if not vcpus:
-                where = ""
-            elif len(vcpus) == 1:
-                where = f"vcpu {vcpus[0]}: "
-            else:
-                where = f"vcpus {vcpus[0]}-{vcpus[-1]}: "
-            mark = "ok  " if ok else "FAIL"
-            out.append(f"  {mark} {where}{step}" + (f"  ({detail})" if detail else ""))
-        return out
+                rows.append(([vcpu], True, f"HAS+SET {text}", ""))
+            continue
+        rows.append(([] if vcpu is None else [vcpu], ok, step, detail))
+    merged: list[tuple[list[int], bool, str, str]] = []
+    for row in rows:
+        prev = merged[-1] if merged else None
+        if (
+            prev
+            and row[1]
+            and prev[1]
+            and row[0]
+            and prev[0]
+            and prev[2:] == row[2:]
+            and prev[0][-1] + 1 == row[0][0]
+        ):
+            prev[0].append(row[0][0])
+        else:
+            merged.append(row)
+    out = []
+    for vcpus, ok, step, detail in merged:
+        if not vcpus:
+            where = ""
+        elif len(vcpus) == 1:
+            where = f"vcpu {vcpus[0]}: "
+        else:
+            where = f"vcpus {vcpus[0]}-{vcpus[-1]}: "
+        mark = "ok  " if ok else "FAIL"
+        out.append(f"  {mark} {where}{step}" + (f"  ({detail})" if detail else ""))
+    return out
 
 
-def _choose_backend(args: argparse.Namespace) -> tuple[str, str, Any, Any]:
-    """(backend, why, model Host or None, HostInfo or None) as --backend/--profile ask."""
-    import resource
-
-    from . import discovery, profiles
-
-    info = discovery.discover() if args.backend != "model" or args.profile is None else None
-    if args.backend == "kvm":
-        assert info is not None
-        return "kvm", "asked for with --backend kvm", None, info
-    if args.backend == "auto" and info is not None and info.spe_supported:
-        return "kvm", f"this host's KVM supports SPE ({info.spe_reason})", None, info
-    limit = args.memlock
-    if limit is None:
-        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
-        limit = None if soft == resource.RLIM_INFINITY else soft
-    why = "asked for with --backend model" if args.backend == "model" else (
-        f"the real kernel cannot: {info.spe_reason if info is not None else 'not probed'}")
-    if args.profile is not None:
-        host = profiles.model_host(args.profile, memlock_limit=limit, locked=args.locked)
-        return "model", f"{why}; modelling profile {args.profile!r}", host, info
-    host, modelling = profiles.fallback_host(info, memlock_limit=limit, locked=args.locked)
-    return "model", f"{why}; {modelling}", host, info
-
-
-def _planned_steps(irq: int, spu: int, size: int) -> list[Any]:
-    from . import vmm
-
-    return vmm.planned_steps(irq, spu, size)
-
-
+#: What to do about a configuration step the kernel refused, by its errno.
 _HINTS = {
     "EDOM": "'kvmspe round SIZE' gives the nearest sizes KVM accepts",
     "ENOMEM": "raise RLIMIT_MEMLOCK: --raise-memlock, or a larger --memlock on the model",
     "ERANGE": "the SPU limits the size: see 'kvmspe probe'",
 }
 
+#: What to do when the bring-up stopped, by :attr:`kvmspe.vmm.BringUpResult.stop`.
+_STOP_HINTS = {"rlimit": "pass --raise-memlock to raise the limit and re-enter"}
+
 
 def cmd_configure(args: argparse.Namespace) -> int:
-    from . import maxbuf, memlock, planner, vmm
-    from .kvm import RunTimeout, SpeFeatureUnavailable
-    from .registers import PMBIDR_EL1
+    from . import vmm
 
     if args.enable_buffer is not None and args.backend == "kvm":
         raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
-    from . import abi
-
-    abi.ASSUMED.check()  # a bad KVMSPE_* number stops here, before anything runs (exit 2)
-    backend, why, host, info = _choose_backend(args)
-    report = _Report()
-    report.add(f"backend: {backend}", True, why)
-    doc: Doc = {"ok": False, "backend": backend, "backend_reason": why, "profile": args.profile,
-                "vcpus": args.vcpus, "irq": args.irq, "spu": None, "max_buffer_size": args.max_buffer_size,
-                "page_size": None, "steps": report.steps, "guest_pmbidr": None, "guest_pmbidr_fields": None,
-                "guest_max_buffer_size": None,
-                "pinned_per_vcpu": None, "locked_bytes": None, "vm_lck": None, "memlock_limit": None,
-                "error": None}
-
-    if backend == "model":
-        spus = [s.id for s in host.spus]
-        page = host.page_size
-        spu_limit = host.spus[0].max_buffer_size if host.spus else 0
-        locked = host.locked_bytes
+    choice = vmm.choose_backend(
+        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked
+    )
+    r = vmm.bring_up(
+        choice,
+        vcpus=args.vcpus,
+        irq=args.irq,
+        spu=args.spu,
+        max_buffer_size=args.max_buffer_size,
+        raise_memlock=args.raise_memlock,
+        enable_buffer=args.enable_buffer,
+    )
+    steps: list[Doc] = []
+    for st in r.steps:
+        hint = _HINTS.get(st.errno_name or "") if not st.ok else None
+        steps.append(
+            {
+                "step": st.step,
+                "vcpu": st.vcpu,
+                "ok": st.ok,
+                "detail": st.detail + (f"; {hint}" if hint else ""),
+            }
+        )
+    error = r.error
+    if error is not None and r.stop is not None:
+        error = f"{error}; {_STOP_HINTS[r.stop]}"
+    doc: Doc = {
+        "ok": r.ok,
+        "backend": choice.name,
+        "backend_reason": choice.reason,
+        "profile": args.profile,
+        "vcpus": args.vcpus,
+        "irq": args.irq,
+        "spu": r.spu,
+        "max_buffer_size": args.max_buffer_size,
+        "page_size": r.page_size,
+        "steps": steps,
+        "guest_pmbidr": r.guest_pmbidr,
+        "guest_pmbidr_fields": r.guest_pmbidr_fields,
+        "guest_max_buffer_size": r.guest_max_buffer_size,
+        "pinned_per_vcpu": r.pinned_per_vcpu,
+        "locked_bytes": r.locked_bytes,
+        "vm_lck": r.vm_lck,
+        "memlock_limit": r.memlock_limit,
+        "error": error,
+    }
+    lines = [
+        f"kvmspe configure: {args.vcpus} VCPU(s), IRQ {args.irq}, SPU {r.spu},"
+        f" max buffer size {_sz(r.max_buffer_size)}",
+        *_step_lines(steps),
+    ]
+    if r.guest_pmbidr is not None:
+        f = r.guest_pmbidr_fields
+        assert f is not None
+        lines.append(
+            f"guest PMBIDR_EL1 = {r.guest_pmbidr:#018x}  (MaxBuffSize"
+            f" {f['MaxBuffSize']:#06x} = {_sz(r.guest_max_buffer_size)},"
+            f" ALIGN {f['ALIGN']}, EA {f['EA']})"
+        )
+    if r.pinned_per_vcpu is not None:
+        per = ", ".join(format_size(p) for p in r.pinned_per_vcpu)
+        lines.append(f"pinned per VCPU: {per}")
+    if r.locked_bytes is not None:
+        lines.append(
+            f"locked {_sz(r.locked_bytes)}, VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}"
+        )
+    elif r.vm_lck is not None:
+        lines.append(f"VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}")
+    if error:
+        lines.append(f"stopped: {error}")
     else:
-        spus = [i.type for i in info.spe_instances if i.type is not None]
-        page = info.page_size
-        spu_limit = 0
-        locked = info.vm_lck or 0
-    spu = args.spu if args.spu is not None else (spus[0] if spus else 0)
-    doc["spu"], doc["page_size"] = spu, page
-    size: int = args.max_buffer_size
-
-    def finish(ok: bool, error: str | None = None) -> int:
-        doc["ok"], doc["error"] = ok, error
-        lines = [f"kvmspe configure: {args.vcpus} VCPU(s), IRQ {args.irq}, SPU {spu},"
-                 f" max buffer size {_sz(size)}", *report.lines()]
-        if doc["guest_pmbidr"] is not None:
-            f = doc["guest_pmbidr_fields"]
-            lines.append(f"guest PMBIDR_EL1 = {doc['guest_pmbidr']:#018x}  (MaxBuffSize"
-                         f" {f['MaxBuffSize']:#06x} = {_sz(doc['guest_max_buffer_size'])},"
-                         f" ALIGN {f['ALIGN']}, EA {f['EA']})")
-        if doc["pinned_per_vcpu"] is not None:
-            per = ", ".join(format_size(p) for p in doc["pinned_per_vcpu"])
-            lines.append(f"pinned per VCPU: {per}")
-        if doc["locked_bytes"] is not None:
-            lines.append(f"locked {_sz(doc['locked_bytes'])}, VmLck {_sz(doc['vm_lck'])},"
-                         f" RLIMIT_MEMLOCK {_limit(doc['memlock_limit'])}")
-        elif doc["vm_lck"] is not None:
-            lines.append(f"VmLck {_sz(doc['vm_lck'])}, RLIMIT_MEMLOCK {_limit(doc['memlock_limit'])}")
-        if error:
-            lines.append(f"stopped: {error}")
-        else:
-            lines.append("done: SPE is configured on every VCPU")
-        return _emit(args, doc, lines, 0 if ok else 1)
-
-    def memlock_limit() -> int | None:
-        if backend == "model":
-            limit: int | None = host.memlock_limit
-            return limit
-        return memlock.status().soft
-
-    def raise_to(nbytes: int, why_raise: str) -> bool:
-        before = memlock_limit()
-        if backend == "model":
-            if before is not None and before < nbytes:
-                host.set_memlock_limit(nbytes)
-        else:
-            try:
-                memlock.raise_limit(nbytes)
-            except (memlock.MemlockPermissionError, OSError) as exc:
-                report.add("raise RLIMIT_MEMLOCK", False, _one_line(str(exc)))
-                return False
-        report.add("raise RLIMIT_MEMLOCK", True,
-                   f"{_limit(before)} -> {_limit(memlock_limit())}: {why_raise}")
-        return True
-
-    if args.raise_memlock:
-        p = planner.plan(args.vcpus, size, page_size=page, spu_limit=spu_limit, locked_already=locked)
-        if p.memlock_limit is None:
-            report.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
-        elif not raise_to(p.memlock_limit, "the planner's worst case"):
-            return finish(False, "RLIMIT_MEMLOCK could not be raised")
-
-    kvm: Any = None
-    try:
-        if backend == "kvm":
-            from .kvm import Kvm
-
-            kvm = Kvm()
-            vm = kvm.create_vm()
-        else:
-            vm = host.create_vm()
-        report.add("KVM_CREATE_VM", True)
-        vcpus = []
-        for i in range(args.vcpus):
-            vcpus.append(vm.create_vcpu(i, spe=True))
-            if backend == "kvm" and kvm.arch == "aarch64":
-                bit = kvm.spe_feature().bit
-                report.add(f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})",
-                           True, vcpu=i)
-            else:
-                report.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
-        if backend == "kvm" and kvm.arch == "aarch64":
-            # The SPE interrupt, like the PMU's, needs the VM's in-kernel irqchip:
-            # a GICv3, created once every VCPU exists, placed, then initialised.
-            vm.create_vgic_v3()
-            report.add("KVM_CREATE_DEVICE GICv3, distributor and redistributor addresses", True)
-            vm.init_vgic()
-            report.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
-        for vcpu in vcpus:
-            try:
-                done = vmm.configure_spe(vcpu, irq=args.irq, spu=spu, max_buffer_size=size)
-            except vmm.SpeConfigError as exc:
-                planned = _planned_steps(args.irq, spu, size)
-                for step in planned[: planned.index(exc.step)] if exc.step in planned else []:
-                    report.add(step.name, True, vcpu=vcpu.index)
-                hint = _HINTS.get(exc.error.name)
-                detail = str(exc.error) + (f"; {hint}" if hint else "")
-                report.add(exc.step.name, False, detail, vcpu=vcpu.index)
-                return finish(False, _one_line(str(exc)))
-            for step in done:
-                report.add(step.name, True, vcpu=vcpu.index)
-        for vcpu in vcpus:
-            try:
-                exit_ = vcpu.run()
-            except RunTimeout as exc:
-                # The VCPU entered the guest (no guest code here, so it would never come back).
-                report.add("KVM_RUN (first entry)", True,
-                           f"entered; no exit within {exc.seconds:g} s, ended by a timer signal",
-                           vcpu=vcpu.index)
-                continue
-            report.add("KVM_RUN (first entry)", True, f"exit {exit_.name}", vcpu=vcpu.index)
-        error = None
-        if args.enable_buffer is not None:
-
-            def raise_by(excess: int) -> bool:
-                return raise_to((memlock_limit() or 0) + excess, "by the excess KVM_EXIT_RLIMIT reported")
-
-            error = _enable_buffers(args, vcpus, size, report, raise_by)
-        if backend == "model":
-            pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
-            doc["guest_pmbidr"] = pmbidr
-            doc["guest_pmbidr_fields"] = PMBIDR_EL1.decode(pmbidr)
-            doc["guest_max_buffer_size"] = maxbuf.decode(PMBIDR_EL1.get(pmbidr, "MaxBuffSize"))
-            doc["pinned_per_vcpu"] = [v.pinned_bytes for v in vcpus]
-            doc["locked_bytes"], doc["vm_lck"] = host.locked_bytes, host.vm_lck
-        else:
-            doc["vm_lck"] = memlock.status().vm_lck
-        doc["memlock_limit"] = memlock_limit()
-        return finish(error is None, error)
-    except SpeFeatureUnavailable as exc:
-        report.add("KVM_ARM_VCPU_INIT with the SPE feature", False, str(exc.strerror))
-        return finish(False, _one_line(f"SPE is not supported: {exc.strerror}"))
-    except KvmError as exc:
-        report.add(exc.ioctl or "ioctl", False, str(exc))
-        return finish(False, _one_line(str(exc)))
-    finally:
-        if kvm is not None:
-            kvm.close()
-
-
-#: How many times a VCPU is re-entered after KVM_EXIT_RLIMIT, each time with the
-#: limit raised by the excess reported, before the VMM gives up.
-_RLIMIT_REENTRIES = 8
-
-
-def _enable_buffers(
-    args: argparse.Namespace, vcpus: list[Any], max_size: int, report: _Report,
-    raise_by: Callable[[int], bool],
-) -> str | None:
-    """The guest enables a buffer on every VCPU; handle KVM_EXIT_RLIMIT as a VMM should.
-
-    Returns None when every buffer is pinned, else why not (one line).
-    """
-    from .registers import PMBSR_EL1
-
-    size: int = args.enable_buffer or max_size
-    if size == 0 or size % 4096:
-        raise UsageError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
-    for vcpu in vcpus:
-        i = vcpu.index
-        base = i * size
-        vcpu.enable_buffer(base, size)
-        report.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
-        for entry in range(_RLIMIT_REENTRIES + 1):
-            exit_ = vcpu.run()
-            if not exit_.is_rlimit:
-                break
-            excess = exit_.rlimit_excess or 0
-            report.add("KVM_RUN", False, f"{exit_.name}: RLIMIT_MEMLOCK exceeded by {_sz(excess)}", vcpu=i)
-            if excess <= 0:
-                # Raising the limit by nothing cannot help: this exit number is
-                # probably another exit of this kernel (KVMSPE_EXIT_RLIMIT is assumed).
-                return (f"VCPU {i}: KVM_RUN returned exit reason {exit_.reason}, taken for KVM_EXIT_RLIMIT,"
-                        " without a positive excess; if this kernel numbers KVM_EXIT_RLIMIT"
-                        " differently, set KVMSPE_EXIT_RLIMIT")
-            if entry == _RLIMIT_REENTRIES:
-                return (f"VCPU {i}: still KVM_EXIT_RLIMIT after raising RLIMIT_MEMLOCK"
-                        f" {_RLIMIT_REENTRIES} times; giving up")
-            if not args.raise_memlock:
-                return (f"KVM_EXIT_RLIMIT on VCPU {i}: pinning its buffer exceeds RLIMIT_MEMLOCK by"
-                        f" {format_size(excess)}; pass --raise-memlock to raise the limit and re-enter")
-            if not raise_by(excess):
-                return "RLIMIT_MEMLOCK could not be raised"
-        pmbsr: int = vcpu.guest_read("PMBSR_EL1")
-        if PMBSR_EL1.get(pmbsr, "S"):
-            f = PMBSR_EL1.decode(pmbsr)
-            event = f"buffer management event PMBSR_EL1 EC={f['EC']} MSS={f['MSS']:#x}"
-            report.add("KVM_RUN", False, f"exit {exit_.name}; the guest got a {event}", vcpu=i)
-            return f"VCPU {i}: the guest's buffer was not pinned: {event}"
-        report.add("KVM_RUN", True, f"exit {exit_.name}; pinned {_sz(vcpu.pinned_bytes)}", vcpu=i)
-    return None
+        lines.append("done: SPE is configured on every VCPU")
+    return _emit(args, doc, lines, 0 if r.ok else 1)
 
 
 # --- conformance and vectors ---------------------------------------------------------------------
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from . import conformance
+    from .conformance import runner as conformance
 
     report = conformance.run(args.backend)
     return _emit(args, report.to_dict(), report.render().splitlines(), 0 if report.ok else 1)
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from . import vectors
+    from .conformance import vectors
 
     if not args.out.strip():
         raise UsageError("--out needs a directory, e.g. --out vectors/ (an empty name is refused)")
@@ -910,7 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print a JSON document (keys in docs/cli.md)")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON document (its keys: kvmspe's CLI reference, in its source)",
+    )
 
     parser = _Parser(
         prog="kvmspe",
@@ -924,8 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_,
-                           epilog=_EPILOGS.get(name), formatter_class=fmt)
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_,
+            description=help_,
+            epilog=_EPILOGS.get(name),
+            formatter_class=fmt,
+        )
         p.set_defaults(func=func)
         return p
 
@@ -933,10 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("size", metavar="SIZE", type=_size, help=_SIZE_HELP)
 
     p = add("decode", cmd_decode, "the size a MaxBuffSize field stands for, or a whole PMBIDR_EL1")
-    p.add_argument("field", metavar="FIELD", nargs="?", type=_argtype(_parse_field),
-                   help="a MaxBuffSize field value, 0..0x3fff")
-    p.add_argument("--pmbidr", metavar="VALUE", type=_uint("PMBIDR_EL1 value"),
-                   help="decode a whole PMBIDR_EL1 value instead")
+    p.add_argument(
+        "field",
+        metavar="FIELD",
+        nargs="?",
+        type=_argtype(_parse_field),
+        help="a MaxBuffSize field value, 0..0x3fff",
+    )
+    p.add_argument(
+        "--pmbidr",
+        metavar="VALUE",
+        type=_uint("PMBIDR_EL1 value"),
+        help="decode a whole PMBIDR_EL1 value instead",
+    )
 
     p = add("round", cmd_round, "the nearest representable, page-aligned max buffer sizes")
     p.add_argument("size", metavar="SIZE", type=_size, help=_SIZE_HELP)
@@ -944,65 +824,165 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--up", dest="direction", action="store_const", const="up", help="round up only")
     way.add_argument("--down", dest="direction", action="store_const", const="down", help="round down only")
     p.set_defaults(direction="both")
-    p.add_argument("--page-size", metavar="SIZE", type=_size, default=4096,
-                   help="host page size: 4K, 16K or 64K (default 4K)")
+    p.add_argument(
+        "--page-size",
+        metavar="SIZE",
+        type=_size,
+        default=4096,
+        help="host page size: 4K, 16K or 64K (default 4K)",
+    )
 
     p = add("sizes", cmd_sizes, "list the representable max buffer sizes in a range")
     p.add_argument("--from", dest="lo", metavar="SIZE", type=_size, default=0, help="smallest (default 0)")
-    p.add_argument("--to", dest="hi", metavar="SIZE", type=_size, default=None,
-                   help="largest (default: 1023 << 42, the largest representable)")
-    p.add_argument("--limit", metavar="N", type=_uint("limit"), default=32,
-                   help="list at most N (default 32; 0 for all)")
+    p.add_argument(
+        "--to",
+        dest="hi",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="largest (default: 1023 << 42, the largest representable)",
+    )
+    p.add_argument(
+        "--limit", metavar="N", type=_uint("limit"), default=32, help="list at most N (default 32; 0 for all)"
+    )
 
     p = add("explain", cmd_explain, "what an errno means for each SPE attribute and call")
-    p.add_argument("topic", metavar="ERRNO|NAME",
-                   help="an errno name or number (EDOM, 33), an attribute name, or KVM_RUN")
+    p.add_argument(
+        "topic",
+        metavar="ERRNO|NAME",
+        help="an errno name or number (EDOM, 33), an attribute name, or KVM_RUN",
+    )
 
     p = add("probe", cmd_probe, "what this host can do for SPE guests, and why not (exit 1: it cannot)")
-    p.add_argument("--fixture", metavar="NAME",
-                   help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)")
+    p.add_argument(
+        "--fixture",
+        metavar="NAME",
+        help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)",
+    )
 
     p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs")
-    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 1 << 16, 1), required=True,
-                   help="number of VCPUs with SPE")
-    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=None,
-                   help="wanted max buffer size (default: the SPU's limit); rounded down safely")
-    p.add_argument("--page-size", metavar="SIZE", type=_size, default=4096,
-                   help="host page size (default 4K)")
-    p.add_argument("--spu-limit", metavar="SIZE", type=_size, default=0,
-                   help="the SPU's own MaxBuffSize limit (default 0: none)")
-    p.add_argument("--granule", metavar="SIZE", type=_size, default=4096,
-                   help="the guest's translation granule: 4K, 16K or 64K (default 4K)")
-    p.add_argument("--levels", metavar="N", type=_uint("level count", 5, 1), default=None,
-                   help="stage-1 levels the guest walks, 1..5 (default: those of a 48-bit VA)")
-    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
-                   help="memory the VMM locks already, e.g. guest RAM (default 0)")
-    p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="draw pinned memory against buffer size (needs kvmspe[plot], i.e. matplotlib)")
+    p.add_argument(
+        "--vcpus",
+        metavar="N",
+        type=_uint("VCPU count", 1 << 16, 1),
+        required=True,
+        help="number of VCPUs with SPE",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="wanted max buffer size (default: the SPU's limit); rounded down safely",
+    )
+    p.add_argument(
+        "--page-size", metavar="SIZE", type=_size, default=4096, help="host page size (default 4K)"
+    )
+    p.add_argument(
+        "--spu-limit",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="the SPU's own MaxBuffSize limit (default 0: none)",
+    )
+    p.add_argument(
+        "--granule",
+        metavar="SIZE",
+        type=_size,
+        default=4096,
+        help="the guest's translation granule: 4K, 16K or 64K (default 4K)",
+    )
+    p.add_argument(
+        "--levels",
+        metavar="N",
+        type=_uint("level count", 5, 1),
+        default=None,
+        help="stage-1 levels the guest walks, 1..5 (default: those of a 48-bit VA)",
+    )
+    p.add_argument(
+        "--locked",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="memory the VMM locks already, e.g. guest RAM (default 0)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="draw pinned memory against buffer size (needs kvmspe[plot], i.e. matplotlib)",
+    )
 
-    p = add("configure", cmd_configure,
-            "create a VM, configure SPE on every VCPU, run it, report each step")
-    p.add_argument("--backend", choices=("auto", "model", "kvm"), default="auto",
-                   help="auto (default): the real kernel where it supports SPE, else the model")
-    p.add_argument("--profile", metavar="NAME", default=None,
-                   help="the model host to use (see docs/cli.md; default: this host if it has SPE units,"
-                        " else default-4k)")
-    p.add_argument("--vcpus", metavar="N", type=_uint("VCPU count", 512, 1), default=1,
-                   help="number of VCPUs (default 1)")
-    p.add_argument("--irq", metavar="INTID", type=_uint("IRQ", (1 << 31) - 1), default=DEFAULT_IRQ,
-                   help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})")
-    p.add_argument("--spu", metavar="ID", type=_uint("SPU id", (1 << 31) - 1), default=None,
-                   help="the SPE unit: its perf PMU type (default: the host's first)")
-    p.add_argument("--max-buffer-size", metavar="SIZE", type=_size, default=4 << 20,
-                   help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)")
-    p.add_argument("--memlock", metavar="SIZE", type=_size, default=None,
-                   help="the model's RLIMIT_MEMLOCK (default: this process's soft limit)")
-    p.add_argument("--locked", metavar="SIZE", type=_size, default=0,
-                   help="memory the modelled VMM has locked already (default 0)")
-    p.add_argument("--raise-memlock", action="store_true",
-                   help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT")
-    p.add_argument("--enable-buffer", metavar="SIZE", nargs="?", type=_size, const=0, default=None,
-                   help="the modelled guest enables a buffer on every VCPU (default size: the max)")
+    p = add("configure", cmd_configure, "create a VM, configure SPE on every VCPU, run it, report each step")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "model", "kvm"),
+        default="auto",
+        help="auto (default): the real kernel where it supports SPE, else the model",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="the model host to use, by profile name (an unknown name lists the known ones;"
+        " default: this host if it has SPE units, else default-4k)",
+    )
+    p.add_argument(
+        "--vcpus",
+        metavar="N",
+        type=_uint("VCPU count", 512, 1),
+        default=1,
+        help="number of VCPUs (default 1)",
+    )
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=DEFAULT_IRQ,
+        help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})",
+    )
+    p.add_argument(
+        "--spu",
+        metavar="ID",
+        type=_uint("SPU id", (1 << 31) - 1),
+        default=None,
+        help="the SPE unit: its perf PMU type (default: the host's first)",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=4 << 20,
+        help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)",
+    )
+    p.add_argument(
+        "--memlock",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="the model's RLIMIT_MEMLOCK (default: this process's soft limit)",
+    )
+    p.add_argument(
+        "--locked",
+        metavar="SIZE",
+        type=_size,
+        default=0,
+        help="memory the modelled VMM has locked already (default 0)",
+    )
+    p.add_argument(
+        "--raise-memlock",
+        action="store_true",
+        help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT",
+    )
+    p.add_argument(
+        "--enable-buffer",
+        metavar="SIZE",
+        nargs="?",
+        type=_size,
+        const=0,
+        default=None,
+        help="the modelled guest enables a buffer on every VCPU (default size: the max)",
+    )
 
     p = add("conformance", cmd_conformance, "run the conformance cases on the model or the real kernel")
     p.add_argument("--backend", choices=("model", "kvm"), default="model", help="default: model")
@@ -1013,8 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import LANGS
 
     p = add("export", cmd_export, "print a C header, a Rust module or a C conformance program")
-    p.add_argument("--lang", choices=tuple(LANGS), required=True,
-                   help="; ".join(f"{k}: {v}" for k, v in LANGS.items()))
+    p.add_argument(
+        "--lang", choices=tuple(LANGS), required=True, help="; ".join(f"{k}: {v}" for k, v in LANGS.items())
+    )
 
     return parser
 
@@ -1039,8 +1020,9 @@ def _codec_args(argv: Sequence[str]) -> _Args | None:
         if command == "encode":
             return _Args(command=command, json=json, size=parse_size(operand), func=cmd_encode)
         if command == "decode":
-            return _Args(command=command, json=json, field=_parse_field(operand), pmbidr=None,
-                         func=cmd_decode)
+            return _Args(
+                command=command, json=json, field=_parse_field(operand), pmbidr=None, func=cmd_decode
+            )
     except ValueError:
         return None
     return None

@@ -3,7 +3,7 @@
 :class:`Kvm` opens ``/dev/kvm``, :meth:`Kvm.create_vm` gives a :class:`Vm`,
 :meth:`Vm.create_vcpu` a :class:`Vcpu` whose ``set_device_attr``,
 ``get_device_attr``, ``has_device_attr`` and ``run`` behave like
-:class:`kvmspe.model.Vcpu`: same names, same errors
+:class:`kvmspe.model.kernel.Vcpu`: same names, same errors
 (:class:`~kvmspe.errors.KvmError`, an ``OSError`` carrying the kernel's errno
 and what it means for the attribute). So one piece of VMM code runs on either.
 
@@ -58,7 +58,7 @@ from typing import Any, Self, cast
 
 from . import abi
 from .errors import InvalidArgumentError, KvmError
-from .validation import U32_MAX, U64_MAX, check_int
+from .validation import U32_MAX, U64_MAX, check_int, is_int
 
 __all__ = [
     "DEFAULT_VALUE",
@@ -133,6 +133,7 @@ def _closed(owner: _Owned, name: str) -> KvmError:
     """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
     return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
 
+
 #: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
 RUN_TIMEOUT = 1.0
 #: After the first timer signal, how often it is repeated until KVM_RUN has
@@ -141,7 +142,7 @@ _RUN_TICK = 0.05
 
 #: Candidate bits for the SPE VCPU feature when probing: KVM_ARM_VCPU_INIT
 #: takes features only in features[0] (every kernel refuses a bit in
-#: features[1..6]), and bits 0..8 are upstream features (kvmspe.upstream).
+#: features[1..6]), and bits 0..8 are upstream features (kvmspe.abi.upstream).
 SPE_FEATURE_CANDIDATES: tuple[int, ...] = tuple(range(9, 32))
 
 
@@ -307,7 +308,7 @@ def _feature_bits(features: tuple[int, ...] | list[int]) -> list[int]:
 
 def _init_refused(code: int, bits: list[int], spe_bit: int | None) -> str | None:
     """What a KVM_ARM_VCPU_INIT errno means for the features asked for."""
-    from . import upstream
+    from .abi import upstream
 
     def show(b: int) -> str:
         name = upstream.feature_name(b)
@@ -605,7 +606,7 @@ class Vm(_Owned):
         """
         nr = max(len(self.vcpus), 1)
         for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
-            if isinstance(base, bool) or not isinstance(base, int) or base < 0 or base % _VGIC_ALIGN:
+            if not is_int(base) or base < 0 or base % _VGIC_ALIGN:
                 raise ValueError(f"{name} must be a 64 KiB aligned guest physical address, got {base!r}")
         dist_end = dist_base + abi.KVM_VGIC_V3_DIST_SIZE
         redist_end = redist_base + nr * abi.KVM_VGIC_V3_REDIST_SIZE
@@ -688,7 +689,7 @@ class Device(_Owned):
         if value is None:
             self._call(_SET, group, attr, 0)
             return
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if not is_int(value) or not 0 <= value < 1 << 64:
             raise ValueError(f"device attribute {group}/{attr} takes a __u64, got {value!r}")
         self._value[0] = value
         self._call(_SET, group, attr, self.value_addr)
@@ -881,6 +882,16 @@ class Vcpu(_Owned):
         self._view = view
         self._sel_group, self._sel_attr = group, attr
 
+    def _issue(self, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
+        """One device-attribute ioctl on ``buf``: a closed VCPU is named, EINTR is
+        retried, any other errno raises the explained :class:`KvmError`."""
+        try:
+            self._ioctl(self.fd, request, buf)
+        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
+            raise self._closed_error(_NAMES[request], group, attr) from None
+        except OSError as exc:
+            self._again(exc, request, buf, call, group, attr)
+
     def _again(self, exc: OSError, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
         """After a failed ioctl: retry while EINTR, else raise the explained error."""
         while exc.errno == _EINTR:
@@ -898,18 +909,12 @@ class Vcpu(_Owned):
         if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         try:
-            self._ioctl(self.fd, _HAS, self._attr)
-            return True
-        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
-            raise self._closed_error("KVM_HAS_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            try:
-                self._again(exc, _HAS, self._attr, "has", group, attr)
-            except KvmError as err:
-                if err.errno == errno.ENXIO:
-                    return False
-                raise
-            return True
+            self._issue(_HAS, self._attr, "has", group, attr)
+        except KvmError as err:
+            if err.errno == errno.ENXIO:
+                return False
+            raise
+        return True
 
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
         """KVM_GET_DEVICE_ATTR: the value the kernel writes through ``addr``.
@@ -929,12 +934,7 @@ class Vcpu(_Owned):
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
-        try:
-            self._ioctl(self.fd, _GET, buf)
-        except ValueError:
-            raise self._closed_error("KVM_GET_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            self._again(exc, _GET, buf, "get", group, attr)
+        self._issue(_GET, buf, "get", group, attr)
         result: int = self._view[0]
         return result
 
@@ -960,16 +960,11 @@ class Vcpu(_Owned):
         elif value is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 self._refuse(group, attr, self._fmt, value)
             self.set_device_attr(group, attr, int(cast(int, value)))
             return
-        try:
-            self._ioctl(self.fd, _SET, buf)
-        except ValueError:
-            raise self._closed_error("KVM_SET_DEVICE_ATTR", group, attr) from None
-        except OSError as exc:
-            self._again(exc, _SET, buf, "set", group, attr)
+        self._issue(_SET, buf, "set", group, attr)
 
     def _refuse(self, group: int, attr: int, fmt: struct.Struct, value: object) -> None:
         info = abi.attr_info(group, attr)
@@ -979,9 +974,7 @@ class Vcpu(_Owned):
         signed = fmt.format[-1].islower()
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         ctype = f"{'' if signed else 'u'}int{bits}"
-        raise ValueError(
-            f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}"
-        )
+        raise ValueError(f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}")
 
     # -- running ------------------------------------------------------------------------------
 
@@ -1071,4 +1064,3 @@ class Vcpu(_Owned):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fd}"
         return f"Vcpu(index={self.index}, {state}, spe={self.spe})"
-

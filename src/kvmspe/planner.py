@@ -36,7 +36,7 @@ page multiple); when the SPU has no limit it takes 0 ("no limit", as the
 SPU itself) and warns that the memory to lock cannot be bounded.
 
 The three cases are placements a model guest can realise
-(:class:`kvmspe.stage1.Stage1`), and :mod:`kvmspe.model` pins exactly as
+(:class:`kvmspe.arch.stage1.Stage1`), and :mod:`kvmspe.model.kernel` pins exactly as
 many bytes for them (tested):
 
 * best: block mappings, contiguous layout, one translation tree shared by
@@ -54,16 +54,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import maxbuf
-from .assumptions import DEFAULT, Assumptions
-from .registers import PMBIDR_EL1
-from .stage1 import GRANULES, Stage1
-from .validation import check_int
+from .arch import maxbuf
+from .arch.registers import PMBIDR_EL1
+from .arch.stage1 import Stage1, check_granule
+from .model.assumptions import DEFAULT, Assumptions
+from .validation import U64_MAX, check_int
 
-__all__ = ["CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "placements", "plan"]
+__all__ = ["PINNING_CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
 
 #: The pinning cases, in the order reported.
-CASES = ("best", "typical", "worst")
+PINNING_CASES = ("best", "typical", "worst")
 
 _CASE_TEXT = {
     "best": "block mappings; tables and data contiguous in guest-physical memory; all VCPUs"
@@ -108,8 +108,8 @@ def placements(
     case: str, vcpus: int, size: int, *, granule: int = 4096, levels: int | None = None
 ) -> list[Placement]:
     """The buffers of ``case`` for ``vcpus`` VCPUs (what a model run enables)."""
-    if case not in CASES:
-        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(CASES)}")
+    if case not in PINNING_CASES:
+        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     _int("size", size, 1)
     out = []
@@ -166,13 +166,12 @@ class Plan:
         }
 
 
-_U64_MAX = (1 << 64) - 1
 #: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
 #: 2**64-1 is RLIM_INFINITY.
-RLIM_FINITE_MAX = (1 << 64) - 2
+RLIM_FINITE_MAX = U64_MAX - 1
 
 
-def _int(name: str, value: object, lo: int, hi: int = _U64_MAX) -> int:
+def _int(name: str, value: object, lo: int, hi: int = U64_MAX) -> int:
     return check_int(name, value, lo, hi)
 
 
@@ -231,10 +230,9 @@ def plan(
     """
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     if max_buffer_size is not None:
-        _int("max_buffer_size", max_buffer_size, 0, (1 << 64) - 1)
+        _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
     maxbuf.check_page_size(page_size)
-    if type(granule) is not int or granule not in GRANULES:
-        raise ValueError(f"granule {granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536")
+    check_granule(granule)
     _int("spu_limit", spu_limit, 0)
     if not maxbuf.is_representable(spu_limit):
         raise ValueError(
@@ -254,7 +252,7 @@ def plan(
                 f"{vcpus} buffers of {size:#x} bytes do not fit a {shape.va_bits}-bit guest VA space;"
                 " accepted: more levels, or a smaller size"
             )
-        for case in CASES:
+        for case in PINNING_CASES:
             one = placements(case, 1, size, granule=granule, levels=levels)[0]
             per_vcpu = one.stage1.footprint(one.base, one.base + size, page_size).bytes
             if case == "worst":
@@ -265,7 +263,7 @@ def plan(
                 per_vm = one.stage1.footprint(0, vcpus * size, page_size).bytes
             pinned[case] = {"per_vcpu": per_vcpu, "per_vm": per_vm, "assumptions": _CASE_TEXT[case]}
     else:
-        for case in CASES:
+        for case in PINNING_CASES:
             pinned[case] = {"per_vcpu": None, "per_vm": None, "assumptions": _CASE_TEXT[case]}
     held = size if assumptions.set_time_charge_mode == "held" else 0
     worst = pinned["worst"]["per_vm"]
@@ -291,3 +289,46 @@ def plan(
         memlock,
         warnings,
     )
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Pinned memory per VM against the max buffer size: ``sizes`` and, for
+    each pinning case, ``per_vm[case][i]`` the bytes pinned at ``sizes[i]``."""
+
+    sizes: list[int]
+    per_vm: dict[str, list[int]]
+
+
+def sweep(
+    vcpus: int,
+    *,
+    page_size: int = 4096,
+    granule: int = 4096,
+    levels: int | None = None,
+    locked_already: int = 0,
+    up_to: int = 64 << 20,
+    assumptions: Assumptions = DEFAULT,
+) -> Sweep:
+    """:func:`plan` at every power-of-two multiple of ``page_size`` up to
+    ``up_to`` (and the largest size MaxBuffSize encodes), no SPU limit.
+
+    Raises ValueError as :func:`plan` does.
+    """
+    top = min(_int("up_to", up_to, 0), maxbuf.LARGEST)
+    sizes = [s for s in (page_size << k for k in range(64)) if s <= top]
+    per_vm: dict[str, list[int]] = {case: [] for case in PINNING_CASES}
+    for size in sizes:
+        p = plan(
+            vcpus,
+            size,
+            page_size=page_size,
+            spu_limit=0,
+            granule=granule,
+            levels=levels,
+            locked_already=locked_already,
+            assumptions=assumptions,
+        )
+        for case in PINNING_CASES:
+            per_vm[case].append(p.pinned[case]["per_vm"])
+    return Sweep(sizes, per_vm)

@@ -12,9 +12,19 @@ exact, so ``1.5M`` is refused rather than guessed.
 
 from __future__ import annotations
 
-__all__ = ["ACCEPTED", "U64_MAX", "UNITS", "format_size", "parse_size", "parse_uint"]
+from .validation import U64_MAX, is_int
 
-U64_MAX = (1 << 64) - 1
+__all__ = [
+    "ACCEPTED",
+    "U64_MAX",
+    "UNITS",
+    "format_limit",
+    "format_size",
+    "format_size_hex",
+    "parse_size",
+    "parse_uint",
+]
+
 
 #: Multiplier of each unit letter (binary).
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -171,10 +181,22 @@ def format_size(nbytes: int) -> str:
 
     The result is exact, so :func:`parse_size` reads it back to the same number.
     """
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+    if not is_int(nbytes) or nbytes < 0:
         raise ValueError(f"size {nbytes!r} is not a non-negative integer")
     for letter in "TGMK":
         unit = UNITS[letter]
         if nbytes and nbytes % unit == 0:
             return f"{nbytes // unit} {letter}iB"
     return f"{nbytes} B"
+
+
+def format_size_hex(n: int | None) -> str:
+    """A size for people with its exact value: ``4 MiB (0x400000)``; None is ``none``."""
+    if n is None:
+        return "none"
+    return f"{format_size(n)} ({n:#x})"
+
+
+def format_limit(n: int | None) -> str:
+    """A limit such as RLIMIT_MEMLOCK: None (no limit) is ``unlimited``."""
+    return "unlimited" if n is None else format_size_hex(n)

@@ -13,10 +13,23 @@ from __future__ import annotations
 
 from .errors import InvalidArgumentError
 
-__all__ = ["U32_MAX", "U64_MAX", "check_int", "describe_range"]
+# typing.TYPE_CHECKING without importing typing: this module is on the codec's fast path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+__all__ = ["U32_MAX", "U64_MAX", "check_int", "describe_range", "is_int"]
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an ``int`` and not a ``bool`` (an ``int`` subclass by accident of history).
+
+    For checks whose error is not :func:`check_int`'s (a kernel errno, a register error).
+    """
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _show(value: object) -> str:
@@ -44,7 +57,7 @@ def check_int(name: str, value: object, lo: int | None = 0, hi: int | None = Non
     :class:`InvalidArgumentError` otherwise, and never anything else.
     """
     if type(value) is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise InvalidArgumentError(
                 f"{name} must be an integer {describe_range(lo, hi)}, got {_show(value)}"
                 f" ({type(value).__name__}); accepted: int only, not bool, float or str"

@@ -8,32 +8,52 @@ and, like KVM_ARM_VCPU_PMU_V3_INIT, comes after the values it depends on
 (and after the VM's vGIC is initialised, on arm64). It stops at the first
 step that fails with one clear :class:`SpeConfigError` naming that step.
 It only uses ``has_device_attr`` and ``set_device_attr``, so it runs
-unchanged on a model VCPU (:mod:`kvmspe.model`) and a real one
+unchanged on a model VCPU (:mod:`kvmspe.model.kernel`) and a real one
 (:mod:`kvmspe.kvm`).
+
+:func:`bring_up` is the whole sequence a VMM runs around it, on either
+backend (:func:`choose_backend`): plan, raise RLIMIT_MEMLOCK, create the VM
+and its VCPUs, the vGIC, configure SPE on every VCPU, enter each VCPU once
+and, when asked, let the guest enable a buffer and handle KVM_EXIT_RLIMIT by
+raising the limit and re-entering. It returns a :class:`BringUpResult`: every
+step as data, and what the VM ended with.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from . import abi
+from .backend import Vcpu
 from .errors import KvmError, KvmspeError
+from .units import format_limit, format_size, format_size_hex
 
-__all__ = ["ORDER", "SpeConfigError", "SpeVcpu", "Step", "configure_spe", "planned_steps"]
+if TYPE_CHECKING:
+    from .arch.registers import FieldValue
+    from .host.discovery import HostInfo
+    from .model.kernel import Host
+    from .model.kernel import Vcpu as ModelVcpu
 
-
-class SpeVcpu(Protocol):
-    """What :func:`configure_spe` needs of a VCPU (model or real)."""
-
-    def has_device_attr(self, group: int, attr: int) -> bool: ...
-
-    def set_device_attr(self, group: int, attr: int, value: object) -> None: ...
+__all__ = [
+    "ORDER",
+    "RLIMIT_REENTRIES",
+    "BackendChoice",
+    "BringUpResult",
+    "BringUpStep",
+    "SpeConfigError",
+    "ConfigStep",
+    "bring_up",
+    "choose_backend",
+    "configure_spe",
+    "planned_steps",
+]
 
 
 @dataclass(frozen=True)
-class Step:
+class ConfigStep:
     """One ioctl of the configuration: ``call`` is ``"has"`` or ``"set"``."""
 
     call: Literal["has", "set"]
@@ -73,14 +93,14 @@ class SpeConfigError(KvmspeError):
     ``errno`` is the kernel's errno, so callers can branch on it as on an OSError.
     """
 
-    def __init__(self, message: str, step: Step, error: KvmError):
+    def __init__(self, message: str, step: ConfigStep, error: KvmError):
         super().__init__(message)
         self.step = step
         self.error = error
         self.errno = error.errno
 
 
-def _not_supported(step: Step) -> SpeConfigError:
+def _not_supported(step: ConfigStep) -> SpeConfigError:
     error = KvmError(
         errno.ENXIO,
         abi.explain("has", step.group, step.attr, errno.ENXIO),
@@ -104,17 +124,20 @@ ORDER: tuple[tuple[int, bool], ...] = (
 )
 
 
-def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Every step :func:`configure_spe` takes when all succeed, in order."""
-    values = {abi.KVM_ARM_VCPU_SPE_IRQ: irq, abi.KVM_ARM_VCPU_SPE_SPU: spu,
-              abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size}
-    out: list[Step] = []
+    values = {
+        abi.KVM_ARM_VCPU_SPE_IRQ: irq,
+        abi.KVM_ARM_VCPU_SPE_SPU: spu,
+        abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE: max_buffer_size,
+    }
+    out: list[ConfigStep] = []
     for attr, _ in ORDER:
-        out += [Step("has", attr), Step("set", attr, values.get(attr))]
+        out += [ConfigStep("has", attr), ConfigStep("set", attr, values.get(attr))]
     return out
 
 
-def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[Step]:
+def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Give ``vcpu`` its SPE interrupt, SPU and max buffer size, then
     initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
     (no value: ``set_device_attr(group, attr, None)``).
@@ -135,9 +158,9 @@ def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) ->
         assert info is not None and value is not None
         abi.check_value(info, value)
     plan.append((abi.KVM_ARM_VCPU_SPE_INIT, None))
-    done: list[Step] = []
+    done: list[ConfigStep] = []
     for attr, value in plan:
-        has = Step("has", attr)
+        has = ConfigStep("has", attr)
         try:
             known = vcpu.has_device_attr(has.group, attr)
         except KvmError as exc:
@@ -145,10 +168,387 @@ def configure_spe(vcpu: SpeVcpu, *, irq: int, spu: int, max_buffer_size: int) ->
         if not known:
             raise _not_supported(has)
         done.append(has)
-        put = Step("set", attr, value)
+        put = ConfigStep("set", attr, value)
         try:
             vcpu.set_device_attr(put.group, attr, value)
         except KvmError as exc:
             raise SpeConfigError(f"cannot {put.name}: {exc}", put, exc) from exc
         done.append(put)
     return done
+
+
+# --- the whole bring-up -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which kernel :func:`bring_up` talks to, and why.
+
+    ``name`` is ``"kvm"`` (this host's /dev/kvm) or ``"model"`` (``host``, a
+    model :class:`~kvmspe.model.kernel.Host`); ``info`` is what discovery found, or
+    None when nothing was probed.
+    """
+
+    name: Literal["kvm", "model"]
+    reason: str
+    host: Host | None = None
+    info: HostInfo | None = None
+
+
+def choose_backend(
+    backend: Literal["auto", "kvm", "model"] = "auto",
+    *,
+    profile: str | None = None,
+    memlock_limit: int | None = None,
+    locked: int = 0,
+) -> BackendChoice:
+    """The backend ``backend`` asks for: ``"auto"`` takes the real kernel when
+    discovery says it supports SPE, else a model of this host (or of
+    ``profile``). ``memlock_limit`` is the model's RLIMIT_MEMLOCK; None reads
+    this process's soft limit. ``locked`` is memory the model's VMM has
+    locked already."""
+    from .host import discovery, memlock
+    from .model import profiles
+
+    abi.ASSUMED.check()  # a bad assumed number stops here, before anything is probed
+    info = discovery.discover() if backend != "model" or profile is None else None
+    if backend == "kvm":
+        assert info is not None
+        return BackendChoice("kvm", "asked for with --backend kvm", None, info)
+    if backend == "auto" and info is not None and info.spe_supported:
+        return BackendChoice("kvm", f"this host's KVM supports SPE ({info.spe_reason})", None, info)
+    limit = memlock_limit if memlock_limit is not None else memlock.status().soft
+    why = (
+        "asked for with --backend model"
+        if backend == "model"
+        else f"the real kernel cannot: {info.spe_reason if info is not None else 'not probed'}"
+    )
+    if profile is not None:
+        host = profiles.model_host(profile, memlock_limit=limit, locked=locked)
+        return BackendChoice("model", f"{why}; modelling profile {profile!r}", host, info)
+    host, modelling = profiles.fallback_host(info, memlock_limit=limit, locked=locked)
+    return BackendChoice("model", f"{why}; {modelling}", host, info)
+
+
+@dataclass(frozen=True)
+class BringUpStep:
+    """One step of :func:`bring_up` as it happened.
+
+    ``vcpu`` is the VCPU's index for per-VCPU steps. ``errno_name`` is the
+    kernel's errno (e.g. ``"EDOM"``) when a configuration step was refused.
+    """
+
+    step: str
+    ok: bool
+    detail: str = ""
+    vcpu: int | None = None
+    errno_name: str | None = None
+
+
+#: How many times a VCPU is re-entered after KVM_EXIT_RLIMIT, each time with the
+#: limit raised by the excess reported, before the VMM gives up.
+RLIMIT_REENTRIES = 8
+
+
+@dataclass
+class BringUpResult:
+    """What :func:`bring_up` did and what the VM ended with.
+
+    ``error`` is one line saying why it stopped (None when every step
+    succeeded); ``stop`` names the kind of stop a caller may want to advise
+    on: ``"rlimit"`` when KVM_EXIT_RLIMIT came and ``raise_memlock`` was off.
+    The guest's view and the pinned memory are known on the model only.
+    """
+
+    backend: BackendChoice
+    vcpus: int
+    irq: int
+    spu: int
+    max_buffer_size: int
+    page_size: int
+    steps: list[BringUpStep] = field(default_factory=list)
+    ok: bool = False
+    error: str | None = None
+    stop: Literal["rlimit"] | None = None
+    guest_pmbidr: int | None = None
+    pinned_per_vcpu: list[int] | None = None
+    locked_bytes: int | None = None
+    vm_lck: int | None = None
+    memlock_limit: int | None = None
+
+    @property
+    def guest_pmbidr_fields(self) -> dict[str, FieldValue] | None:
+        """PMBIDR_EL1 as the guest reads it, field by field."""
+        from .arch.registers import PMBIDR_EL1
+
+        return None if self.guest_pmbidr is None else PMBIDR_EL1.decode(self.guest_pmbidr)
+
+    @property
+    def guest_max_buffer_size(self) -> int | None:
+        """The max buffer size the guest's PMBIDR_EL1.MaxBuffSize says."""
+        from .arch import maxbuf
+        from .arch.registers import PMBIDR_EL1
+
+        if self.guest_pmbidr is None:
+            return None
+        return maxbuf.decode(PMBIDR_EL1.get(self.guest_pmbidr, "MaxBuffSize"))
+
+    def add(
+        self, step: str, ok: bool, detail: str = "", vcpu: int | None = None, errno_name: str | None = None
+    ) -> None:
+        self.steps.append(BringUpStep(step, ok, detail, vcpu, errno_name))
+
+    def _stop(self, error: str, stop: Literal["rlimit"] | None = None) -> BringUpResult:
+        self.ok, self.error, self.stop = False, " ".join(error.split()), stop
+        return self
+
+
+class _Limit:
+    """RLIMIT_MEMLOCK as the backend has it: the model host's, or this process's."""
+
+    def __init__(self, result: BringUpResult):
+        self.result = result
+        self.host = result.backend.host
+
+    def get(self) -> int | None:
+        from .host import memlock
+
+        if self.host is not None:
+            return self.host.memlock_limit
+        return memlock.status().soft
+
+    def raise_to(self, nbytes: int, why: str) -> bool:
+        from .host import memlock
+
+        before = self.get()
+        if self.host is not None:
+            if before is not None and before < nbytes:
+                self.host.set_memlock_limit(nbytes)
+        else:
+            try:
+                memlock.raise_limit(nbytes)
+            except (memlock.MemlockPermissionError, OSError) as exc:
+                self.result.add("raise RLIMIT_MEMLOCK", False, " ".join(str(exc).split()))
+                return False
+        change = f"{format_limit(before)} -> {format_limit(self.get())}"
+        self.result.add("raise RLIMIT_MEMLOCK", True, f"{change}: {why}")
+        return True
+
+
+def bring_up(
+    choice: BackendChoice,
+    *,
+    vcpus: int = 1,
+    irq: int,
+    spu: int | None = None,
+    max_buffer_size: int,
+    raise_memlock: bool = False,
+    enable_buffer: int | None = None,
+) -> BringUpResult:
+    """Bring up a VM with SPE on ``vcpus`` VCPUs as a VMM does, on ``choice``'s backend.
+
+    In order: with ``raise_memlock``, raise RLIMIT_MEMLOCK to the planner's
+    worst case; create the VM and its VCPUs with the SPE feature; on arm64
+    the vGIC (the SPE interrupt needs it); :func:`configure_spe` on every
+    VCPU; enter every VCPU once (KVM_RUN). With ``enable_buffer`` (a size;
+    0 means ``max_buffer_size``), which only the model can simulate, the
+    guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
+    answered, with ``raise_memlock``, by raising the limit by the excess
+    and re-entering (at most :data:`RLIMIT_REENTRIES` times).
+
+    ``spu`` None takes the host's first SPU. A refusal of the kernel (real
+    or modelled) ends the bring-up with ``ok`` False and the failing step
+    recorded; nothing is raised for it. Raises ValueError for a bad
+    ``enable_buffer`` (before anything runs) and
+    :class:`~kvmspe.abi.AssumedNumberError` for a bad ``KVMSPE_*`` number.
+    """
+    from . import planner
+
+    abi.ASSUMED.check()  # a bad assumed number stops here, before anything runs
+    if enable_buffer is not None:
+        if choice.name != "model":
+            raise ValueError("enable_buffer simulates the guest, which only the model can")
+        size = enable_buffer or max_buffer_size
+        if size == 0 or size % 4096:
+            raise ValueError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
+    if choice.host is not None:
+        host = choice.host
+        spus = [s.id for s in host.spus]
+        page = host.page_size
+        spu_limit = host.spus[0].max_buffer_size if host.spus else 0
+        locked = host.locked_bytes
+    else:
+        assert choice.info is not None
+        info = choice.info
+        spus = [i.type for i in info.spe_instances if i.type is not None]
+        page = info.page_size
+        spu_limit = 0
+        locked = info.vm_lck or 0
+    chosen_spu = spu if spu is not None else (spus[0] if spus else 0)
+    result = BringUpResult(choice, vcpus, irq, chosen_spu, max_buffer_size, page)
+    result.add(f"backend: {choice.name}", True, choice.reason)
+    limit = _Limit(result)
+
+    if raise_memlock:
+        p = planner.plan(vcpus, max_buffer_size, page_size=page, spu_limit=spu_limit, locked_already=locked)
+        if p.memlock_limit is None:
+            result.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
+        elif not limit.raise_to(p.memlock_limit, "the planner's worst case"):
+            return result._stop("RLIMIT_MEMLOCK could not be raised")
+    if choice.host is not None:
+        return _bring_up_model(result, choice.host, limit, raise_memlock, enable_buffer)
+    return _bring_up_kvm(result, limit)
+
+
+def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
+    """:func:`configure_spe` on every VCPU, each step recorded; False at the first refusal."""
+    for vcpu in vcpus:
+        index = vcpu.index
+        try:
+            done = configure_spe(vcpu, irq=result.irq, spu=result.spu, max_buffer_size=result.max_buffer_size)
+        except SpeConfigError as exc:
+            planned = planned_steps(result.irq, result.spu, result.max_buffer_size)
+            for step in planned[: planned.index(exc.step)] if exc.step in planned else []:
+                result.add(step.name, True, vcpu=index)
+            result.add(exc.step.name, False, str(exc.error), vcpu=index, errno_name=exc.error.name)
+            result._stop(str(exc))
+            return False
+        for step in done:
+            result.add(step.name, True, vcpu=index)
+    return True
+
+
+def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
+    from .host import memlock
+    from .kvm import Kvm, RunTimeout, SpeFeatureUnavailable
+
+    kvm: Kvm | None = None
+    try:
+        kvm = Kvm()
+        vm = kvm.create_vm()
+        result.add("KVM_CREATE_VM", True)
+        vcpus = []
+        for i in range(result.vcpus):
+            vcpus.append(vm.create_vcpu(i, spe=True))
+            if kvm.arch == "aarch64":
+                bit = kvm.spe_feature().bit
+                step = f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})"
+                result.add(step, True, vcpu=i)
+            else:
+                result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
+        if kvm.arch == "aarch64":
+            # The SPE interrupt, like the PMU's, needs the VM's in-kernel irqchip:
+            # a GICv3, created once every VCPU exists, placed, then initialised.
+            vm.create_vgic_v3()
+            result.add("KVM_CREATE_DEVICE GICv3, distributor and redistributor addresses", True)
+            vm.init_vgic()
+            result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
+        if not _configure_all(result, vcpus):
+            return result
+        for vcpu in vcpus:
+            try:
+                exit_ = vcpu.run()
+            except RunTimeout as exc:
+                # The VCPU entered the guest (no guest code here, so it would never come back).
+                result.add(
+                    "KVM_RUN (first entry)",
+                    True,
+                    f"entered; no exit within {exc.seconds:g} s, ended by a timer signal",
+                    vcpu=vcpu.index,
+                )
+                continue
+            result.add("KVM_RUN (first entry)", True, f"exit {exit_.name}", vcpu=vcpu.index)
+        result.vm_lck = memlock.status().vm_lck
+        result.memlock_limit = limit.get()
+        result.ok = True
+        return result
+    except SpeFeatureUnavailable as exc:
+        result.add("KVM_ARM_VCPU_INIT with the SPE feature", False, str(exc.strerror))
+        return result._stop(f"SPE is not supported: {exc.strerror}")
+    except KvmError as exc:
+        result.add(exc.ioctl or "ioctl", False, str(exc))
+        return result._stop(str(exc))
+    finally:
+        if kvm is not None:
+            kvm.close()
+
+
+def _bring_up_model(
+    result: BringUpResult, host: Host, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
+) -> BringUpResult:
+    try:
+        vm = host.create_vm()
+        result.add("KVM_CREATE_VM", True)
+        vcpus = []
+        for i in range(result.vcpus):
+            vcpus.append(vm.create_vcpu(i, spe=True))
+            result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
+        if not _configure_all(result, vcpus):
+            return result
+        for vcpu in vcpus:
+            result.add("KVM_RUN (first entry)", True, f"exit {vcpu.run().name}", vcpu=vcpu.index)
+        if enable_buffer is not None:
+            _enable_buffers(result, vcpus, enable_buffer or result.max_buffer_size, limit, raise_memlock)
+    except KvmError as exc:
+        result.add(exc.ioctl or "ioctl", False, str(exc))
+        return result._stop(str(exc))
+    result.guest_pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
+    result.pinned_per_vcpu = [v.pinned_bytes for v in vcpus]
+    result.locked_bytes, result.vm_lck = host.locked_bytes, host.vm_lck
+    result.memlock_limit = limit.get()
+    result.ok = result.error is None
+    return result
+
+
+def _enable_buffers(
+    result: BringUpResult, vcpus: list[ModelVcpu], size: int, limit: _Limit, raise_memlock: bool
+) -> None:
+    """The guest enables a ``size`` buffer on every VCPU; KVM_EXIT_RLIMIT is handled
+    as a VMM should. Stops ``result`` at the first VCPU whose buffer is not pinned."""
+    from .arch.registers import PMBSR_EL1
+
+    for vcpu in vcpus:
+        i = vcpu.index
+        base = i * size
+        vcpu.enable_buffer(base, size)
+        result.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
+        for entry in range(RLIMIT_REENTRIES + 1):
+            exit_ = vcpu.run()
+            if not exit_.is_rlimit:
+                break
+            excess = exit_.rlimit_excess or 0
+            over = f"{exit_.name}: RLIMIT_MEMLOCK exceeded by {format_size_hex(excess)}"
+            result.add("KVM_RUN", False, over, vcpu=i)
+            if excess <= 0:
+                # Raising the limit by nothing cannot help: this exit number is
+                # probably another exit of this kernel (KVMSPE_EXIT_RLIMIT is assumed).
+                result._stop(
+                    f"VCPU {i}: KVM_RUN returned exit reason {exit_.reason}, taken for KVM_EXIT_RLIMIT,"
+                    " without a positive excess; if this kernel numbers KVM_EXIT_RLIMIT"
+                    " differently, set KVMSPE_EXIT_RLIMIT"
+                )
+                return
+            if entry == RLIMIT_REENTRIES:
+                result._stop(
+                    f"VCPU {i}: still KVM_EXIT_RLIMIT after raising RLIMIT_MEMLOCK"
+                    f" {RLIMIT_REENTRIES} times; giving up"
+                )
+                return
+            if not raise_memlock:
+                result._stop(
+                    f"KVM_EXIT_RLIMIT on VCPU {i}: pinning its buffer exceeds RLIMIT_MEMLOCK by"
+                    f" {format_size(excess)}",
+                    "rlimit",
+                )
+                return
+            if not limit.raise_to((limit.get() or 0) + excess, "by the excess KVM_EXIT_RLIMIT reported"):
+                result._stop("RLIMIT_MEMLOCK could not be raised")
+                return
+        pmbsr = vcpu.guest_read("PMBSR_EL1")
+        if PMBSR_EL1.get(pmbsr, "S"):
+            f = PMBSR_EL1.decode(pmbsr)
+            event = f"buffer management event PMBSR_EL1 EC={f['EC']} MSS={f['MSS']:#x}"
+            result.add("KVM_RUN", False, f"exit {exit_.name}; the guest got a {event}", vcpu=i)
+            result._stop(f"VCPU {i}: the guest's buffer was not pinned: {event}")
+            return
+        result.add("KVM_RUN", True, f"exit {exit_.name}; pinned {format_size_hex(vcpu.pinned_bytes)}", vcpu=i)

@@ -4,8 +4,8 @@ Nothing here lists a constant by hand: the SPE attributes come from
 :data:`kvmspe.abi.ATTRS`, the other uapi numbers from every ``KVM_*`` integer
 :mod:`kvmspe.abi` defines, the assumed numbers from the fields of
 :class:`kvmspe.abi.Assumed`, the register layouts from
-:data:`kvmspe.registers.REGISTERS` and the MaxBuffSize parameters from
-:mod:`kvmspe.maxbuf`. A number added to any of them shows up in every
+:data:`kvmspe.arch.registers.REGISTERS` and the MaxBuffSize parameters from
+:mod:`kvmspe.arch.maxbuf`. A number added to any of them shows up in every
 exported language without a change here.
 """
 
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import abi, maxbuf, registers
-from ..registers import REGISTERS
+from .. import abi
+from ..arch import maxbuf, registers
+from ..arch.registers import REGISTERS
+from ..validation import is_int
 
 __all__ = [
     "AssumedNumber",
@@ -110,7 +112,7 @@ def uapi_constants() -> list[Constant]:
     for name, value in sorted(vars(abi).items()):
         if not (name.startswith("KVM_") or name == "KVMIO") or name in taken or name.endswith("_OFFSET"):
             continue
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             continue
         out.append(Constant(name, value))
     return out
@@ -128,7 +130,7 @@ def assumed_numbers() -> list[AssumedNumber]:
 
 
 def register_constants() -> dict[str, list[RegisterConstant]]:
-    """Per register of :data:`kvmspe.registers.REGISTERS`: shifts, widths,
+    """Per register of :data:`kvmspe.arch.registers.REGISTERS`: shifts, widths,
     masks, enum values (unshifted, as in the kernel's sysreg headers) and
     the RES0 mask."""
     out: dict[str, list[RegisterConstant]] = {}
@@ -149,14 +151,14 @@ def register_constants() -> dict[str, list[RegisterConstant]]:
         # Named values kvmspe keeps next to the table, e.g. PMBSR_BSC_SIZE.
         prefix = reg.name.removesuffix("_EL1") + "_"
         for name, value in sorted(vars(registers).items()):
-            if name.startswith(prefix) and isinstance(value, int) and not isinstance(value, bool):
+            if name.startswith(prefix) and is_int(value):
                 rows.append(RegisterConstant(name, value, "value"))
         out[reg.name] = rows
     return out
 
 
 def codec_constants() -> list[Constant]:
-    """The MaxBuffSize field's layout and the codec's limits, from :mod:`kvmspe.maxbuf`."""
+    """The MaxBuffSize field's layout and the codec's limits, from :mod:`kvmspe.arch.maxbuf`."""
     e_shift = maxbuf.M_BITS
     return [
         Constant("KVMSPE_MAXBUFFSIZE_M_SHIFT", 0, "mantissa M: field bits [8:0]"),

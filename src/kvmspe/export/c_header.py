@@ -4,7 +4,7 @@ The header holds the SPE group and attribute numbers, the other uapi numbers
 kvmspe uses, the assumed numbers as "define it yourself" guards, the SPE
 buffer registers' fields as shifts, widths and masks, and the
 PMBIDR_EL1.MaxBuffSize codec as ``static inline`` functions that compute what
-:mod:`kvmspe.maxbuf` computes. It needs only ``<stdint.h>`` and
+:mod:`kvmspe.arch.maxbuf` computes. It needs only ``<stdint.h>`` and
 ``<stdbool.h>`` and compiles as C99 or C11, 32- or 64-bit.
 
 Every number is under ``#ifndef``, so a build can override it

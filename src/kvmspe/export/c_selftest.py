@@ -2,8 +2,8 @@
 the kernel selftests' style.
 
 The program is generated from the scenario vectors
-(:func:`kvmspe.vectors.scenario_vectors`, which come from
-:data:`kvmspe.cases.CASES`), and does on ``/dev/kvm`` what
+(:func:`kvmspe.conformance.vectors.scenario_vectors`, which come from
+:data:`kvmspe.conformance.cases.CASES`), and does on ``/dev/kvm`` what
 ``kvmspe conformance --backend kvm`` does: it probes the host (SPE or not,
 page size, SPE units from sysfs), skips a case whose needs the host cannot
 meet with the same reason, gives each case a fresh VM (on arm64 with its VCPUs
@@ -31,8 +31,9 @@ import ast
 import json
 from typing import Any
 
-from .. import __version__, abi, conformance, kvm
-from ..vectors import scenario_vectors
+from .. import __version__, abi, kvm
+from ..conformance import runner as conformance
+from ..conformance.vectors import scenario_vectors
 from . import c_header
 
 __all__ = ["render"]

@@ -2,8 +2,8 @@
 
 Every command needs a host to model, including on machines without SPE.
 :data:`PROFILES` names a few typical arm64 hosts; :func:`model_host` turns
-one of them, or a :class:`~kvmspe.discovery.HostInfo` from
-:func:`~kvmspe.discovery.discover`, into a :class:`kvmspe.model.Host`.
+one of them, or a :class:`~kvmspe.host.discovery.HostInfo` from
+:func:`~kvmspe.host.discovery.discover`, into a :class:`kvmspe.model.kernel.Host`.
 
 From a discovered host [assumed mapping, see :func:`model_host`]:
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import maxbuf
-from .discovery import HostInfo
-from .model import Host, Spu
+from ..arch import maxbuf
+from ..host.discovery import HostInfo
+from .kernel import Host, Spu
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -61,7 +61,7 @@ class Profile:
     spus: tuple[SpuProfile, ...]
 
     def host(self, memlock_limit: int | None = None, locked: int = 0) -> Host:
-        """A fresh :class:`kvmspe.model.Host` with this profile."""
+        """A fresh :class:`kvmspe.model.kernel.Host` with this profile."""
         spus = [Spu(s.id, s.max_buffer_size, cpus=s.cpus) for s in self.spus]
         return Host(self.page_size, spus, memlock_limit, locked=locked)
 
@@ -133,7 +133,7 @@ def model_host(
     memlock_limit: int | None = None,
     locked: int = 0,
 ) -> Host:
-    """A model :class:`~kvmspe.model.Host` from a profile name or a discovered host.
+    """A model :class:`~kvmspe.model.kernel.Host` from a profile name or a discovered host.
 
     ``memlock_limit`` (bytes; None: unlimited) and ``locked`` (bytes already
     locked by the VMM) are the modelled process's RLIMIT_MEMLOCK and locked
@@ -142,11 +142,7 @@ def model_host(
     without SPUs, on which every SPE call answers ENXIO, as the real one does.
     """
     if isinstance(source, HostInfo):
-        if source.page_size not in maxbuf.PAGE_SIZES:
-            accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
-            raise ValueError(
-                f"the discovered page size {source.page_size} is not an arm64 page size; accepted: {accepted}"
-            )
+        maxbuf.check_page_size(source.page_size, "the discovered page size")
         return Host(source.page_size, spus_from_info(source), memlock_limit, locked=locked)
     profile = PROFILES.get(source)
     if profile is None:

@@ -21,7 +21,7 @@ Each check names its source class:
 ``uapi``
     the upstream headers;
 ``assumed``
-    none of these (see :mod:`kvmspe.assumptions` and ``docs/rules.md``).
+    none of these (see :mod:`kvmspe.model.assumptions` and ``docs/rules.md``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import abi, maxbuf
-from .errors import NotRepresentableError
+from .. import abi
+from ..arch import maxbuf
+from ..errors import NotRepresentableError
 
 if TYPE_CHECKING:
-    from .model import Vcpu
+    from .kernel import Vcpu
 
 __all__ = ["Call", "Check", "Outcome", "RuleSet", "RULES", "first_outcome"]
 

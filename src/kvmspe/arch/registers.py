@@ -6,7 +6,8 @@ and, for enums, the architected names of the values. :class:`Register` turns
 a table into masks and shifts and checks at import time that the fields
 cover all 64 bits without overlap, so a typo in a table fails loudly.
 
-Sources: FACTS section 4 (Arm architecture as described by Linux).
+Sources: the Arm architecture (Arm DDI0601, the SPE buffer registers) as Linux
+describes it in ``arch/arm64/tools/sysreg``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import RegisterError
+from ..errors import RegisterError
+from ..validation import is_int
 
 __all__ = [
     "Field",
@@ -109,7 +111,7 @@ class Register:
             raise RegisterError(f"{self.name} has no field {name!r}; fields: {accepted}") from None
 
     def _check_value(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if not is_int(value) or not 0 <= value < 1 << 64:
             raise RegisterError(f"{self.name}: {value!r} is not a 64-bit value (0..2**64-1)")
 
     def get(self, value: int, name: str) -> int:
@@ -155,7 +157,7 @@ class Register:
                 if f.kind != "enum":
                     raise RegisterError(f"{self.name}.{name} takes a number, not {v!r}")
                 v = f.value_of(v)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << f.width:
+            if not is_int(v) or not 0 <= v < 1 << f.width:
                 raise RegisterError(
                     f"{self.name}.{name}={v!r} does not fit {f.width} bits"
                     f" (accepted: 0..{(1 << f.width) - 1})"

@@ -3,7 +3,7 @@
 KVM pins host pages whole, and a page wanted by two tables or two VCPUs is
 pinned once: what counts against RLIMIT_MEMLOCK is the union of what every
 enabled buffer needs. :class:`PinnedPages` keeps, per *space* (see
-:mod:`kvmspe.stage1`), a step function "page number -> how many holders",
+:mod:`kvmspe.arch.stage1`), a step function "page number -> how many holders",
 stored as sorted breakpoints. Adding or removing an interval costs
 O(log n + k) for k breakpoints inside it, never O(pages).
 """
@@ -90,9 +90,7 @@ class RefIntervals:
     @property
     def held(self) -> int:
         """Pages with a non-zero count."""
-        return sum(
-            self.points[k + 1] - self.points[k] for k in range(len(self.points) - 1) if self.counts[k]
-        )
+        return sum(self.points[k + 1] - self.points[k] for k in range(len(self.points) - 1) if self.counts[k])
 
 
 class PinnedPages:
@@ -103,7 +101,7 @@ class PinnedPages:
 
     def new_pages(self, intervals: Iterable[Interval]) -> int:
         """How many pages pinning ``intervals`` would add (they must not overlap
-        each other within a space, as :class:`kvmspe.stage1.Footprint` guarantees)."""
+        each other within a space, as :class:`kvmspe.arch.stage1.Footprint` guarantees)."""
         total = 0
         for space, start, end in intervals:
             refs = self._spaces.get(space)

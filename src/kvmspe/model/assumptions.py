@@ -2,9 +2,9 @@
 
 The seed patch and the series fix the MAX_BUFFER_SIZE checks and their errnos;
 the order of checks, including the assumed ones (marked ``assumed``), is in
-:mod:`kvmspe.rules`. The quantities and policies they leave open are decided
+:mod:`kvmspe.model.rules`. The quantities and policies they leave open are decided
 here; the docs list each item as an assumption. Change a value (or pass a modified
-copy to :class:`kvmspe.model.Host`) to model another reading.
+copy to :class:`kvmspe.model.kernel.Host`) to model another reading.
 """
 
 from __future__ import annotations
@@ -24,17 +24,11 @@ class Assumptions:
     #: KVM_MAX_VCPU_IDS, which is KVM_MAX_VCPUS, the GICv3 limit of 512 VCPUs
     #: (read from the kernel source, not measured).
     max_vcpu_ids: int = 512
-    #: Set-time locked-memory accounting: charged once per VM, when the value
-    #: is stored (after check 6), never for a repeated set of the same value.
-    set_time_charge: Literal["per-vm"] = "per-vm"
     #: Whether the set-time charge stays locked until the VM is destroyed
     #: ("held"), or is only a check that the maximum fits under the limit
     #: next to what is locked already ("check"). "check" avoids counting the
     #: buffer twice once the guest really pins it.
     set_time_charge_mode: Literal["check", "held"] = "check"
-    #: KVM_EXIT_RLIMIT is returned once per buffer enable that would exceed
-    #: the limit; its data is the excess in bytes; the next KVM_RUN retries.
-    rlimit_exit_per_enable: bool = True
     #: The model returns this exit when the modelled guest has nothing more
     #: to do (a real guest would go on running).
     idle_exit: int = 10  # KVM_EXIT_INTR
@@ -65,11 +59,6 @@ class Assumptions:
     #: pointer/limit) unpins at once; an enable is handled at the next
     #: KVM_RUN, because it may have to exit to userspace with KVM_EXIT_RLIMIT.
     disable_unpins_at_write: bool = True
-    #: A stage-1 table page is pinned whole (all of its guest page, rounded
-    #: out to host pages), as the SPU's walk may read any descriptor in it;
-    #: buffer data is pinned for the bytes between pointer and limit, rounded
-    #: out to host pages.
-    table_pin: Literal["whole-table-page"] = "whole-table-page"
 
 
 DEFAULT = Assumptions()

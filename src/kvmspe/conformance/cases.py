@@ -5,8 +5,8 @@ source class (``seed``: the reference patch; ``series``: another patch or
 revision of the SPE series; ``measured``: the real kernel's nearest interface,
 measured on Linux 7.2 arm64; ``arch``; ``uapi``; ``assumed``) and where in that
 source it is; its :class:`Case` objects are
-the call sequences that show the rule holds. :mod:`kvmspe.conformance` runs
-them against the model or a real kernel, and :mod:`kvmspe.vectors` writes
+the call sequences that show the rule holds. :mod:`kvmspe.conformance.runner` runs
+them against the model or a real kernel, and :mod:`kvmspe.conformance.vectors` writes
 them out for other languages.
 
 A case is a :class:`Setup` (what the host must have, what VCPUs to create)
@@ -39,8 +39,10 @@ with its data (``"KVM_EXIT_RLIMIT excess=PAGE * 4"``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import errno
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 __all__ = [
     "CASES",
@@ -54,6 +56,7 @@ __all__ = [
     "SPU",
     "UNKNOWN",
     "Case",
+    "Expectation",
     "Rule",
     "Setup",
     "SpuSpec",
@@ -88,6 +91,42 @@ GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
 
 Value = int | str | None
 Expect = int | str | bool
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A step's expected result, parsed once from its short written form.
+
+    ``kind`` is ``"ok"`` (the call succeeded), ``"has"`` (HAS answers
+    ``flag``), ``"errno"`` (the call fails with ``errno_name``), ``"exit"``
+    (KVM_RUN returned: any exit when ``exit_name`` is None, else that exit,
+    with ``expr`` the KVM_EXIT_RLIMIT excess when given) or ``"value"`` (a GET
+    or a read gives ``expr``, an int or an expression over the host's names).
+    """
+
+    kind: Literal["ok", "has", "errno", "exit", "value"]
+    flag: bool = False
+    errno_name: str = ""
+    exit_name: str | None = None
+    expr: int | str | None = None
+
+    @classmethod
+    def parse(cls, written: Expect) -> Expectation:
+        """The expectation ``written`` stands for (see the module docstring)."""
+        if isinstance(written, bool):
+            return cls("has", flag=written)
+        if isinstance(written, int):
+            return cls("value", expr=written)
+        if written == "ok":
+            return cls("ok")
+        if written == "exit":
+            return cls("exit")
+        if written in errno.errorcode.values():
+            return cls("errno", errno_name=written)
+        if written.startswith("KVM_EXIT_"):
+            name, _, excess = written.partition(" excess=")
+            return cls("exit", exit_name=name, expr=excess or None)
+        return cls("value", expr=written)
 
 
 @dataclass(frozen=True)
@@ -139,6 +178,10 @@ class Step:
     value: Value = None
     expect: Expect = "ok"
     vcpu: int = 0
+    expectation: Expectation = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expectation", Expectation.parse(self.expect))
 
     def describe(self) -> str:
         """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
@@ -219,7 +262,7 @@ def has(target: str, expect: bool, vcpu: int = 0) -> Step:
     return Step("has", target, None, expect, vcpu)
 
 
-def run(expect: Expect = "exit", vcpu: int = 0) -> Step:
+def kvm_run(expect: Expect = "exit", vcpu: int = 0) -> Step:
     return Step("run", "", None, expect, vcpu)
 
 
@@ -397,15 +440,15 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         "the reference patch, SET check 1",
         """Once any VCPU of the VM has entered KVM_RUN, setting the max buffer size
         fails with EBUSY, even to the value already set.""",
-        case("run-then-set-same", ONE, *READY, run(), set_(MAX, "PAGE * 2", "EBUSY")),
-        case("run-then-set-different", ONE, *READY, run(), set_(MAX, "PAGE * 4", "EBUSY")),
+        case("run-then-set-same", ONE, *READY, kvm_run(), set_(MAX, "PAGE * 2", "EBUSY")),
+        case("run-then-set-different", ONE, *READY, kvm_run(), set_(MAX, "PAGE * 4", "EBUSY")),
         case(
             "run-other-vcpu-then-set",
             TWO_VCPUS,
             *READY,
             set_(IRQ, 21, vcpu=1),
             init(vcpu=1),
-            run(vcpu=1),
+            kvm_run(vcpu=1),
             set_(MAX, "PAGE * 2", "EBUSY"),
         ),
     ),
@@ -514,7 +557,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         "the reference patch, order of the SET checks",
         """The SET checks run in the order 1 to 6: when two fail at once, the
         earlier one decides the errno.""",
-        case("order-run-before-unaligned", ONE, *READY, run(), set_(MAX, "PAGE + 1", "EBUSY")),
+        case("order-run-before-unaligned", ONE, *READY, kvm_run(), set_(MAX, "PAGE + 1", "EBUSY")),
         case("order-unaligned-before-no-spu", ONE, set_(MAX, "PAGE + 1", "EINVAL")),
         case("order-no-spu-before-unencodable", ONE, set_(MAX, "unrep(PAGE)", "ENODEV")),
         case(
@@ -546,13 +589,13 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("order-no-spe-before-efault", NO_SPE, set_(MAX, "BAD", "ENXIO")),
         case("order-no-spe-before-get-efault", NO_SPE, get(MAX, "ENXIO", addr="BAD")),
         case("order-no-feature-before-efault", NO_FEATURE, set_(MAX, "BAD", "ENODEV")),
-        case("order-efault-before-has-run", ONE, *READY, run(), set_(MAX, "BAD", "EFAULT")),
+        case("order-efault-before-has-run", ONE, *READY, kvm_run(), set_(MAX, "BAD", "EFAULT")),
         case("order-efault-before-no-spu", ONE, set_(MAX, "BAD", "EFAULT")),
     ),
     _rule(
         "order-memlock",
         "assumed",
-        "v6 patch 33 (accounting at set time); assumptions.set_time_charge",
+        "v6 patch 33 (accounting at set time); assumed: charged once per VM",
         """The locked-memory check comes last: a size the SPU refuses gives ERANGE
         even over the limit, and setting the value already set succeeds even when
         the limit has dropped since.""",
@@ -625,7 +668,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         id is the perf PMU type is an assumption, by analogy with SET_PMU.)""",
         case("spu-unknown-id", ONE, set_(SPU, "NOSPU", "ENXIO")),
         case("spu-unknown-after-spu", ONE, SPU_SET, set_(SPU, "NOSPU", "ENXIO")),
-        case("spu-unknown-after-run", ONE, *READY, run(), set_(SPU, "NOSPU", "ENXIO")),
+        case("spu-unknown-after-run", ONE, *READY, kvm_run(), set_(SPU, "NOSPU", "ENXIO")),
     ),
     _rule(
         "spu-get-unset",
@@ -660,7 +703,7 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         case("irq-twice-different", ONE, IRQ_SET, set_(IRQ, 22, "EBUSY"), get(IRQ, 21)),
         case("order-irq-once-before-efault", ONE, IRQ_SET, set_(IRQ, "BAD", "EBUSY")),
         case("order-irq-once-before-not-ppi", ONE, IRQ_SET, set_(IRQ, 15, "EBUSY")),
-        case("irq-twice-after-run", ONE, *READY, run(), set_(IRQ, 21, "EBUSY")),
+        case("irq-twice-after-run", ONE, *READY, kvm_run(), set_(IRQ, 21, "EBUSY")),
     ),
     _rule(
         "irq-needs-irqchip",
@@ -682,11 +725,15 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
             "order-irq-has-run-before-efault",
             TWO_VCPUS,
             *READY,
-            run(),
+            kvm_run(),
             set_(IRQ, "BAD", "EBUSY", vcpu=1),
         ),
-        case("order-irq-has-run-before-not-ppi", TWO_VCPUS, *READY, run(), set_(IRQ, 15, "EBUSY", vcpu=1)),
-        case("order-irq-has-run-before-differs", TWO_VCPUS, *READY, run(), set_(IRQ, 22, "EBUSY", vcpu=1)),
+        case(
+            "order-irq-has-run-before-not-ppi", TWO_VCPUS, *READY, kvm_run(), set_(IRQ, 15, "EBUSY", vcpu=1)
+        ),
+        case(
+            "order-irq-has-run-before-differs", TWO_VCPUS, *READY, kvm_run(), set_(IRQ, 22, "EBUSY", vcpu=1)
+        ),
     ),
     # -- INIT ----------------------------------------------------------------------------------------------
     _rule(
@@ -746,8 +793,8 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         """INIT a second time gives EBUSY, and so does INIT once the VM has run,
         also on a VCPU that is not ready to initialise.""",
         case("init-twice", ONE, *READY, init("EBUSY")),
-        case("init-after-run", ONE, *READY, run(), init("EBUSY")),
-        case("order-init-has-run-before-needs-irq", TWO_VCPUS, *READY, run(), init("EBUSY", vcpu=1)),
+        case("init-after-run", ONE, *READY, kvm_run(), init("EBUSY")),
+        case("order-init-has-run-before-needs-irq", TWO_VCPUS, *READY, kvm_run(), init("EBUSY", vcpu=1)),
     ),
     _rule(
         "init-get",
@@ -779,15 +826,19 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         """KVM_RUN on an SPE VCPU fails with EINVAL until SPE is initialised on it
         (which needs its IRQ, the VM's SPU and max buffer size); then it runs. A
         VCPU without the SPE feature needs none of them.""",
-        case("run-unconfigured", ONE, run("EINVAL")),
-        case("run-without-max", ONE, SPU_SET, IRQ_SET, run("EINVAL")),
-        case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), run("EINVAL")),
-        case("run-without-init", ONE, *CONFIGURE, run("EINVAL")),
+        case("run-unconfigured", ONE, kvm_run("EINVAL")),
+        case("run-without-max", ONE, SPU_SET, IRQ_SET, kvm_run("EINVAL")),
+        case("run-without-irq", ONE, SPU_SET, set_(MAX, "PAGE * 2"), kvm_run("EINVAL")),
+        case("run-without-init", ONE, *CONFIGURE, kvm_run("EINVAL")),
         case(
-            "run-other-vcpu-not-initialised", TWO_VCPUS, *READY, set_(IRQ, 21, vcpu=1), run("EINVAL", vcpu=1)
+            "run-other-vcpu-not-initialised",
+            TWO_VCPUS,
+            *READY,
+            set_(IRQ, 21, vcpu=1),
+            kvm_run("EINVAL", vcpu=1),
         ),
-        case("run-configured", ONE, *READY, run()),
-        case("run-no-feature", NO_FEATURE, run()),
+        case("run-configured", ONE, *READY, kvm_run()),
+        case("run-no-feature", NO_FEATURE, kvm_run()),
     ),
     _rule(
         "fixed-after-run",
@@ -795,10 +846,10 @@ _ATTRIBUTE_RULES: tuple[Rule, ...] = (
         "the reference patch's SET check 1, extended to the SPU",
         """From the first KVM_RUN the SPU is fixed too (EBUSY for a known id), and
         every value still reads back.""",
-        case("run-then-set-spu", ONE, *READY, run(), set_(SPU, "SPU", "EBUSY")),
-        case("spu-different-after-run", TWO_SPUS, *READY, run(), set_(SPU, "SPU2", "EBUSY")),
-        case("order-spu-efault-before-has-run", ONE, *READY, run(), set_(SPU, "BAD", "EFAULT")),
-        case("run-then-get-max", ONE, *READY, run(), get(MAX, "PAGE * 2"), get(SPU, "SPU"), get(IRQ, 21)),
+        case("run-then-set-spu", ONE, *READY, kvm_run(), set_(SPU, "SPU", "EBUSY")),
+        case("spu-different-after-run", TWO_SPUS, *READY, kvm_run(), set_(SPU, "SPU2", "EBUSY")),
+        case("order-spu-efault-before-has-run", ONE, *READY, kvm_run(), set_(SPU, "BAD", "EFAULT")),
+        case("run-then-get-max", ONE, *READY, kvm_run(), get(MAX, "PAGE * 2"), get(SPU, "SPU"), get(IRQ, 21)),
     ),
     # -- what the guest sees -----------------------------------------------------------------------------
     _rule(
@@ -842,7 +893,7 @@ RUN_PHASE: tuple[Rule, ...] = (
         """When the guest enables its buffer, the next KVM_RUN pins the host pages
         behind the buffer and behind the stage-1 table pages that translate it,
         so VmLck grows by more than the buffer; the run goes on.""",
-        case("pin-on-enable", ONE, *ENABLED, run(), vm_lck(PINNED_8K)),
+        case("pin-on-enable", ONE, *ENABLED, kvm_run(), vm_lck(PINNED_8K)),
     ),
     _rule(
         "run-rlimit",
@@ -856,31 +907,31 @@ RUN_PHASE: tuple[Rule, ...] = (
             "rlimit-exit",
             Setup(memlock="PAGE * 2"),
             *ENABLED,
-            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            kvm_run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
             vm_lck(0),
         ),
         case(
             "rlimit-raise-and-reenter",
             Setup(memlock="PAGE * 2"),
             *ENABLED,
-            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            kvm_run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
             setrlimit(PINNED_8K),
-            run(),
+            kvm_run(),
             vm_lck(PINNED_8K),
         ),
     ),
     _rule(
         "run-rlimit-repeat",
         "assumed",
-        "v6 patch 32; assumptions.rlimit_exit_per_enable",
+        "v6 patch 32; assumed: one exit per enable, the next KVM_RUN retries",
         """Re-entering without raising the limit exits with KVM_EXIT_RLIMIT again;
         the exit raises no guest-visible event.""",
         case(
             "rlimit-again",
             Setup(memlock="PAGE * 2"),
             *ENABLED,
-            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
-            run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            kvm_run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
+            kvm_run("KVM_EXIT_RLIMIT excess=PAGE * 4"),
             guest_read("PMBSR_EL1.S", 0),
         ),
     ),
@@ -890,7 +941,7 @@ RUN_PHASE: tuple[Rule, ...] = (
         "v6 patch 33 (VmLck keeps its peak)",
         """VmLck is the peak of locked memory: it does not go down when the guest
         disables its buffer and KVM unpins it.""",
-        case("vmlck-after-disable", ONE, *ENABLED, run(), disable(), run(), vm_lck(PINNED_8K)),
+        case("vmlck-after-disable", ONE, *ENABLED, kvm_run(), disable(), kvm_run(), vm_lck(PINNED_8K)),
     ),
     _rule(
         "stage1-fault",
@@ -903,7 +954,7 @@ RUN_PHASE: tuple[Rule, ...] = (
             ONE,
             *READY,
             enable("PAGE * 2", unmapped=True),
-            run(),
+            kvm_run(),
             guest_read("PMBSR_EL1.EC", 0b100100),
             guest_read("PMBSR_EL1.S", 1),
             vm_lck(0),
@@ -920,7 +971,7 @@ RUN_PHASE: tuple[Rule, ...] = (
             ONE,
             *READY,
             enable("PAGE * 4"),
-            run(),
+            kvm_run(),
             guest_read("PMBSR_EL1.EC", 0),
             guest_read("PMBSR_EL1.MSS", 4),
             guest_read("PMBSR_EL1.S", 1),
@@ -935,8 +986,12 @@ RULE_LIST: tuple[Rule, ...] = (*_ATTRIBUTE_RULES, *RUN_PHASE)
 CASES: tuple[Case, ...] = tuple(c for r in RULE_LIST for c in r.cases)
 
 
-def by_name(names: Iterator[str] | list[str] | tuple[str, ...]) -> tuple[Case, ...]:
-    """The cases with these names, in the given order; refuses unknown names."""
+def by_name(names: Iterable[str]) -> tuple[Case, ...]:
+    """The cases with these names, in the given order; refuses unknown names.
+
+    ``names`` may be any iterable, an iterator included: it is read once.
+    """
+    names = tuple(names)
     index = {c.name: c for c in CASES}
     missing = [n for n in names if n not in index]
     if missing:

@@ -9,14 +9,13 @@ mantissa M (bits [8:0]); bits [15:14] are reserved.
 The field value 0 decodes to 0, "no limit". Decoding is strictly increasing in
 the field value, so the 2^14 field values are in bijection with the
 representable sizes and every search below is arithmetic, not a scan.
-Source: FACTS section 4 (Arm DDI0601 PMBIDR_EL1.MaxBuffSize, as used by the
-seed patch).
+Source: Arm DDI0601, PMBIDR_EL1.MaxBuffSize, as the reference patch uses it.
 """
 
 from __future__ import annotations
 
-from .errors import NotRepresentableError
-from .validation import check_int
+from ..errors import InvalidArgumentError, NotRepresentableError
+from ..validation import U64_MAX, check_int, is_int
 
 # typing.TYPE_CHECKING without importing typing (the command line's codec path
 # starts faster without it); mypy treats any TYPE_CHECKING as true.
@@ -44,7 +43,6 @@ M_MASK = (1 << M_BITS) - 1
 E_MASK = (1 << E_BITS) - 1
 #: Largest valid field value (bits [15:14] reserved).
 FIELD_MAX = (1 << (M_BITS + E_BITS)) - 1
-_U64_MAX = (1 << 64) - 1
 #: Unit of the E = 0 range, and the smallest non-zero size.
 GRANULE = 4096
 #: Host page sizes an arm64 kernel may use.
@@ -53,7 +51,7 @@ PAGE_SIZES = (4096, 16384, 65536)
 
 def decode(field: int) -> int:
     """Size in bytes of a MaxBuffSize field value (0 means no limit)."""
-    if isinstance(field, bool) or not isinstance(field, int) or not 0 <= field <= FIELD_MAX:
+    if not is_int(field) or not 0 <= field <= FIELD_MAX:
         raise ValueError(
             f"MaxBuffSize field {field!r} is out of range: accepted 0..{FIELD_MAX:#x}"
             " (bits [15:14] are reserved and must be zero)"
@@ -69,9 +67,9 @@ LARGEST = decode(FIELD_MAX)
 
 
 def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int):
+    if not is_int(size):
         raise NotRepresentableError(f"size {size!r} is not an integer", 0, None, None)
-    if not 0 <= size <= _U64_MAX:
+    if not 0 <= size <= U64_MAX:
         raise NotRepresentableError(f"size {size} is outside the u64 range 0..2**64-1", size, None, None)
 
 
@@ -94,13 +92,13 @@ def step_at(size: int) -> int:
     after that, up to 2^42 in the last band (sizes above LARGEST count as in it).
     ``size`` is an int 0..2**64-1 (ValueError otherwise).
     """
-    check_int("size", size, 0, _U64_MAX)
+    check_int("size", size, 0, U64_MAX)
     return GRANULE << max(0, min(size.bit_length() - 22, E_MASK - 1))
 
 
 def is_representable(size: int) -> bool:
     """True when ``size`` has an exact MaxBuffSize encoding."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= LARGEST:
+    if not is_int(size) or not 0 <= size <= LARGEST:
         return False
     return decode(_floor_field(size)) == size
 
@@ -139,11 +137,13 @@ def encode(size: int) -> int:
     )
 
 
-def check_page_size(page_size: int) -> None:
-    """Refuse anything but an arm64 host page size (4, 16 or 64 KiB), given as an int."""
+def check_page_size(page_size: object, what: str = "page size") -> int:
+    """``page_size`` when it is an arm64 host page size (4, 16 or 64 KiB) given as an int,
+    else :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) naming ``what``."""
     if type(page_size) is not int or page_size not in PAGE_SIZES:
         accepted = ", ".join(str(p) for p in PAGE_SIZES)
-        raise ValueError(f"page size {page_size!r} is not an arm64 page size; accepted: {accepted}")
+        raise InvalidArgumentError(f"{what} {page_size!r} is not an arm64 page size; accepted: {accepted}")
+    return page_size
 
 
 def round_down(size: int, page_size: int = GRANULE) -> int:

@@ -25,21 +25,24 @@ of a big.LITTLE arm64 host with two SPE instances ships with the package
 from __future__ import annotations
 
 import os
-import resource
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from . import abi, maxbuf
-from .errors import KvmError
-from .kvm import Kvm, normalise_arch
-from .units import parse_uint
-from .validation import check_int
+from .. import abi
+from ..arch import maxbuf
+from ..errors import KvmError
+from ..kvm import Kvm, SpeFeature, normalise_arch
+from ..units import parse_uint
+from ..validation import check_int
+from . import memlock
 
 __all__ = [
     "FIXTURE_HOST",
     "HostInfo",
+    "SpeGroupProbe",
+    "probe_spe_group",
     "SpeInstance",
     "discover",
     "fixture_roots",
@@ -50,7 +53,7 @@ __all__ = [
 
 #: The shipped snapshot: a big.LITTLE arm64 host with arm_spe_0 and arm_spe_1.
 FIXTURE_HOST = "arm64-big-little"
-_FIXTURES = Path(__file__).parent / "fixtures"
+_FIXTURES = Path(__file__).parent.parent / "fixtures"
 _EVENT_SOURCES = Path("bus", "event_source", "devices")
 _SPE_PREFIX = "arm_spe_"
 _SPE_ATTR_NAMES = {attr: info.name for (group, attr), info in abi.ATTRS.items()}
@@ -79,6 +82,8 @@ class _Budget:
     def check(self) -> None:
         if self.left <= 0:
             raise OSError(f"not read: the snapshot's files exceed {MAX_SNAPSHOT_BYTES} bytes in all")
+
+
 #: CPU numbers are below this: CONFIG_NR_CPUS is at most 8192 on every
 #: architecture Linux builds for (x86 MAXSMP, powerpc; arm64 allows 4096).
 MAX_CPUS = 8192
@@ -88,7 +93,14 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def fixture_roots(name: str = FIXTURE_HOST) -> dict[str, str]:
+class FixtureRoots(TypedDict):
+    """The keyword arguments of :func:`discover` that point it at a snapshot."""
+
+    sysfs_root: str
+    procfs_root: str
+
+
+def fixture_roots(name: str = FIXTURE_HOST) -> FixtureRoots:
     """``sysfs_root`` and ``procfs_root`` of a snapshot, for :func:`discover`.
 
     ``name`` is a shipped snapshot (:data:`FIXTURE_HOST`) or the path of a
@@ -335,32 +347,21 @@ def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int
         lines = _read(status).splitlines()
     except OSError as exc:
         return None, f"cannot read {status}: {_why(exc)}"
-    for line in lines:
-        key, _, rest = line.partition(":")
-        if key != "VmLck":
-            continue
-        fields = rest.split()
-        number = fields[0] if len(fields) == 2 and fields[1] == "kB" else ""
-        # kB of a u64 byte count: at most 17 ASCII digits.
-        if number.isascii() and number.isdigit() and len(number) <= 17:
-            return int(fields[0]) * 1024, None
-        return None, f"{status}: cannot parse VmLck line {line!r}"
-    return None, f"{status} has no VmLck line (a kernel thread, or not Linux procfs)"
+    try:
+        vm_lck = memlock.parse_vm_lck("\n".join(lines))
+    except ValueError as exc:
+        return None, f"{status}: {exc}"
+    if vm_lck is None:
+        return None, f"{status} has no VmLck line (a kernel thread, or not Linux procfs)"
+    return vm_lck, None
 
 
 def _read_memlock(pid: int | None) -> tuple[int | None, int | None, str | None]:
     try:
-        if pid is None:
-            soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        else:
-            soft, hard = resource.prlimit(pid, resource.RLIMIT_MEMLOCK)
+        soft, hard = memlock.read_rlimit(pid)
     except OSError as exc:
         return None, None, f"cannot read RLIMIT_MEMLOCK of pid {pid}: {_why(exc)}"
-
-    def limit(v: int) -> int | None:
-        return None if v == resource.RLIM_INFINITY else v
-
-    return limit(soft), limit(hard), None
+    return soft, hard, None
 
 
 def _probe_kvm(info: HostInfo) -> None:
@@ -405,23 +406,54 @@ def _probe_kvm(info: HostInfo) -> None:
         _probe_spe_group(kvm, info)
 
 
+@dataclass(frozen=True)
+class SpeGroupProbe:
+    """What KVM itself says about SPE: the SPE VCPU feature (arm64 only, else
+    None) and, on a VCPU of a throwaway VM created with that feature where
+    there is one, KVM_HAS_DEVICE_ATTR for each KVM_ARM_VCPU_SPE_CTRL attribute."""
+
+    feature: SpeFeature | None
+    attrs: dict[str, bool]
+
+    @property
+    def with_feature(self) -> bool:
+        """Whether the VCPU asked had the SPE feature (always, off arm64: there is none)."""
+        return self.feature is None or self.feature.bit is not None
+
+
+def probe_spe_group(kvm: Kvm) -> SpeGroupProbe:
+    """The SPE feature bit (arm64), then HAS for each SPE attribute on a fresh VM.
+
+    Raises :class:`~kvmspe.errors.KvmError` when the kernel refuses a step.
+    """
+    return _has_spe_attrs(kvm, kvm.spe_feature() if kvm.arch == "aarch64" else None)
+
+
+def _has_spe_attrs(kvm: Kvm, feature: SpeFeature | None) -> SpeGroupProbe:
+    spe = feature is not None and feature.bit is not None
+    attrs: dict[str, bool] = {}
+    with kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(spe=spe)
+        for attr, name in sorted(_SPE_ATTR_NAMES.items()):
+            attrs[name] = vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
+    return SpeGroupProbe(feature, attrs)
+
+
 def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
-    """The SPE feature bit (arm64), then HAS for each SPE attribute on a fresh VM."""
-    spe = kvm.arch == "aarch64"
+    """Fill ``info`` from :func:`probe_spe_group`, with the reasons people read."""
+    feature: SpeFeature | None = None
     try:
-        if spe:
+        if kvm.arch == "aarch64":
             feature = kvm.spe_feature()
             info.spe_feature_bit, info.spe_feature_reason = feature.bit, feature.reason
             if feature.bit is None and feature.tried:
                 info.spe_feature_reason = f"none found; what the kernel answered: {feature.answers}"
-            spe = feature.bit is not None
-        with kvm.create_vm() as vm:
-            vcpu = vm.create_vcpu(spe=spe)
-            for attr, name in sorted(_SPE_ATTR_NAMES.items()):
-                info.spe_attrs[name] = vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
+        probe = _has_spe_attrs(kvm, feature)
     except KvmError as exc:
         info.spe_reason = f"could not probe the SPE group: {exc}"
         return
+    info.spe_attrs.update(probe.attrs)
+    spe = kvm.arch == "aarch64" and probe.with_feature
     known = [n for n, ok in info.spe_attrs.items() if ok]
     info.spe_supported = spe and len(known) == len(info.spe_attrs)
     if info.spe_supported:
@@ -437,6 +469,7 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
             else f"SPE not supported on this host: SPE is an arm64 feature (this host is {kvm.arch})"
         )
     elif not spe:
+        assert feature is not None
         info.spe_reason = f"SPE not supported on this host: {feature.reason}"
     elif not known:
         info.spe_reason = (

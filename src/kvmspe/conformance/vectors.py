@@ -10,7 +10,7 @@
     without an encoding with the nearest representable sizes, page-aligned
     roundings per host page size, the extremes of the u64 range).
 ``scenarios.json``
-    every conformance case of :mod:`kvmspe.cases`, in a form a VMM test can
+    every conformance case of :mod:`kvmspe.conformance.cases`, in a form a VMM test can
     replay against its own KVM backend: what the host must have, the VCPUs,
     and each call (ioctl, group, attribute, value) with the result it must
     give. A value is given as the case's expression over the host's numbers
@@ -35,13 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import abi, maxbuf
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import PMBIDR_EL1
+from ..errors import NotRepresentableError
+from ..export.abidata import assumed_numbers
+from ..model.rules import RULES
+from ..validation import U64_MAX
 from .cases import CASES, Case, Step
-from .conformance import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, _ModelRunner
-from .errors import NotRepresentableError
-from .export.abidata import assumed_numbers
-from .registers import PMBIDR_EL1
-from .rules import RULES
+from .runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
@@ -50,7 +52,6 @@ __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "sc
 SCHEMA_VERSION = 2
 CODEC_FILE = "maxbuffsize-codec.json"
 SCENARIO_FILE = "scenarios.json"
-_U64_MAX = (1 << 64) - 1
 #: Where the reserved bits [15:14] of the MaxBuffSize field start.
 _RESERVED_SHIFT = maxbuf.M_BITS + maxbuf.E_BITS
 
@@ -134,13 +135,13 @@ def codec_vectors() -> dict[str, Any]:
     for size, why in list(sizes.items()):
         for delta in (-1, 1, -4096, 4096):
             n = size + delta
-            if 0 <= n <= _U64_MAX and not maxbuf.is_representable(n) and n not in sizes:
+            if 0 <= n <= U64_MAX and not maxbuf.is_representable(n) and n not in sizes:
                 sizes[n] = f"{delta:+d} from {size:#x} ({why.split(':')[0]}): no encoding"
     for size, why in (
         (maxbuf.LARGEST + 1, "one above the largest size"),
         (maxbuf.LARGEST + 4096, "a page above the largest size"),
         (1 << 63, "2**63: above the largest size"),
-        (_U64_MAX, "the largest u64"),
+        (U64_MAX, "the largest u64"),
     ):
         sizes.setdefault(size, why)
     field = PMBIDR_EL1.field("MaxBuffSize")
@@ -182,33 +183,33 @@ def _typed(value: int, ctype: str) -> int | str:
     return value if ctype == "int" else _hex(value % (1 << 64))
 
 
-def _both(runner: _ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
+def _both(runner: ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
     """A case value: its expression over the host's names, and its value on the model host."""
     value = runner.value(expr)
     assert isinstance(value, int)
     return {"expr": str(expr), "model": _typed(value, ctype)}
 
 
-def _expect(runner: _ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
-    exp = step.expect
-    if isinstance(exp, bool):
-        return {"has": exp}
-    if isinstance(exp, str) and exp in errno.errorcode.values():
-        return {"errno": getattr(errno, exp), "errno_name": exp}
-    if exp == "ok":
+def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
+    exp = step.expectation
+    if exp.kind == "has":
+        return {"has": exp.flag}
+    if exp.kind == "errno":
+        return {"errno": getattr(errno, exp.errno_name), "errno_name": exp.errno_name}
+    if exp.kind == "ok":
         return {"ok": True}
-    if exp == "exit":
-        return {"exit": "any"}
-    if isinstance(exp, str) and exp.startswith("KVM_EXIT_"):
-        name, _, excess = exp.partition(" excess=")
-        out: dict[str, Any] = {"exit": name}
-        if excess:
-            out["rlimit_excess"] = _both(runner, excess)
+    if exp.kind == "exit":
+        if exp.exit_name is None:
+            return {"exit": "any"}
+        out: dict[str, Any] = {"exit": exp.exit_name}
+        if exp.expr is not None:
+            out["rlimit_excess"] = _both(runner, exp.expr)
         return out
-    return {"value": _both(runner, exp, ctype)}
+    assert exp.expr is not None
+    return {"value": _both(runner, exp.expr, ctype)}
 
 
-def _call(runner: _ModelRunner, step: Step) -> dict[str, Any]:
+def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
     call: dict[str, Any] = {"vcpu": step.vcpu, "op": step.op}
     ctype = "__u64"
     if step.op in ("set", "get", "has"):
@@ -263,7 +264,7 @@ def _requires(case: Case) -> dict[str, Any]:
 
 
 def _scenario(case: Case) -> dict[str, Any]:
-    runner = _ModelRunner(case.setup, RULES)
+    runner = ModelRunner(case.setup, RULES)
     host = runner.host
     rule = case.rule
     assert rule is not None

@@ -44,8 +44,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import InvalidArgumentError
-from .validation import check_int
+from ..errors import InvalidArgumentError
+from ..validation import check_int
+from .maxbuf import check_page_size
 
 __all__ = [
     "BLOCK_LEVELS",
@@ -53,6 +54,7 @@ __all__ = [
     "GRANULES",
     "Layout",
     "Stage1",
+    "check_granule",
     "chunks",
     "level_range",
 ]
@@ -73,6 +75,15 @@ LAYOUTS: tuple[Layout, ...] = ("contiguous", "scattered")
 def chunks(lo: int, hi: int, size: int) -> tuple[int, int]:
     """Indices ``[first, end)`` of the ``size``-aligned chunks that ``[lo, hi)`` touches."""
     return lo // size, -(-hi // size)
+
+
+def check_granule(granule: object) -> int:
+    """``granule`` when it is an AArch64 translation granule (4, 16 or 64 KiB) given as
+    an int, else :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError)."""
+    if type(granule) is not int or granule not in GRANULES:
+        accepted = ", ".join(str(g) for g in GRANULES)
+        raise InvalidArgumentError(f"granule {granule!r} is not an AArch64 granule; accepted: {accepted}")
+    return granule
 
 
 @dataclass(frozen=True)
@@ -126,10 +137,7 @@ class Stage1:
     tree: int = 0
 
     def __post_init__(self) -> None:
-        if type(self.granule) is not int or self.granule not in GRANULES:
-            raise ValueError(
-                f"granule {self.granule!r} is not an AArch64 granule; accepted: 4096, 16384, 65536"
-            )
+        check_granule(self.granule)
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} is unknown; accepted: contiguous, scattered")
         shift = self.granule.bit_length() - 1
@@ -269,10 +277,7 @@ class Stage1:
         check_int("lo", lo, 0, _U64 - 1)
         check_int("hi", hi, 0, _U64)
         check_int("page_size", page_size, 1)
-        if page_size not in GRANULES:
-            raise InvalidArgumentError(
-                f"page size {page_size} is not an arm64 page size; accepted: 4096, 16384, 65536"
-            )
+        check_page_size(page_size)
         region = self.region(lo, hi)
         if region is None or not self.translates(lo, hi):
             raise ValueError(f"[{lo:#x}, {hi:#x}) has no stage-1 translation in this guest")

@@ -1,7 +1,7 @@
 """Read and raise RLIMIT_MEMLOCK of this process or another one.
 
 KVM charges the pinned SPE buffer against the VMM's RLIMIT_MEMLOCK
-(FACTS section 5), so a VMM raises the limit before running its VCPUs, or
+(the reference patch; v6 series patches 29, 32 and 33), so a VMM raises the limit before running its VCPUs, or
 when KVM_RUN exits with KVM_EXIT_RLIMIT. :func:`status` reads the soft and
 hard limits and ``VmLck`` (the peak of locked memory) from procfs;
 :func:`raise_limit` raises the soft limit, and the hard one when asked and
@@ -15,10 +15,18 @@ import os
 import resource
 from dataclasses import dataclass
 
-from .errors import KvmspeError
-from .validation import check_int
+from ..errors import KvmspeError
+from ..validation import check_int
 
-__all__ = ["LIMIT_MAX", "MemlockPermissionError", "MemlockStatus", "raise_limit", "status"]
+__all__ = [
+    "LIMIT_MAX",
+    "MemlockPermissionError",
+    "MemlockStatus",
+    "parse_vm_lck",
+    "raise_limit",
+    "read_rlimit",
+    "status",
+]
 
 _LIMIT_ROW = "Max locked memory"
 #: The largest limit :func:`raise_limit` sets: the kernel's rlim_t is a u64
@@ -47,6 +55,32 @@ def _pid(pid: int | None) -> int:
     return check_int("pid", pid, 1, (1 << 31) - 1)
 
 
+def parse_vm_lck(proc_status: str) -> int | None:
+    """``VmLck`` in bytes from the text of ``/proc/PID/status``; None when it has no
+    VmLck line (a kernel thread, or not Linux procfs). ValueError for a line that
+    is not ``VmLck: N kB`` with N a kB count of a u64 (at most 17 digits)."""
+    for line in proc_status.splitlines():
+        key, _, rest = line.partition(":")
+        if key != "VmLck":
+            continue
+        fields = rest.split()
+        number = fields[0] if len(fields) == 2 and fields[1] == "kB" else ""
+        if number.isascii() and number.isdigit() and len(number) <= 17:
+            return int(number) * 1024
+        raise ValueError(f"cannot parse VmLck line {line!r}")
+    return None
+
+
+def read_rlimit(pid: int | None = None) -> tuple[int | None, int | None]:
+    """Soft and hard RLIMIT_MEMLOCK of ``pid`` (None: this process) from the kernel
+    (getrlimit/prlimit); None is RLIM_INFINITY. OSError when it cannot be read."""
+    if pid is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    else:
+        soft, hard = resource.prlimit(_pid(pid), resource.RLIMIT_MEMLOCK)
+    return _from_rlim(soft), _from_rlim(hard)
+
+
 def _limit_value(text: str) -> int | None:
     return None if text == "unlimited" else int(text)
 
@@ -72,13 +106,10 @@ def status(pid: int | None = None, *, procfs_root: str = "/proc") -> MemlockStat
             found = True
     if not found:
         raise KvmspeError(f"{base}/limits has no '{_LIMIT_ROW}' row")
-    vm_lck = 0
-    for line in proc_status.splitlines():
-        if line.startswith("VmLck:"):
-            number, unit = line.split()[1:3]
-            if unit != "kB":
-                raise KvmspeError(f"{base}/status: VmLck in unexpected unit {unit!r}")
-            vm_lck = int(number) * 1024
+    try:
+        vm_lck = parse_vm_lck(proc_status) or 0
+    except ValueError as exc:
+        raise KvmspeError(f"{base}/status: {exc}") from None
     return MemlockStatus(pid, soft, hard, vm_lck)
 
 

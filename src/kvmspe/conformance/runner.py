@@ -1,6 +1,6 @@
-"""The conformance runner: the cases of :mod:`kvmspe.cases` against a backend.
+"""The conformance runner: the cases of :mod:`kvmspe.conformance.cases` against a backend.
 
-``run("model")`` builds a :class:`kvmspe.model.Host` per case, shaped as the
+``run("model")`` builds a :class:`kvmspe.model.kernel.Host` per case, shaped as the
 case's setup asks. ``run("kvm")`` uses the real kernel through
 :class:`kvmspe.kvm.Kvm`: the host is what it is, so a case whose setup needs
 something the host lacks (SPE at all, a page size, an SPU with or without its
@@ -17,7 +17,6 @@ the JSON form documented in ``docs/conformance.md``.
 from __future__ import annotations
 
 import ast
-import errno
 import operator
 import os
 import resource
@@ -27,16 +26,29 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from . import abi, maxbuf
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
+from ..arch.stage1 import Stage1
+from ..backend import Vcpu, Vm
+from ..errors import KvmError, KvmspeError, errno_name
+from ..model.rules import RULES, RuleSet
+from ..validation import is_int
 from .cases import CASES, Case, Expect, Setup, Step
-from .errors import KvmError, errno_name
-from .registers import PMBIDR_EL1, PMBSR_EL1, Register
-from .rules import RULES, RuleSet
-from .stage1 import Stage1
 
-__all__ = ["BACKENDS", "HostFacts", "REPORT_SCHEMA", "Report", "Result", "resolve", "run", "run_bounded"]
+__all__ = [
+    "BACKENDS",
+    "REPORT_SCHEMA",
+    "HostFacts",
+    "ModelRunner",
+    "Report",
+    "Result",
+    "resolve",
+    "run",
+    "run_bounded",
+]
 
 BACKENDS = ("model", "kvm")
 REPORT_SCHEMA = "kvmspe-conformance-report"
@@ -87,7 +99,7 @@ def resolve(value: int | str, env: dict[str, Any]) -> int:
     """The integer a case value stands for on a host described by ``env``.
 
     ``value`` is an int or an expression of ints, names in ``env``, ``+ - *
-    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.cases`).
+    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.conformance.cases`).
     """
     if isinstance(value, int):
         return value
@@ -158,13 +170,6 @@ def _env(page: int, spu_ids: list[int], limit: int | None) -> dict[str, Any]:
 # --- running one case -------------------------------------------------------------------------
 
 
-class _Vcpu(Protocol):
-    def set_device_attr(self, group: int, attr: int, value: object) -> None: ...
-    def get_device_attr(self, group: int, attr: int, addr: object = None) -> int: ...
-    def has_device_attr(self, group: int, attr: int) -> bool: ...
-    def run(self) -> abi.Exit: ...
-
-
 @dataclass(frozen=True)
 class Result:
     """One case's outcome. ``expected``/``got`` are for the first call that
@@ -198,7 +203,7 @@ def _attr(target: str) -> tuple[int, int]:
 
 
 def _show(v: object) -> str:
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not is_int(v):
         return str(v)
     return f"{v:#x}" if v >= 10 else str(v)
 
@@ -207,8 +212,8 @@ class _Runner:
     """Runs the calls of a case on VCPUs; subclasses supply the host."""
 
     env: dict[str, Any]
-    vm: Any
-    vcpus: list[Any]
+    vm: Vm
+    vcpus: list[Vcpu]
 
     def value(self, v: int | str | None) -> object:
         if v == "BAD":
@@ -216,15 +221,20 @@ class _Runner:
         return None if v is None else resolve(v, self.env)
 
     def expected(self, step: Step) -> Expect:
-        exp = step.expect
-        if isinstance(exp, bool) or isinstance(exp, int):
-            return exp
-        if exp.startswith("KVM_EXIT_"):
-            name, _, excess = exp.partition(" excess=")
-            return f"{name} excess={_show(resolve(excess, self.env))}" if excess else name
-        if exp in ("ok", "exit") or exp in errno.errorcode.values():
-            return exp
-        return resolve(exp, self.env)
+        """What ``step`` must give on this host, in the form :func:`_matches` compares."""
+        exp = step.expectation
+        if exp.kind == "has":
+            return exp.flag
+        if exp.kind == "errno":
+            return exp.errno_name
+        if exp.kind == "exit" and exp.exit_name is not None:
+            if exp.expr is None:
+                return exp.exit_name
+            return f"{exp.exit_name} excess={_show(resolve(exp.expr, self.env))}"
+        if exp.kind in ("ok", "exit"):
+            return exp.kind
+        assert exp.expr is not None
+        return resolve(exp.expr, self.env)
 
     def call(self, step: Step) -> object:
         """Perform one call; return what it gave, an errno name on KvmError."""
@@ -234,7 +244,7 @@ class _Runner:
             return errno_name(exc.errno or 0)
 
     def perform(self, step: Step) -> object:
-        vcpu: _Vcpu = self.vcpus[step.vcpu]
+        vcpu: Vcpu = self.vcpus[step.vcpu]
         if step.op == "set":
             group, attr = _attr(step.target)
             vcpu.set_device_attr(group, attr, self.value(step.value))
@@ -292,9 +302,16 @@ def _matches(exp: Expect, got: object) -> bool:
 # --- the model backend ------------------------------------------------------------------------------
 
 
-class _ModelRunner(_Runner):
+class ModelRunner(_Runner):
+    """A case's host on the model, shaped as ``setup`` asks, with ``rules`` deciding.
+
+    ``host``, ``vm`` and ``vcpus`` are the model objects; :meth:`value`
+    gives a case value on this host, :meth:`expected` a step's expected
+    result, :meth:`execute` runs a case's calls.
+    """
+
     def __init__(self, setup: Setup, rules: RuleSet):
-        from .model import Host, Spu
+        from ..model.kernel import Host, Spu
 
         page = setup.page_size or 4096
         spus = [Spu(i, spec.limit or 0) for i, spec in zip(MODEL_SPU_IDS, setup.spus, strict=False)]
@@ -311,15 +328,13 @@ class _ModelRunner(_Runner):
         self.host.set_memlock_limit(self.host.locked_bytes + room)
 
     def guest(self, step: Step) -> object:
+        from ..model.kernel import Vcpu as ModelVcpu
+
         vcpu = self.vcpus[step.vcpu]
+        assert isinstance(vcpu, ModelVcpu)
         if step.op == "guest_read":
             reg, _, name = step.target.partition(".")
-            if hasattr(vcpu, "guest_read"):
-                raw = vcpu.guest_read(reg)
-            elif reg == "PMBIDR_EL1":
-                raw = vcpu.guest_pmbidr
-            else:
-                return f"the model cannot read {reg}"
+            raw = vcpu.guest_read(reg)
             if raw is None:
                 return "no value"
             return _REGISTERS[reg].get(raw, name) if name else raw
@@ -341,7 +356,7 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
         rule = case.rule
         key, source = (rule.key, rule.source) if rule else ("", "")
         try:
-            runner = _ModelRunner(case.setup, rules)
+            runner = ModelRunner(case.setup, rules)
             status, exp, got, reason = runner.execute(case)
         except Exception as exc:  # noqa: BLE001 - a broken rule set is a failed case, not a crash
             status, exp, got, reason = "failed", _show(case.expected), type(exc).__name__, str(exc)
@@ -353,7 +368,7 @@ def _run_model(cases: Iterable[Case], rules: RuleSet) -> Iterator[Result]:
 
 def _sysfs_spus() -> dict[int, int | None]:
     """SPE instances: perf PMU type -> own limit in bytes (None: sysfs does not say)."""
-    from .discovery import read_spe_instances
+    from ..host.discovery import read_spe_instances
 
     instances, _ = read_spe_instances()
     return {i.type: i.max_buff_size for i in instances if i.type is not None}
@@ -361,9 +376,12 @@ def _sysfs_spus() -> dict[int, int | None]:
 
 def _vm_lck() -> int:
     """This process's VmLck in bytes (0 when it cannot be read)."""
-    from .discovery import read_vm_lck
+    from ..host import memlock
 
-    return read_vm_lck()[0] or 0
+    try:
+        return memlock.status().vm_lck
+    except (OSError, KvmspeError):
+        return 0
 
 
 def _probe(kvm: Any) -> HostFacts:
@@ -372,17 +390,14 @@ def _probe(kvm: Any) -> HostFacts:
     On arm64 the SPE VCPU feature bit must be known (given, or found by
     :meth:`kvmspe.kvm.Kvm.spe_feature`); then HAS on a VCPU with it decides.
     """
-    spe = False
-    feature = kvm.spe_feature() if hasattr(kvm, "spe_feature") else None
-    if feature is None or feature.bit is not None or kvm.arch != "aarch64":
-        with kvm.create_vm() as vm:
-            try:
-                vcpu = vm.create_vcpu(spe=True)
-                spe = bool(
-                    vcpu.has_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE)
-                )
-            except KvmError:
-                spe = False
+    from ..host.discovery import probe_spe_group
+
+    try:
+        probe = probe_spe_group(kvm)
+    except KvmError:
+        spe = False
+    else:
+        spe = probe.with_feature and probe.attrs.get("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", False)
     return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), _sysfs_spus() if spe else {})
 
 
@@ -437,6 +452,13 @@ def _memlock_room(room: int | None) -> Iterator[Callable[[int], None]]:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
 
 
+@runtime_checkable
+class _Closing(Protocol):
+    """A real VCPU, which holds a file descriptor until closed."""
+
+    def close(self) -> None: ...
+
+
 class _KvmRunner(_Runner):
     def __init__(self, case: Case, facts: HostFacts, vm: Any, set_room: Callable[[int], None]):
         want = case.setup.spus[0].limit if case.setup.spus else None
@@ -474,7 +496,7 @@ class _RunTimeout(Exception):
     """Raised by the SIGALRM handler to get out of a KVM_RUN that does not return."""
 
 
-def run_bounded(vcpu: _Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
+def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     """KVM_RUN, cut short after ``seconds``.
 
     The conformance VMs have no memory and no guest code: on arm64 the VCPU
@@ -485,7 +507,7 @@ def run_bounded(vcpu: _Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     exit: the VCPU did enter KVM_RUN, which is all the run cases need. Any
     other VCPU (a stand-in) is bounded here by SIGALRM in the main thread.
     """
-    from .kvm import RunTimeout, Vcpu
+    from ..kvm import RunTimeout, Vcpu
 
     if isinstance(vcpu, Vcpu):
         try:
@@ -523,7 +545,7 @@ def _run_kvm(
     results: list[Result] = []
     if kvm is None:
         try:
-            from .kvm import Kvm
+            from ..kvm import Kvm
         except ImportError as exc:
             reason = f"the real backend kvmspe.kvm is not available ({exc})"
             return {"error": reason}, [_skipped(c, reason) for c in cases]
@@ -556,7 +578,12 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
         except KvmError as exc:
             # The case applies to this host: not running it is kvmspe's failure, not a skip.
             return Result(
-                case.name, key, source, "failed", _show(case.expected), exc.name,
+                case.name,
+                key,
+                source,
+                "failed",
+                _show(case.expected),
+                exc.name,
                 f"cannot create the VCPUs: {exc.ioctl}: {exc}",
             )
         try:
@@ -569,7 +596,8 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
             status, exp, got, why = "failed", _show(case.expected), type(exc).__name__, str(exc)
         finally:
             for vcpu in runner.vcpus:
-                vcpu.close()
+                if isinstance(vcpu, _Closing):
+                    vcpu.close()
     return Result(case.name, key, source, status, exp, got, why)
 
 
@@ -593,8 +621,7 @@ def _add_vgic(vm: Any) -> str | None:
         vm.init_vgic()
     except KvmError as exc:
         return (
-            "needs an in-kernel GICv3 for the SPE interrupt, and the host refused one"
-            f" ({exc.ioctl}: {exc})"
+            f"needs an in-kernel GICv3 for the SPE interrupt, and the host refused one ({exc.ioctl}: {exc})"
         )
     return None
 
@@ -685,9 +712,9 @@ def run(
 ) -> Report:
     """Run the conformance cases against ``backend`` ("model" or "kvm").
 
-    ``rules`` replaces the model's :data:`kvmspe.rules.RULES` (to show that a
+    ``rules`` replaces the model's :data:`kvmspe.model.rules.RULES` (to show that a
     changed rule is caught); it has no meaning for the real kernel.
-    ``cases`` defaults to every case of :mod:`kvmspe.cases`.
+    ``cases`` defaults to every case of :mod:`kvmspe.conformance.cases`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")

@@ -6,7 +6,7 @@ objects with the same methods as the real backend's VCPU
 (:mod:`kvmspe.kvm`): ``set_device_attr``, ``get_device_attr``,
 ``has_device_attr`` and ``run``. Errors are :class:`~kvmspe.errors.KvmError`
 (an ``OSError``) with the kernel's errno. Which errno, and in what order, is
-decided only in :mod:`kvmspe.rules`; this module keeps state: the VM's SPU,
+decided only in :mod:`kvmspe.model.rules`; this module keeps state: the VM's SPU,
 max buffer size, SPE interrupt and in-kernel irqchip (on by default, as every
 arm64 VMM makes one), the VCPU features its first VCPU fixed, and per VCPU its
 interrupt and whether KVM_ARM_VCPU_SPE_INIT succeeded (which KVM_RUN needs).
@@ -15,7 +15,7 @@ attribute's C type) is a ValueError before any check.
 
 The run phase: the modelled guest programs its buffer on a VCPU
 (``guest_write`` / ``enable_buffer``) and describes its stage-1 translation
-(``guest_map``, a :class:`kvmspe.stage1.Stage1`); the next ``run()`` handles
+(``guest_map``, a :class:`kvmspe.arch.stage1.Stage1`); the next ``run()`` handles
 the enable. Its outcomes are not errnos but guest-visible events and exits:
 
 1. limit - pointer above a non-zero MaxBuffSize: a buffer management event,
@@ -23,13 +23,13 @@ the enable. Its outcomes are not errnos but guest-visible events and exits:
 2. a buffer address without a stage-1 translation: PMBSR_EL1 EC=FAULT_S1,
    S=1; nothing is pinned [series 29];
 3. otherwise the host pages behind the buffer and its table pages are
-   pinned (:mod:`kvmspe.pinning`, each page once per VM) and charged
+   pinned (:mod:`kvmspe.model.pinning`, each page once per VM) and charged
    against RLIMIT_MEMLOCK; when they do not fit, ``run()`` returns
    KVM_EXIT_RLIMIT with the excess in bytes and pins nothing; the next
    ``run()`` retries [series 32, 33].
 
 Misaligned pointers and limits, empty buffers and when a disable unpins
-follow :class:`kvmspe.assumptions.Assumptions`. Disabling unpins; the
+follow :class:`kvmspe.model.assumptions.Assumptions`. Disabling unpins; the
 host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
 """
 
@@ -39,11 +39,9 @@ import errno
 from collections.abc import Iterable
 from types import TracebackType
 
-from . import abi, maxbuf
-from .assumptions import DEFAULT, Assumptions
-from .errors import KvmError, RegisterError
-from .pinning import Interval, PinnedPages
-from .registers import (
+from .. import abi
+from ..arch import maxbuf
+from ..arch.registers import (
     PMBIDR_EL1,
     PMBLIMITR_EL1,
     PMBSR_BSC_SIZE,
@@ -52,8 +50,12 @@ from .registers import (
     PMBSR_EL1,
     REGISTERS,
 )
+from ..arch.stage1 import Stage1
+from ..errors import KvmError, RegisterError
+from ..validation import U64_MAX, is_int
+from .assumptions import DEFAULT, Assumptions
+from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, RuleSet, first_outcome
-from .stage1 import Stage1
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
 
@@ -76,7 +78,7 @@ class Spu:
         align: int = 0,
         cpus: Iterable[int] = (),
     ):
-        if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < 1 << 31:
+        if not is_int(id) or not 0 <= id < 1 << 31:
             raise ValueError(f"SPU id must be a non-negative int, got {id!r}")
         if pmbidr is not None and max_buffer_size is not None:
             raise ValueError("give max_buffer_size or pmbidr, not both")
@@ -131,17 +133,18 @@ class Host:
         self.spus = tuple(spus)
         odd = [s for s in self.spus if not isinstance(s, Spu)]
         if odd:
-            raise ValueError(f"spus takes kvmspe.model.Spu objects, got {odd[0]!r}")
+            raise ValueError(f"spus takes kvmspe.model.kernel.Spu objects, got {odd[0]!r}")
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SPU ids must be unique, got {ids}")
         self.memlock_limit = _limit(memlock_limit)
         self.locked_bytes = _bytes("locked", locked)
         if not isinstance(rules, RuleSet):
-            raise ValueError(f"rules must be a kvmspe.rules.RuleSet, got {type(rules).__name__}")
+            raise ValueError(f"rules must be a kvmspe.model.rules.RuleSet, got {type(rules).__name__}")
         if not isinstance(assumptions, Assumptions):
             raise ValueError(
-                f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}"
+                "assumptions must be a kvmspe.model.assumptions.Assumptions,"
+                f" got {type(assumptions).__name__}"
             )
         #: Historical maximum of locked memory (VmLck as KVM keeps it).
         self.vm_lck = locked
@@ -189,7 +192,7 @@ class Host:
 
 def _bytes(name: str, value: object, accepted: str = "") -> int:
     """``value`` as a byte count the kernel can hold (0..2**64-1), or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+    if not is_int(value) or not 0 <= value <= U64_MAX:
         raise ValueError(f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}")
     return value
 
@@ -197,10 +200,6 @@ def _bytes(name: str, value: object, accepted: str = "") -> int:
 def _limit(value: object) -> int | None:
     """An RLIMIT_MEMLOCK value: None (unlimited) or an rlim_t byte count."""
     return None if value is None else _bytes("memlock_limit", value, "None (unlimited) or ")
-
-
-#: The largest value of a __u64 or an arm64 unsigned long.
-U64_MAX = (1 << 64) - 1
 
 
 class Vm:
@@ -240,7 +239,7 @@ class Vm:
         """
         if index is None:
             index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= U64_MAX:
+        if not is_int(index) or not 0 <= index <= U64_MAX:
             raise ValueError(f"VCPU index takes an int from 0 to 2**64-1, got {index!r}")
         if not isinstance(spe, bool):
             raise ValueError(f"spe must be True or False, got {spe!r}")
@@ -473,7 +472,7 @@ class Vcpu:
         """
         if reg not in self.GUEST_REGISTERS:
             raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        if not is_int(value) or not 0 <= value < 1 << 64:
             raise ValueError(f"{reg} takes a 64-bit value (0..2**64-1), got {value!r}")
         assumptions = self.vm.host.assumptions
         register = REGISTERS[reg]
@@ -513,7 +512,7 @@ class Vcpu:
         """Describe the guest's stage-1 translation for this VCPU's buffer
         (None: no translation at all)."""
         if stage1 is not None and not isinstance(stage1, Stage1):
-            raise ValueError(f"guest_map takes a kvmspe.stage1.Stage1 or None, got {stage1!r}")
+            raise ValueError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
         if stage1 != self.stage1 and self._pinned:
             self._unpin()
             self.pending = self.enabled and not self._stopped
@@ -527,7 +526,7 @@ class Vcpu:
         limit in bits [63:12], so ``base + size`` must be 4 KiB aligned.
         """
         for name, v in (("base", base), ("size", size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not is_int(v) or v < 0:
                 raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
         end = base + size
         if end >= 1 << 64 or end % 4096:

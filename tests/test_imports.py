@@ -1,0 +1,65 @@
+"""Importing kvmspe or any of its modules does no work: it reads no environment,
+opens nothing under /proc, /sys or /dev, issues no ioctl and raises nothing."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kvmspe
+
+SRC = Path(kvmspe.__file__).resolve().parent.parent
+#: Every module but ``kvmspe.__main__``, whose import is running the command line.
+MODULES = ["kvmspe"] + sorted(
+    m.name for m in pkgutil.walk_packages(kvmspe.__path__, "kvmspe.") if m.name != "kvmspe.__main__"
+)
+
+#: Run in a fresh interpreter: spy on the environment and on the audit events of the
+#: file system, rlimits and ioctls, import one module, print what was touched.
+_PROBE = """
+import os, sys
+touched = []
+class Spy(dict):
+    def __getitem__(self, key):
+        if key.startswith("KVMSPE"):
+            touched.append("environ " + key)
+        return dict.__getitem__(self, key)
+    def get(self, key, default=None):
+        if key.startswith("KVMSPE"):
+            touched.append("environ " + key)
+        return dict.get(self, key, default)
+os.environ = Spy(os.environ)
+def hook(event, args):
+    if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], str) \
+            and args[0].startswith(("/proc", "/sys", "/dev")):
+        touched.append(event + " " + args[0])
+    elif event in ("fcntl.ioctl", "resource.setrlimit", "resource.prlimit"):
+        touched.append(event)
+sys.addaudithook(hook)
+import importlib
+importlib.import_module(sys.argv[1])
+print(touched)
+"""
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_import_has_no_side_effect(module: str) -> None:
+    names = ("KVMSPE_SPE_FEATURE_BIT", "KVMSPE_CAP_ARM_SPE", "KVMSPE_EXIT_RLIMIT")
+    poisoned = {name: "banana" for name in names}
+    env = {**os.environ, **poisoned, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, module], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_every_layer_is_listed() -> None:
+    layers = {"kvmspe.arch.maxbuf", "kvmspe.host.discovery", "kvmspe.model.kernel"}
+    layers.add("kvmspe.conformance.runner")
+    assert layers <= set(MODULES)
