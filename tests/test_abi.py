@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvmspe import abi
-from kvmspe.abi import upstream
+from kvmspe.abi import structs, upstream
 from kvmspe.model.assumptions import DEFAULT
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
@@ -367,3 +368,42 @@ def test_a_bad_env_var_never_stops_the_import_and_is_refused_when_used(
     out = _python(code, **{var: raw})
     assert out.returncode == 0 and out.stdout.startswith(f"{var}="), out
     assert match in out.stdout and len(out.stdout.strip().splitlines()) == 1
+
+
+# --- structs: the ctypes declarations and the packers derived from them ------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "packed", "values"),
+    [
+        (abi.kvm_device_attr, abi.DEVICE_ATTR, (0, 3, 2, 0x7FFF_0000_1000)),
+        (abi.kvm_userspace_memory_region, abi.USERSPACE_MEMORY_REGION, (1, 2, 1 << 30, 4096, 0xDEAD_B000)),
+        (abi.kvm_create_device, abi.CREATE_DEVICE, (7, 11, 1)),
+    ],
+)
+def test_packer_bytes_are_the_structures_bytes(
+    cls: type[ctypes.Structure], packed: struct.Struct, values: tuple[int, ...]
+) -> None:
+    names = [f[0] for f in cls._fields_]
+    c = cls(**dict(zip(names, values, strict=True)))
+    assert packed.pack(*values) == bytes(c)
+
+
+def test_vcpu_init_packer_flattens_the_features_array() -> None:
+    c = abi.kvm_vcpu_init(target=5)
+    c.features[0] = 1 << 4
+    c.features[6] = 1 << 31
+    assert abi.VCPU_INIT.pack(5, 1 << 4, 0, 0, 0, 0, 0, 1 << 31) == bytes(c)
+
+
+def test_kvm_run_offsets_come_from_the_declared_head() -> None:
+    assert abi.KVM_RUN_EXIT_REASON_OFFSET == 8
+    assert abi.KVM_RUN_EXIT_DATA_OFFSET == 32
+
+
+def test_packer_refuses_a_layout_with_padding() -> None:
+    class padded(ctypes.Structure):  # noqa: N801
+        _fields_ = [("a", ctypes.c_uint32), ("b", ctypes.c_uint64)]
+
+    with pytest.raises(ValueError, match="padding"):
+        structs.packer(padded)

@@ -96,9 +96,11 @@ for (_group, _attr), _info in abi.ATTRS.items():
 _EMPTY: dict[int, struct.Struct] = {}
 #: The selection of a VCPU whose struct holds no (group, attr) yet.
 _UNSELECTED = object()
-#: flags is always 0; pack group and attr (bytes 4..16) in one go per call.
+#: flags is always 0; kvm_device_attr's group (__u32) and attr (__u64) are
+#: adjacent, so one pack per call writes both, at group's offset.
 _GROUP_ATTR = struct.Struct("=IQ")
-_GROUP_ATTR_OFFSET = 4
+_GROUP_ATTR_OFFSET: int = abi.kvm_device_attr.group.offset
+assert abi.kvm_device_attr.attr.offset == _GROUP_ATTR_OFFSET + 4, "group and attr must be adjacent"
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
 _HAS = abi.KVM_HAS_DEVICE_ATTR
 _GET = abi.KVM_GET_DEVICE_ATTR

@@ -111,6 +111,11 @@ from .structs import U32 as U32
 from .structs import U64 as U64
 from .structs import USERSPACE_MEMORY_REGION as USERSPACE_MEMORY_REGION
 from .structs import VCPU_INIT as VCPU_INIT
+from .structs import kvm_create_device as kvm_create_device
+from .structs import kvm_device_attr as kvm_device_attr
+from .structs import kvm_run_head as kvm_run_head
+from .structs import kvm_userspace_memory_region as kvm_userspace_memory_region
+from .structs import kvm_vcpu_init as kvm_vcpu_init
 
 __all__ = [
     "ASSUMED",

@@ -1,6 +1,6 @@
 """The conformance cases: the documented SPE attribute interface, as data.
 
-Each :class:`Rule` states one rule of the interface once, in words, with its
+Each :class:`Requirement` states one rule of the interface once, in words, with its
 source class (``seed``: the reference patch; ``series``: another patch or
 revision of the SPE series; ``measured``: the real kernel's nearest interface,
 measured on Linux 7.2 arm64; ``arch``; ``uapi``; ``assumed``) and where in that
@@ -57,7 +57,7 @@ __all__ = [
     "UNKNOWN",
     "Case",
     "Expectation",
-    "Rule",
+    "Requirement",
     "Setup",
     "SpuSpec",
     "Step",
@@ -209,7 +209,7 @@ class Case:
     name: str
     setup: Setup
     calls: tuple[Step, ...]
-    rule: Rule | None = field(default=None, repr=False, compare=False)
+    rule: Requirement | None = field(default=None, repr=False, compare=False)
 
     @property
     def expected(self) -> Expect:
@@ -222,7 +222,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Rule:
+class Requirement:
     """One rule of the interface, stated once, with the cases that show it."""
 
     key: str
@@ -232,13 +232,13 @@ class Rule:
     cases: tuple[Case, ...]
 
 
-def _rule(key: str, source: str, where: str, text: str, *cases: Case) -> Rule:
+def _rule(key: str, source: str, where: str, text: str, *cases: Case) -> Requirement:
     if source not in SOURCES:
         raise ValueError(f"rule {key}: source {source!r} is not one of {', '.join(SOURCES)}")
     own = tuple(replace(c) for c in cases)
-    rule = Rule(key, source, where, " ".join(text.split()), own)
+    rule = Requirement(key, source, where, " ".join(text.split()), own)
     for c in own:
-        # Case and Rule refer to each other; the link is made once, here.
+        # Case and Requirement refer to each other; the link is made once, here.
         object.__setattr__(c, "rule", rule)
     return rule
 
@@ -331,7 +331,7 @@ READY = (*CONFIGURE, init())
 
 # --- the rules ------------------------------------------------------------------------------
 
-_ATTRIBUTE_RULES: tuple[Rule, ...] = (
+_ATTRIBUTE_RULES: tuple[Requirement, ...] = (
     # -- group level: the reference patch's ENXIO and ENODEV -------------------------------------------
     _rule(
         "no-spe",
@@ -885,7 +885,7 @@ PINNED_8K = "PAGE * 6"
 ENABLED = (*READY, enable("PAGE * 2"))
 
 #: The run phase: what the guest's buffer enable does (model only: it needs guest code).
-RUN_PHASE: tuple[Rule, ...] = (
+RUN_PHASE: tuple[Requirement, ...] = (
     _rule(
         "run-pins",
         "series",
@@ -981,7 +981,7 @@ RUN_PHASE: tuple[Rule, ...] = (
 )
 
 #: Every rule, each stated once.
-RULE_LIST: tuple[Rule, ...] = (*_ATTRIBUTE_RULES, *RUN_PHASE)
+RULE_LIST: tuple[Requirement, ...] = (*_ATTRIBUTE_RULES, *RUN_PHASE)
 #: Every case, in the order of the rules.
 CASES: tuple[Case, ...] = tuple(c for r in RULE_LIST for c in r.cases)
 
