@@ -152,3 +152,18 @@ def test_bad_input() -> None:
         memlock.raise_limit(-1)
     with pytest.raises(ValueError, match="pid"):
         memlock.status(0)
+
+
+def test_room_above_locked_sets_the_soft_limit_and_restores_it() -> None:
+    before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    hard = before[1]
+    with memlock.room_above_locked(64 << 10) as set_room:
+        locked = memlock.status().vm_lck
+        want = locked + (64 << 10)
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == (want, hard)
+        set_room(0)
+        floor = locked if hard == resource.RLIM_INFINITY else min(locked, hard)
+        assert resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] == floor
+    assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before

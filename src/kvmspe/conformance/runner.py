@@ -19,12 +19,11 @@ from __future__ import annotations
 import ast
 import operator
 import os
-import resource
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,7 +32,7 @@ from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
 from ..arch.stage1 import Stage1
 from ..backend import Vcpu, Vm
-from ..errors import KvmError, KvmspeError, errno_name
+from ..errors import KvmError, errno_name
 from ..model.rules import RULES, RuleSet
 from ..validation import is_int
 from .cases import CASES, Case, Expect, Setup, Step
@@ -374,16 +373,6 @@ def _sysfs_spus() -> dict[int, int | None]:
     return {i.type: i.max_buff_size for i in instances if i.type is not None}
 
 
-def _vm_lck() -> int:
-    """This process's VmLck in bytes (0 when it cannot be read)."""
-    from ..host import memlock
-
-    try:
-        return memlock.status().vm_lck
-    except (OSError, KvmspeError):
-        return 0
-
-
 def _probe(kvm: Any) -> HostFacts:
     """Ask the kernel whether SPE is there, on a throwaway VM of its own.
 
@@ -430,26 +419,6 @@ def _spu_fits(want: int | None, have: int | None) -> bool:
     if have is None:
         return False
     return (have == 0) == (want == 0)
-
-
-@contextmanager
-def _memlock_room(room: int | None) -> Iterator[Callable[[int], None]]:
-    """Set RLIMIT_MEMLOCK's soft limit to what is locked plus ``room``; restore after."""
-    saved = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-
-    def set_room(r: int) -> None:
-        soft = _vm_lck() + r
-        hard = saved[1]
-        if hard != resource.RLIM_INFINITY and soft > hard:
-            soft = hard
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
-
-    try:
-        if room is not None:
-            set_room(room)
-        yield set_room
-    finally:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
 
 
 @runtime_checkable
@@ -538,11 +507,15 @@ def _run_kvm(
     cases: Iterable[Case],
     kvm: Any = None,
     facts: HostFacts | None = None,
-    memlock: MemlockFn = _memlock_room,
+    memlock: MemlockFn | None = None,
 ) -> tuple[dict[str, Any], list[Result]]:
     """Run ``cases`` on the real kernel; ``kvm``, ``facts`` and ``memlock``
     stand in for /dev/kvm, the host probe and RLIMIT_MEMLOCK (for tests)."""
     results: list[Result] = []
+    if memlock is None:
+        from ..host.memlock import room_above_locked
+
+        memlock = room_above_locked
     if kvm is None:
         try:
             from ..kvm import Kvm

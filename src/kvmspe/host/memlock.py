@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import KvmspeError
 from ..validation import check_int
 
 __all__ = [
+    "room_above_locked",
     "LIMIT_MAX",
     "MemlockPermissionError",
     "MemlockStatus",
@@ -161,3 +164,32 @@ def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> M
             " (raising a hard limit, or another user's limits, needs CAP_SYS_RESOURCE)"
         ) from None
     return status(pid)
+
+
+@contextmanager
+def room_above_locked(room: int | None) -> Iterator[Callable[[int], None]]:
+    """Within the block, RLIMIT_MEMLOCK's soft limit is this process's VmLck plus
+    ``room`` (capped at the hard limit); the limit is restored on the way out.
+
+    Yields a function that sets a new room. Used to give one test VM exactly
+    the locked memory it may still take; VmLck that cannot be read counts as 0.
+    """
+    saved = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+    def set_room(r: int) -> None:
+        try:
+            locked = status().vm_lck
+        except (OSError, KvmspeError):
+            locked = 0
+        soft = locked + r
+        hard = saved[1]
+        if hard != resource.RLIM_INFINITY and soft > hard:
+            soft = hard
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+
+    try:
+        if room is not None:
+            set_room(room)
+        yield set_room
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
