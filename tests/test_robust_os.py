@@ -261,17 +261,6 @@ def test_a_write_failing_anywhere_changes_nothing(tmp_path: Path, fail_at: int, 
 # --- hostile sysfs snapshots -------------------------------------------------------------------
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Path:
-    root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
-    return root
-
-
-def spe0(root: Path) -> Path:
-    return root / "sys" / "bus" / "event_source" / "devices" / "arm_spe_0"
-
-
 @pytest.mark.parametrize(
     "damage",
     [
@@ -288,8 +277,10 @@ def spe0(root: Path) -> Path:
         "huge-vmlck",
     ],
 )
-def test_hostile_snapshot_is_read_without_hang_or_traceback(host: Path, damage: str) -> None:
-    d = spe0(host)
+def test_hostile_snapshot_is_read_without_hang_or_traceback(
+    fixture_copy: Path, spe0: Path, damage: str
+) -> None:
+    host, d = fixture_copy, spe0
     if damage == "fifo-caps":
         os.mkfifo(d / "caps" / "max_buff_size")
     elif damage == "big-type":
@@ -349,8 +340,8 @@ def test_hostile_snapshot_is_read_without_hang_or_traceback(host: Path, damage: 
         assert doc["host"]["vm_lck"] is None and doc["host"]["vm_lck_reason"]
 
 
-def test_a_snapshot_too_large_in_all_is_read_only_up_to_its_budget(host: Path) -> None:
-    devices = spe0(host).parent
+def test_a_snapshot_too_large_in_all_is_read_only_up_to_its_budget(fixture_copy: Path, spe0: Path) -> None:
+    host, devices = fixture_copy, spe0.parent
     for i in range(2, 120):  # 118 more instances, each with a 60 KiB format file
         d = devices / f"arm_spe_{i}"
         (d / "format").mkdir(parents=True)

@@ -14,7 +14,6 @@ import errno
 import gc
 import io
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -264,40 +263,29 @@ def test_7_empty_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 # --- 8. fixtures: bounded, named, never the real host by accident --------------------------
 
 
-@pytest.fixture
-def fixture_copy(tmp_path: Path) -> Path:
-    root = tmp_path / "host"
-    shutil.copytree(Path(discovery.__file__).parent.parent / "fixtures" / discovery.FIXTURE_HOST, root)
-    return root
-
-
-def _spe0(root: Path) -> Path:
-    return root / "sys" / "bus" / "event_source" / "devices" / "arm_spe_0"
-
-
-def test_8_fifo_type_does_not_hang(fixture_copy: Path) -> None:
-    (_spe0(fixture_copy) / "type").unlink()
-    os.mkfifo(_spe0(fixture_copy) / "type")
+def test_8_fifo_type_does_not_hang(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "type").unlink()
+    os.mkfifo(spe0 / "type")
     spes, _ = discovery.read_spe_instances(str(fixture_copy / "sys"))
     assert spes[0].type is None
     assert any("type" in p and "FIFO" in p for p in spes[0].problems)
 
 
-def test_8_type_linked_to_dev_zero_is_refused(fixture_copy: Path) -> None:
-    (_spe0(fixture_copy) / "type").unlink()
-    (_spe0(fixture_copy) / "type").symlink_to("/dev/zero")
+def test_8_type_linked_to_dev_zero_is_refused(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "type").unlink()
+    (spe0 / "type").symlink_to("/dev/zero")
     spes, _ = discovery.read_spe_instances(str(fixture_copy / "sys"))
     assert spes[0].type is None and any("character device" in p for p in spes[0].problems)
 
 
-def test_8_huge_cpumask_is_refused_without_building_it(fixture_copy: Path) -> None:
-    (_spe0(fixture_copy) / "cpumask").write_text("0-400000000\n")
+def test_8_huge_cpumask_is_refused_without_building_it(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "cpumask").write_text("0-400000000\n")
     spes, _ = discovery.read_spe_instances(str(fixture_copy / "sys"))
     assert spes[0].cpus == [] and any("cpumask" in p for p in spes[0].problems)
 
 
-def test_8_bad_max_buff_size_is_named_and_the_probe_goes_on(fixture_copy: Path) -> None:
-    (_spe0(fixture_copy) / "caps" / "max_buff_size").write_text("-1\n")
+def test_8_bad_max_buff_size_is_named_and_the_probe_goes_on(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "caps" / "max_buff_size").write_text("-1\n")
     code, out, err = run_cli("probe", "--fixture", str(fixture_copy))
     assert code == 1 and "Traceback" not in err, err
     spes, _ = discovery.read_spe_instances(str(fixture_copy / "sys"))
