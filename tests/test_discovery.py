@@ -17,6 +17,7 @@ from kvmspe.host.discovery import (
     HostInfo,
     discover,
     fixture_roots,
+    format_cpulist,
     parse_cpulist,
     read_spe_instances,
     read_vm_lck,
@@ -62,18 +63,23 @@ def test_parse_cpulist_rejects_with_a_one_line_reason(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
-@settings(max_examples=60)
+@settings(max_examples=200)
 @given(st.sets(st.integers(0, 300), max_size=40))
-def test_parse_cpulist_roundtrips_kernel_style_lists(cpus: set[int]) -> None:
-    ordered = sorted(cpus)
-    parts, i = [], 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    assert parse_cpulist(",".join(parts)) == ordered
+def test_format_cpulist_is_the_inverse_of_parse_cpulist(cpus: set[int]) -> None:
+    text = format_cpulist(cpus)
+    assert parse_cpulist(text) == sorted(cpus)
+    # Kernel style: no range of one CPU, no two ranges that touch.
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        assert not hi or int(lo) < int(hi)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "text"),
+    [([], ""), ([3], "3"), ([0, 1, 2, 3, 8], "0-3,8"), ([5, 4, 7, 6, 4], "4-7"), ([1, 3], "1,3")],
+)
+def test_format_cpulist(cpus: list[int], text: str) -> None:
+    assert format_cpulist(cpus) == text
 
 
 # -- the shipped snapshot ---------------------------------------------------------------------

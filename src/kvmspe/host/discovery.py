@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -46,6 +47,7 @@ __all__ = [
     "SpeInstance",
     "discover",
     "fixture_roots",
+    "format_cpulist",
     "parse_cpulist",
     "read_spe_instances",
     "read_vm_lck",
@@ -153,6 +155,22 @@ def parse_cpulist(text: str) -> list[int]:
             raise ValueError(f"bad CPU list {shown}: CPU {last} is beyond {MAX_CPUS - 1}, the most Linux has")
         cpus.update(range(first, last + 1))
     return sorted(cpus)
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """CPU numbers as a kernel CPU list, the inverse of :func:`parse_cpulist`:
+    ``[0, 1, 2, 3, 8]`` gives ``"0-3,8"`` (what ``taskset -c`` and systemd's
+    ``CPUAffinity=`` accept); no CPU gives ``""``."""
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 @dataclass
