@@ -1,0 +1,75 @@
+"""VCPU affinity: the host CPUs each SPE VCPU may run on, and pinning a thread there.
+
+The reference patch leaves this to userspace, as ``KVM_ARM_VCPU_PMU_V3_SET_PMU``
+does: a VCPU must run only on physical CPUs that have its SPU. An SPU's CPUs
+are its perf PMU's ``cpumask`` in sysfs (``arm_spe_N/cpumask``); on a
+big.LITTLE host each SPU covers one cluster.
+
+Policy (:func:`vcpu_affinity`): every VCPU of the SPU may run on every CPU of
+that SPU (the kernel's requirement, nothing narrower), and a VM is refused
+more VCPUs on an SPU than the SPU has CPUs: beyond that the VCPUs only
+time-share the same CPUs while each still pins its own buffer, so the extra
+VCPUs cost locked memory without adding profiling. An SPU whose CPUs are not
+known gives no CPU set; callers say they cannot pin rather than guess.
+
+:func:`pin_thread` applies one VCPU's CPU set to the calling thread
+(``sched_setaffinity`` on Linux applies to one thread, which is what a VMM's
+VCPU thread needs) and returns the previous set so it can be restored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .errors import KvmspeError
+from .host.discovery import MAX_CPUS, format_cpulist
+from .validation import check_int
+
+__all__ = ["AffinityError", "pin_thread", "thread_cpus", "vcpu_affinity"]
+
+
+class AffinityError(KvmspeError, ValueError):
+    """More VCPUs than an SPU's CPUs, or a CPU set the OS refused."""
+
+
+def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[int, ...]]:
+    """The host CPUs each of ``vcpus`` VCPUs on SPU ``spu`` may run on.
+
+    Every VCPU gets all of ``spu_cpus``. An empty ``spu_cpus`` (the SPU's
+    cpumask is not known) gives an empty tuple per VCPU: nothing to pin to.
+    Raises :class:`AffinityError` when ``vcpus`` exceeds the SPU's CPUs.
+    """
+    check_int("vcpus", vcpus, 1, 1 << 16)
+    cpus = tuple(sorted({check_int("CPU", c, 0, MAX_CPUS - 1) for c in spu_cpus}))
+    if cpus and vcpus > len(cpus):
+        raise AffinityError(
+            f"{vcpus} VCPUs on SPU {spu}, which only CPUs {format_cpulist(cpus)} have ({len(cpus)} CPUs):"
+            f" a VCPU must run on a CPU with its SPU; accepted: at most {len(cpus)} VCPUs on this SPU"
+        )
+    return [cpus] * vcpus
+
+
+def thread_cpus() -> frozenset[int]:
+    """The CPUs the calling thread may run on now."""
+    return frozenset(os.sched_getaffinity(0))
+
+
+def pin_thread(cpus: Iterable[int]) -> frozenset[int]:
+    """Restrict the calling thread to ``cpus``; returns the set it had before.
+
+    Raises :class:`AffinityError` when the set is empty or the OS refuses it
+    (e.g. none of those CPUs is online or allowed to this process).
+    """
+    wanted = frozenset(cpus)
+    if not wanted:
+        raise AffinityError("no CPU to pin to: the SPU's CPUs are not known")
+    before = thread_cpus()
+    try:
+        os.sched_setaffinity(0, wanted)
+    except OSError as exc:
+        raise AffinityError(
+            f"cannot pin to CPUs {format_cpulist(wanted)}: {exc.strerror or exc}; this process may use"
+            f" CPUs {format_cpulist(before)}"
+        ) from None
+    return before

@@ -1,0 +1,74 @@
+"""VCPU affinity: the policy (which CPUs each VCPU gets) and pinning a real thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvmspe.affinity import AffinityError, pin_thread, thread_cpus, vcpu_affinity
+from kvmspe.model.profiles import PROFILES
+
+
+def _spu_cpus(profile: str, spu: int) -> tuple[int, ...]:
+    return next(s.cpus for s in PROFILES[profile].spus if s.id == spu)
+
+
+def test_big_little_vcpus_on_the_big_spu_get_cpus_4_to_7() -> None:
+    assert vcpu_affinity(4, 11, _spu_cpus("big-little", 11)) == [(4, 5, 6, 7)] * 4
+    assert vcpu_affinity(2, 10, _spu_cpus("big-little", 10)) == [(0, 1, 2, 3)] * 2
+
+
+def test_more_vcpus_than_the_spu_has_cpus_is_refused_in_one_line() -> None:
+    with pytest.raises(AffinityError) as info:
+        vcpu_affinity(8, 11, _spu_cpus("big-little", 11))
+    text = str(info.value)
+    assert "8 VCPUs on SPU 11" in text and "CPUs 4-7" in text and "at most 4" in text
+    assert "\n" not in text
+
+
+def test_unknown_cpumask_gives_nothing_to_pin() -> None:
+    assert vcpu_affinity(3, 10, ()) == [(), (), ()]
+
+
+@given(st.integers(1, 64), st.sets(st.integers(0, 255), min_size=1, max_size=64))
+def test_every_vcpu_gets_exactly_the_spus_cpus_or_a_refusal(vcpus: int, cpus: set[int]) -> None:
+    if vcpus > len(cpus):
+        with pytest.raises(AffinityError):
+            vcpu_affinity(vcpus, 10, cpus)
+    else:
+        assert vcpu_affinity(vcpus, 10, cpus) == [tuple(sorted(cpus))] * vcpus
+
+
+def test_pin_thread_really_changes_the_threads_affinity_on_this_machine() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    target = frozenset(allowed[-1:])
+    seen: dict[str, object] = {}
+
+    def vcpu_thread() -> None:
+        seen["before"] = pin_thread(target)
+        seen["pinned"] = thread_cpus()
+        seen["kernel"] = frozenset(os.sched_getaffinity(0))
+
+    main_before = thread_cpus()
+    t = threading.Thread(target=vcpu_thread)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert seen["before"] == main_before
+    assert seen["pinned"] == seen["kernel"] == target
+    # sched_setaffinity(0, ...) is per thread: the main thread keeps its set.
+    assert thread_cpus() == main_before
+
+
+def test_pin_thread_to_no_cpu_or_an_absent_cpu_is_refused() -> None:
+    with pytest.raises(AffinityError, match="not known"):
+        pin_thread(())
+    absent = max(os.sched_getaffinity(0)) + 4096
+    before = thread_cpus()
+    with pytest.raises(AffinityError, match="cannot pin"):
+        pin_thread({absent})
+    assert thread_cpus() == before
