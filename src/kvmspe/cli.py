@@ -692,6 +692,86 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the guest's firmware description -----------------------------------------------------------
+
+
+def cmd_guest(args: argparse.Namespace) -> int:
+    from .firmware import acpi, devicetree
+
+    if args.acpi:
+        shaping = [
+            opt
+            for opt, value in (("--gic", args.gic), ("--node-name", args.node_name), ("--label", args.label))
+            if value is not None
+        ]
+        if shaping:
+            raise UsageError(
+                f"{', '.join(shaping)}: only for the device-tree node (--dt); --acpi takes --irq and --vcpus"
+            )
+        fields = acpi.gicc_spe_fields(args.irq, args.vcpus)
+        first = fields[0]
+        raw = first.to_bytes()
+        hex_bytes = " ".join(f"{b:02x}" for b in raw)
+        doc: Doc = {
+            "description": "acpi",
+            "irq": args.irq,
+            "vcpus": args.vcpus,
+            "table": "APIC",
+            "structure": "GICC",
+            "structure_type": acpi.ACPI_MADT_TYPE_GENERIC_INTERRUPT,
+            "field": acpi.FIELD_NAME,
+            "since": acpi.FIELD_SINCE,
+            "offset": first.offset,
+            "width": first.width,
+            "min_gicc_length": acpi.ACPI_MADT_GICC_SPE,
+            "gicc_length_with_trbe": acpi.ACPI_MADT_GICC_TRBE,
+            "value": first.value,
+            "bytes": list(raw),
+            "trigger": "level",
+            "polarity": "active-high",
+            "gicc": [
+                {"gicc": f.gicc, "offset": f.offset, "value": f.value, "bytes": list(f.to_bytes())}
+                for f in fields
+            ],
+        }
+        lines = [
+            f"MADT GICC (subtable type {acpi.ACPI_MADT_TYPE_GENERIC_INTERRUPT}),"
+            f' field "{acpi.FIELD_NAME}" ({acpi.FIELD_SINCE} and later)',
+            f"offset {first.offset} ({first.offset:#x}), {first.width} bytes; a GICC of length"
+            f" >= {acpi.ACPI_MADT_GICC_SPE} holds it"
+            f" ({acpi.ACPI_MADT_GICC_TRBE} with ACPI 6.5's TRBE interrupt)",
+            f"value {first.value} ({first.value:#06x}): the SPE PPI's GSIV, its INTID (0 means no SPE)",
+            f"bytes at offset {first.offset}, little-endian: {hex_bytes}",
+            "Linux wants the same value in every GICC and takes it as level-sensitive, active high",
+            *(f"GICC {f.gicc}: {f.value}  ({' '.join(f'{b:02x}' for b in f.to_bytes())})" for f in fields),
+        ]
+        return _emit(args, doc, lines)
+
+    node = devicetree.spe_node(
+        args.irq,
+        gic=args.gic or "v3",
+        vcpus=args.vcpus,
+        name=args.node_name or devicetree.DEFAULT_NODE_NAME,
+        label=args.label,
+    )
+    dts = node.to_dts()
+    doc = {
+        "description": "devicetree",
+        "irq": node.irq,
+        "ppi": node.ppi,
+        "gic": node.gic,
+        "vcpus": node.vcpus,
+        "cpu_mask": node.cpu_mask,
+        "trigger": "level-high",
+        "node": {"name": node.name, "label": node.label, "properties": node.properties()},
+        "dts": dts,
+    }
+    if args.json:
+        return _emit(args, doc, [])
+    sys.stdout.write(dts)
+    return 0
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 _SIZE_HELP = "a size in bytes: " + ACCEPTED.removeprefix("accepted: ")
@@ -736,6 +816,11 @@ _EPILOGS = {
   kvmspe export --lang c | gcc -x c -fsyntax-only -Wall -Wextra -Werror -
   kvmspe export --lang rust > src/kvmspe.rs
   kvmspe export --lang c-selftest > kvmspe_selftest.c""",
+    "guest": """examples:
+  kvmspe guest --dt                 the SPE node for INTID 21 on a GICv3, to paste under /
+  kvmspe guest --dt --gic v2 --vcpus 4 --label spe
+  kvmspe guest --acpi --vcpus 4     the MADT GICC "SPE overflow interrupt" of each VCPU
+  kvmspe guest --dt --irq 22 --json""",
     "explain": """examples:
   kvmspe explain EDOM
   kvmspe explain 33
@@ -995,6 +1080,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export, "print a C header, a Rust module or a C conformance program")
     p.add_argument(
         "--lang", choices=tuple(LANGS), required=True, help="; ".join(f"{k}: {v}" for k, v in LANGS.items())
+    )
+
+    p = add("guest", cmd_guest, "what the guest's firmware says about SPE: a device-tree node, an ACPI field")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dt", action="store_true", help="the device-tree node (compatible string and PPI)")
+    what.add_argument("--acpi", action="store_true", help="the MADT GICC 'SPE overflow interrupt' field")
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=DEFAULT_IRQ,
+        help=f"the SPE interrupt, a PPI 16..31, as given to configure (default {DEFAULT_IRQ})",
+    )
+    p.add_argument(
+        "--vcpus",
+        metavar="N",
+        type=_uint("VCPU count", 512, 1),
+        default=1,
+        help="number of VCPUs: GICCs for --acpi, the PPI's CPU mask for --gic v2 (at most 8); default 1",
+    )
+    p.add_argument(
+        "--gic",
+        choices=("v3", "v2"),
+        default=None,
+        help="the guest's GIC, for --dt (default v3, as configure)",
+    )
+    p.add_argument(
+        "--node-name", metavar="NAME", default=None, help="the node's name, for --dt (default spe-pmu)"
+    )
+    p.add_argument(
+        "--label", metavar="LABEL", default=None, help="a label for the node, for --dt (default none)"
     )
 
     return parser
