@@ -1,8 +1,9 @@
 """docs/cli.md shows real output: every example is run again and must print what the page shows.
 
-An example block is a ```console fence; in it, each ``$ COMMAND`` line is run
-with bash (``kvmspe`` is ``python3 -m kvmspe`` from this checkout) in an empty
-directory, and its stdout and stderr together must equal the lines that
+An example block is a ```console fence; its ``$ COMMAND`` lines are run in
+order with bash (``kvmspe`` is ``python3 -m kvmspe`` from this checkout) in
+one empty directory per block, and each command's stdout and stderr together
+must equal the lines that
 follow it, up to the next ``$`` line, with ``[exit status N]`` standing for a
 non-zero exit. A block whose output depends on the machine (this host's
 kernel, limits or /dev/kvm) says so on the line before its fence, as
@@ -62,10 +63,11 @@ def _blocks(text: str) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str
     return replayed, skipped
 
 
-def _examples() -> list[Example]:
+def _examples() -> list[list[Example]]:
     replayed, _ = _blocks(DOC.read_text())
-    out = []
+    blocks = []
     for first, block in replayed:
+        out: list[Example] = []
         current: tuple[int, str] | None = None
         body: list[str] = []
         for n, line in enumerate([*block, "$ "]):
@@ -81,35 +83,41 @@ def _examples() -> list[Example]:
                 current, body = (first + n, line[2:]), []
             else:
                 body.append(line)
-    return out
+        blocks.append(out)
+    return blocks
 
 
-EXAMPLES = _examples()
+BLOCKS = _examples()
 
 
 def test_the_page_has_examples_and_every_unreplayed_block_says_why() -> None:
     _, skipped = _blocks(DOC.read_text())
-    assert len(EXAMPLES) > 30
+    assert sum(map(len, BLOCKS)) > 30
     for line, why in skipped:
         assert len(why.split()) >= 3, f"docs/cli.md line {line}: give the reason a block is not replayed"
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"line{e.line}" for e in EXAMPLES])
-def test_example_prints_what_the_page_shows(example: Example, tmp_path: Path) -> None:
+def _run(example: Example, cwd: Path) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVMSPE_")}
     env["PYTHONPATH"] = str(ROOT / "src")
     env["COLUMNS"] = "80"
     script = 'kvmspe() { python3 -m kvmspe "$@"; }\n' + example.command + "\n"
     proc = subprocess.run(
         ["bash", "-c", script],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         timeout=120,
     )
-    got = _stable(proc.stdout.rstrip("\n"))
-    assert (got, proc.returncode) == (_stable(example.output), example.status), (
-        f"docs/cli.md line {example.line}: $ {example.command}"
-    )
+    return _stable(proc.stdout.rstrip("\n")), proc.returncode
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b[0].line}" for b in BLOCKS])
+def test_example_block_prints_what_the_page_shows(block: list[Example], tmp_path: Path) -> None:
+    for example in block:
+        got = _run(example, tmp_path)
+        assert got == (_stable(example.output), example.status), (
+            f"docs/cli.md line {example.line}: $ {example.command}"
+        )

@@ -353,35 +353,3 @@ def test_acpi_human() -> None:
     assert lines[1].startswith("offset 78 (0x4e), 2 bytes; a GICC of length >= 80")
     assert lines[3] == "bytes at offset 78, little-endian: 15 00"
     assert lines[-2:] == ["GICC 0: 21  (15 00)", "GICC 1: 21  (15 00)"]
-
-
-# --- the docs show real output --------------------------------------------------------------------
-
-
-def documented_runs() -> list[tuple[list[str], str, int]]:
-    """Each plain ``$ kvmspe guest ...`` of docs/cli.md's guest section, with the
-    output and exit status shown under it (commands with a pipe or redirection
-    are left to the dtc tests above)."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
-    section = text.split("\n## `guest", 1)[1].split("\n## ", 1)[0]
-    runs: list[tuple[list[str], str, int]] = []
-    for block in re.findall(r"```console\n(.*?)```", section, re.S):
-        for cmd, body in re.findall(r"^\$ kvmspe (guest[^\n]*)\n(.*?)(?=^\$ |\Z)", block, re.S | re.M):
-            if any(c in cmd for c in "|>#"):
-                continue
-            body = body.rstrip("\n")
-            code = 0
-            status = re.search(r"\n?\[exit status (\d+)\]$", body)
-            if status:
-                code = int(status.group(1))
-                body = body[: status.start()]
-            runs.append((cmd.split(), body + "\n", code))
-    return runs
-
-
-def test_docs_show_real_output() -> None:
-    runs = documented_runs()
-    assert len(runs) >= 6
-    for args, shown, code in runs:
-        r = kvmspe(*args)
-        assert (r.stdout + r.stderr, r.returncode) == (shown, code), args
