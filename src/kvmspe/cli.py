@@ -577,6 +577,8 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    # Half an octave of room on each side of the sizes drawn, and no more.
+    ax.set_xlim(sweep.sizes[0] / 2**0.5, max(sweep.sizes[-1], plan.size) * 2**0.5)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ticker.FuncFormatter(_binary_ticks))
     ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
