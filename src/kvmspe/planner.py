@@ -328,13 +328,14 @@ def _levels_text(levels: Sequence[int]) -> str:
 
 
 def _ratio(x: float) -> str:
+    """``x16`` or ``x1.25``: a factor without trailing zeros."""
     return f"x{x:.4f}".rstrip("0").rstrip(".")
 
 
 def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) -> str:
     """One sentence: why ``case`` pins ``p.total`` for ``vcpus`` buffers of ``size``, from the numbers."""
     buffers = vcpus * size
-    head = f"{_ratio(p.total / buffers)} ({format_size(p.total)} for {format_size(buffers)} of buffers)"
+    head = f"x{p.total / buffers:.4f} ({format_size(p.total)} for {format_size(buffers)} of buffers)"
     if p.data > buffers:
         data = (
             f"each {format_size(granule)} guest page of a scattered buffer can sit in a"
