@@ -488,8 +488,8 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     directory = os.path.dirname(path) or "."
     name = os.path.basename(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
+    for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
+        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
             break
@@ -497,6 +497,8 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
             continue
         except OSError as exc:
             raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
+    else:
+        raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
