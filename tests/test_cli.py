@@ -330,20 +330,125 @@ def test_probe_answers_with_a_reason() -> None:
     assert "arm_spe_1" in r.stdout and "perf type 11" in r.stdout and "answer:" in r.stdout
 
 
-def test_plan_human_json_and_missing_matplotlib() -> None:
-    r = kvmspe("plan", "--vcpus", "4", "--max-buffer-size", "4M")
-    assert r.returncode == 0 and "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000" in r.stdout
+def test_plan_human_json() -> None:
+    r = kvmspe("plan", "--vcpus", "4", "--max-buffer-size", "4M", "--profile", "default-4k")
+    assert r.returncode == 0, r.stderr
+    assert "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=4194304" in r.stdout
+    assert "LimitMEMLOCK=16908288" in r.stdout and "ulimit -l 16512" in r.stdout
     doc = ok_json("plan", "--vcpus", "4", "--max-buffer-size", "0x401000")
     assert doc["size"] == 0x400000 and doc["warnings"] and doc["plot"] is None
-    assert {"pinned", "memlock_limit", "guest_pmbidr", "levels"} <= set(doc)
-    assert doc["memlock_limit"] == doc["pinned"]["worst"]["per_vm"]
-    try:
-        import matplotlib  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        r = kvmspe("plan", "--vcpus", "1", "--plot", "out.png")
-        assert_bad_input(r, "matplotlib", "kvmspe[plot]")
-    assert_bad_input(kvmspe("plan", "--max-buffer-size", "4M"), "--vcpus")
+    assert {"pinned", "memlock_limit", "guest_pmbidr", "paste", "host", "spu", "vcpu_cpus"} <= set(doc)
+    assert doc["memlock_limit"] == doc["pinned"]["worst"]["per_vm"] and doc["case"] == "worst"
+    assert doc["paste"]["systemd"] == f"LimitMEMLOCK={doc['memlock_limit']}"
     assert_bad_input(kvmspe("plan", "--vcpus", "0"), "VCPU count")
+
+
+def test_plan_human_output_uses_one_unit_style() -> None:
+    """Every size in the plan's rows is exact binary units; hex only for the register field,
+    bytes only in the lines to paste."""
+    import re
+
+    r = kvmspe("plan", "--vcpus", "64", "--max-buffer-size", "16M", "--page-size", "64K", "--granule", "4K")
+    assert r.returncode == 0, r.stderr
+    hexes = re.findall(r"0x[0-9a-f]+", r.stdout)
+    assert hexes == ["0x0800"]  # PMBIDR_EL1.MaxBuffSize
+    assert "16440 MiB" in r.stdout and "x16.0547" in r.stdout and "(x16 for data)" in r.stdout
+    assert "LimitMEMLOCK=17238589440" in r.stdout and "ulimit -l 16834560" in r.stdout
+    assert "<hard_limit unit='KiB'>16834560</hard_limit>" in r.stdout
+    assert "prlimit --memlock=17238589440:17238589440 --pid PID" in r.stdout
+    assert "guest RAM" in r.stdout  # libvirt's hard_limit caps the whole process
+
+
+def test_plan_defaults_are_configures() -> None:
+    """No --vcpus and no size: one VCPU and 4 MiB, as configure; 'max' is the SPU's limit."""
+    doc = ok_json("plan", "--profile", "default-4k")
+    assert (doc["vcpus"], doc["size"], doc["requested"], doc["case"]) == (1, 4 << 20, 4 << 20, "worst")
+    doc = ok_json("plan", "--profile", "limited-spu", "--max-buffer-size", "64M")
+    assert doc["size"] == 4 << 20 and any("clamped" in w for w in doc["warnings"])
+    doc = ok_json("plan", "--profile", "default-4k", "--max-buffer-size", "max")
+    assert doc["size"] == 0 and doc["memlock_limit"] is None and doc["requested"] is None
+    assert doc["paste"]["systemd"] == "LimitMEMLOCK=infinity" and doc["paste"]["libvirt"] is None
+    r = kvmspe("plan", "--profile", "default-4k", "--max-buffer-size", "max")
+    assert "LimitMEMLOCK=infinity" in r.stdout and "ulimit -l unlimited" in r.stdout
+    assert "no finite <hard_limit>" in r.stdout
+
+
+def test_plan_case_picks_the_limit_and_refuses_others() -> None:
+    docs = {c: ok_json("plan", "--vcpus", "4", "--case", c) for c in ("best", "typical", "worst")}
+    for case, doc in docs.items():
+        assert doc["case"] == case and doc["memlock_limit"] == doc["pinned"][case]["per_vm"]
+    assert docs["best"]["memlock_limit"] < docs["typical"]["memlock_limit"] < docs["worst"]["memlock_limit"]
+    assert_bad_input(kvmspe("plan", "--case", "average"), "--case", "best", "typical", "worst")
+    assert_bad_input(kvmspe("configure", "--case", "average"), "--case", "best", "typical", "worst")
+
+
+def test_plan_shows_each_spu_its_cpus_and_the_vcpus_cpus() -> None:
+    r = kvmspe("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "4")
+    assert r.returncode == 0, r.stderr
+    assert "SPU 10         CPUs 0-3, no limit" in r.stdout
+    assert "SPU 11         CPUs 4-7, limit 4 MiB  (chosen)" in r.stdout
+    assert "vcpus 0-3: CPUs 4-7" in r.stdout
+    doc = ok_json("plan", "--fixture", "arm64-big-little", "--spu", "11", "--vcpus", "2")
+    assert doc["spu"] == 11 and doc["vcpu_cpus"] == [[4, 5, 6, 7]] * 2 and doc["spu_limit"] == 4 << 20
+    assert [s["cpus"] for s in doc["host"]["spus"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    r = kvmspe("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "8")
+    assert r.returncode == 0
+    assert "warning: 8 VCPUs on SPU 11, which only CPUs 4-7 have" in r.stdout
+    doc = ok_json("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "8")
+    assert doc["vcpu_cpus"] is None
+    assert_bad_input(kvmspe("plan", "--profile", "big-little", "--spu", "12"), "SPU 12", "accepted: 10, 11")
+    assert_bad_input(kvmspe("plan", "--profile", "nope"), "unknown host profile")
+    assert_bad_input(kvmspe("plan", "--profile", "64k", "--fixture", "arm64-big-little"), "not allowed")
+
+
+def test_plan_default_host_is_configures() -> None:
+    plan_doc = ok_json("plan")
+    r = kvmspe("configure", "--json")
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr
+    conf = json.loads(r.stdout)
+    assert plan_doc["spu"] == conf["spu"] and plan_doc["page_size"] == conf["page_size"]
+
+
+def test_configure_case_is_what_raise_memlock_raises_to() -> None:
+    for case in ("best", "worst"):
+        plan_doc = ok_json("plan", "--profile", "default-4k", "--vcpus", "2", "--case", case)
+        doc = ok_json(
+            "configure",
+            "--backend",
+            "model",
+            "--profile",
+            "default-4k",
+            "--vcpus",
+            "2",
+            "--memlock",
+            "64K",
+            "--raise-memlock",
+            "--case",
+            case,
+        )
+        assert doc["memlock_limit"] == plan_doc["memlock_limit"], case
+        raised = [s for s in doc["steps"] if s["step"] == "raise RLIMIT_MEMLOCK"]
+        assert raised and f"the planner's {case} case" in raised[0]["detail"]
+
+
+def test_plan_without_matplotlib_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In this process, matplotlib made unimportable: one line naming the extra, exit 2, no file."""
+    import contextlib
+    import io
+
+    from kvmspe import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out, err = io.StringIO(), io.StringIO()
+    target = tmp_path / "out.png"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["plan", "--vcpus", "1", "--plot", str(target)])
+    assert code == 2 and out.getvalue() == ""
+    assert err.getvalue().splitlines() == [
+        "kvmspe: error: --plot needs matplotlib, which is not installed: pip install 'kvmspe[plot]'"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_configure_on_the_model_reports_every_step() -> None:

@@ -13,7 +13,7 @@ from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1
 from kvmspe.model.assumptions import DEFAULT, Assumptions
 from kvmspe.model.kernel import Host, Spu
-from kvmspe.planner import PINNING_CASES, placements, plan
+from kvmspe.planner import PINNING_CASES, PlanHost, PlanSpu, memlock_settings, placements, plan
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 KEYS = {
@@ -32,6 +32,23 @@ KEYS = {
     "locked_already",
     "held_at_set",
     "memlock_limit",
+    "memlock_limit_kib",
+    "case",
+    "host",
+    "spu",
+    "vcpu_cpus",
+    "paste",
+}
+CASE_KEYS = {
+    "per_vcpu",
+    "per_vm",
+    "data",
+    "tables",
+    "table_pages",
+    "amplification",
+    "one_more_vcpu",
+    "why",
+    "assumptions",
 }
 
 
@@ -39,7 +56,11 @@ def test_dict_keys_are_stable() -> None:
     d = plan(4, 4 * MiB).to_dict()
     assert set(d) == KEYS
     assert set(d["pinned"]) == set(PINNING_CASES)
-    assert all(set(v) == {"per_vcpu", "per_vm", "assumptions"} for v in d["pinned"].values())
+    assert all(set(v) == CASE_KEYS for v in d["pinned"].values())
+    assert set(d["paste"]) == {"systemd", "ulimit", "libvirt", "prlimit"}
+    host = plan(4, host=PlanHost.from_profile("big-little")).to_dict()["host"]
+    assert set(host) == {"source", "page_size", "spus"}
+    assert all(set(s) == {"id", "max_buffer_size", "cpus"} for s in host["spus"])
 
 
 def test_exact_size_has_no_warning_and_its_encoding() -> None:
@@ -189,3 +210,244 @@ def test_sweep_is_the_plan_at_each_power_of_two_size() -> None:
         }
     with pytest.raises(ValueError, match="vcpus"):
         planner.sweep(0)
+
+
+# --- defaults, cases, the split, the cost of one more VCPU ------------------------------------
+
+
+def test_defaults_are_one_vcpu_4_mib_and_the_worst_case() -> None:
+    from kvmspe import planner
+
+    p = plan()
+    assert (p.vcpus, p.size, p.case) == (1, 4 * MiB, "worst")
+    shared = (planner.DEFAULT_VCPUS, planner.DEFAULT_MAX_BUFFER_SIZE, planner.DEFAULT_CASE)
+    assert shared == (1, 4 * MiB, "worst")
+    assert p.memlock_limit == p.pinned["worst"]["per_vm"]
+
+
+def test_the_default_size_is_clamped_to_the_spu_limit_with_a_warning() -> None:
+    p = plan(1, host=PlanHost("test", 4096, (PlanSpu(7, 2 * MiB, (0, 1)),)))
+    assert p.size == 2 * MiB and p.spu_limit == 2 * MiB
+    assert any("above the SPU limit; clamped to 2 MiB" in w for w in p.warnings)
+
+
+@pytest.mark.parametrize("case", PINNING_CASES)
+def test_case_picks_the_figure_of_memlock_limit(case: str) -> None:
+    p = plan(8, 16 * MiB, page_size=65536, locked_already=MiB, case=case)
+    assert p.case == case and p.memlock_limit == MiB + p.pinned[case]["per_vm"]
+    assert p.to_dict()["case"] == case
+
+
+@pytest.mark.parametrize("bad", ["worse", "", "WORST", None, 3])
+def test_an_unknown_case_is_a_one_line_error(bad: object) -> None:
+    with pytest.raises(ValueError, match="accepted: best, typical, worst") as info:
+        plan(1, MiB, case=bad)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    vcpus=st.integers(1, 9),
+    field=st.integers(1, maxbuf.encode(64 * MiB)),
+    page=st.sampled_from(maxbuf.PAGE_SIZES),
+    granule=st.sampled_from([4096, 16384, 65536]),
+)
+def test_data_plus_tables_is_per_vm_and_one_more_vcpu_is_the_next_plan(
+    vcpus: int, field: int, page: int, granule: int
+) -> None:
+    p = plan(vcpus, maxbuf.decode(field), page_size=page, granule=granule)
+    nxt = plan(vcpus + 1, p.size, page_size=page, granule=granule)
+    for case in PINNING_CASES:
+        c = p.pinned[case]
+        assert c["data"] + c["tables"] == c["per_vm"], case
+        assert c["data"] >= vcpus * p.size and c["tables"] > 0 and c["table_pages"] > 0
+        assert c["amplification"] == c["per_vm"] / (vcpus * p.size)
+        assert c["one_more_vcpu"] == nxt.pinned[case]["per_vm"] - c["per_vm"], case
+        # The limit for the next plan in this case grows by exactly that.
+        here = plan(vcpus, p.size, page_size=page, granule=granule, case=case).memlock_limit
+        more = plan(vcpus + 1, p.size, page_size=page, granule=granule, case=case).memlock_limit
+        assert here is not None and more == here + c["one_more_vcpu"]
+
+
+def test_the_split_is_the_model_hosts_data_and_table_pages() -> None:
+    """Data is the host pages behind the buffers, as the model pins them: pin the buffers
+    of the worst case without tables' help, i.e. compare with one footprint by hand."""
+    p = plan(3, 16 * MiB, page_size=65536, granule=4096)
+    worst = p.pinned["worst"]
+    # Scattered 4 KiB data pages on 64 KiB host pages: each data page pins a whole host page.
+    assert worst["data"] == 3 * (16 * MiB // 4096) * 65536
+    # Each table page, scattered too, pins a host page of its own.
+    assert worst["tables"] == worst["table_pages"] * 65536
+    typical = p.pinned["typical"]
+    assert typical["data"] == 3 * 16 * MiB  # contiguous: the buffers' bytes exactly
+
+
+def test_the_issue_example_says_x16_and_why() -> None:
+    """64 VCPUs, 16 MiB buffers, 64 KiB host pages, 4 KiB granule: 16440 MiB worst case."""
+    p = plan(64, 16 * MiB, page_size=65536, granule=4096)
+    worst = p.pinned["worst"]
+    assert p.memlock_limit == worst["per_vm"] == 16440 * MiB
+    assert worst["data"] == 16 * GiB and worst["tables"] == 56 * MiB
+    assert worst["amplification"] == 16440 / 1024
+    why = worst["why"]
+    assert why.startswith("x16.0547 (16440 MiB for 1 GiB of buffers)")
+    assert "4 KiB guest page" in why and "64 KiB host page" in why and "(x16 for data)" in why
+    assert "each VCPU's own 14 stage-1 table pages (levels 0-3) pin 896 KiB more" in why
+    assert worst["one_more_vcpu"] == worst["per_vcpu"] == 263040 * KiB
+
+
+def test_why_follows_the_inputs() -> None:
+    """The same granule as the host page: no x16, and the sentence says so."""
+    why = plan(64, 16 * MiB, page_size=4096, granule=4096).pinned["worst"]["why"]
+    assert "(x1 for data)" in why and "host page of its own" not in why
+    why = plan(2, 16 * MiB, page_size=16384, granule=4096).pinned["worst"]["why"]
+    assert "16 KiB host page" in why and "(x4 for data)" in why
+
+
+def test_no_limit_leaves_every_figure_none() -> None:
+    p = plan(2, 0)
+    for case in PINNING_CASES:
+        c = p.pinned[case]
+        assert all(c[k] is None for k in CASE_KEYS - {"assumptions"}) and c["assumptions"]
+    assert p.memlock_limit is None and p.memlock_limit_kib is None
+
+
+def test_one_more_vcpu_is_none_when_no_more_fit() -> None:
+    # A 39-bit VA (3 levels of 4 KiB) holds 512 GiB: 2 buffers of 256 GiB and no third.
+    p = plan(2, 256 * GiB, levels=3)
+    assert all(p.pinned[c]["one_more_vcpu"] is None for c in PINNING_CASES)
+
+
+# --- the host planned for ----------------------------------------------------------------------
+
+
+def test_big_little_spu_11_gives_its_limit_cpus_and_affinity() -> None:
+    host = PlanHost.from_profile("big-little")
+    p = plan(4, 8 * MiB, host=host, spu=11)
+    assert p.spu == 11 and p.spu_limit == 4 * MiB and p.size == 4 * MiB
+    assert p.vcpu_cpus == [(4, 5, 6, 7)] * 4
+    d = p.to_dict()
+    assert d["host"] == {
+        "source": "profile 'big-little'",
+        "page_size": 4096,
+        "spus": [
+            {"id": 10, "max_buffer_size": 0, "cpus": [0, 1, 2, 3]},
+            {"id": 11, "max_buffer_size": 4 * MiB, "cpus": [4, 5, 6, 7]},
+        ],
+    }
+    assert d["vcpu_cpus"] == [[4, 5, 6, 7]] * 4
+    first = plan(2, host=host)
+    assert first.spu == 10 and first.spu_limit == 0 and first.vcpu_cpus == [(0, 1, 2, 3)] * 2
+
+
+def test_more_vcpus_than_the_spus_cpus_is_a_warning() -> None:
+    p = plan(8, 4 * MiB, host=PlanHost.from_profile("big-little"), spu=11)
+    assert p.vcpu_cpus is None
+    assert any("8 VCPUs on SPU 11" in w and "configure stops" in w for w in p.warnings)
+
+
+def test_an_spu_not_on_the_host_is_refused() -> None:
+    with pytest.raises(ValueError, match="SPU 12 is not on this host.*accepted: 10, 11"):
+        plan(1, host=PlanHost.from_profile("big-little"), spu=12)
+    with pytest.raises(ValueError, match="spu=None without a host"):
+        plan(1, spu=10)
+
+
+def test_page_size_and_limit_given_override_the_hosts() -> None:
+    host = PlanHost.from_profile("big-little")
+    p = plan(1, 16 * MiB, host=host, spu=11, page_size=65536, spu_limit=8 * MiB)
+    assert (p.page_size, p.spu_limit, p.size) == (65536, 8 * MiB, 8 * MiB)
+    assert plan(1, None, host=PlanHost.from_profile("64k")).page_size == 65536
+
+
+def test_fixture_host_reads_the_snapshots_spe_units() -> None:
+    host = PlanHost.from_fixture("arm64-big-little")
+    assert [(s.id, s.max_buffer_size, s.cpus) for s in host.spus] == [
+        (10, 0, (0, 1, 2, 3)),
+        (11, 4 * MiB, (4, 5, 6, 7)),
+    ]
+    assert "fixture 'arm64-big-little'" in host.source
+
+
+def test_configured_host_is_what_configure_models() -> None:
+    from kvmspe import vmm
+
+    host = PlanHost.configured()
+    choice = vmm.choose_backend("auto")
+    if choice.host is None:  # a real SPE host: configure drives the kernel; plan models its units
+        assert choice.info is not None and host.spus
+        assert [s.id for s in host.spus] == [i.type for i in choice.info.spe_instances if i.type is not None]
+    else:
+        assert host.page_size == choice.host.page_size
+        assert [(s.id, s.max_buffer_size, s.cpus) for s in host.spus] == [
+            (s.id, s.max_buffer_size, s.cpus) for s in choice.host.spus
+        ]
+
+
+# --- ready-to-paste limits ----------------------------------------------------------------------
+
+
+def _parse_back(paste: dict[str, str | None]) -> dict[str, int | None]:
+    """The number each pasted line sets, in bytes (None: unlimited), read as its consumer does."""
+    import re
+
+    systemd = re.fullmatch(r"LimitMEMLOCK=(\d+|infinity)", paste["systemd"] or "")
+    ulimit = re.fullmatch(r"ulimit -l (\d+|unlimited)", paste["ulimit"] or "")
+    memlock = r"prlimit --memlock=(\d+|unlimited):(\d+|unlimited) --pid PID"
+    prlimit = re.fullmatch(memlock, paste["prlimit"] or "")
+    assert systemd and ulimit and prlimit, paste
+    assert prlimit[1] == prlimit[2]  # soft = hard
+
+    def num(text: str, unit: int) -> int | None:
+        return None if text in ("infinity", "unlimited") else int(text) * unit
+
+    out = {"systemd": num(systemd[1], 1), "ulimit": num(ulimit[1], 1024), "prlimit": num(prlimit[1], 1)}
+    if paste["libvirt"] is None:
+        out["libvirt"] = None
+    else:
+        import xml.etree.ElementTree as ET
+
+        memtune = ET.fromstring(paste["libvirt"])
+        (hard,) = list(memtune)
+        assert (memtune.tag, hard.tag, hard.get("unit")) == ("memtune", "hard_limit", "KiB")
+        out["libvirt"] = int(hard.text or "") * 1024
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    vcpus=st.integers(1, 64),
+    field=st.integers(1, maxbuf.encode(1 * GiB)),
+    page=st.sampled_from(maxbuf.PAGE_SIZES),
+    locked=st.integers(0, 1 << 40),
+    case=st.sampled_from(PINNING_CASES),
+)
+def test_each_pasted_value_reads_back_as_the_planners_bytes(
+    vcpus: int, field: int, page: int, locked: int, case: str
+) -> None:
+    p = plan(vcpus, maxbuf.decode(field), page_size=page, locked_already=locked, case=case)
+    limit = p.memlock_limit
+    assert limit is not None
+    back = _parse_back(p.paste)
+    assert back["systemd"] == limit and back["prlimit"] == limit
+    # KiB rounded up: never below the bytes, and less than 1 KiB above.
+    for key in ("ulimit", "libvirt"):
+        value = back[key]
+        assert value is not None and limit <= value < limit + 1024, key
+    assert p.memlock_limit_kib is not None and p.memlock_limit_kib * 1024 == back["ulimit"]
+    assert p.to_dict()["paste"] == p.paste
+
+
+def test_paste_rounds_kib_up_and_says_unlimited() -> None:
+    assert memlock_settings(4097) == {
+        "systemd": "LimitMEMLOCK=4097",
+        "ulimit": "ulimit -l 5",
+        "libvirt": "<memtune><hard_limit unit='KiB'>5</hard_limit></memtune>",
+        "prlimit": "prlimit --memlock=4097:4097 --pid PID",
+    }
+    unlimited = memlock_settings(None)
+    assert _parse_back(unlimited) == dict.fromkeys(("systemd", "ulimit", "prlimit", "libvirt"))
+    assert unlimited["systemd"] == "LimitMEMLOCK=infinity" and unlimited["libvirt"] is None
+    assert plan(1, 0).paste == unlimited
+    with pytest.raises(ValueError):
+        memlock_settings(-1)

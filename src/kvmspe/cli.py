@@ -89,6 +89,21 @@ def _argtype(parse: Callable[[str], int]) -> Callable[[str], int]:
     return convert
 
 
+def _argtype_or_none(parse: Callable[[str], int | None]) -> Callable[[str], int | None]:
+    """As :func:`_argtype`, for a parser that may answer None."""
+
+    def convert(text: str) -> int | None:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            import argparse
+
+            raise argparse.ArgumentTypeError(str(exc).replace(ACCEPTED, ACCEPTED + "; or max")) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def _uint(what: str, maximum: int = U64_MAX, minimum: int = 0) -> Callable[[str], int]:
     return _argtype(_uint_parser(what, maximum, minimum))
 
@@ -420,59 +435,251 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 # --- plan -------------------------------------------------------------------------------------
 
+#: The plot's size in pixels, and its resolution: a PNG of exactly this size.
+PLOT_PIXELS = (900, 560)
+PLOT_DPI = 100
+#: Colours of the plot: one per pinning case, the chosen size, the RLIMIT_MEMLOCK line.
+#: The chosen size's colour is used by nothing else, so the marker can be found in the PNG.
+PLOT_COLOURS = {
+    "best": "#1b9e77",
+    "typical": "#7570b3",
+    "worst": "#d95f02",
+    "chosen": "#e7298a",
+    "limit": "#444444",
+}
+
 
 def _plot_module() -> Any:
-    """matplotlib.pyplot, or a one-line error naming the optional extra."""
+    """matplotlib's Figure class (no pyplot, no global backend), or a one-line error naming the extra."""
     import importlib
 
     try:
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
+        figure = importlib.import_module("matplotlib.figure")
+        importlib.import_module("matplotlib.ticker")
     except ImportError:
         raise UsageError(
             "--plot needs matplotlib, which is not installed: pip install 'kvmspe[plot]'"
         ) from None
-    return plt
+    return figure.Figure
 
 
-def _draw_plot(plt: Any, path: str, args: argparse.Namespace, chosen: int) -> None:
-    """Pinned memory (per VM, each case) against the max buffer size, the chosen size marked."""
+def _plot_target(path: str) -> str:
+    """``path`` when a PNG may be written there (checked before any work), else a UsageError."""
+    import os
+
+    if not path.strip():
+        raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
+    if not path.lower().endswith(".png") or "\0" in path:
+        raise UsageError(f"--plot {path!r}: the plot is a PNG; accepted: a file name ending in .png")
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
+    return path
+
+
+def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
+    """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
+
+    Readers see the old file or the whole new one, never half of it; on any
+    failure the temporary file is removed and nothing is left behind. The
+    new file gets the mode a plain ``open`` would give (0666 less the umask).
+    """
+    import os
+
+    directory = os.path.dirname(path) or "."
+    name = os.path.basename(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
+        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
+    else:
+        raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror or exc}") from None
+        raise
+
+
+def _binary_ticks(value: float, _pos: object = None) -> str:
+    """An axis label for a power-of-two byte count: ``64 KiB``, ``1 GiB``."""
+    n = int(value)
+    return format_size(n) if n > 0 and n == value else ""
+
+
+def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
+    """Pinned memory per VM against the max buffer size, one curve per case; the
+    chosen size as a vertical line with each case's figure on it, and the
+    RLIMIT_MEMLOCK the plan gives as a horizontal line. Written atomically."""
+    import importlib
+
     from . import planner
 
+    ticker = importlib.import_module("matplotlib.ticker")
+    up_to = max(plan.size * 4, 64 << 20)
+    if plan.spu_limit:
+        up_to = min(up_to, plan.spu_limit)
     sweep = planner.sweep(
-        args.vcpus,
-        page_size=args.page_size,
-        granule=args.granule,
-        levels=args.levels,
-        locked_already=args.locked,
-        up_to=max(chosen * 4, 64 << 20),
+        plan.vcpus, page_size=plan.page_size, granule=plan.granule, levels=plan.levels, up_to=up_to
     )
-    xs = sweep.sizes
-    curves = {case: [b / (1 << 20) for b in sweep.per_vm[case]] for case in planner.PINNING_CASES}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    mib = [x / (1 << 20) for x in xs]
+    width, height = PLOT_PIXELS
+    fig = figure_class(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI)
+    ax = fig.subplots()
+    # best and typical nearly coincide: best wide underneath, typical dashed on top.
+    styles = {"best": ("-", 4.0), "typical": ("--", 1.5), "worst": ("-", 1.5)}
     for case in planner.PINNING_CASES:
-        ax.plot(mib, curves[case], marker="o", label=case)
-    if chosen:
-        ax.axvline(chosen / (1 << 20), linestyle="--", color="grey", label="chosen size")
+        label = case
+        if plan.size:
+            label += f" (x{plan.pinned[case]['amplification']:.2f} at the chosen size)"
+        linestyle, linewidth = styles[case]
+        ax.plot(
+            sweep.sizes,
+            sweep.per_vm[case],
+            linestyle=linestyle,
+            linewidth=linewidth,
+            marker="o",
+            markersize=3,
+            color=PLOT_COLOURS[case],
+            label=label,
+        )
+    if plan.size:
+        ax.axvline(
+            plan.size, color=PLOT_COLOURS["chosen"], linewidth=2, label=f"chosen: {format_size(plan.size)}"
+        )
+        for case in planner.PINNING_CASES:
+            ax.plot(
+                [plan.size],
+                [plan.pinned[case]["per_vm"]],
+                marker="D",
+                markersize=7,
+                color=PLOT_COLOURS["chosen"],
+                markeredgecolor=PLOT_COLOURS[case],
+            )
+    if plan.memlock_limit is not None:
+        ax.axhline(
+            plan.memlock_limit,
+            color=PLOT_COLOURS["limit"],
+            linestyle=":",
+            linewidth=1.5,
+            label=f"RLIMIT_MEMLOCK ({plan.case}): {format_size(plan.memlock_limit)}",
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.set_xlabel("max buffer size (MiB)")
-    ax.set_ylabel("pinned host memory per VM (MiB)")
-    ax.set_title(f"SPE buffers pinned by {args.vcpus} VCPUs, {format_size(args.page_size)} host pages")
-    ax.legend()
+    # Half an octave of room on each side of the sizes drawn, and no more.
+    ax.set_xlim(sweep.sizes[0] / 2**0.5, max(sweep.sizes[-1], plan.size) * 2**0.5)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ticker.FuncFormatter(_binary_ticks))
+    ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
+    ax.set_xlabel("max buffer size (KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE)")
+    ax.set_ylabel("host memory pinned per VM")
+    ax.set_title(
+        f"SPE buffers of {plan.vcpus} VCPU{'s' if plan.vcpus != 1 else ''}: {format_size(plan.page_size)}"
+        f" host pages, {format_size(plan.granule)} guest granule, {plan.levels} levels",
+        fontsize=11,
+    )
+    ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=PLOT_DPI))
+
+
+def _parse_plan_size(text: str) -> int | None:
+    """A max buffer size for ``plan``: a size, or ``max`` for the SPU's own limit (None)."""
+    if text.strip().lower() == "max":
+        return None
+    return parse_size(text)
+
+
+def _plan_host(args: argparse.Namespace) -> Any:
+    from . import planner
+
+    if args.profile is not None:
+        return planner.PlanHost.from_profile(args.profile)
+    if args.fixture is not None:
+        return planner.PlanHost.from_fixture(args.fixture)
+    return planner.PlanHost.configured()
+
+
+def _cpus(cpus: Sequence[int]) -> str:
+    from .host.discovery import format_cpulist
+
+    return f"CPUs {format_cpulist(cpus)}" if cpus else "CPUs not known"
+
+
+def _vcpu_cpu_lines(vcpu_cpus: Sequence[Sequence[int]]) -> str:
+    """Runs of VCPUs with the same CPUs: ``vcpus 0-3: CPUs 4-7``."""
+    runs: list[tuple[int, int, Sequence[int]]] = []
+    for i, cpus in enumerate(vcpu_cpus):
+        if runs and runs[-1][2] == cpus:
+            runs[-1] = (runs[-1][0], i, cpus)
+        else:
+            runs.append((i, i, cpus))
+    return "; ".join(
+        (f"vcpu {a}" if a == b else f"vcpus {a}-{b}") + f": {_cpus(cpus)}" for a, b, cpus in runs
+    )
+
+
+def _wrapped(key: str, text: str, width: int = 92) -> list[tuple[str, str]]:
+    """``text`` as table rows of at most ``width`` characters, the key on the first."""
+    import textwrap
+
+    return [(key if i == 0 else "", part) for i, part in enumerate(textwrap.wrap(text, width))]
+
+
+def _pinned_rows(plan: Any) -> list[tuple[str, str]]:
+    """The cases as a table: per VM, per VCPU, data, tables, amplification, one more VCPU."""
+    from . import planner
+
+    head = ("per VM", "per VCPU", "data", "tables", "amplification", "one more VCPU")
+    cells: dict[str, tuple[str, ...]] = {}
+    for case in planner.PINNING_CASES:
+        c = plan.pinned[case]
+        if c["per_vm"] is None:
+            continue
+        more = "none fits" if c["one_more_vcpu"] is None else "+" + format_size(c["one_more_vcpu"])
+        cells[case] = (
+            format_size(c["per_vm"]),
+            format_size(c["per_vcpu"]),
+            format_size(c["data"]),
+            format_size(c["tables"]),
+            f"x{c['amplification']:.4f}",
+            more,
+        )
+    if not cells:
+        return [("pinned", "unbounded (max buffer size 0 = no limit): bounded only by guest RAM")]
+    widths = [max(len(head[i]), *(len(v[i]) for v in cells.values())) for i in range(len(head))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+
+    rows = [("pinned", line(head))]
+    for case, values in cells.items():
+        mark = "  <- RLIMIT_MEMLOCK" if case == plan.case else ""
+        rows.append((f"  {case}", line(values) + mark))
+    return rows
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from . import planner
 
-    if args.plot is not None and not args.plot.strip():
-        raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
-    plt = _plot_module() if args.plot else None
+    figure_class = None
+    if args.plot is not None:
+        _plot_target(args.plot)
+        figure_class = _plot_module()
+    host = _plan_host(args)
     plan = planner.plan(
         args.vcpus,
         args.max_buffer_size,
@@ -481,43 +688,71 @@ def cmd_plan(args: argparse.Namespace) -> int:
         granule=args.granule,
         levels=args.levels,
         locked_already=args.locked,
+        case=args.case,
+        host=host,
+        spu=args.spu,
     )
     doc: Doc = plan.to_dict()
     doc["plot"] = args.plot
-    rows = [
+    rows = [("host", f"{host.source}: {format_size(host.page_size)} pages")]
+    for s in host.spus:
+        limit = f"limit {format_size(s.max_buffer_size)}" if s.max_buffer_size else "no limit"
+        chosen = "  (chosen)" if s.id == plan.spu else ""
+        rows.append((f"  SPU {s.id}", f"{_cpus(s.cpus)}, {limit}{chosen}"))
+    if not host.spus:
+        rows.append(("  SPE units", "none"))
+    page = format_size(plan.page_size)
+    if plan.page_size != host.page_size:
+        page += f" (--page-size; the host has {format_size(host.page_size)})"
+    on = "" if plan.spu is None else f" on SPU {plan.spu}"
+    rows.append(
         (
             "VM",
-            f"{plan.vcpus} VCPUs; host pages {format_size(plan.page_size)}; guest granule"
+            f"{plan.vcpus} VCPU{'s' if plan.vcpus != 1 else ''}{on}; host pages {page}; guest granule"
             f" {format_size(plan.granule)}, {plan.levels} levels ({plan.va_bits}-bit VA)",
-        ),
-        ("SPU limit", "none" if not plan.spu_limit else _sz(plan.spu_limit)),
-        ("max buffer size", _sz(plan.size) + ("  (0 = no limit)" if plan.size == 0 else "")),
+        )
+    )
+    if plan.vcpu_cpus is not None:
+        rows.append(("VCPU CPUs", _vcpu_cpu_lines(plan.vcpu_cpus)))
+    elif plan.spu is not None:
+        rows.append(("VCPU CPUs", "none: more VCPUs than the SPU has CPUs (see the warning)"))
+    spu_limit = "none" if not plan.spu_limit else format_size(plan.spu_limit)
+    if args.spu_limit is not None:
+        spu_limit += " (--spu-limit)"
+    rows.append(("SPU limit", spu_limit))
+    rows.append(("max buffer size", format_size(plan.size) + ("  (0 = no limit)" if plan.size == 0 else "")))
+    rows.append(
         (
             "set",
-            f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size:#x}"
+            f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE={plan.size}"
             f"  (PMBIDR_EL1.MaxBuffSize {plan.max_buff_size_field:#06x})",
-        ),
-    ]
+        )
+    )
+    rows += _pinned_rows(plan)
     for case in planner.PINNING_CASES:
-        c = plan.pinned[case]
-        if c["per_vm"] is None:
-            rows.append((f"pinned, {case}", "unbounded (no limit): bounded only by guest RAM"))
-        else:
-            rows.append((f"pinned, {case}", f"{_sz(c['per_vm'])} per VM, {_sz(c['per_vcpu'])} per VCPU"))
+        if plan.pinned[case]["why"] is not None:
+            rows += _wrapped(f"why, {case}", plan.pinned[case]["why"])
     if plan.memlock_limit is None:
         rows.append(("RLIMIT_MEMLOCK", "unlimited (nothing bounds what the guest pins)"))
     else:
-        rows.append(
-            (
-                "RLIMIT_MEMLOCK",
-                f"at least {_sz(plan.memlock_limit)} (locked already"
-                f" {format_size(plan.locked_already)} + worst case)",
-            )
-        )
+        parts = [f"{format_size(plan.locked_already)} locked already"]
+        if plan.held_at_set:
+            parts.append(f"{format_size(plan.held_at_set)} held from the set")
+        parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
+        rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
+    paste = plan.paste
+    for key in ("systemd", "ulimit", "libvirt", "prlimit"):
+        value = paste[key]
+        rows.append((key, value if value is not None else "no finite <hard_limit>: the limit is unbounded"))
+    rows += _wrapped(
+        "note",
+        "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: give guest RAM"
+        " and QEMU's own with --locked",
+    )
     lines = _table(rows)
     lines += [f"warning: {w}" for w in plan.warnings]
-    if plt is not None:
-        _draw_plot(plt, args.plot, args, plan.size)
+    if figure_class is not None:
+        _draw_plot(figure_class, args.plot, plan)
         lines.append(f"plot written to {args.plot}")
     return _emit(args, doc, lines)
 
@@ -597,6 +832,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         spu=args.spu,
         max_buffer_size=args.max_buffer_size,
         raise_memlock=args.raise_memlock,
+        case=args.case,
         enable_buffer=args.enable_buffer,
     )
     steps: list[Doc] = []
@@ -798,8 +1034,9 @@ _EPILOGS = {
   kvmspe probe --fixture arm64-big-little --json""",
     "plan": """examples:
   kvmspe plan --vcpus 4 --max-buffer-size 4M
-  kvmspe plan --vcpus 8 --max-buffer-size 5000000 --page-size 64K --granule 64K
-  kvmspe plan --vcpus 4 --spu-limit 4M --locked 1G --json
+  kvmspe plan --vcpus 64 --max-buffer-size 16M --page-size 64K --granule 4K
+  kvmspe plan --profile big-little --spu 11 --vcpus 4 --max-buffer-size max
+  kvmspe plan --vcpus 4 --locked 1G --case typical --json
   kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png""",
     "configure": """examples:
   kvmspe configure --vcpus 4 --max-buffer-size 4M
@@ -833,6 +1070,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``kvmspe`` argument parser with every subcommand."""
     import argparse
     import re
+
+    from . import planner
 
     class _Parser(argparse.ArgumentParser):
         """An ArgumentParser whose errors are one line: ``kvmspe: error: ...`` plus a hint."""
@@ -945,30 +1184,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)",
     )
 
-    p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs")
+    p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs, ready to paste")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="plan for a model host profile (an unknown name lists the known ones;"
+        " default: the host configure would use)",
+    )
+    where.add_argument(
+        "--fixture",
+        metavar="NAME",
+        default=None,
+        help="plan for the SPE units of a shipped sysfs snapshot (e.g. arm64-big-little), as probe",
+    )
+    p.add_argument(
+        "--spu",
+        metavar="ID",
+        type=_uint("SPU id", (1 << 31) - 1),
+        default=None,
+        help="the SPE unit: its perf PMU type (default: the host's first)",
+    )
     p.add_argument(
         "--vcpus",
         metavar="N",
         type=_uint("VCPU count", 1 << 16, 1),
-        required=True,
-        help="number of VCPUs with SPE",
+        default=planner.DEFAULT_VCPUS,
+        help=f"number of VCPUs with SPE (default {planner.DEFAULT_VCPUS}, as configure)",
     )
     p.add_argument(
         "--max-buffer-size",
+        metavar="SIZE|max",
+        type=_argtype_or_none(_parse_plan_size),
+        default=planner.DEFAULT_MAX_BUFFER_SIZE,
+        help=f"wanted max buffer size (default {format_size(planner.DEFAULT_MAX_BUFFER_SIZE)}, as"
+        " configure; 'max': the SPU's limit); rounded down safely, clamped to the SPU's limit",
+    )
+    p.add_argument(
+        "--case",
+        choices=planner.PINNING_CASES,
+        default=planner.DEFAULT_CASE,
+        help=f"which case RLIMIT_MEMLOCK covers (default {planner.DEFAULT_CASE}, as configure)",
+    )
+    p.add_argument(
+        "--page-size",
         metavar="SIZE",
         type=_size,
         default=None,
-        help="wanted max buffer size (default: the SPU's limit); rounded down safely",
-    )
-    p.add_argument(
-        "--page-size", metavar="SIZE", type=_size, default=4096, help="host page size (default 4K)"
+        help="host page size: 4K, 16K or 64K (default: the host's)",
     )
     p.add_argument(
         "--spu-limit",
         metavar="SIZE",
         type=_size,
-        default=0,
-        help="the SPU's own MaxBuffSize limit (default 0: none)",
+        default=None,
+        help="the SPU's own MaxBuffSize limit, 0 for none (default: the chosen SPU's)",
     )
     p.add_argument(
         "--granule",
@@ -1016,8 +1287,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vcpus",
         metavar="N",
         type=_uint("VCPU count", 512, 1),
-        default=1,
-        help="number of VCPUs (default 1)",
+        default=planner.DEFAULT_VCPUS,
+        help=f"number of VCPUs (default {planner.DEFAULT_VCPUS})",
     )
     p.add_argument(
         "--irq",
@@ -1037,8 +1308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-buffer-size",
         metavar="SIZE",
         type=_size,
-        default=4 << 20,
-        help="KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default 4M)",
+        default=planner.DEFAULT_MAX_BUFFER_SIZE,
+        help=f"KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE (default {format_size(planner.DEFAULT_MAX_BUFFER_SIZE)})",
     )
     p.add_argument(
         "--memlock",
@@ -1058,6 +1329,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--raise-memlock",
         action="store_true",
         help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT",
+    )
+    p.add_argument(
+        "--case",
+        choices=planner.PINNING_CASES,
+        default=planner.DEFAULT_CASE,
+        help=f"the planner's case --raise-memlock raises to (default {planner.DEFAULT_CASE}, as plan)",
     )
     p.add_argument(
         "--enable-buffer",

@@ -2,30 +2,61 @@
 
 :func:`plan` takes what an operator knows (VCPUs, a wanted size, the host
 page size, the SPU's own limit, the guest's granule and levels, memory the
-VMM locks already) and returns a :class:`Plan`. ``Plan.to_dict()`` has these
-keys, stable across versions:
+VMM locks already), or a :class:`PlanHost` to take the page size and the
+SPU's limit from, and returns a :class:`Plan`. ``plan`` and ``kvmspe
+configure`` share their defaults (:data:`DEFAULT_VCPUS`,
+:data:`DEFAULT_MAX_BUFFER_SIZE`, :data:`DEFAULT_CASE`). ``Plan.to_dict()``
+has these keys, stable across versions:
 
 ``vcpus``, ``page_size``, ``spu_limit``, ``granule``, ``levels``, ``va_bits``
     the inputs, with levels/VA bits filled in (a 48-bit VA when not given).
+``host``, ``spu``, ``vcpu_cpus``
+    the host planned for (:meth:`PlanHost.to_dict`: ``source``,
+    ``page_size``, ``spus`` each ``{id, max_buffer_size, cpus}``), the SPU
+    chosen, and for each VCPU the host CPUs it may run on
+    (:func:`kvmspe.affinity.vcpu_affinity`); None when planned without a
+    host, and ``vcpu_cpus`` None when the SPU has fewer CPUs than VCPUs
+    (a warning says so: ``kvmspe configure`` stops there).
 ``requested``
-    the size asked for (None: the largest the SPU allows).
+    the size asked for (None: the SPU's limit).
 ``size``
     the value to set as KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, in bytes.
 ``max_buff_size_field``, ``guest_pmbidr``
     its PMBIDR_EL1.MaxBuffSize encoding, and PMBIDR_EL1 with only that
     field set (KVM copies the SPU's other fields).
 ``warnings``
-    one sentence per adjustment made to the request.
+    one sentence per adjustment made to the request, and per problem seen.
 ``pinned``
-    ``{"best"|"typical"|"worst": {"per_vcpu", "per_vm", "assumptions"}}``:
-    host bytes pinned while every VCPU has a buffer of ``size`` enabled.
-    None when ``size`` is 0 (no limit: pinning is bounded only by guest RAM).
+    ``{"best"|"typical"|"worst": {...}}``, host bytes pinned while every
+    VCPU has a buffer of ``size`` enabled: ``per_vcpu`` (one VCPU's buffer
+    alone), ``per_vm`` (all of them), its split ``data`` + ``tables`` (=
+    ``per_vm``), ``table_pages`` (guest stage-1 table pages behind the
+    buffers), ``amplification`` (``per_vm`` / the buffers' bytes),
+    ``one_more_vcpu`` (what a plan for one more VCPU pins more; None when
+    no more fit), ``why`` (one sentence, from these numbers) and
+    ``assumptions``. Every number is None when ``size`` is 0 (no limit:
+    pinning is bounded only by guest RAM).
+``case``
+    which case ``memlock_limit`` takes (worst by default).
 ``locked_already``, ``held_at_set``
     memory the VMM has locked already, and what setting the size keeps
     locked (non-zero only with ``set_time_charge_mode="held"``).
-``memlock_limit``
+``memlock_limit``, ``memlock_limit_kib``
     the RLIMIT_MEMLOCK to give the VMM: locked_already + held_at_set + the
-    worst-case per-VM pinning; None means RLIM_INFINITY.
+    case's per-VM pinning, in bytes and in KiB rounded up; None means
+    RLIM_INFINITY.
+``paste``
+    :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``,
+    ``libvirt`` (None when unlimited: libvirt has no finite value for it)
+    and ``prlimit`` lines.
+
+The data/table split. ``data`` is the host pages behind the buffers,
+``tables`` the host pages behind the stage-1 table pages that translate
+them and are not behind a buffer: a host page holding both would be pinned
+once and counted once, under ``data``. The modelled layouts never share a
+host page between data and tables (each kind starts a host page of its
+own, see :mod:`kvmspe.arch.stage1`), so here ``tables`` is exactly the
+table pages' host pages.
 
 Rounding the safe way: a size is a cap, so it is rounded *down* to the
 nearest size that is representable and a multiple of the host page size,
@@ -51,19 +82,49 @@ many bytes for them (tested):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
-from .arch.stage1 import Stage1, check_granule
+from .arch.stage1 import Footprint, Stage1, check_granule
 from .model.assumptions import DEFAULT, Assumptions
+from .units import format_size
 from .validation import U64_MAX, check_int
 
-__all__ = ["PINNING_CASES", "RLIM_FINITE_MAX", "Plan", "Placement", "Sweep", "placements", "plan", "sweep"]
+if TYPE_CHECKING:
+    from .host.discovery import HostInfo
+    from .model.kernel import Host
+
+__all__ = [
+    "DEFAULT_CASE",
+    "DEFAULT_MAX_BUFFER_SIZE",
+    "DEFAULT_VCPUS",
+    "PINNING_CASES",
+    "RLIM_FINITE_MAX",
+    "Plan",
+    "PlanHost",
+    "PlanSpu",
+    "Placement",
+    "Sweep",
+    "check_case",
+    "memlock_settings",
+    "placements",
+    "plan",
+    "sweep",
+]
 
 #: The pinning cases, in the order reported.
 PINNING_CASES = ("best", "typical", "worst")
+
+#: Defaults shared by ``kvmspe plan`` and ``kvmspe configure`` (and :func:`plan`,
+#: :func:`kvmspe.vmm.bring_up`): one VCPU, a 4 MiB max buffer size (clamped to
+#: the SPU's limit), and the worst case for RLIMIT_MEMLOCK, the only case that
+#: bounds what any guest can pin.
+DEFAULT_VCPUS = 1
+DEFAULT_MAX_BUFFER_SIZE = 4 << 20
+DEFAULT_CASE = "worst"
 
 _CASE_TEXT = {
     "best": "block mappings; tables and data contiguous in guest-physical memory; all VCPUs"
@@ -75,6 +136,104 @@ _CASE_TEXT = {
 }
 #: The largest number of VCPUs accepted (KVM's arm64 limit is far lower).
 MAX_VCPUS = 1 << 16
+
+
+def check_case(case: object) -> str:
+    """``case`` when it is one of :data:`PINNING_CASES`, else a one-line ValueError."""
+    if not isinstance(case, str) or case not in PINNING_CASES:
+        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
+    return case
+
+
+# --- the host planned for ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanSpu:
+    """An SPE unit of the host: id (perf type), limit in bytes (0: none), its CPUs."""
+
+    id: int  # noqa: A003 - the kernel's name
+    max_buffer_size: int
+    cpus: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "max_buffer_size": self.max_buffer_size, "cpus": list(self.cpus)}
+
+
+@dataclass(frozen=True)
+class PlanHost:
+    """The host a plan is for: where it comes from (one phrase), page size, SPE units.
+
+    Build one with :meth:`from_profile`, :meth:`from_fixture` or
+    :meth:`configured` (the host ``kvmspe configure`` would use).
+    """
+
+    source: str
+    page_size: int
+    spus: tuple[PlanSpu, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "page_size": self.page_size, "spus": [s.to_dict() for s in self.spus]}
+
+    def spu(self, spu_id: int | None) -> PlanSpu | None:
+        """SPU ``spu_id`` (None: the first, as configure takes), None on a host without SPE.
+
+        Raises ValueError naming the SPUs there are when ``spu_id`` is not one of them.
+        """
+        if spu_id is None:
+            return self.spus[0] if self.spus else None
+        for s in self.spus:
+            if s.id == spu_id:
+                return s
+        there = ", ".join(str(s.id) for s in self.spus) or "none (this host has no SPE unit)"
+        raise ValueError(f"SPU {spu_id} is not on this host ({self.source}); accepted: {there}")
+
+    @classmethod
+    def from_model(cls, host: Host, source: str) -> PlanHost:
+        """The page size and SPUs of a model host."""
+        spus = tuple(PlanSpu(s.id, s.max_buffer_size, tuple(s.cpus)) for s in host.spus)
+        return cls(source, host.page_size, spus)
+
+    @classmethod
+    def from_profile(cls, name: str) -> PlanHost:
+        """A built-in model profile (:data:`kvmspe.model.profiles.PROFILES`); ValueError for another name."""
+        from .model import profiles
+
+        return cls.from_model(profiles.model_host(name), f"profile {name!r}")
+
+    @classmethod
+    def from_info(cls, info: HostInfo, source: str) -> PlanHost:
+        """A discovered host, modelled as :func:`kvmspe.model.profiles.model_host` does."""
+        from .model import profiles
+
+        return cls.from_model(profiles.model_host(info), source)
+
+    @classmethod
+    def from_fixture(cls, name: str) -> PlanHost:
+        """A shipped sysfs/procfs snapshot (or a directory laid out as one), as ``probe --fixture``.
+
+        A snapshot holds no page size: this machine's is used, and the source says so.
+        """
+        from .host import discovery
+
+        roots = discovery.fixture_roots(name)
+        info = discovery.discover(sysfs_root=roots["sysfs_root"], procfs_root=roots["procfs_root"])
+        source = f"fixture {name!r} (its SPE units; this machine's {format_size(info.page_size)} pages)"
+        return cls.from_info(info, source)
+
+    @classmethod
+    def configured(cls) -> PlanHost:
+        """The host ``kvmspe configure`` would use: this host's SPE units when sysfs
+        shows some, else the model :func:`kvmspe.model.profiles.fallback_host` picks."""
+        from .host import discovery
+        from .model import profiles
+
+        info = discovery.discover()
+        host, why = profiles.fallback_host(info)
+        return cls.from_model(host, f"the host configure would use, {why}")
+
+
+# --- where the buffers sit --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -108,8 +267,7 @@ def placements(
     case: str, vcpus: int, size: int, *, granule: int = 4096, levels: int | None = None
 ) -> list[Placement]:
     """The buffers of ``case`` for ``vcpus`` VCPUs (what a model run enables)."""
-    if case not in PINNING_CASES:
-        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
+    check_case(case)
     _int("vcpus", vcpus, 1, MAX_VCPUS)
     _int("size", size, 1)
     out = []
@@ -118,6 +276,87 @@ def placements(
         base = _worst_base(s1, size) if case == "worst" else i * size
         out.append(Placement(i, base, size, s1))
     return out
+
+
+# --- what the buffers pin ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    """Host bytes pinned by ``vcpus`` buffers in one case, split data / tables."""
+
+    data: int
+    tables: int
+    table_pages: int
+    levels: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return self.data + self.tables
+
+
+def _split(fp: Footprint, times: int) -> _Pinned:
+    data = sum(end - start for space, start, end in fp.intervals if _is_data(space)) * fp.page_size
+    return _Pinned(
+        times * data,
+        times * (fp.bytes - data),
+        times * sum(fp.table_pages.values()),
+        tuple(sorted(fp.table_pages)),
+    )
+
+
+def _is_data(space: object) -> bool:
+    return isinstance(space, tuple) and space[-1] == "data"
+
+
+def _pinned(case: str, vcpus: int, size: int, page: int, granule: int, levels: int | None) -> _Pinned:
+    one = placements(case, 1, size, granule=granule, levels=levels)[0]
+    if case == "worst":
+        # One tree per VCPU, each buffer placed alike: every VCPU pins as much as the first.
+        return _split(one.stage1.footprint(one.base, one.base + size, page), vcpus)
+    # Back-to-back buffers in one tree pin the union of their pages, which is
+    # what one buffer spanning them all pins.
+    return _split(one.stage1.footprint(0, vcpus * size, page), 1)
+
+
+def _levels_text(levels: Sequence[int]) -> str:
+    if not levels:
+        return "no level"
+    if len(levels) == 1:
+        return f"level {levels[0]}"
+    return f"levels {levels[0]}-{levels[-1]}"
+
+
+def _ratio(x: float) -> str:
+    """``x16`` or ``x1.25``: a factor without trailing zeros."""
+    return f"x{x:.4f}".rstrip("0").rstrip(".")
+
+
+def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) -> str:
+    """One sentence: why ``case`` pins ``p.total`` for ``vcpus`` buffers of ``size``, from the numbers."""
+    buffers = vcpus * size
+    head = f"x{p.total / buffers:.4f} ({format_size(p.total)} for {format_size(buffers)} of buffers)"
+    if p.data > buffers:
+        data = (
+            f"each {format_size(granule)} guest page of a scattered buffer can sit in a"
+            f" {format_size(page)} host page of its own, pinned whole ({_ratio(p.data / buffers)} for data)"
+        )
+    else:
+        data = "the buffers' pages are pinned as they are (x1 for data)"
+    if case == "worst":
+        per = p.table_pages // vcpus
+        tables = (
+            f"each VCPU's own {per} stage-1 table page{'s' if per != 1 else ''}"
+            f" ({_levels_text(p.levels)}) pin {format_size(p.tables // vcpus)} more"
+        )
+    else:
+        n = p.table_pages
+        who = "the VCPUs share" if vcpus > 1 else "the VCPU uses"
+        tables = (
+            f"the {n} stage-1 table page{'s' if n != 1 else ''} {who} ({_levels_text(p.levels)})"
+            f" pin {format_size(p.tables)} more"
+        )
+    return f"{head}: {data}, and {tables}"
 
 
 @dataclass
@@ -137,6 +376,10 @@ class Plan:
     pinned: dict[str, dict[str, Any]]
     memlock_limit: int | None
     warnings: list[str] = field(default_factory=list)
+    case: str = DEFAULT_CASE
+    host: PlanHost | None = None
+    spu: int | None = None
+    vcpu_cpus: list[tuple[int, ...]] | None = None
 
     @property
     def max_buff_size_field(self) -> int:
@@ -146,9 +389,22 @@ class Plan:
     def guest_pmbidr(self) -> int:
         return PMBIDR_EL1.encode(MaxBuffSize=self.max_buff_size_field)
 
+    @property
+    def memlock_limit_kib(self) -> int | None:
+        """``memlock_limit`` in KiB, rounded up (never below the bytes); None: unlimited."""
+        return None if self.memlock_limit is None else -(-self.memlock_limit // 1024)
+
+    @property
+    def paste(self) -> dict[str, str | None]:
+        """:func:`memlock_settings` of ``memlock_limit``."""
+        return memlock_settings(self.memlock_limit)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "vcpus": self.vcpus,
+            "host": None if self.host is None else self.host.to_dict(),
+            "spu": self.spu,
+            "vcpu_cpus": None if self.vcpu_cpus is None else [list(c) for c in self.vcpu_cpus],
             "requested": self.requested,
             "size": self.size,
             "max_buff_size_field": self.max_buff_size_field,
@@ -160,15 +416,46 @@ class Plan:
             "va_bits": self.va_bits,
             "warnings": list(self.warnings),
             "pinned": {case: dict(v) for case, v in self.pinned.items()},
+            "case": self.case,
             "locked_already": self.locked_already,
             "held_at_set": self.held_at_set,
             "memlock_limit": self.memlock_limit,
+            "memlock_limit_kib": self.memlock_limit_kib,
+            "paste": self.paste,
         }
 
 
 #: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
 #: 2**64-1 is RLIM_INFINITY.
 RLIM_FINITE_MAX = U64_MAX - 1
+
+
+def memlock_settings(limit: int | None) -> dict[str, str | None]:
+    """RLIMIT_MEMLOCK ``limit`` (bytes; None: unlimited) as lines to paste, each in its own unit.
+
+    ``systemd``: ``LimitMEMLOCK=`` for a unit's [Service] section (bytes);
+    ``ulimit``: the shell's ``ulimit -l`` (KiB, rounded up so it is never
+    below ``limit``); ``libvirt``: ``<memtune><hard_limit unit='KiB'>``
+    (KiB rounded up; libvirt's hard_limit caps all of the QEMU process's
+    memory, so ``limit`` must already include guest RAM and QEMU's own; None
+    when unlimited, as libvirt has no finite value for that); ``prlimit``:
+    util-linux's command for a running VMM, soft = hard = ``limit`` (bytes).
+    """
+    if limit is None:
+        return {
+            "systemd": "LimitMEMLOCK=infinity",
+            "ulimit": "ulimit -l unlimited",
+            "libvirt": None,
+            "prlimit": "prlimit --memlock=unlimited:unlimited --pid PID",
+        }
+    _int("limit", limit, 0, RLIM_FINITE_MAX)
+    kib = -(-limit // 1024)
+    return {
+        "systemd": f"LimitMEMLOCK={limit}",
+        "ulimit": f"ulimit -l {kib}",
+        "libvirt": f"<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>",
+        "prlimit": f"prlimit --memlock={limit}:{limit} --pid PID",
+    }
 
 
 def _int(name: str, value: object, lo: int, hi: int = U64_MAX) -> int:
@@ -179,11 +466,14 @@ def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: lis
     cap = maxbuf.round_down(spu_limit, page) if spu_limit else 0
     if spu_limit and cap == 0:
         raise ValueError(
-            f"the SPU limit {spu_limit:#x} is below the host page size {page:#x}: no max buffer size"
-            " is accepted on this host"
+            f"the SPU limit {format_size(spu_limit)} is below the host page size {format_size(page)}:"
+            " no max buffer size is accepted on this host"
         )
     if spu_limit and cap != spu_limit:
-        warnings.append(f"the SPU limit {spu_limit:#x} is not a multiple of the page size; using {cap:#x}")
+        warnings.append(
+            f"the SPU limit {format_size(spu_limit)} is not a multiple of the page size;"
+            f" using {format_size(cap)}"
+        )
     if requested is None:
         if not spu_limit:
             warnings.append(
@@ -193,93 +483,148 @@ def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: lis
         return cap
     if requested == 0:
         if spu_limit:
-            warnings.append(f"0 (no limit) is refused when the SPU has a limit; using the limit {cap:#x}")
+            warnings.append(
+                f"0 (no limit) is refused when the SPU has a limit; using the limit {format_size(cap)}"
+            )
             return cap
         warnings.append("0 means no limit: the memory the guest can pin is bounded only by its RAM")
         return 0
     if spu_limit and requested > cap:
-        warnings.append(f"{requested:#x} is above the SPU limit; clamped to {cap:#x}")
+        warnings.append(f"{format_size(requested)} is above the SPU limit; clamped to {format_size(cap)}")
         return cap
     size = maxbuf.round_down(min(requested, maxbuf.LARGEST), page)
     if size == 0:
         size = maxbuf.round_up(requested, page)
         warnings.append(
-            f"{requested:#x} rounds down to 0, which means no limit; rounded up to {size:#x} instead"
+            f"{format_size(requested)} rounds down to 0, which means no limit; rounded up to"
+            f" {format_size(size)} instead"
         )
     elif size != requested:
         warnings.append(
-            f"{requested:#x} is not a representable multiple of the page size; rounded down to {size:#x}"
+            f"{format_size(requested)} is not a representable multiple of the page size; rounded"
+            f" down to {format_size(size)}"
         )
     return size
 
 
+def _host_inputs(
+    host: PlanHost | None, spu: int | None, vcpus: int, page_size: int | None, spu_limit: int | None
+) -> tuple[int, int, PlanSpu | None, list[tuple[int, ...]] | None, list[str]]:
+    """Page size, SPU limit, the SPU and each VCPU's CPUs, from ``host`` unless given."""
+    notes: list[str] = []
+    if host is None:
+        if spu is not None:
+            raise ValueError("an SPU is chosen on a host; accepted: spu=None without a host")
+        return (4096 if page_size is None else page_size), (spu_limit or 0), None, None, notes
+    chosen = host.spu(spu)
+    page = host.page_size if page_size is None else page_size
+    if chosen is None:
+        notes.append(f"the host ({host.source}) has no SPE unit: configure would stop at the SPU")
+        return page, (spu_limit or 0), None, None, notes
+    limit = chosen.max_buffer_size if spu_limit is None else spu_limit
+    from .affinity import AffinityError, vcpu_affinity
+
+    try:
+        cpus: list[tuple[int, ...]] | None = vcpu_affinity(vcpus, chosen.id, chosen.cpus)
+    except AffinityError as exc:
+        notes.append(f"{exc} (configure stops here)")
+        cpus = None
+    if cpus is not None and not chosen.cpus:
+        notes.append(f"SPU {chosen.id}'s CPUs are not known: no VCPU can be pinned to them")
+    return page, limit, chosen, cpus, notes
+
+
 def plan(
-    vcpus: int,
-    max_buffer_size: int | None,
+    vcpus: int = DEFAULT_VCPUS,
+    max_buffer_size: int | None = DEFAULT_MAX_BUFFER_SIZE,
     *,
-    page_size: int = 4096,
-    spu_limit: int = 0,
+    page_size: int | None = None,
+    spu_limit: int | None = None,
     granule: int = 4096,
     levels: int | None = None,
     locked_already: int = 0,
+    case: str = DEFAULT_CASE,
+    host: PlanHost | None = None,
+    spu: int | None = None,
     assumptions: Assumptions = DEFAULT,
 ) -> Plan:
     """Plan the max buffer size and RLIMIT_MEMLOCK (see the module docstring).
 
+    ``max_buffer_size`` None takes the SPU's limit. ``page_size`` and
+    ``spu_limit`` default to ``host``'s (its page size, the limit of SPU
+    ``spu``, the first SPU when None), or without a host to 4 KiB and no
+    limit. ``case`` picks which case ``memlock_limit`` covers.
+
     Raises ValueError with a one-line message for input outside what is accepted.
     """
     _int("vcpus", vcpus, 1, MAX_VCPUS)
+    check_case(case)
     if max_buffer_size is not None:
         _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
-    maxbuf.check_page_size(page_size)
+    if page_size is not None:
+        maxbuf.check_page_size(page_size)
     check_granule(granule)
-    _int("spu_limit", spu_limit, 0)
-    if not maxbuf.is_representable(spu_limit):
-        raise ValueError(
-            f"the SPU limit {spu_limit:#x} is not a MaxBuffSize size; accepted: representable sizes"
-        )
+    if spu_limit is not None:
+        _int("spu_limit", spu_limit, 0)
     if levels is not None:
         _int("levels", levels, 1, 5)
     _int("locked_already", locked_already, 0)
+    page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
+    maxbuf.check_page_size(page)
+    if not maxbuf.is_representable(limit):
+        raise ValueError(f"the SPU limit {limit:#x} is not a MaxBuffSize size; accepted: representable sizes")
     shape = Stage1(granule, levels)
     assert shape.levels is not None and shape.va_bits is not None
     warnings: list[str] = []
-    size = _choose_size(max_buffer_size, page_size, spu_limit, warnings)
+    size = _choose_size(max_buffer_size, page, limit, warnings)
+    warnings += notes
     pinned: dict[str, dict[str, Any]] = {}
     if size:
         if vcpus * size > shape.region_size:
             raise ValueError(
-                f"{vcpus} buffers of {size:#x} bytes do not fit a {shape.va_bits}-bit guest VA space;"
+                f"{vcpus} buffers of {format_size(size)} do not fit a {shape.va_bits}-bit guest VA space;"
                 " accepted: more levels, or a smaller size"
             )
-        for case in PINNING_CASES:
-            one = placements(case, 1, size, granule=granule, levels=levels)[0]
-            per_vcpu = one.stage1.footprint(one.base, one.base + size, page_size).bytes
-            if case == "worst":
-                per_vm = vcpus * per_vcpu
-            else:
-                # Back-to-back buffers in one tree pin the union of their pages, which is
-                # what one buffer spanning them all pins.
-                per_vm = one.stage1.footprint(0, vcpus * size, page_size).bytes
-            pinned[case] = {"per_vcpu": per_vcpu, "per_vm": per_vm, "assumptions": _CASE_TEXT[case]}
+        for name in PINNING_CASES:
+            one = placements(name, 1, size, granule=granule, levels=levels)[0]
+            per_vcpu = one.stage1.footprint(one.base, one.base + size, page).bytes
+            vm = _pinned(name, vcpus, size, page, granule, levels)
+            more = None
+            if vcpus < MAX_VCPUS and (vcpus + 1) * size <= shape.region_size:
+                more = _pinned(name, vcpus + 1, size, page, granule, levels).total - vm.total
+            pinned[name] = {
+                "per_vcpu": per_vcpu,
+                "per_vm": vm.total,
+                "data": vm.data,
+                "tables": vm.tables,
+                "table_pages": vm.table_pages,
+                "amplification": vm.total / (vcpus * size),
+                "one_more_vcpu": more,
+                "why": _why(name, vcpus, size, page, granule, vm),
+                "assumptions": _CASE_TEXT[name],
+            }
     else:
-        for case in PINNING_CASES:
-            pinned[case] = {"per_vcpu": None, "per_vm": None, "assumptions": _CASE_TEXT[case]}
+        for name in PINNING_CASES:
+            pinned[name] = dict.fromkeys(
+                ("per_vcpu", "per_vm", "data", "tables", "table_pages", "amplification", "one_more_vcpu")
+            )
+            pinned[name]["why"] = None
+            pinned[name]["assumptions"] = _CASE_TEXT[name]
     held = size if assumptions.set_time_charge_mode == "held" else 0
-    worst = pinned["worst"]["per_vm"]
-    memlock = None if worst is None else locked_already + held + worst
+    chosen_pinned = pinned[case]["per_vm"]
+    memlock = None if chosen_pinned is None else locked_already + held + chosen_pinned
     if memlock is not None and memlock > RLIM_FINITE_MAX:
         raise ValueError(
-            f"the RLIMIT_MEMLOCK needed, {locked_already:#x} locked already + {held + worst:#x} for SPE,"
-            f" is more than the kernel can hold (a finite limit is at most {RLIM_FINITE_MAX:#x});"
+            f"the RLIMIT_MEMLOCK needed, {locked_already:#x} locked already + {held + chosen_pinned:#x}"
+            f" for SPE, is more than the kernel can hold (a finite limit is at most {RLIM_FINITE_MAX:#x});"
             " accepted: less memory locked already, fewer VCPUs or a smaller size"
         )
     return Plan(
         vcpus,
         max_buffer_size,
         size,
-        page_size,
-        spu_limit,
+        page,
+        limit,
         granule,
         shape.levels,
         shape.va_bits,
@@ -288,6 +633,10 @@ def plan(
         pinned,
         memlock,
         warnings,
+        case,
+        host,
+        None if chosen is None else chosen.id,
+        vcpu_cpus,
     )
 
 
@@ -311,11 +660,15 @@ def sweep(
     assumptions: Assumptions = DEFAULT,
 ) -> Sweep:
     """:func:`plan` at every power-of-two multiple of ``page_size`` up to
-    ``up_to`` (and the largest size MaxBuffSize encodes), no SPU limit.
+    ``up_to`` (and the largest size MaxBuffSize encodes), no SPU limit,
+    leaving out sizes whose ``vcpus`` buffers do not fit the guest's VA space.
 
     Raises ValueError as :func:`plan` does.
     """
-    top = min(_int("up_to", up_to, 0), maxbuf.LARGEST)
+    _int("vcpus", vcpus, 1, MAX_VCPUS)
+    maxbuf.check_page_size(page_size)
+    region = Stage1(check_granule(granule), levels).region_size
+    top = min(_int("up_to", up_to, 0), maxbuf.LARGEST, region // vcpus)
     sizes = [s for s in (page_size << k for k in range(64)) if s <= top]
     per_vm: dict[str, list[int]] = {case: [] for case in PINNING_CASES}
     for size in sizes:

@@ -343,12 +343,13 @@ def bring_up(
     spu: int | None = None,
     max_buffer_size: int,
     raise_memlock: bool = False,
+    case: str | None = None,
     enable_buffer: int | None = None,
 ) -> BringUpResult:
     """Bring up a VM with SPE on ``vcpus`` VCPUs as a VMM does, on ``choice``'s backend.
 
     In order: with ``raise_memlock``, raise RLIMIT_MEMLOCK to the planner's
-    worst case; create the VM and its VCPUs with the SPE feature; on arm64
+    worst case (or ``case``); create the VM and its VCPUs with the SPE feature; on arm64
     the vGIC (the SPE interrupt needs it); :func:`configure_spe` on every
     VCPU; enter every VCPU once (KVM_RUN). With ``enable_buffer`` (a size;
     0 means ``max_buffer_size``), which only the model can simulate, the
@@ -364,6 +365,7 @@ def bring_up(
     """
     from . import planner
 
+    case = planner.check_case(planner.DEFAULT_CASE if case is None else case)
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything runs
     if enable_buffer is not None:
         if choice.name != "model":
@@ -390,10 +392,12 @@ def bring_up(
     limit = _Limit(result)
 
     if raise_memlock:
-        p = planner.plan(vcpus, max_buffer_size, page_size=page, spu_limit=spu_limit, locked_already=locked)
+        p = planner.plan(
+            vcpus, max_buffer_size, page_size=page, spu_limit=spu_limit, locked_already=locked, case=case
+        )
         if p.memlock_limit is None:
             result.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
-        elif not limit.raise_to(p.memlock_limit, "the planner's worst case"):
+        elif not limit.raise_to(p.memlock_limit, f"the planner's {case} case"):
             return result._stop("RLIMIT_MEMLOCK could not be raised")
     if choice.host is not None:
         return _bring_up_model(result, choice.host, limit, raise_memlock, enable_buffer)
