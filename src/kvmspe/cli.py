@@ -395,13 +395,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
         rows.append(("SPE VCPU feature", info.spe_feature_reason))
     if info.cap_arm_spe_reason:
         rows.append(("KVM_CAP_ARM_SPE", info.cap_arm_spe_reason))
+    for inst, shown in zip(info.spe_instances, doc["host"]["spe_instances"], strict=True):
+        shown["cpu_count"] = len(inst.cpus)
     if info.spe_instances:
         for inst in info.spe_instances:
             limit = inst.max_buff_size
+            n = len(inst.cpus)
+            if n:
+                cpus = f"CPUs {discovery.format_cpulist(inst.cpus)} ({n} CPU{'s' if n != 1 else ''})"
+            else:
+                why = next((p for p in inst.problems if p.startswith("cpumask")), "cpumask empty")
+                cpus = f"CPUs not known ({why})"
             rows.append(
                 (
                     inst.name,
-                    f"perf type {inst.type}, CPUs {inst.cpumask or '?'}, max_buff_size "
+                    f"perf type {inst.type}, {cpus}, max_buff_size "
                     + ("not exposed" if limit is None else _sz(limit)),
                 )
             )
@@ -623,6 +631,11 @@ def cmd_configure(args: argparse.Namespace) -> int:
         "spu": r.spu,
         "max_buffer_size": args.max_buffer_size,
         "page_size": r.page_size,
+        "spu_cpus": list(r.spu_cpus),
+        "vcpu_cpus": [list(c) for c in r.vcpu_cpus],
+        "vcpu_thread_cpus": None
+        if r.vcpu_thread_cpus is None
+        else [None if c is None else list(c) for c in r.vcpu_thread_cpus],
         "steps": steps,
         "guest_pmbidr": r.guest_pmbidr,
         "guest_pmbidr_fields": r.guest_pmbidr_fields,

@@ -76,6 +76,7 @@ __all__ = [
     "Vcpu",
     "Vm",
     "normalise_arch",
+    "run_timer_handler",
 ]
 
 #: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
@@ -769,6 +770,33 @@ def _alarm(seconds: float) -> Iterator[None]:
     finally:
         done.set()
         ringer.join()
+
+
+@contextmanager
+def run_timer_handler() -> Iterator[None]:
+    """For the block, a Python SIGALRM handler, so that :meth:`Vcpu.run` can
+    bound KVM_RUN in threads other than the main one (it interrupts them with
+    ``pthread_kill``, which needs one; the main thread uses its own timer).
+
+    Called in the main thread where SIGALRM is at its default or ignored, it
+    installs a handler that does nothing and puts the old disposition back on
+    the way out; a handler already there is left alone. Elsewhere Python
+    cannot install handlers, so it does nothing, and a bounded run in another
+    thread then refuses as :meth:`Vcpu.run` documents. Join the threads that
+    run VCPUs before the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGALRM)
+    if previous not in (signal.SIG_DFL, signal.SIG_IGN):
+        yield
+        return
+    signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Vcpu(_Owned):
