@@ -227,7 +227,8 @@ def test_bring_up_on_the_model_records_every_step_in_order() -> None:
     assert choice.host is not None and result.spu == choice.host.spus[0].id
     names = [(s.step, s.vcpu) for s in result.steps]
     assert names[:3] == [("backend: model", None), ("VCPU affinity", None), ("KVM_CREATE_VM", None)]
-    assert names[-4:-2] == [("would pin VCPU thread to CPUs 0-3", 0), ("would pin VCPU thread to CPUs 0-3", 1)]
+    pin = "would pin VCPU thread to CPUs 0-3"
+    assert names[-4:-2] == [(pin, 0), (pin, 1)]
     configured = [s for s in result.steps if s.step.startswith(("has ", "set "))]
     assert [s.step for s in configured if s.vcpu == 1] == [
         s.name for s in planned_steps(21, result.spu, 4 << 20)
