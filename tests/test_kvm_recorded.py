@@ -1247,7 +1247,7 @@ def test_each_vcpu_thread_is_pinned_to_its_spus_cpus_when_it_issues_kvm_run(
     code = cli.main(["configure", "--backend", "kvm", "--vcpus", "1", "--spu", "10"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert f"  ok   VCPU affinity  (SPU 10 is on CPUs {last} (1 CPUs)" in out
+    assert f"  ok   VCPU affinity  (SPU 10 is on CPUs {last} (1 CPU)" in out
     assert f"  ok   vcpu 0: VCPU thread pinned to CPUs {last}\n" in out
     assert [r.cpus for r in ioctl.runs] == [{last}, {last}]
     assert frozenset(os.sched_getaffinity(0)) == main_before

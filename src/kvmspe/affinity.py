@@ -28,7 +28,14 @@ from .errors import KvmspeError
 from .host.discovery import MAX_CPUS, format_cpulist
 from .validation import check_int
 
-__all__ = ["VCPUS_PER_SPU_CPU", "AffinityError", "pin_thread", "thread_cpus", "vcpu_affinity"]
+__all__ = [
+    "VCPUS_PER_SPU_CPU",
+    "AffinityError",
+    "describe_cpus",
+    "pin_thread",
+    "thread_cpus",
+    "vcpu_affinity",
+]
 
 #: How many VCPUs of one VM an SPU's CPU may carry [assumed: kvmspe's policy,
 #: one VCPU per physical CPU, so that every VCPU can profile at once].
@@ -37,6 +44,13 @@ VCPUS_PER_SPU_CPU = 1
 
 class AffinityError(KvmspeError, ValueError):
     """More VCPUs than an SPU's CPUs, or a CPU set the OS refused."""
+
+
+def describe_cpus(cpus: Iterable[int]) -> str:
+    """A CPU set for people, list and count: ``CPUs 4-7 (4 CPUs)``, ``CPUs 3 (1 CPU)``."""
+    unique = set(cpus)
+    n = len(unique)
+    return f"CPUs {format_cpulist(unique)} ({n} CPU{'' if n == 1 else 's'})"
 
 
 def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[int, ...]]:
@@ -54,7 +68,7 @@ def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[i
     most = VCPUS_PER_SPU_CPU * len(cpus)
     if cpus and vcpus > most:
         raise AffinityError(
-            f"{vcpus} VCPUs on SPU {spu}, which only CPUs {format_cpulist(cpus)} have ({len(cpus)} CPUs):"
+            f"{vcpus} VCPUs on SPU {spu}, which only {describe_cpus(cpus)} have:"
             f" a VCPU must run on a CPU with its SPU; accepted: at most {most} VCPUs on this SPU"
         )
     return [cpus] * vcpus

@@ -368,6 +368,7 @@ _limit = format_limit
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import abi
+    from .affinity import describe_cpus
     from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
@@ -400,9 +401,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if info.spe_instances:
         for inst in info.spe_instances:
             limit = inst.max_buff_size
-            n = len(inst.cpus)
-            if n:
-                cpus = f"CPUs {discovery.format_cpulist(inst.cpus)} ({n} CPU{'s' if n != 1 else ''})"
+            if inst.cpus:
+                cpus = describe_cpus(inst.cpus)
             else:
                 why = next((p for p in inst.problems if p.startswith("cpumask")), "cpumask empty")
                 cpus = f"CPUs not known ({why})"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from . import abi
-from .affinity import AffinityError, pin_thread, vcpu_affinity
+from .affinity import AffinityError, describe_cpus, pin_thread, vcpu_affinity
 from .backend import Vcpu
 from .errors import KvmError, KvmspeError
 from .host.discovery import format_cpulist
@@ -479,10 +479,7 @@ def _decide_affinity(result: BringUpResult) -> bool:
         return False
     cpus = result.spu_cpus
     if cpus:
-        detail = (
-            f"SPU {result.spu} is on CPUs {format_cpulist(cpus)} ({len(cpus)} CPUs):"
-            " each VCPU may run on any of them"
-        )
+        detail = f"SPU {result.spu} is on {describe_cpus(cpus)}: each VCPU may run on any of them"
     else:
         detail = f"not known, so the VCPU threads are not pinned: {result.cpus_unknown}"
     result.add("VCPU affinity", True, detail)
