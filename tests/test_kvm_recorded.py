@@ -1340,3 +1340,39 @@ def test_a_cpu_set_the_os_refuses_stops_before_any_vcpu_enters(
     assert code == 1
     assert f"  FAIL vcpu 0: pin VCPU thread to CPUs {absent}  (cannot pin to CPUs {absent}: " in out
     assert f"\nstopped: VCPU 0: cannot pin to CPUs {absent}: " in out
+
+
+def test_vcpu_threads_not_ready_in_time_stop_the_bring_up_and_none_enters(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import affinity, vmm
+    from kvmspe.host.discovery import format_cpulist
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs this process may use, for two VCPUs on one SPU")
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=format_cpulist(allowed))
+    monkeypatch.setattr(vmm, "VCPU_READY_TIMEOUT", 0.2)
+    monkeypatch.setattr(vmm, "VCPU_THREAD_TIMEOUT", 0.5)
+    slow_done = threading.Event()
+
+    def slow_pin(cpus: Any) -> frozenset[int]:
+        # VCPU 1's thread takes longer to pin itself than the VMM waits.
+        if threading.current_thread().name == "kvmspe-vcpu-1":
+            time.sleep(1.0)
+            slow_done.set()
+        return affinity.pin_thread(cpus)
+
+    monkeypatch.setattr(vmm, "pin_thread", slow_pin)
+    code, doc = _configure_json(capsys, "--vcpus", "2", "--spu", "10")
+    assert code == 1 and doc["ok"] is False
+    # VCPU 0's thread gave up waiting for VCPU 1's and never entered; VCPU 1's was still pinning.
+    assert doc["error"] == "VCPU 1: VCPU thread did not finish within 0.5 s"
+    failed = [(s["step"], s["vcpu"], s["detail"]) for s in doc["steps"] if not s["ok"]]
+    assert failed == [
+        ("KVM_RUN (first entry)", 0, "not entered: the VCPU threads were not all pinned within 0.2 s"),
+        ("VCPU thread did not finish within 0.5 s", 1, ""),
+    ]
+    assert ioctl.runs == [] and RUN not in rec.requests()
+    assert slow_done.wait(5)

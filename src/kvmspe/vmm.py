@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ORDER",
     "RLIMIT_REENTRIES",
+    "VCPU_READY_TIMEOUT",
     "VCPU_THREAD_TIMEOUT",
     "BackendChoice",
     "BringUpResult",
@@ -258,10 +259,12 @@ class BringUpStep:
 #: limit raised by the excess reported, before the VMM gives up.
 RLIMIT_REENTRIES = 8
 
-#: How long (seconds) the VCPU threads of the real backend may take, all
-#: together, to pin themselves and make their first, bounded, KVM_RUN
-#: (:data:`kvmspe.kvm.RUN_TIMEOUT` each, in parallel) before the VMM stops
-#: waiting for them.
+#: How long (seconds) a VCPU thread of the real backend waits for every other
+#: VCPU thread to be pinned before it enters the guest; then none enters.
+VCPU_READY_TIMEOUT = 5.0
+#: How long (seconds) the VMM waits for its VCPU threads, all together, to pin
+#: themselves and make their first KVM_RUN: more than :data:`VCPU_READY_TIMEOUT`
+#: plus :data:`kvmspe.kvm.RUN_TIMEOUT` (the runs are in parallel).
 VCPU_THREAD_TIMEOUT = 10.0
 
 
@@ -564,6 +567,7 @@ class _VcpuThread:
     timeout: float | None = None
     error: KvmError | None = None
     crash: BaseException | None = None
+    not_entered: bool = False
     done: bool = False
 
 
@@ -584,8 +588,9 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
             # back on this thread, the one that issues KVM_RUN.
             out.pinned = tuple(sorted(os.sched_getaffinity(0)))
         try:
-            start.wait(VCPU_THREAD_TIMEOUT)
+            start.wait(VCPU_READY_TIMEOUT)
         except threading.BrokenBarrierError:
+            out.not_entered = True  # another thread failed, or they were not all ready in time
             return
         try:
             out.exit = vcpu.run()
@@ -619,22 +624,33 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
         )
         for vcpu, out in zip(vcpus, outs, strict=True)
     ]
+    cannot_start: str | None = None
     with run_timer_handler():
         started: list[threading.Thread] = []
+        deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
         try:
             for t in threads:
-                t.start()
+                try:
+                    t.start()
+                except RuntimeError as exc:  # the OS gives no more threads
+                    cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
+                    start.abort()
+                    break
                 started.append(t)
-            deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
             for t in started:
                 t.join(max(deadline - time.monotonic(), 0))
         except BaseException:
-            # Interrupted (or a thread could not start): the runs are bounded, so
-            # let them end before the caller closes the VCPUs under them.
+            # Interrupted: the runs are bounded, so let them end before the
+            # caller closes the VCPUs under them.
             start.abort()
+            deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
             for t in started:
-                t.join(VCPU_THREAD_TIMEOUT)
+                t.join(max(deadline - time.monotonic(), 0))
             raise
+    if cannot_start is not None:
+        result.add("start VCPU threads", False, cannot_start)
+        result._stop(cannot_start)
+        return False
     for out in outs:
         if out.crash is not None:
             raise out.crash
@@ -654,12 +670,18 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
     if refused is not None:
         result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
         return False
-    late = [v.index for v, o in zip(vcpus, outs, strict=True) if not o.done]
-    if late:
-        what = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
-        for i in late:
-            result.add(what, False, "its KVM_RUN did not end after the timer signals", vcpu=i)
-        result._stop(f"VCPU {late[0]}: {what}")
+    late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
+    waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
+    stops = []
+    for vcpu, out in zip(vcpus, outs, strict=True):
+        if not out.done:
+            result.add(late, False, vcpu=vcpu.index)
+            stops.append((0, f"VCPU {vcpu.index}: {late}"))
+        elif out.not_entered:
+            result.add("KVM_RUN (first entry)", False, waited, vcpu=vcpu.index)
+            stops.append((1, f"VCPU {vcpu.index}: {waited}"))
+    if stops:
+        result._stop(min(stops)[1])
         return False
     failed: KvmError | None = None
     for vcpu, out in zip(vcpus, outs, strict=True):
