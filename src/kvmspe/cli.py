@@ -738,6 +738,8 @@ _EPILOGS = {
   kvmspe configure --vcpus 4 --max-buffer-size 4M
   kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
   kvmspe configure --profile limited-spu --max-buffer-size 8M       refused: ERANGE, exit 1
+  kvmspe configure --profile big-little --vcpus 4 --spu 11          VCPUs on CPUs 4-7
+  kvmspe configure --profile big-little --vcpus 8 --spu 11          refused: SPU 11 has 4 CPUs, exit 1
   kvmspe configure --backend kvm                                    the real kernel only
   kvmspe configure --vcpus 2 --json""",
     "conformance": """examples:
