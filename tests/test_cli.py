@@ -341,6 +341,17 @@ def test_probe_shows_which_cpus_each_spu_covers() -> None:
     assert shown == [("arm_spe_0", "0-3", [0, 1, 2, 3], 4), ("arm_spe_1", "4-7", [4, 5, 6, 7], 4)]
 
 
+def test_probe_says_when_an_spus_cpus_are_not_known(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "cpumask").write_text("four\n")
+    r = kvmspe("probe", "--fixture", str(fixture_copy))
+    assert "Traceback" not in r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("arm_spe_0 "))
+    assert "perf type 10, CPUs not known (cpumask: bad CPU list 'four'" in line
+    doc = ok_json("probe", "--fixture", str(fixture_copy), code=r.returncode)
+    first = doc["host"]["spe_instances"][0]
+    assert (first["cpus"], first["cpu_count"]) == ([], 0)
+
+
 def test_plan_human_json_and_missing_matplotlib() -> None:
     r = kvmspe("plan", "--vcpus", "4", "--max-buffer-size", "4M")
     assert r.returncode == 0 and "KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000" in r.stdout

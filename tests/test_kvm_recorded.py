@@ -1263,6 +1263,7 @@ def test_vcpu_threads_that_never_return_from_kvm_run_are_bounded_and_joined(
     _spe_host(tmp_path, monkeypatch, ioctl, cpumask=format_cpulist(allowed))
     vcpus = min(len(allowed), 2)
     before = threading.active_count()
+    handler = signal.getsignal(signal.SIGALRM)
     start = time.monotonic()
     code, doc = _configure_json(capsys, "--vcpus", str(vcpus), "--spu", "10")
     took = time.monotonic() - start
@@ -1276,7 +1277,7 @@ def test_vcpu_threads_that_never_return_from_kvm_run_are_bounded_and_joined(
     # and the SIGALRM handler the bring-up installed for them is gone again.
     assert took < 10, took
     assert threading.active_count() == before
-    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGALRM) == handler
 
 
 @pytest.mark.parametrize(
