@@ -26,7 +26,9 @@ mutable buffer; tests pass a recording fake to check the exact bytes of the
 arm64 paths on any machine. Interrupted calls (EINTR) are retried, except
 KVM_RUN, which is bounded: :meth:`Vcpu.run` ends it with a timer signal
 after ``timeout`` seconds and raises :class:`RunTimeout` (an arm64 VCPU
-without guest code or memory never returns from KVM_RUN by itself).
+without guest code or memory never returns from KVM_RUN by itself); a VMM
+that runs each VCPU in a thread of its own wraps them in
+:func:`run_timer_handler`.
 
 VCPU ids are never reused within a VM (KVM never frees one: creating the
 same id again answers EEXIST, even after its fd was closed). The SPE VCPU
@@ -1016,7 +1018,8 @@ class Vcpu(_Owned):
         ITIMER_REAL timer are restored. In the main thread the timer is
         ``setitimer``; in another thread a timer thread sends SIGALRM to
         this one with ``pthread_kill``, which needs a Python SIGALRM handler
-        installed (else KvmError EINVAL, before KVM_RUN). ``timeout=None``
+        installed (:func:`run_timer_handler`; else KvmError EINVAL, before
+        KVM_RUN). ``timeout=None``
         runs unbounded; an interrupted unbounded call is retried.
         """
         if timeout is not None and (
