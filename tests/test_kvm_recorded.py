@@ -1377,3 +1377,36 @@ def test_vcpu_threads_not_ready_in_time_stop_the_bring_up_and_none_enters(
     ]
     assert ioctl.runs == [] and RUN not in rec.requests()
     assert slow_done.wait(5)
+
+
+def test_run_timer_handler_installs_one_only_where_none_is_and_puts_the_old_back() -> None:
+    from kvmspe.kvm import run_timer_handler
+
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    try:
+        with run_timer_handler():
+            installed = signal.getsignal(signal.SIGALRM)
+            assert callable(installed) and installed not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+        def mine(s: int, f: object) -> None:
+            pass
+
+        signal.signal(signal.SIGALRM, mine)
+        with run_timer_handler():
+            assert signal.getsignal(signal.SIGALRM) is mine  # a handler already there is kept
+        assert signal.getsignal(signal.SIGALRM) is mine
+
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        seen: list[object] = []
+
+        def elsewhere() -> None:
+            with run_timer_handler():  # Python cannot install handlers here: nothing changes
+                seen.append(signal.getsignal(signal.SIGALRM))
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join(10)
+        assert seen == [signal.SIG_DFL]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
