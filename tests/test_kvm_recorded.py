@@ -1386,7 +1386,7 @@ def test_run_timer_handler_installs_one_only_where_none_is_and_puts_the_old_back
     try:
         with run_timer_handler():
             installed = signal.getsignal(signal.SIGALRM)
-            assert callable(installed) and installed not in (signal.SIG_DFL, signal.SIG_IGN)
+            assert installed != signal.SIG_DFL and installed != signal.SIG_IGN and callable(installed)
         assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
 
         def mine(s: int, f: object) -> None:
