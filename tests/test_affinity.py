@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmspe.affinity import AffinityError, pin_thread, thread_cpus, vcpu_affinity
+from kvmspe.affinity import AffinityError, describe_cpus, pin_thread, thread_cpus, vcpu_affinity
 from kvmspe.model.profiles import PROFILES
 
 
@@ -72,3 +72,9 @@ def test_pin_thread_to_no_cpu_or_an_absent_cpu_is_refused() -> None:
     with pytest.raises(AffinityError, match="cannot pin"):
         pin_thread({absent})
     assert thread_cpus() == before
+
+
+def test_a_cpu_set_is_described_by_list_and_count() -> None:
+    assert describe_cpus((4, 5, 6, 7)) == "CPUs 4-7 (4 CPUs)"
+    assert describe_cpus(iter([3])) == "CPUs 3 (1 CPU)"
+    assert describe_cpus([0, 2, 1, 8, 8]) == "CPUs 0-2,8 (4 CPUs)"

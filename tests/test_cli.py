@@ -330,6 +330,28 @@ def test_probe_answers_with_a_reason() -> None:
     assert "arm_spe_1" in r.stdout and "perf type 11" in r.stdout and "answer:" in r.stdout
 
 
+def test_probe_shows_which_cpus_each_spu_covers() -> None:
+    r = kvmspe("probe", "--fixture", "arm64-big-little")
+    assert "Traceback" not in r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("arm_spe_0 ") and "perf type 10, CPUs 0-3 (4 CPUs)," in line for line in lines)
+    assert any(line.startswith("arm_spe_1 ") and "perf type 11, CPUs 4-7 (4 CPUs)," in line for line in lines)
+    doc = ok_json("probe", "--fixture", "arm64-big-little", code=r.returncode)
+    shown = [(i["name"], i["cpumask"], i["cpus"], i["cpu_count"]) for i in doc["host"]["spe_instances"]]
+    assert shown == [("arm_spe_0", "0-3", [0, 1, 2, 3], 4), ("arm_spe_1", "4-7", [4, 5, 6, 7], 4)]
+
+
+def test_probe_says_when_an_spus_cpus_are_not_known(fixture_copy: Path, spe0: Path) -> None:
+    (spe0 / "cpumask").write_text("four\n")
+    r = kvmspe("probe", "--fixture", str(fixture_copy))
+    assert "Traceback" not in r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("arm_spe_0 "))
+    assert "perf type 10, CPUs not known (cpumask: bad CPU list 'four'" in line
+    doc = ok_json("probe", "--fixture", str(fixture_copy), code=r.returncode)
+    first = doc["host"]["spe_instances"][0]
+    assert (first["cpus"], first["cpu_count"]) == ([], 0)
+
+
 def test_plan_human_json() -> None:
     r = kvmspe("plan", "--vcpus", "4", "--max-buffer-size", "4M", "--profile", "default-4k")
     assert r.returncode == 0, r.stderr
@@ -479,6 +501,38 @@ def test_configure_on_the_model_reports_every_step() -> None:
     assert names.index((0, "set KVM_ARM_VCPU_SPE_SPU=10")) < names.index(
         (0, "set KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x400000")
     )
+
+
+def test_configure_on_big_little_gives_each_vcpu_its_spus_cluster() -> None:
+    for spu, cpus in ((10, [0, 1, 2, 3]), (11, [4, 5, 6, 7])):
+        args = ["configure", "--backend", "model", "--profile", "big-little", "--vcpus", "4"]
+        args += ["--spu", str(spu)]
+        doc = ok_json(*args)
+        assert doc["ok"] is True and doc["spu_cpus"] == cpus and doc["vcpu_cpus"] == [cpus] * 4
+        assert doc["vcpu_thread_cpus"] is None  # the model pins nothing
+        r = kvmspe(*args)
+        assert r.returncode == 0
+        shown = f"{cpus[0]}-{cpus[-1]}"
+        assert f"  ok   VCPU affinity  (SPU {spu} is on CPUs {shown} (4 CPUs): " in r.stdout
+        assert f"  ok   vcpus 0-3: would pin VCPU thread to CPUs {shown}\n" in r.stdout
+
+
+def test_configure_refuses_more_vcpus_than_the_spu_has_cpus() -> None:
+    # The model, whatever this host has (auto takes the real kernel on a host with SPE).
+    args = ("configure", "--backend", "model", "--profile", "big-little", "--vcpus", "8", "--spu", "11")
+    r = kvmspe(*args)
+    assert r.returncode == 1 and r.stderr == ""
+    stopped = [line for line in r.stdout.splitlines() if line.startswith("stopped: ")]
+    assert len(stopped) == 1
+    assert "8 VCPUs on SPU 11" in stopped[0] and "CPUs 4-7" in stopped[0] and "at most 4" in stopped[0]
+    assert "  FAIL VCPU affinity  (8 VCPUs on SPU 11" in r.stdout
+    assert "KVM_CREATE" not in r.stdout and "done:" not in r.stdout
+    doc = ok_json(*args, code=1)
+    assert doc["ok"] is False and doc["error"] == stopped[0].removeprefix("stopped: ")
+    steps = [(s["step"], s["ok"]) for s in doc["steps"]]
+    assert steps == [("backend: model", True), ("VCPU affinity", False)]
+    assert doc["spu_cpus"] == [4, 5, 6, 7] and doc["vcpu_cpus"] == []
+    assert doc["guest_pmbidr"] is None and doc["pinned_per_vcpu"] is None
 
 
 def test_configure_stops_at_rlimit_without_raise_memlock() -> None:

@@ -1147,3 +1147,266 @@ def test_a_has_error_other_than_enxio_during_probing_does_not_count_the_bit(
         feature = kvm.spe_feature()
     assert feature.bit is None
     assert feature.tried[0] == (9, "accepted by KVM_ARM_VCPU_INIT, but HAS on the SPE group answers ENODEV")
+
+
+# -- VCPU threads pinned to their SPU's CPUs, on a recorded arm64 kernel with SPE --------------------
+#
+# The ioctl layer is fake but the threads and their CPU affinity are this
+# machine's: the fake KVM_RUN reads sched_getaffinity(0) of the thread that
+# issued it, so the tests see the set KVM_RUN really ran under.
+
+
+@dataclass
+class RunSeen:
+    """One KVM_RUN as the fake kernel saw it: which thread, on which CPUs."""
+
+    thread: str
+    ident: int
+    cpus: frozenset[int]
+
+
+class AffinityRecorder:
+    """The recorded arm64 kernel with SPE (bit 12), noting each KVM_RUN's
+    thread and CPU affinity; ``block`` makes KVM_RUN wait for a signal, as an
+    arm64 VCPU without guest code does."""
+
+    def __init__(self, rec: Recorder, block: bool = False):
+        rec.known_bits, rec.unknown_feature, rec.spe_bit = set(range(9)) | {12}, errno.EINVAL, 12
+        self.rec = rec
+        self.block = block
+        self.runs: list[RunSeen] = []
+
+    def __call__(self, fd: int, request: int, arg: Any) -> int:
+        if request == RUN:
+            me = threading.current_thread()
+            self.runs.append(RunSeen(me.name, threading.get_ident(), frozenset(os.sched_getaffinity(0))))
+            if self.block:
+                signal.pause()
+                raise InterruptedError(errno.EINTR, os.strerror(errno.EINTR))
+        return self.rec(fd, request, arg)
+
+
+def _spe_host(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ioctl: AffinityRecorder,
+    cpumask: str | None,
+    type_: int = 10,
+) -> None:
+    """This machine as an arm64 host with one SPE unit, ``arm_spe_0`` of perf type
+    ``type_`` whose ``cpumask`` is ``cpumask`` (None: no such file)."""
+    import kvmspe.kvm
+    from kvmspe.host import discovery
+
+    spe = tmp_path / "sys" / "bus" / "event_source" / "devices" / "arm_spe_0"
+    spe.mkdir(parents=True)
+    (spe / "type").write_text(f"{type_}\n")
+    if cpumask is not None:
+        (spe / "cpumask").write_text(f"{cpumask}\n")
+    real_discover = discovery.discover
+    monkeypatch.setattr(discovery, "discover", lambda **kw: real_discover(sysfs_root=str(tmp_path / "sys")))
+    monkeypatch.setattr(kvmspe.kvm, "Kvm", lambda *a, **kw: make_kvm(ioctl.rec, tmp_path, ioctl=ioctl))
+
+
+def _configure_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    import json
+
+    from kvmspe import cli
+
+    code = cli.main(["configure", "--backend", "kvm", *argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_each_vcpu_thread_is_pinned_to_its_spus_cpus_when_it_issues_kvm_run(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import cli
+
+    main_before = frozenset(os.sched_getaffinity(0))
+    last = max(main_before)
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=str(last))
+    handler = signal.getsignal(signal.SIGALRM)
+
+    code, doc = _configure_json(capsys, "--vcpus", "1", "--spu", "10")
+    assert code == 0, doc["error"]
+    assert doc["spu_cpus"] == [last] and doc["vcpu_cpus"] == [[last]] and doc["vcpu_thread_cpus"] == [[last]]
+    # KVM_RUN came from the VCPU's own thread, restricted to the SPU's CPU at that moment.
+    assert len(ioctl.runs) == 1
+    run = ioctl.runs[0]
+    assert run.thread == "kvmspe-vcpu-0" and run.ident != threading.main_thread().ident
+    assert run.cpus == {last}
+    steps = [(s["step"], s["vcpu"], s["ok"]) for s in doc["steps"]]
+    pinned = steps.index((f"VCPU thread pinned to CPUs {last}", 0, True))
+    assert steps.index(("VCPU affinity", None, True)) < steps.index(("KVM_CREATE_VM", None, True)) < pinned
+    assert pinned < steps.index(("KVM_RUN (first entry)", 0, True))
+    # The main thread's affinity and SIGALRM disposition are as they were.
+    assert frozenset(os.sched_getaffinity(0)) == main_before
+    assert signal.getsignal(signal.SIGALRM) == handler
+
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "1", "--spu", "10"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"  ok   VCPU affinity  (SPU 10 is on CPUs {last} (1 CPU)" in out
+    assert f"  ok   vcpu 0: VCPU thread pinned to CPUs {last}\n" in out
+    assert [r.cpus for r in ioctl.runs] == [{last}, {last}]
+    assert frozenset(os.sched_getaffinity(0)) == main_before
+
+
+def test_vcpu_threads_that_never_return_from_kvm_run_are_bounded_and_joined(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe.host.discovery import format_cpulist
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    ioctl = AffinityRecorder(rec, block=True)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=format_cpulist(allowed))
+    vcpus = min(len(allowed), 2)
+    before = threading.active_count()
+    handler = signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    code, doc = _configure_json(capsys, "--vcpus", str(vcpus), "--spu", "10")
+    took = time.monotonic() - start
+    assert code == 0, doc["error"]
+    runs = [s for s in doc["steps"] if s["step"] == "KVM_RUN (first entry)"]
+    assert [s["vcpu"] for s in runs] == list(range(vcpus))
+    assert all(s["detail"] == "entered; no exit within 1 s, ended by a timer signal" for s in runs)
+    assert sorted(r.thread for r in ioctl.runs) == [f"kvmspe-vcpu-{i}" for i in range(vcpus)]
+    assert all(r.cpus == allowed for r in ioctl.runs)
+    # Bounded (the runs are in parallel, each ended after 1 s), every thread joined,
+    # and the SIGALRM handler the bring-up installed for them is gone again.
+    assert took < 10, took
+    assert threading.active_count() == before
+    assert signal.getsignal(signal.SIGALRM) == handler
+
+
+@pytest.mark.parametrize(
+    ("cpumask", "type_", "why"),
+    [
+        (None, 10, "arm_spe_0's CPUs are not known: cpumask: "),
+        ("", 10, "arm_spe_0's CPUs are not known: its cpumask is ''"),
+        ("0-3", 11, "no arm_spe_N of perf type 10: this host shows arm_spe_0 (perf type 11)"),
+    ],
+    ids=["no-cpumask-file", "empty-cpumask", "no-unit-of-that-type"],
+)
+def test_an_spu_whose_cpus_are_not_known_runs_its_threads_unpinned_and_says_why(
+    rec: Recorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cpumask: str | None,
+    type_: int,
+    why: str,
+) -> None:
+    main_before = frozenset(os.sched_getaffinity(0))
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=cpumask, type_=type_)
+    code, doc = _configure_json(capsys, "--vcpus", "2", "--spu", "10")
+    assert code == 0, doc["error"]
+    assert doc["spu_cpus"] == [] and doc["vcpu_cpus"] == [[], []] and doc["vcpu_thread_cpus"] == [None, None]
+    affinity = next(s for s in doc["steps"] if s["step"] == "VCPU affinity")
+    assert affinity["ok"] and affinity["detail"].startswith("not known, so the VCPU threads are not pinned: ")
+    assert why in affinity["detail"]
+    unpinned = [s for s in doc["steps"] if s["step"] == "VCPU thread not pinned"]
+    assert [s["vcpu"] for s in unpinned] == [0, 1] and all(why in s["detail"] for s in unpinned)
+    # The threads still issue KVM_RUN, each on its own thread, with the process's CPUs.
+    assert sorted(r.thread for r in ioctl.runs) == ["kvmspe-vcpu-0", "kvmspe-vcpu-1"]
+    assert all(r.cpus == main_before for r in ioctl.runs)
+    assert frozenset(os.sched_getaffinity(0)) == main_before
+
+
+def test_a_cpu_set_the_os_refuses_stops_before_any_vcpu_enters(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import cli
+
+    main_before = frozenset(os.sched_getaffinity(0))
+    absent = 8191  # the highest CPU number sysfs may name; no CPU of this machine
+    if (os.cpu_count() or 1) > absent:
+        pytest.skip(f"this machine has CPU {absent}: no CPU number is absent here")
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=str(absent))
+    code, doc = _configure_json(capsys, "--vcpus", "1", "--spu", "10")
+    assert code == 1 and doc["ok"] is False
+    assert doc["vcpu_cpus"] == [[absent]] and doc["vcpu_thread_cpus"] == [None]
+    failed = [s for s in doc["steps"] if not s["ok"]]
+    assert [(s["step"], s["vcpu"]) for s in failed] == [(f"pin VCPU thread to CPUs {absent}", 0)]
+    assert failed[0]["detail"].startswith(f"cannot pin to CPUs {absent}: ")
+    assert doc["error"].startswith(f"VCPU 0: cannot pin to CPUs {absent}: ") and "\n" not in doc["error"]
+    assert ioctl.runs == [] and RUN not in rec.requests()
+    assert frozenset(os.sched_getaffinity(0)) == main_before
+
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "1", "--spu", "10"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"  FAIL vcpu 0: pin VCPU thread to CPUs {absent}  (cannot pin to CPUs {absent}: " in out
+    assert f"\nstopped: VCPU 0: cannot pin to CPUs {absent}: " in out
+
+
+def test_vcpu_threads_not_ready_in_time_stop_the_bring_up_and_none_enters(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import affinity, vmm
+    from kvmspe.host.discovery import format_cpulist
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs this process may use, for two VCPUs on one SPU")
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=format_cpulist(allowed))
+    monkeypatch.setattr(vmm, "VCPU_READY_TIMEOUT", 0.2)
+    monkeypatch.setattr(vmm, "VCPU_THREAD_TIMEOUT", 0.5)
+    slow_done = threading.Event()
+
+    def slow_pin(cpus: Any) -> frozenset[int]:
+        # VCPU 1's thread takes longer to pin itself than the VMM waits.
+        if threading.current_thread().name == "kvmspe-vcpu-1":
+            time.sleep(1.0)
+            slow_done.set()
+        return affinity.pin_thread(cpus)
+
+    monkeypatch.setattr(vmm, "pin_thread", slow_pin)
+    code, doc = _configure_json(capsys, "--vcpus", "2", "--spu", "10")
+    assert code == 1 and doc["ok"] is False
+    # VCPU 0's thread gave up waiting for VCPU 1's and never entered; VCPU 1's was still pinning.
+    assert doc["error"] == "VCPU 1: VCPU thread did not finish within 0.5 s"
+    failed = [(s["step"], s["vcpu"], s["detail"]) for s in doc["steps"] if not s["ok"]]
+    assert failed == [
+        ("KVM_RUN (first entry)", 0, "not entered: the VCPU threads were not all pinned within 0.2 s"),
+        ("VCPU thread did not finish within 0.5 s", 1, ""),
+    ]
+    assert ioctl.runs == [] and RUN not in rec.requests()
+    assert slow_done.wait(5)
+
+
+def test_run_timer_handler_installs_one_only_where_none_is_and_puts_the_old_back() -> None:
+    from kvmspe.kvm import run_timer_handler
+
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    try:
+        with run_timer_handler():
+            installed = signal.getsignal(signal.SIGALRM)
+            assert installed != signal.SIG_DFL and installed != signal.SIG_IGN and callable(installed)
+        assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+        def mine(s: int, f: object) -> None:
+            pass
+
+        signal.signal(signal.SIGALRM, mine)
+        with run_timer_handler():
+            assert signal.getsignal(signal.SIGALRM) is mine  # a handler already there is kept
+        assert signal.getsignal(signal.SIGALRM) is mine
+
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        seen: list[object] = []
+
+        def elsewhere() -> None:
+            with run_timer_handler():  # Python cannot install handlers here: nothing changes
+                seen.append(signal.getsignal(signal.SIGALRM))
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join(10)
+        assert seen == [signal.SIG_DFL]
+    finally:
+        signal.signal(signal.SIGALRM, previous)

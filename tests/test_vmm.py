@@ -226,7 +226,9 @@ def test_bring_up_on_the_model_records_every_step_in_order() -> None:
     assert result.ok and result.error is None and result.stop is None
     assert choice.host is not None and result.spu == choice.host.spus[0].id
     names = [(s.step, s.vcpu) for s in result.steps]
-    assert names[0] == ("backend: model", None) and names[1] == ("KVM_CREATE_VM", None)
+    assert names[:3] == [("backend: model", None), ("VCPU affinity", None), ("KVM_CREATE_VM", None)]
+    pin = "would pin VCPU thread to CPUs 0-3"
+    assert names[-4:-2] == [(pin, 0), (pin, 1)]
     configured = [s for s in result.steps if s.step.startswith(("has ", "set "))]
     assert [s.step for s in configured if s.vcpu == 1] == [
         s.name for s in planned_steps(21, result.spu, 4 << 20)
@@ -259,3 +261,77 @@ def test_bring_up_refuses_a_bad_guest_buffer_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="non-zero multiple of 4 KiB"):
         bring_up(choice, irq=21, max_buffer_size=4 << 20, enable_buffer=5000)
     assert choice.host is not None and choice.host.locked_bytes == 0
+
+
+# -- which host CPUs each VCPU may run on ---------------------------------------------------------
+
+
+def _big_little(memlock: int = 64 << 20) -> BackendChoice:
+    return choose_backend("model", profile="big-little", memlock_limit=memlock)
+
+
+@pytest.mark.parametrize(("spu", "cpus"), [(10, (0, 1, 2, 3)), (11, (4, 5, 6, 7))])
+def test_big_little_each_vcpu_may_run_on_its_spus_cluster(spu: int, cpus: tuple[int, ...]) -> None:
+    result = bring_up(_big_little(), vcpus=4, irq=21, spu=spu, max_buffer_size=4 << 20)
+    assert result.ok, result.error
+    assert result.spu_cpus == cpus and result.cpus_unknown is None
+    assert result.vcpu_cpus == [cpus] * 4
+    assert result.vcpu_thread_cpus is None  # the model runs no thread
+    shown = f"{cpus[0]}-{cpus[-1]}"
+    affinity = next(s for s in result.steps if s.step == "VCPU affinity")
+    assert affinity.ok and f"SPU {spu} is on CPUs {shown} (4 CPUs)" in affinity.detail
+    pins = [(s.step, s.vcpu) for s in result.steps if "pin" in s.step]
+    assert pins == [(f"would pin VCPU thread to CPUs {shown}", i) for i in range(4)]
+    # Decided before anything is created; pinned before the first entry.
+    names = [s.step for s in result.steps]
+    assert names.index("VCPU affinity") < names.index("KVM_CREATE_VM")
+    assert max(i for i, n in enumerate(names) if "pin" in n) < names.index("KVM_RUN (first entry)")
+
+
+def test_more_vcpus_than_the_spus_cpus_stop_before_anything_is_created() -> None:
+    choice = _big_little(4 << 20)
+    assert choice.host is not None
+    result = bring_up(choice, vcpus=8, irq=21, spu=11, max_buffer_size=4 << 20, raise_memlock=True)
+    assert not result.ok and result.error is not None and "\n" not in result.error
+    assert "8 VCPUs on SPU 11" in result.error and "CPUs 4-7" in result.error and "at most 4" in result.error
+    assert [(s.step, s.ok) for s in result.steps] == [("backend: model", True), ("VCPU affinity", False)]
+    assert result.vcpu_cpus == [] and result.spu_cpus == (4, 5, 6, 7)
+    # Nothing created, nothing raised, nothing locked.
+    assert choice.host.vms == [] and choice.host.memlock_limit == 4 << 20 and choice.host.locked_bytes == 0
+
+
+def test_the_same_vcpus_fit_on_the_spu_they_fit_on() -> None:
+    # 4 VCPUs on SPU 11 fit; a fifth does not; SPU 10's cluster takes 4 as well.
+    assert bring_up(_big_little(), vcpus=4, irq=21, spu=11, max_buffer_size=4 << 20).ok
+    assert not bring_up(_big_little(), vcpus=5, irq=21, spu=11, max_buffer_size=4 << 20).ok
+    assert bring_up(_big_little(), vcpus=4, irq=21, spu=10, max_buffer_size=4 << 20).ok
+
+
+def test_an_spu_the_host_lacks_is_left_to_the_kernel_and_its_cpus_are_unknown() -> None:
+    result = bring_up(_big_little(), vcpus=2, irq=21, spu=99, max_buffer_size=4 << 20)
+    assert result.vcpu_cpus == [(), ()] and result.spu_cpus == ()
+    assert result.cpus_unknown is not None and "no SPU 99" in result.cpus_unknown
+    affinity = next(s for s in result.steps if s.step == "VCPU affinity")
+    assert affinity.ok and "not pinned" in affinity.detail
+    # The kernel (here the model) refuses the id itself: ENXIO at SET SPU.
+    failed = [s for s in result.steps if not s.ok]
+    assert [(s.step, s.errno_name) for s in failed] == [("set KVM_ARM_VCPU_SPE_SPU=99", "ENXIO")]
+
+
+def test_an_spu_without_a_cpu_list_runs_unpinned_and_says_why() -> None:
+    from kvmspe.model.kernel import Spu
+
+    host = Host(4096, [Spu(10, 0)], 64 << 20)
+    choice = BackendChoice("model", "test", host)
+    result = bring_up(choice, vcpus=2, irq=21, max_buffer_size=4 << 20)
+    assert result.ok and result.vcpu_cpus == [(), ()]
+    unpinned = [s for s in result.steps if s.step == "VCPU thread not pinned"]
+    assert [s.vcpu for s in unpinned] == [0, 1]
+    assert all("CPUs of SPU 10 are not known" in s.detail and "no CPU list" in s.detail for s in unpinned)
+
+
+def test_a_vcpu_count_below_one_is_refused_before_anything_runs() -> None:
+    choice = _model_choice(64 << 20)
+    with pytest.raises(ValueError, match="vcpus"):
+        bring_up(choice, vcpus=0, irq=21, max_buffer_size=4 << 20)
+    assert choice.host is not None and choice.host.vms == []

@@ -7,10 +7,12 @@ big.LITTLE host each SPU covers one cluster.
 
 Policy (:func:`vcpu_affinity`): every VCPU of the SPU may run on every CPU of
 that SPU (the kernel's requirement, nothing narrower), and a VM is refused
-more VCPUs on an SPU than the SPU has CPUs: beyond that the VCPUs only
-time-share the same CPUs while each still pins its own buffer, so the extra
-VCPUs cost locked memory without adding profiling. An SPU whose CPUs are not
-known gives no CPU set; callers say they cannot pin rather than guess.
+more VCPUs on an SPU than :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs:
+beyond that the VCPUs only time-share the same CPUs while each still pins its
+own buffer, so the extra VCPUs cost locked memory without adding profiling.
+That bound is kvmspe's policy [assumed], not a rule of the kernel, which
+takes any number of VCPUs. An SPU whose CPUs are not known gives no CPU set;
+callers say they cannot pin rather than guess.
 
 :func:`pin_thread` applies one VCPU's CPU set to the calling thread
 (``sched_setaffinity`` on Linux applies to one thread, which is what a VMM's
@@ -26,11 +28,29 @@ from .errors import KvmspeError
 from .host.discovery import MAX_CPUS, format_cpulist
 from .validation import check_int
 
-__all__ = ["AffinityError", "pin_thread", "thread_cpus", "vcpu_affinity"]
+__all__ = [
+    "VCPUS_PER_SPU_CPU",
+    "AffinityError",
+    "describe_cpus",
+    "pin_thread",
+    "thread_cpus",
+    "vcpu_affinity",
+]
+
+#: How many VCPUs of one VM an SPU's CPU may carry [assumed: kvmspe's policy,
+#: one VCPU per physical CPU, so that every VCPU can profile at once].
+VCPUS_PER_SPU_CPU = 1
 
 
 class AffinityError(KvmspeError, ValueError):
     """More VCPUs than an SPU's CPUs, or a CPU set the OS refused."""
+
+
+def describe_cpus(cpus: Iterable[int]) -> str:
+    """A CPU set for people, list and count: ``CPUs 4-7 (4 CPUs)``, ``CPUs 3 (1 CPU)``."""
+    unique = set(cpus)
+    n = len(unique)
+    return f"CPUs {format_cpulist(unique)} ({n} CPU{'' if n == 1 else 's'})"
 
 
 def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[int, ...]]:
@@ -38,14 +58,18 @@ def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[i
 
     Every VCPU gets all of ``spu_cpus``. An empty ``spu_cpus`` (the SPU's
     cpumask is not known) gives an empty tuple per VCPU: nothing to pin to.
-    Raises :class:`AffinityError` when ``vcpus`` exceeds the SPU's CPUs.
+    Raises :class:`AffinityError` when ``vcpus`` exceeds
+    :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs, and
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) for a
+    ``vcpus`` below 1 or a CPU number Linux cannot have.
     """
     check_int("vcpus", vcpus, 1, 1 << 16)
     cpus = tuple(sorted({check_int("CPU", c, 0, MAX_CPUS - 1) for c in spu_cpus}))
-    if cpus and vcpus > len(cpus):
+    most = VCPUS_PER_SPU_CPU * len(cpus)
+    if cpus and vcpus > most:
         raise AffinityError(
-            f"{vcpus} VCPUs on SPU {spu}, which only CPUs {format_cpulist(cpus)} have ({len(cpus)} CPUs):"
-            f" a VCPU must run on a CPU with its SPU; accepted: at most {len(cpus)} VCPUs on this SPU"
+            f"{vcpus} VCPUs on SPU {spu}, which only {describe_cpus(cpus)} have:"
+            f" a VCPU must run on a CPU with its SPU; accepted: at most {most} VCPUs on this SPU"
         )
     return [cpus] * vcpus
 

@@ -383,6 +383,7 @@ _limit = format_limit
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import abi
+    from .affinity import describe_cpus
     from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
@@ -410,13 +411,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
         rows.append(("SPE VCPU feature", info.spe_feature_reason))
     if info.cap_arm_spe_reason:
         rows.append(("KVM_CAP_ARM_SPE", info.cap_arm_spe_reason))
+    for inst, shown in zip(info.spe_instances, doc["host"]["spe_instances"], strict=True):
+        shown["cpu_count"] = len(inst.cpus)
     if info.spe_instances:
         for inst in info.spe_instances:
             limit = inst.max_buff_size
+            if inst.cpus:
+                cpus = describe_cpus(inst.cpus)
+            else:
+                why = next((p for p in inst.problems if p.startswith("cpumask")), "cpumask empty")
+                cpus = f"CPUs not known ({why})"
             rows.append(
                 (
                     inst.name,
-                    f"perf type {inst.type}, CPUs {inst.cpumask or '?'}, max_buff_size "
+                    f"perf type {inst.type}, {cpus}, max_buff_size "
                     + ("not exposed" if limit is None else _sz(limit)),
                 )
             )
@@ -859,6 +867,11 @@ def cmd_configure(args: argparse.Namespace) -> int:
         "spu": r.spu,
         "max_buffer_size": args.max_buffer_size,
         "page_size": r.page_size,
+        "spu_cpus": list(r.spu_cpus),
+        "vcpu_cpus": [list(c) for c in r.vcpu_cpus],
+        "vcpu_thread_cpus": None
+        if r.vcpu_thread_cpus is None
+        else [None if c is None else list(c) for c in r.vcpu_thread_cpus],
         "steps": steps,
         "guest_pmbidr": r.guest_pmbidr,
         "guest_pmbidr_fields": r.guest_pmbidr_fields,
@@ -1042,6 +1055,8 @@ _EPILOGS = {
   kvmspe configure --vcpus 4 --max-buffer-size 4M
   kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
   kvmspe configure --profile limited-spu --max-buffer-size 8M       refused: ERANGE, exit 1
+  kvmspe configure --profile big-little --vcpus 4 --spu 11          VCPUs on CPUs 4-7
+  kvmspe configure --profile big-little --vcpus 8 --spu 11          refused: SPU 11 has 4 CPUs, exit 1
   kvmspe configure --backend kvm                                    the real kernel only
   kvmspe configure --vcpus 2 --json""",
     "conformance": """examples:

@@ -26,7 +26,9 @@ mutable buffer; tests pass a recording fake to check the exact bytes of the
 arm64 paths on any machine. Interrupted calls (EINTR) are retried, except
 KVM_RUN, which is bounded: :meth:`Vcpu.run` ends it with a timer signal
 after ``timeout`` seconds and raises :class:`RunTimeout` (an arm64 VCPU
-without guest code or memory never returns from KVM_RUN by itself).
+without guest code or memory never returns from KVM_RUN by itself); a VMM
+that runs each VCPU in a thread of its own wraps them in
+:func:`run_timer_handler`.
 
 VCPU ids are never reused within a VM (KVM never frees one: creating the
 same id again answers EEXIST, even after its fd was closed). The SPE VCPU
@@ -76,6 +78,7 @@ __all__ = [
     "Vcpu",
     "Vm",
     "normalise_arch",
+    "run_timer_handler",
 ]
 
 #: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
@@ -771,6 +774,33 @@ def _alarm(seconds: float) -> Iterator[None]:
         ringer.join()
 
 
+@contextmanager
+def run_timer_handler() -> Iterator[None]:
+    """For the block, a Python SIGALRM handler, so that :meth:`Vcpu.run` can
+    bound KVM_RUN in threads other than the main one (it interrupts them with
+    ``pthread_kill``, which needs one; the main thread uses its own timer).
+
+    Called in the main thread where SIGALRM is at its default or ignored, it
+    installs a handler that does nothing and puts the old disposition back on
+    the way out; a handler already there is left alone. Elsewhere Python
+    cannot install handlers, so it does nothing, and a bounded run in another
+    thread then refuses as :meth:`Vcpu.run` documents. Join the threads that
+    run VCPUs before the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGALRM)
+    if previous not in (signal.SIG_DFL, signal.SIG_IGN):
+        yield
+        return
+    signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Vcpu(_Owned):
     """A VCPU file descriptor with the model VCPU's methods.
 
@@ -988,7 +1018,8 @@ class Vcpu(_Owned):
         ITIMER_REAL timer are restored. In the main thread the timer is
         ``setitimer``; in another thread a timer thread sends SIGALRM to
         this one with ``pthread_kill``, which needs a Python SIGALRM handler
-        installed (else KvmError EINVAL, before KVM_RUN). ``timeout=None``
+        installed (:func:`run_timer_handler`; else KvmError EINVAL, before
+        KVM_RUN). ``timeout=None``
         runs unbounded; an interrupted unbounded call is retried.
         """
         if timeout is not None and (

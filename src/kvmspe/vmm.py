@@ -12,34 +12,44 @@ unchanged on a model VCPU (:mod:`kvmspe.model.kernel`) and a real one
 (:mod:`kvmspe.kvm`).
 
 :func:`bring_up` is the whole sequence a VMM runs around it, on either
-backend (:func:`choose_backend`): plan, raise RLIMIT_MEMLOCK, create the VM
-and its VCPUs, the vGIC, configure SPE on every VCPU, enter each VCPU once
-and, when asked, let the guest enable a buffer and handle KVM_EXIT_RLIMIT by
-raising the limit and re-entering. It returns a :class:`BringUpResult`: every
-step as data, and what the VM ended with.
+backend (:func:`choose_backend`): decide which host CPUs each VCPU may run on
+(those of its SPU, :mod:`kvmspe.affinity`), plan, raise RLIMIT_MEMLOCK,
+create the VM and its VCPUs, the vGIC, configure SPE on every VCPU, enter
+each VCPU once from its own thread pinned to those CPUs and, when asked, let
+the guest enable a buffer and handle KVM_EXIT_RLIMIT by raising the limit
+and re-entering. It returns a :class:`BringUpResult`: every step as data,
+and what the VM ended with.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from . import abi
+from .affinity import AffinityError, describe_cpus, pin_thread, vcpu_affinity
 from .backend import Vcpu
 from .errors import KvmError, KvmspeError
+from .host.discovery import format_cpulist
 from .units import format_limit, format_size, format_size_hex
 
 if TYPE_CHECKING:
     from .arch.registers import FieldValue
     from .host.discovery import HostInfo
+    from .kvm import Vcpu as KvmVcpu
     from .model.kernel import Host
     from .model.kernel import Vcpu as ModelVcpu
 
 __all__ = [
     "ORDER",
     "RLIMIT_REENTRIES",
+    "VCPU_READY_TIMEOUT",
+    "VCPU_THREAD_TIMEOUT",
     "BackendChoice",
     "BringUpResult",
     "BringUpStep",
@@ -249,6 +259,14 @@ class BringUpStep:
 #: limit raised by the excess reported, before the VMM gives up.
 RLIMIT_REENTRIES = 8
 
+#: How long (seconds) a VCPU thread of the real backend waits for every other
+#: VCPU thread to be pinned before it enters the guest; then none enters.
+VCPU_READY_TIMEOUT = 5.0
+#: How long (seconds) the VMM waits for its VCPU threads, all together, to pin
+#: themselves and make their first KVM_RUN: more than :data:`VCPU_READY_TIMEOUT`
+#: plus :data:`kvmspe.kvm.RUN_TIMEOUT` (the runs are in parallel).
+VCPU_THREAD_TIMEOUT = 10.0
+
 
 @dataclass
 class BringUpResult:
@@ -258,6 +276,15 @@ class BringUpResult:
     succeeded); ``stop`` names the kind of stop a caller may want to advise
     on: ``"rlimit"`` when KVM_EXIT_RLIMIT came and ``raise_memlock`` was off.
     The guest's view and the pinned memory are known on the model only.
+
+    ``spu_cpus`` are the host CPUs that have the SPU (empty: not known, with
+    ``cpus_unknown`` saying why); ``vcpu_cpus`` the CPUs each VCPU may run
+    on, decided before anything is created (empty when the bring-up was
+    refused for having more VCPUs than the SPU has CPUs; an empty tuple per
+    VCPU when the SPU's CPUs are not known). ``vcpu_thread_cpus`` is, on the
+    real backend, the CPU set each VCPU's thread read back with
+    ``sched_getaffinity`` after pinning itself, just before its KVM_RUN
+    (None on the model, or for a thread that did not pin or report).
     """
 
     backend: BackendChoice
@@ -275,6 +302,10 @@ class BringUpResult:
     locked_bytes: int | None = None
     vm_lck: int | None = None
     memlock_limit: int | None = None
+    spu_cpus: tuple[int, ...] = ()
+    cpus_unknown: str | None = None
+    vcpu_cpus: list[tuple[int, ...]] = field(default_factory=list)
+    vcpu_thread_cpus: list[tuple[int, ...] | None] | None = None
 
     @property
     def guest_pmbidr_fields(self) -> dict[str, FieldValue] | None:
@@ -348,10 +379,18 @@ def bring_up(
 ) -> BringUpResult:
     """Bring up a VM with SPE on ``vcpus`` VCPUs as a VMM does, on ``choice``'s backend.
 
-    In order: with ``raise_memlock``, raise RLIMIT_MEMLOCK to the planner's
-    worst case (or ``case``); create the VM and its VCPUs with the SPE feature; on arm64
-    the vGIC (the SPE interrupt needs it); :func:`configure_spe` on every
-    VCPU; enter every VCPU once (KVM_RUN). With ``enable_buffer`` (a size;
+    In order: decide the host CPUs each VCPU may run on, all those of its
+    SPU (:func:`kvmspe.affinity.vcpu_affinity`; more VCPUs than the SPU
+    has CPUs stop the bring-up here, step "VCPU affinity", before anything
+    is created or raised); with ``raise_memlock``, raise RLIMIT_MEMLOCK to
+    the planner's worst case (or ``case``); create the VM and its VCPUs with the SPE
+    feature; on arm64 the vGIC (the SPE interrupt needs it);
+    :func:`configure_spe` on every VCPU; enter every VCPU once (KVM_RUN). On
+    the real backend each VCPU enters from its own thread, which first pins
+    itself to its CPUs (``sched_setaffinity``; a CPU set the OS refuses
+    stops the bring-up before any VCPU enters); the model reports what it
+    would pin. An SPU whose CPUs are not known leaves the threads unpinned,
+    and says why. With ``enable_buffer`` (a size;
     0 means ``max_buffer_size``), which only the model can simulate, the
     guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
     answered, with ``raise_memlock``, by raising the limit by the excess
@@ -360,7 +399,7 @@ def bring_up(
     ``spu`` None takes the host's first SPU. A refusal of the kernel (real
     or modelled) ends the bring-up with ``ok`` False and the failing step
     recorded; nothing is raised for it. Raises ValueError for a bad
-    ``enable_buffer`` (before anything runs) and
+    ``enable_buffer`` or a ``vcpus`` below 1 (before anything runs) and
     :class:`~kvmspe.abi.AssumedNumberError` for a bad ``KVMSPE_*`` number.
     """
     from . import planner
@@ -388,7 +427,10 @@ def bring_up(
         locked = info.vm_lck or 0
     chosen_spu = spu if spu is not None else (spus[0] if spus else 0)
     result = BringUpResult(choice, vcpus, irq, chosen_spu, max_buffer_size, page)
+    result.spu_cpus, result.cpus_unknown = _spu_cpus(choice, chosen_spu)
     result.add(f"backend: {choice.name}", True, choice.reason)
+    if not _decide_affinity(result):
+        return result
     limit = _Limit(result)
 
     if raise_memlock:
@@ -402,6 +444,58 @@ def bring_up(
     if choice.host is not None:
         return _bring_up_model(result, choice.host, limit, raise_memlock, enable_buffer)
     return _bring_up_kvm(result, limit)
+
+
+def _spu_cpus(choice: BackendChoice, spu: int) -> tuple[tuple[int, ...], str | None]:
+    """The host CPUs that have SPU ``spu``, or no CPU and why they are not known.
+
+    The model: its host's SPU of that id. The real kernel: the ``arm_spe_N``
+    whose perf type is ``spu`` (the SPU id is assumed to be the perf type),
+    its ``cpumask``. An id the host does not show is left to the kernel to
+    refuse (KVM_ARM_VCPU_SPE_SPU); here its CPUs are just not known.
+    """
+    if choice.host is not None:
+        spu_ = next((s for s in choice.host.spus if s.id == spu), None)
+        if spu_ is None:
+            return (), f"the modelled host has no SPU {spu} (KVM_ARM_VCPU_SPE_SPU decides whether it exists)"
+        if not spu_.cpus:
+            return (), f"the modelled SPU {spu} has no CPU list (its cpumask was not read)"
+        return spu_.cpus, None
+    assert choice.info is not None
+    info = choice.info
+    inst = next((i for i in info.spe_instances if i.type == spu), None)
+    if inst is None:
+        shown = ", ".join(f"{i.name} (perf type {i.type})" for i in info.spe_instances)
+        why = f"this host shows {shown}" if shown else info.spe_instances_reason or "no SPE unit"
+        return (), f"no arm_spe_N of perf type {spu}: {why} (KVM_ARM_VCPU_SPE_SPU decides whether it exists)"
+    if not inst.cpus:
+        problems = [p for p in inst.problems if p.startswith("cpumask")]
+        why = "; ".join(problems) if problems else f"its cpumask is {inst.cpumask!r}"
+        return (), f"{inst.name}'s CPUs are not known: {why}"
+    return tuple(inst.cpus), None
+
+
+def _decide_affinity(result: BringUpResult) -> bool:
+    """Which CPUs each VCPU may run on, recorded as the step "VCPU affinity";
+    False (and ``result`` stopped) when the SPU has too few CPUs for the VCPUs."""
+    try:
+        result.vcpu_cpus = vcpu_affinity(result.vcpus, result.spu, result.spu_cpus)
+    except AffinityError as exc:
+        result.add("VCPU affinity", False, str(exc))
+        result._stop(str(exc))
+        return False
+    cpus = result.spu_cpus
+    if cpus:
+        detail = f"SPU {result.spu} is on {describe_cpus(cpus)}: each VCPU may run on any of them"
+    else:
+        detail = f"not known, so the VCPU threads are not pinned: {result.cpus_unknown}"
+    result.add("VCPU affinity", True, detail)
+    return True
+
+
+def _not_pinned(result: BringUpResult) -> str:
+    """The step detail of a VCPU thread left unpinned: why."""
+    return f"the CPUs of SPU {result.spu} are not known: {result.cpus_unknown}"
 
 
 def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
@@ -424,7 +518,7 @@ def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
 
 def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
     from .host import memlock
-    from .kvm import Kvm, RunTimeout, SpeFeatureUnavailable
+    from .kvm import Kvm, SpeFeatureUnavailable
 
     kvm: Kvm | None = None
     try:
@@ -449,19 +543,8 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
             result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
         if not _configure_all(result, vcpus):
             return result
-        for vcpu in vcpus:
-            try:
-                exit_ = vcpu.run()
-            except RunTimeout as exc:
-                # The VCPU entered the guest (no guest code here, so it would never come back).
-                result.add(
-                    "KVM_RUN (first entry)",
-                    True,
-                    f"entered; no exit within {exc.seconds:g} s, ended by a timer signal",
-                    vcpu=vcpu.index,
-                )
-                continue
-            result.add("KVM_RUN (first entry)", True, f"exit {exit_.name}", vcpu=vcpu.index)
+        if not _run_vcpu_threads(result, vcpus):
+            return result
         result.vm_lck = memlock.status().vm_lck
         result.memlock_limit = limit.get()
         result.ok = True
@@ -477,6 +560,150 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
             kvm.close()
 
 
+@dataclass
+class _VcpuThread:
+    """What one VCPU thread did, for the main thread to record in order."""
+
+    cpus: tuple[int, ...]
+    pinned: tuple[int, ...] | None = None
+    pin_error: str | None = None
+    exit: abi.Exit | None = None
+    timeout: float | None = None
+    error: KvmError | None = None
+    crash: BaseException | None = None
+    not_entered: bool = False
+    done: bool = False
+
+
+def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> None:
+    """The body of a VCPU thread: pin itself, wait until every VCPU thread is
+    pinned, then enter the guest once (KVM_RUN, bounded by :meth:`Vcpu.run`)."""
+    from .kvm import RunTimeout
+
+    try:
+        if out.cpus:
+            try:
+                pin_thread(out.cpus)
+            except AffinityError as exc:
+                out.pin_error = str(exc)
+                start.abort()  # no VCPU enters the guest
+                return
+            # What the kernel really applied (cpusets may narrow the set), read
+            # back on this thread, the one that issues KVM_RUN.
+            out.pinned = tuple(sorted(os.sched_getaffinity(0)))
+        try:
+            start.wait(VCPU_READY_TIMEOUT)
+        except threading.BrokenBarrierError:
+            out.not_entered = True  # another thread failed, or they were not all ready in time
+            return
+        try:
+            out.exit = vcpu.run()
+        except RunTimeout as exc:
+            out.timeout = exc.seconds
+        except KvmError as exc:
+            out.error = exc
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        out.crash = exc
+        start.abort()
+    finally:
+        out.done = True
+
+
+def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
+    """Enter every VCPU once, each from its own thread pinned to its CPUs, as a
+    VMM runs its VCPUs; record each thread's pinning, then each entry.
+
+    No VCPU enters until every thread is pinned; a CPU set the OS refuses stops
+    the bring-up there. The main thread's own affinity is never changed
+    (``sched_setaffinity(0)`` applies to the calling thread only), and the
+    threads are joined within :data:`VCPU_THREAD_TIMEOUT`. False when stopped.
+    """
+    from .kvm import run_timer_handler
+
+    outs = [_VcpuThread(cpus) for cpus in result.vcpu_cpus]
+    start = threading.Barrier(len(vcpus))
+    threads = [
+        threading.Thread(
+            target=_vcpu_thread, args=(vcpu, out, start), name=f"kvmspe-vcpu-{vcpu.index}", daemon=True
+        )
+        for vcpu, out in zip(vcpus, outs, strict=True)
+    ]
+    cannot_start: str | None = None
+    with run_timer_handler():
+        started: list[threading.Thread] = []
+        deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
+        try:
+            for t in threads:
+                try:
+                    t.start()
+                except RuntimeError as exc:  # the OS gives no more threads
+                    cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
+                    start.abort()
+                    break
+                started.append(t)
+            for t in started:
+                t.join(max(deadline - time.monotonic(), 0))
+        except BaseException:
+            # Interrupted: the runs are bounded, so let them end before the
+            # caller closes the VCPUs under them.
+            start.abort()
+            deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
+            for t in started:
+                t.join(max(deadline - time.monotonic(), 0))
+            raise
+    if cannot_start is not None:
+        result.add("start VCPU threads", False, cannot_start)
+        result._stop(cannot_start)
+        return False
+    for out in outs:
+        if out.crash is not None:
+            raise out.crash
+    result.vcpu_thread_cpus = [out.pinned for out in outs]
+    for vcpu, out in zip(vcpus, outs, strict=True):
+        i = vcpu.index
+        if out.pin_error is not None:
+            result.add(f"pin VCPU thread to CPUs {format_cpulist(out.cpus)}", False, out.pin_error, vcpu=i)
+        elif out.pinned is not None:
+            detail = ""
+            if set(out.pinned) != set(out.cpus):
+                detail = f"asked for CPUs {format_cpulist(out.cpus)}; the OS allows only these"
+            result.add(f"VCPU thread pinned to CPUs {format_cpulist(out.pinned)}", True, detail, vcpu=i)
+        elif not out.cpus:
+            result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=i)
+    refused = next(((v, o) for v, o in zip(vcpus, outs, strict=True) if o.pin_error is not None), None)
+    if refused is not None:
+        result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
+        return False
+    late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
+    waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
+    stops = []
+    for vcpu, out in zip(vcpus, outs, strict=True):
+        if not out.done:
+            result.add(late, False, vcpu=vcpu.index)
+            stops.append((0, f"VCPU {vcpu.index}: {late}"))
+        elif out.not_entered:
+            result.add("KVM_RUN (first entry)", False, waited, vcpu=vcpu.index)
+            stops.append((1, f"VCPU {vcpu.index}: {waited}"))
+    if stops:
+        result._stop(min(stops)[1])
+        return False
+    failed: KvmError | None = None
+    for vcpu, out in zip(vcpus, outs, strict=True):
+        if out.timeout is not None:
+            # The VCPU entered the guest (no guest code here, so it would never come back).
+            detail = f"entered; no exit within {out.timeout:g} s, ended by a timer signal"
+            result.add("KVM_RUN (first entry)", True, detail, vcpu=vcpu.index)
+        elif out.exit is not None:
+            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=vcpu.index)
+        elif out.error is not None:
+            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=vcpu.index)
+            failed = failed or out.error
+    if failed is not None:
+        result._stop(str(failed))
+        return False
+    return True
+
+
 def _bring_up_model(
     result: BringUpResult, host: Host, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
 ) -> BringUpResult:
@@ -489,6 +716,12 @@ def _bring_up_model(
             result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
         if not _configure_all(result, vcpus):
             return result
+        # What a VMM's VCPU threads would do here; the model runs no thread.
+        for vcpu, cpus in zip(vcpus, result.vcpu_cpus, strict=True):
+            if cpus:
+                result.add(f"would pin VCPU thread to CPUs {format_cpulist(cpus)}", True, vcpu=vcpu.index)
+            else:
+                result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=vcpu.index)
         for vcpu in vcpus:
             result.add("KVM_RUN (first entry)", True, f"exit {vcpu.run().name}", vcpu=vcpu.index)
         if enable_buffer is not None:
