@@ -407,15 +407,15 @@ def test_plan_case_picks_the_limit_and_refuses_others() -> None:
 def test_plan_shows_each_spu_its_cpus_and_the_vcpus_cpus() -> None:
     r = kvmspe("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "4")
     assert r.returncode == 0, r.stderr
-    assert "SPU 10         CPUs 0-3, no limit" in r.stdout
-    assert "SPU 11         CPUs 4-7, limit 4 MiB  (chosen)" in r.stdout
-    assert "vcpus 0-3: CPUs 4-7" in r.stdout
+    assert "SPU 10         CPUs 0-3 (4 CPUs), no limit" in r.stdout
+    assert "SPU 11         CPUs 4-7 (4 CPUs), limit 4 MiB  (chosen)" in r.stdout
+    assert "vcpus 0-3: CPUs 4-7 (4 CPUs)" in r.stdout
     doc = ok_json("plan", "--fixture", "arm64-big-little", "--spu", "11", "--vcpus", "2")
     assert doc["spu"] == 11 and doc["vcpu_cpus"] == [[4, 5, 6, 7]] * 2 and doc["spu_limit"] == 4 << 20
     assert [s["cpus"] for s in doc["host"]["spus"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     r = kvmspe("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "8")
     assert r.returncode == 0
-    assert "warning: 8 VCPUs on SPU 11, which only CPUs 4-7 have" in r.stdout
+    assert "warning: 8 VCPUs on SPU 11, which only CPUs 4-7 (4 CPUs) have" in r.stdout
     doc = ok_json("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "8")
     assert doc["vcpu_cpus"] is None
     assert_bad_input(kvmspe("plan", "--profile", "big-little", "--spu", "12"), "SPU 12", "accepted: 10, 11")

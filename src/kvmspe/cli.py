@@ -622,9 +622,9 @@ def _plan_host(args: argparse.Namespace) -> Any:
 
 
 def _cpus(cpus: Sequence[int]) -> str:
-    from .host.discovery import format_cpulist
+    from .affinity import describe_cpus
 
-    return f"CPUs {format_cpulist(cpus)}" if cpus else "CPUs not known"
+    return describe_cpus(cpus) if cpus else "CPUs not known"
 
 
 def _vcpu_cpu_lines(vcpu_cpus: Sequence[Sequence[int]]) -> str:
@@ -754,8 +754,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         rows.append((key, value if value is not None else "no finite <hard_limit>: the limit is unbounded"))
     rows += _wrapped(
         "note",
-        "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: give guest RAM"
-        " and QEMU's own with --locked",
+        "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: for libvirt,"
+        " plan with --locked set to guest RAM plus QEMU's own memory",
     )
     lines = _table(rows)
     lines += [f"warning: {w}" for w in plan.warnings]
