@@ -1,4 +1,4 @@
-"""docs/cli.md shows real output: every example is run again and must print what the page shows.
+"""README.md and docs/cli.md show real output: every example is run again and must print what the page shows.
 
 An example block is a ```console fence; its ``$ COMMAND`` lines are run in
 order with bash (``kvmspe`` is ``python3 -m kvmspe`` from this checkout) in
@@ -9,13 +9,15 @@ non-zero exit. A block whose output depends on the machine (this host's
 kernel, limits or /dev/kvm) says so on the line before its fence, as
 ``<!-- not replayed: REASON -->``; the test checks that it gives a reason.
 The one figure that differs from run to run, a duration at the end of a line
-(``... in 0.01 s``), is compared as ``in N s``.
+(``... in 0.01 s``), is compared as ``in N s``. The examples run with a soft
+RLIMIT_MEMLOCK of 8 MiB, the limit the page shows (and a usual default).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "cli.md"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "cli.md")
 _SKIP = re.compile(r"<!-- not replayed: (?P<why>.+?) -->")
 _EXIT = re.compile(r"\[exit status (\d+)\]")
 _DURATION = re.compile(r" in \d+(\.\d+)? s$", re.MULTILINE)
@@ -35,6 +37,7 @@ def _stable(text: str) -> str:
 
 @dataclass(frozen=True)
 class Example:
+    page: str
     line: int
     command: str
     output: str
@@ -63,8 +66,8 @@ def _blocks(text: str) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str
     return replayed, skipped
 
 
-def _examples() -> list[list[Example]]:
-    replayed, _ = _blocks(DOC.read_text())
+def _examples(page: Path) -> list[list[Example]]:
+    replayed, _ = _blocks(page.read_text())
     blocks = []
     for first, block in replayed:
         out: list[Example] = []
@@ -79,7 +82,7 @@ def _examples() -> list[list[Example]]:
                     if body and _EXIT.fullmatch(body[-1]):
                         status = int(_EXIT.fullmatch(body[-1]).group(1))  # type: ignore[union-attr]
                         body.pop()
-                    out.append(Example(current[0], current[1], "\n".join(body), status))
+                    out.append(Example(page.name, current[0], current[1], "\n".join(body), status))
                 current, body = (first + n, line[2:]), []
             else:
                 body.append(line)
@@ -87,14 +90,25 @@ def _examples() -> list[list[Example]]:
     return blocks
 
 
-BLOCKS = _examples()
+BLOCKS = [block for page in PAGES for block in _examples(page) if block]
 
 
-def test_the_page_has_examples_and_every_unreplayed_block_says_why() -> None:
-    _, skipped = _blocks(DOC.read_text())
-    assert sum(map(len, BLOCKS)) > 30
-    for line, why in skipped:
-        assert len(why.split()) >= 3, f"docs/cli.md line {line}: give the reason a block is not replayed"
+def test_the_pages_have_examples_and_every_unreplayed_block_says_why() -> None:
+    assert sum(map(len, BLOCKS)) > 40
+    for page in PAGES:
+        _, skipped = _blocks(page.read_text())
+        for line, why in skipped:
+            assert len(why.split()) >= 3, f"{page.name} line {line}: give the reason a block is not replayed"
+
+
+#: The soft RLIMIT_MEMLOCK the page's examples were run with.
+MEMLOCK = 8 << 20
+
+
+def _memlock_as_shown() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY or hard >= MEMLOCK:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (MEMLOCK, hard))
 
 
 def _run(example: Example, cwd: Path) -> tuple[str, int]:
@@ -110,14 +124,15 @@ def _run(example: Example, cwd: Path) -> tuple[str, int]:
         stderr=subprocess.STDOUT,
         text=True,
         timeout=120,
+        preexec_fn=_memlock_as_shown,
     )
     return _stable(proc.stdout.rstrip("\n")), proc.returncode
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b[0].line}" for b in BLOCKS])
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b[0].page}:{b[0].line}" for b in BLOCKS])
 def test_example_block_prints_what_the_page_shows(block: list[Example], tmp_path: Path) -> None:
     for example in block:
         got = _run(example, tmp_path)
         assert got == (_stable(example.output), example.status), (
-            f"docs/cli.md line {example.line}: $ {example.command}"
+            f"{example.page} line {example.line}: $ {example.command}"
         )
