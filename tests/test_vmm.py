@@ -335,3 +335,21 @@ def test_a_vcpu_count_below_one_is_refused_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="vcpus"):
         bring_up(choice, vcpus=0, irq=21, max_buffer_size=4 << 20)
     assert choice.host is not None and choice.host.vms == []
+
+
+def test_raise_memlock_plans_with_the_chosen_spus_limit_not_the_first_spus() -> None:
+    """With the first SPU limited to 4 MiB and the chosen one unlimited, an 8 MiB buffer
+    needs the plan of 8 MiB: the limit is raised once, and no KVM_EXIT_RLIMIT comes."""
+    from kvmspe import planner
+    from kvmspe.model.kernel import Spu
+
+    host = Host(4096, [Spu(11, 4 << 20, cpus=(4, 5, 6, 7)), Spu(10, 0, cpus=(0, 1, 2, 3))], 8 << 20)
+    choice = BackendChoice("model", "test", host, None)
+    r = bring_up(
+        choice, vcpus=2, irq=21, spu=10, max_buffer_size=8 << 20, enable_buffer=0, raise_memlock=True
+    )
+    assert r.ok, r.error
+    wanted = planner.plan(2, 8 << 20, page_size=4096, spu_limit=0).memlock_limit
+    assert wanted is not None and r.memlock_limit == wanted
+    assert [s.step for s in r.steps].count("raise RLIMIT_MEMLOCK") == 1
+    assert not any("KVM_EXIT_RLIMIT" in s.detail for s in r.steps)

@@ -416,7 +416,8 @@ def bring_up(
         host = choice.host
         spus = [s.id for s in host.spus]
         page = host.page_size
-        spu_limit = host.spus[0].max_buffer_size if host.spus else 0
+        chosen = spu if spu is not None else (spus[0] if spus else 0)
+        spu_limit = next((s.max_buffer_size for s in host.spus if s.id == chosen), 0)
         locked = host.locked_bytes
     else:
         assert choice.info is not None
