@@ -448,7 +448,7 @@ def test_configure_case_is_what_raise_memlock_raises_to() -> None:
             "--case",
             case,
         )
-        assert doc["memlock_limit"] == plan_doc["memlock_limit"], case
+        assert doc["memlock_limit"] == plan_doc["memlock_limit"] and doc["case"] == case, case
         raised = [s for s in doc["steps"] if s["step"] == "raise RLIMIT_MEMLOCK"]
         assert raised and f"the planner's {case} case" in raised[0]["detail"]
 

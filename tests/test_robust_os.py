@@ -52,7 +52,16 @@ CHILD = (
 SLOW_COMMANDS = [
     ["conformance"],
     ["conformance", "--backend", "kvm"],
-    ["configure", "--vcpus", "512", "--enable-buffer", "--raise-memlock", "--json"],
+    [
+        "configure",
+        "--profile",
+        "server-128",
+        "--vcpus",
+        "128",
+        "--enable-buffer",
+        "--raise-memlock",
+        "--json",
+    ],
     ["configure", "--backend", "kvm", "--vcpus", "64"],
     ["sizes", "--limit", "0", "--json"],
     ["plan", "--vcpus", "64", "--max-buffer-size", "1G", "--page-size", "64K"],

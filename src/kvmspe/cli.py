@@ -866,6 +866,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         "irq": args.irq,
         "spu": r.spu,
         "max_buffer_size": args.max_buffer_size,
+        "case": args.case,
         "page_size": r.page_size,
         "spu_cpus": list(r.spu_cpus),
         "vcpu_cpus": [list(c) for c in r.vcpu_cpus],

@@ -96,6 +96,13 @@ PROFILES: dict[str, Profile] = {
             (SpuProfile(TYPICAL_SPE_TYPE, 4 << 20, _CPUS_0_3),),
         ),
         Profile(
+            "server-128",
+            "4 KiB pages, one SPE unit (perf type 10) on all 128 CPUs (0-127) with no buffer size limit,"
+            " as a homogeneous two-socket server shows one arm_spe_0 for every core",
+            4096,
+            (SpuProfile(TYPICAL_SPE_TYPE, 0, tuple(range(128))),),
+        ),
+        Profile(
             "big-little",
             "4 KiB pages, two SPE units: type 10 on CPUs 0-3 unlimited, type 11 on CPUs 4-7 limited to 4 MiB",
             4096,
