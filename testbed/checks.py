@@ -204,6 +204,11 @@ CHECKS: tuple[Check, ...] = (
         "tests/test_conformance.py tests/test_vmm.py tests/test_discovery.py tests/test_cli.py -k kvm",
         90,
     ),
+    _pytest(
+        "pytest-affinity",
+        "tests/test_affinity.py tests/test_kvm_recorded.py -k 'pin or thread or cpus or affinity'",
+        120,
+    ),
     Check(
         "c-selftest",
         f"python3 {SELFTEST_COMPARE} {SELFTEST_BINARY}",
@@ -259,7 +264,22 @@ CHECKS: tuple[Check, ...] = (
         "cli-plan",
         f"{KVMSPE} plan --vcpus 4 --max-buffer-size 4M",
         60,
-        (Exit(0, "a plan is made"), Shows(r"MAX_BUFFER_SIZE=0x400000", "4 MiB is set as is")),
+        (
+            Exit(0, "a plan is made"),
+            Shows(r"MAX_BUFFER_SIZE=4194304\b", "4 MiB is set as is"),
+            Shows(r"^systemd\s+LimitMEMLOCK=\d+$", "a systemd line to paste, in bytes"),
+            Shows(r"^ulimit\s+ulimit -l \d+$", "a ulimit line to paste, in KiB"),
+        ),
+    ),
+    Check(
+        "cli-guest-dt",
+        f"{KVMSPE} guest --dt",
+        60,
+        (
+            Exit(0, "the guest's SPE device-tree node is printed"),
+            Shows(r'compatible = "arm,statistical-profiling-extension-v1";', "the SPE binding's compatible"),
+            Shows(r"interrupts = <1 5 4>;", "PPI 5 (INTID 21), level-high"),
+        ),
     ),
     Check(
         "cli-bad-input",

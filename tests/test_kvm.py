@@ -225,6 +225,39 @@ def test_arm64_run_without_guest_code_is_bounded(kvm: Kvm) -> None:
         assert time.monotonic() - start < 5
 
 
+def test_vcpu_threads_pinned_to_one_cpu_enter_the_real_kernel_bounded(kvm: Kvm) -> None:
+    """The bring-up's VCPU threads on this kernel: each pins itself to the last
+    CPU this process may use, then issues KVM_RUN from that thread (bounded by
+    a timer signal sent to it, where the kernel never returns); the main
+    thread's affinity and SIGALRM handler are as before."""
+    from kvmspe import vmm
+
+    cpu = max(os.sched_getaffinity(0))
+    main_cpus = os.sched_getaffinity(0)
+    handler = signal.getsignal(signal.SIGALRM)
+    with kvm.create_vm() as vm:
+        vcpus = [vm.create_vcpu(spe=False) for _ in range(2)]
+        choice = vmm.BackendChoice("kvm", "test", None, None)
+        result = vmm.BringUpResult(choice, 2, 21, 0, 4 << 20, os.sysconf("SC_PAGE_SIZE"))
+        result.vcpu_cpus = [(cpu,), (cpu,)]
+        entered = vmm._run_vcpu_threads(result, vcpus)
+    assert result.vcpu_thread_cpus == [(cpu,), (cpu,)]
+    pinned = [s for s in result.steps if s.step.startswith("VCPU thread pinned")]
+    assert [(s.vcpu, s.step, s.ok) for s in pinned] == [
+        (0, f"VCPU thread pinned to CPUs {cpu}", True),
+        (1, f"VCPU thread pinned to CPUs {cpu}", True),
+    ]
+    runs = [s for s in result.steps if s.vcpu is not None and "KVM_RUN" in s.step]
+    assert len(runs) == 2, result.steps
+    if kvm.arch == "aarch64":
+        # No guest code: only the timer signal ends each run, in its own thread.
+        assert entered and all("ended by a timer signal" in s.detail for s in runs), result.steps
+    # Elsewhere an empty VM answers at once, with an exit or the kernel's errno: either is recorded.
+    assert os.sched_getaffinity(0) == main_cpus
+    assert signal.getsignal(signal.SIGALRM) == handler
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 # -- VCPU ids and features ------------------------------------------------------------------
 
 
