@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kvmspe.affinity import AffinityError, describe_cpus, pin_thread, thread_cpus, vcpu_affinity
+from kvmspe.errors import InvalidArgumentError
 from kvmspe.model.profiles import PROFILES
 
 
@@ -78,3 +80,37 @@ def test_a_cpu_set_is_described_by_list_and_count() -> None:
     assert describe_cpus((4, 5, 6, 7)) == "CPUs 4-7 (4 CPUs)"
     assert describe_cpus(iter([3])) == "CPUs 3 (1 CPU)"
     assert describe_cpus([0, 2, 1, 8, 8]) == "CPUs 0-2,8 (4 CPUs)"
+
+
+_NOT_CPU_SETS = [
+    [True],
+    [False, 2],
+    [1.0],
+    [-1],
+    [1 << 70],
+    [8192],
+    ["1"],
+    "01",
+    b"\x01",
+    5,
+    None,
+    1.5,
+]
+
+
+@pytest.mark.parametrize("cpus", _NOT_CPU_SETS, ids=repr)
+def test_what_is_not_a_set_of_cpu_numbers_is_refused_as_documented_and_pins_nothing(cpus: Any) -> None:
+    before = thread_cpus()
+    with pytest.raises(InvalidArgumentError):
+        pin_thread(cpus)
+    assert thread_cpus() == before  # in particular True is not CPU 1
+    with pytest.raises(InvalidArgumentError):
+        vcpu_affinity(1, 10, cpus)
+    with pytest.raises(InvalidArgumentError):
+        describe_cpus(cpus)
+
+
+@pytest.mark.parametrize("spu", [True, "10", 10.0, None])
+def test_an_spu_that_is_not_an_int_is_refused(spu: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="spu"):
+        vcpu_affinity(1, spu, (0,))
