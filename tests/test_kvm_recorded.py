@@ -1280,6 +1280,48 @@ def test_vcpu_threads_that_never_return_from_kvm_run_are_bounded_and_joined(
     assert signal.getsignal(signal.SIGALRM) == handler
 
 
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_while_vcpu_threads_are_in_kvm_run_exits_130_once_every_thread_is_gone(
+    rec: Recorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    interrupts: int,
+) -> None:
+    from kvmspe import cli
+    from kvmspe.host.discovery import format_cpulist
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    ioctl = AffinityRecorder(rec, block=True)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=format_cpulist(allowed))
+    vcpus = min(len(allowed), 2)
+    handler = signal.getsignal(signal.SIGALRM)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def ctrl_c() -> None:
+        # Once every VCPU is in KVM_RUN, SIGINT to the main thread; the second
+        # one lands while the VMM waits for the runs to end.
+        while len(ioctl.runs) < vcpus:
+            time.sleep(0.01)
+        for _ in range(interrupts):
+            time.sleep(0.2)
+            signal.pthread_kill(main, signal.SIGINT)
+
+    sender = threading.Thread(target=ctrl_c, daemon=True)
+    sender.start()
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", str(vcpus), "--spu", "10"])
+    out, err = capsys.readouterr()
+    assert code == 130 and err == "kvmspe: interrupted\n", err
+    # No VCPU thread, nor the timer thread of its run, outlives the command:
+    # the VCPUs were not closed under a KVM_RUN, and no timer signal comes later.
+    left = [t.name for t in threading.enumerate() if t.name.startswith("kvmspe-") and t.is_alive()]
+    assert left == []
+    assert signal.getsignal(signal.SIGALRM) == handler
+    assert frozenset(os.sched_getaffinity(0)) == allowed
+    sender.join(5)
+
+
 @pytest.mark.parametrize(
     ("cpumask", "type_", "why"),
     [

@@ -573,7 +573,15 @@ class _VcpuThread:
     error: KvmError | None = None
     crash: BaseException | None = None
     not_entered: bool = False
-    done: bool = False
+    #: Set by the thread as its last act. The VMM waits on this, not on
+    #: ``Thread.join``: on Python 3.11 a KeyboardInterrupt during ``join``
+    #: marks a thread that is still running as stopped (bpo-45274's fix), so a
+    #: join after Ctrl-C would return at once with the thread still in KVM_RUN.
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
 
 
 def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> None:
@@ -607,7 +615,24 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
         out.crash = exc
         start.abort()
     finally:
-        out.done = True
+        out.finished.set()
+
+
+def _wait_for_threads(
+    started: Sequence[tuple[threading.Thread, _VcpuThread]], deadline: float, *, shielded: bool = False
+) -> None:
+    """Wait until each started VCPU thread has finished, or ``deadline`` (monotonic)
+    has passed; then join those that finished. ``shielded``: a KeyboardInterrupt
+    meanwhile does not end the wait (the caller is already handling one)."""
+    for t, out in started:
+        while True:
+            try:
+                if out.finished.wait(max(deadline - time.monotonic(), 0)):
+                    t.join(max(deadline - time.monotonic(), 0.5))  # it only has to return now
+                break
+            except KeyboardInterrupt:
+                if not shielded:
+                    raise
 
 
 def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
@@ -631,26 +656,24 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
     ]
     cannot_start: str | None = None
     with run_timer_handler():
-        started: list[threading.Thread] = []
+        started: list[tuple[threading.Thread, _VcpuThread]] = []
         deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
         try:
-            for t in threads:
+            for t, out in zip(threads, outs, strict=True):
                 try:
                     t.start()
                 except RuntimeError as exc:  # the OS gives no more threads
                     cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
                     start.abort()
                     break
-                started.append(t)
-            for t in started:
-                t.join(max(deadline - time.monotonic(), 0))
+                started.append((t, out))
+            _wait_for_threads(started, deadline)
         except BaseException:
-            # Interrupted: the runs are bounded, so let them end before the
-            # caller closes the VCPUs under them.
+            # Interrupted (Ctrl-C): no VCPU enters any more, and the runs are
+            # bounded, so let them end before the caller closes the VCPUs
+            # under them; a second Ctrl-C does not cut this wait short.
             start.abort()
-            deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
-            for t in started:
-                t.join(max(deadline - time.monotonic(), 0))
+            _wait_for_threads(started, time.monotonic() + VCPU_THREAD_TIMEOUT, shielded=True)
             raise
     if cannot_start is not None:
         result.add("start VCPU threads", False, cannot_start)
