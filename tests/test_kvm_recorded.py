@@ -1322,6 +1322,58 @@ def test_ctrl_c_while_vcpu_threads_are_in_kvm_run_exits_130_once_every_thread_is
     sender.join(5)
 
 
+def test_an_unexpected_error_in_a_vcpu_thread_is_a_failing_step_not_a_traceback(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import cli
+
+    class Buggy(AffinityRecorder):
+        def __call__(self, fd: int, request: int, arg: Any) -> int:
+            if request == RUN and threading.current_thread().name == "kvmspe-vcpu-1":
+                raise RuntimeError("a bug\nof the fake kernel")
+            return super().__call__(fd, request, arg)
+
+    ioctl = Buggy(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=None)  # unpinned: any number of VCPUs
+    code, doc = _configure_json(capsys, "--vcpus", "2", "--spu", "10")
+    assert code == 1 and doc["ok"] is False
+    assert doc["error"] == "VCPU 1: VCPU thread failed: RuntimeError: a bug of the fake kernel"
+    steps = [(s["step"], s["vcpu"], s["ok"], s["detail"]) for s in doc["steps"]]
+    assert ("VCPU thread failed", 1, False, "RuntimeError: a bug of the fake kernel") in steps
+    # VCPU 0's entry is recorded too.
+    assert [st for st in steps if st[0] == "KVM_RUN (first entry)"] == [
+        ("KVM_RUN (first entry)", 0, True, "exit KVM_EXIT_HLT")
+    ]
+
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "2", "--spu", "10"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    assert "  FAIL vcpu 1: VCPU thread failed  (RuntimeError: a bug of the fake kernel)\n" in out
+    assert out.endswith("stopped: VCPU 1: VCPU thread failed: RuntimeError: a bug of the fake kernel\n")
+
+
+def test_an_unexpected_error_while_pinning_stops_every_vcpu_from_entering(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import vmm
+
+    main_before = frozenset(os.sched_getaffinity(0))
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=str(max(main_before)))
+
+    def broken_pin(cpus: Any) -> frozenset[int]:
+        raise MemoryError("no memory for the CPU set")
+
+    monkeypatch.setattr(vmm, "pin_thread", broken_pin)
+    code, doc = _configure_json(capsys, "--vcpus", "1", "--spu", "10")
+    assert code == 1 and doc["ok"] is False
+    assert doc["error"] == "VCPU 0: VCPU thread failed: MemoryError: no memory for the CPU set"
+    failed = [(s["step"], s["vcpu"], s["detail"]) for s in doc["steps"] if not s["ok"]]
+    assert failed == [("VCPU thread failed", 0, "MemoryError: no memory for the CPU set")]
+    assert ioctl.runs == [] and RUN not in rec.requests()
+    assert frozenset(os.sched_getaffinity(0)) == main_before
+
+
 @pytest.mark.parametrize(
     ("cpumask", "type_", "why"),
     [

@@ -611,7 +611,7 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
             out.timeout = exc.seconds
         except KvmError as exc:
             out.error = exc
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
         out.crash = exc
         start.abort()
     finally:
@@ -679,9 +679,6 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
         result.add("start VCPU threads", False, cannot_start)
         result._stop(cannot_start)
         return False
-    for out in outs:
-        if out.crash is not None:
-            raise out.crash
     result.vcpu_thread_cpus = [out.pinned for out in outs]
     for vcpu, out in zip(vcpus, outs, strict=True):
         i = vcpu.index
@@ -694,36 +691,43 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
             result.add(f"VCPU thread pinned to CPUs {format_cpulist(out.pinned)}", True, detail, vcpu=i)
         elif not out.cpus:
             result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=i)
+        if out.crash is not None:
+            # An error no step expects (a bug, or MemoryError): recorded, not lost
+            # with its thread, and not raised past the bring-up's documented errors.
+            crash = " ".join(f"{type(out.crash).__name__}: {out.crash}".split())
+            result.add("VCPU thread failed", False, crash, vcpu=i)
     refused = next(((v, o) for v, o in zip(vcpus, outs, strict=True) if o.pin_error is not None), None)
     if refused is not None:
         result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
         return False
     late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
     waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
-    stops = []
+    crashed = [(v.index, o.crash) for v, o in zip(vcpus, outs, strict=True) if o.crash is not None]
+    if crashed:
+        waited = f"not entered: the thread of VCPU {crashed[0][0]} failed"
+    # Every VCPU's outcome is recorded; the bring-up then stops at the worst
+    # kind: a failed or unfinished thread, then one that did not enter, then
+    # a KVM_RUN the kernel refused.
+    stops = [(0, f"VCPU {i}: VCPU thread failed: {type(c).__name__}: {c}") for i, c in crashed]
     for vcpu, out in zip(vcpus, outs, strict=True):
+        i = vcpu.index
         if not out.done:
-            result.add(late, False, vcpu=vcpu.index)
-            stops.append((0, f"VCPU {vcpu.index}: {late}"))
+            result.add(late, False, vcpu=i)
+            stops.append((0, f"VCPU {i}: {late}"))
         elif out.not_entered:
-            result.add("KVM_RUN (first entry)", False, waited, vcpu=vcpu.index)
-            stops.append((1, f"VCPU {vcpu.index}: {waited}"))
-    if stops:
-        result._stop(min(stops)[1])
-        return False
-    failed: KvmError | None = None
-    for vcpu, out in zip(vcpus, outs, strict=True):
-        if out.timeout is not None:
+            result.add("KVM_RUN (first entry)", False, waited, vcpu=i)
+            stops.append((1, f"VCPU {i}: {waited}"))
+        elif out.timeout is not None:
             # The VCPU entered the guest (no guest code here, so it would never come back).
             detail = f"entered; no exit within {out.timeout:g} s, ended by a timer signal"
-            result.add("KVM_RUN (first entry)", True, detail, vcpu=vcpu.index)
+            result.add("KVM_RUN (first entry)", True, detail, vcpu=i)
         elif out.exit is not None:
-            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=vcpu.index)
+            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=i)
         elif out.error is not None:
-            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=vcpu.index)
-            failed = failed or out.error
-    if failed is not None:
-        result._stop(str(failed))
+            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=i)
+            stops.append((2, str(out.error)))
+    if stops:
+        result._stop(min(stops, key=lambda s: s[0])[1])
         return False
     return True
 
