@@ -1374,6 +1374,69 @@ def test_an_unexpected_error_while_pinning_stops_every_vcpu_from_entering(
     assert frozenset(os.sched_getaffinity(0)) == main_before
 
 
+_LATE_THREAD_SCRIPT = """
+import os, signal, sys, tempfile, threading, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[1]]
+import test_kvm_recorded as t
+import kvmspe.kvm
+from kvmspe import cli, vmm
+from kvmspe.host import discovery
+
+tmp = Path(tempfile.mkdtemp())
+rec = t.Recorder(tmp)
+made = []
+seen = {}
+
+class Stubborn(t.AffinityRecorder):
+    def __call__(self, fd, request, arg):
+        if request == t.RUN:
+            time.sleep(1.5)  # Python retries it across the timer signals: the run ends late
+            seen["fd open when the run ended"] = os.path.exists(f"/proc/self/fd/{fd}")
+            seen["vcpu closed when the run ended"] = made[0].closed
+            raise InterruptedError(4, "EINTR")
+        return self.rec(fd, request, arg)
+
+ioctl = Stubborn(rec)
+spe = tmp / "sys/bus/event_source/devices/arm_spe_0"
+spe.mkdir(parents=True)
+(spe / "type").write_text("10\\n")
+real = discovery.discover
+discovery.discover = lambda **kw: real(sysfs_root=str(tmp / "sys"))
+kvmspe.kvm.Kvm = lambda *a, **kw: made.append(t.make_kvm(rec, tmp, ioctl=ioctl)) or made[-1]
+vmm.VCPU_THREAD_TIMEOUT = 0.3
+code = cli.main(["configure", "--backend", "kvm", "--vcpus", "1", "--spu", "10"])
+print("code", code, "closed at once", made[0].closed, flush=True)
+time.sleep(2.5)  # past the run's 1 s timer: its signals keep coming until the run ends
+print("alive", sorted(seen.items()), "closed in the end", made[0].closed, flush=True)
+"""
+
+
+def test_a_vcpu_thread_still_running_when_the_vmm_gives_up_neither_kills_the_process_nor_loses_its_vcpu(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    script = tmp_path / "late.py"
+    script.write_text(_LATE_THREAD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    # Before: SIGALRM's default came back while the late run's timer still rang (-14).
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    assert "stopped: VCPU 0: VCPU thread did not finish within 0.3 s\n" in done.stdout
+    assert "code 1 closed at once False\n" in done.stdout
+    assert (
+        "alive [('fd open when the run ended', True), ('vcpu closed when the run ended', False)]"
+        " closed in the end True\n"
+    ) in done.stdout
+
+
 @pytest.mark.parametrize(
     ("cpumask", "type_", "why"),
     [
@@ -1467,7 +1530,11 @@ def test_vcpu_threads_not_ready_in_time_stop_the_bring_up_and_none_enters(
     failed = [(s["step"], s["vcpu"], s["detail"]) for s in doc["steps"] if not s["ok"]]
     assert failed == [
         ("KVM_RUN (first entry)", 0, "not entered: the VCPU threads were not all pinned within 0.2 s"),
-        ("VCPU thread did not finish within 0.5 s", 1, ""),
+        (
+            "VCPU thread did not finish within 0.5 s",
+            1,
+            "it may no longer enter the guest; its VCPU is closed once it ends",
+        ),
     ]
     assert ioctl.runs == [] and RUN not in rec.requests()
     assert slow_done.wait(5)

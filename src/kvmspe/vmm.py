@@ -41,6 +41,7 @@ from .units import format_limit, format_size, format_size_hex
 if TYPE_CHECKING:
     from .arch.registers import FieldValue
     from .host.discovery import HostInfo
+    from .kvm import Kvm
     from .kvm import Vcpu as KvmVcpu
     from .model.kernel import Host
     from .model.kernel import Vcpu as ModelVcpu
@@ -390,7 +391,11 @@ def bring_up(
     itself to its CPUs (``sched_setaffinity``; a CPU set the OS refuses
     stops the bring-up before any VCPU enters); the model reports what it
     would pin. An SPU whose CPUs are not known leaves the threads unpinned,
-    and says why. With ``enable_buffer`` (a size;
+    and says why. A VCPU thread still running when the wait for them ends
+    (:data:`VCPU_THREAD_TIMEOUT`) is recorded as a failing step; its VCPU is
+    closed only once it ends, and, if it is still in a bounded KVM_RUN, the
+    SIGALRM handler installed for the threads stays installed (see
+    :func:`kvmspe.kvm.run_timer_handler`). With ``enable_buffer`` (a size;
     0 means ``max_buffer_size``), which only the model can simulate, the
     guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
     answered, with ``raise_memlock``, by raising the limit by the excess
@@ -522,6 +527,7 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
     from .kvm import Kvm, SpeFeatureUnavailable
 
     kvm: Kvm | None = None
+    running: list[threading.Event] = []  # VCPU threads the bring-up stopped waiting for
     try:
         kvm = Kvm()
         vm = kvm.create_vm()
@@ -544,7 +550,7 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
             result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
         if not _configure_all(result, vcpus):
             return result
-        if not _run_vcpu_threads(result, vcpus):
+        if not _run_vcpu_threads(result, vcpus, running):
             return result
         result.vm_lck = memlock.status().vm_lck
         result.memlock_limit = limit.get()
@@ -558,7 +564,23 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
         return result._stop(str(exc))
     finally:
         if kvm is not None:
-            kvm.close()
+            if running:
+                _close_when_done(kvm, running)
+            else:
+                kvm.close()
+
+
+def _close_when_done(kvm: Kvm, running: Sequence[threading.Event]) -> None:
+    """Close ``kvm`` (its VM and VCPUs) once every thread of ``running`` has
+    finished, from a daemon thread: a VCPU is never closed under its KVM_RUN
+    (the fd number could be reused, and the run's retry would reach another file)."""
+
+    def close() -> None:
+        for ended in running:
+            ended.wait()
+        kvm.close()
+
+    threading.Thread(target=close, name="kvmspe-vcpu-closer", daemon=True).start()
 
 
 @dataclass
@@ -635,14 +657,19 @@ def _wait_for_threads(
                     raise
 
 
-def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
+def _run_vcpu_threads(
+    result: BringUpResult, vcpus: Sequence[KvmVcpu], running: list[threading.Event]
+) -> bool:
     """Enter every VCPU once, each from its own thread pinned to its CPUs, as a
     VMM runs its VCPUs; record each thread's pinning, then each entry.
 
     No VCPU enters until every thread is pinned; a CPU set the OS refuses stops
     the bring-up there. The main thread's own affinity is never changed
     (``sched_setaffinity(0)`` applies to the calling thread only), and the
-    threads are joined within :data:`VCPU_THREAD_TIMEOUT`. False when stopped.
+    threads are joined within :data:`VCPU_THREAD_TIMEOUT`; those that did not
+    finish by then may no longer enter the guest, and their ``finished``
+    events are added to ``running`` (the caller must not close their VCPUs
+    before). False when stopped.
     """
     from .kvm import run_timer_handler
 
@@ -674,7 +701,11 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
             # under them; a second Ctrl-C does not cut this wait short.
             start.abort()
             _wait_for_threads(started, time.monotonic() + VCPU_THREAD_TIMEOUT, shielded=True)
+            running += [out.finished for _, out in started if not out.done]
             raise
+        if any(not out.done for _, out in started):
+            start.abort()  # the VMM gave up on them: a late thread no longer enters
+            running += [out.finished for _, out in started if not out.done]
     if cannot_start is not None:
         result.add("start VCPU threads", False, cannot_start)
         result._stop(cannot_start)
@@ -701,6 +732,7 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
         result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
         return False
     late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
+    late_detail = "it may no longer enter the guest; its VCPU is closed once it ends"
     waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
     crashed = [(v.index, o.crash) for v, o in zip(vcpus, outs, strict=True) if o.crash is not None]
     if crashed:
@@ -712,7 +744,7 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
     for vcpu, out in zip(vcpus, outs, strict=True):
         i = vcpu.index
         if not out.done:
-            result.add(late, False, vcpu=i)
+            result.add(late, False, late_detail, vcpu=i)
             stops.append((0, f"VCPU {i}: {late}"))
         elif out.not_entered:
             result.add("KVM_RUN (first entry)", False, waited, vcpu=i)
