@@ -1251,6 +1251,39 @@ def test_each_vcpu_thread_is_pinned_to_its_spus_cpus_when_it_issues_kvm_run(
     assert f"  ok   vcpu 0: VCPU thread pinned to CPUs {last}\n" in out
     assert [r.cpus for r in ioctl.runs] == [{last}, {last}]
     assert frozenset(os.sched_getaffinity(0)) == main_before
+    if len(main_before) < 2:
+        # Everything above held, but with one usable CPU a thread that was
+        # never pinned would have run on {last} too.
+        pytest.skip(f"this process may use only CPU {last}: no narrower set to show the thread was pinned")
+    assert run.cpus < main_before  # the VCPU thread's set really changed
+
+
+def test_spu_cpus_the_process_may_not_use_are_reported_as_not_pinned(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The SPU's cpumask names a CPU this process may use and one it may not (no
+    # such CPU here, as for a CPU outside the process's cpuset): the kernel
+    # pins to the usable one, and the report says so rather than claim both.
+    main_before = frozenset(os.sched_getaffinity(0))
+    last, absent = max(main_before), 8191
+    if (os.cpu_count() or 1) > absent:
+        pytest.skip(f"this machine has CPU {absent}: no CPU number is absent here")
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=f"{last},{absent}")
+    code, doc = _configure_json(capsys, "--vcpus", "1", "--spu", "10")
+    assert code == 0, doc["error"]
+    assert doc["vcpu_cpus"] == [[last, absent]] and doc["vcpu_thread_cpus"] == [[last]]
+    pinned = [s for s in doc["steps"] if s["step"].startswith("VCPU thread pinned")]
+    assert [(s["step"], s["vcpu"], s["ok"], s["detail"]) for s in pinned] == [
+        (
+            f"VCPU thread pinned to CPUs {last}",
+            0,
+            True,
+            f"asked for CPUs {last},{absent}; the OS allows only these",
+        )
+    ]
+    assert [r.cpus for r in ioctl.runs] == [{last}]
+    assert frozenset(os.sched_getaffinity(0)) == main_before
 
 
 def test_vcpu_threads_that_never_return_from_kvm_run_are_bounded_and_joined(
