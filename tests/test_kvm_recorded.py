@@ -1407,6 +1407,45 @@ def test_an_unexpected_error_while_pinning_stops_every_vcpu_from_entering(
     assert frozenset(os.sched_getaffinity(0)) == main_before
 
 
+def test_bring_up_from_another_thread_needs_a_sigalrm_handler_and_says_so_before_creating_anything(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmspe import vmm
+
+    ioctl = AffinityRecorder(rec)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=str(max(os.sched_getaffinity(0))))
+    results: list[vmm.BringUpResult] = []
+
+    def library_caller() -> None:
+        choice = vmm.choose_backend("kvm")
+        results.append(vmm.bring_up(choice, vcpus=1, irq=21, spu=10, max_buffer_size=4 << 20))
+
+    def in_a_thread() -> vmm.BringUpResult:
+        worker = threading.Thread(target=library_caller)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive()
+        return results.pop()
+
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    try:
+        r = in_a_thread()
+        assert not r.ok and r.error is not None
+        assert r.error.startswith("the real backend is brought up from a thread other than the main one")
+        assert "install a SIGALRM handler" in r.error
+        assert [(s.step, s.ok) for s in r.steps][-1] == ("VCPU threads", False)
+        assert CREATE_VM not in rec.requests() and ioctl.runs == []
+
+        # With a handler installed by the main thread, the same call brings the VM up.
+        signal.signal(signal.SIGALRM, lambda *_: None)
+        r = in_a_thread()
+        assert r.ok, r.error
+        assert [s.detail for s in r.steps if s.step == "KVM_RUN (first entry)"] == ["exit KVM_EXIT_HLT"]
+        assert len(ioctl.runs) == 1
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
 _LATE_THREAD_SCRIPT = """
 import os, signal, sys, tempfile, threading, time
 from pathlib import Path

@@ -395,7 +395,10 @@ def bring_up(
     (:data:`VCPU_THREAD_TIMEOUT`) is recorded as a failing step; its VCPU is
     closed only once it ends, and, if it is still in a bounded KVM_RUN, the
     SIGALRM handler installed for the threads stays installed (see
-    :func:`kvmspe.kvm.run_timer_handler`). With ``enable_buffer`` (a size;
+    :func:`kvmspe.kvm.run_timer_handler`). Called on the real backend from a
+    thread other than the main one, it needs a Python SIGALRM handler
+    installed (only the main thread can install one); without, it stops
+    before anything is created, step "VCPU threads". With ``enable_buffer`` (a size;
     0 means ``max_buffer_size``), which only the model can simulate, the
     guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
     answered, with ``raise_memlock``, by raising the limit by the excess
@@ -437,6 +440,11 @@ def bring_up(
     result.add(f"backend: {choice.name}", True, choice.reason)
     if not _decide_affinity(result):
         return result
+    if choice.host is None:
+        unbounded = _runs_cannot_be_bounded()
+        if unbounded is not None:
+            result.add("VCPU threads", False, unbounded)
+            return result._stop(unbounded)
     limit = _Limit(result)
 
     if raise_memlock:
@@ -479,6 +487,28 @@ def _spu_cpus(choice: BackendChoice, spu: int) -> tuple[tuple[int, ...], str | N
         why = "; ".join(problems) if problems else f"its cpumask is {inst.cpumask!r}"
         return (), f"{inst.name}'s CPUs are not known: {why}"
     return tuple(inst.cpus), None
+
+
+def _runs_cannot_be_bounded() -> str | None:
+    """Why the VCPU threads' KVM_RUN could not be bounded from here, or None.
+
+    Their timer interrupts them with SIGALRM, which needs a Python handler;
+    :func:`~kvmspe.kvm.run_timer_handler` installs one only in the main
+    thread. Checked before anything is created, so that a library caller in
+    another thread is told what to do instead of seeing every VCPU fail.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return None
+    return (
+        "the real backend is brought up from a thread other than the main one and SIGALRM has no"
+        " Python handler, so the VCPU threads' KVM_RUN could not be bounded: call bring_up from the"
+        " main thread, or install a SIGALRM handler there first"
+        " (signal.signal(signal.SIGALRM, lambda *_: None))"
+    )
 
 
 def _decide_affinity(result: BringUpResult) -> bool:
