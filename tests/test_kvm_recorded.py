@@ -1339,8 +1339,13 @@ def test_ctrl_c_while_vcpu_threads_are_in_kvm_run_exits_130_once_every_thread_is
             time.sleep(0.01)
         for _ in range(interrupts):
             time.sleep(0.2)
-            signal.pthread_kill(main, signal.SIGINT)
+            # Only while a VCPU thread runs (its run ends at 1 s): a SIGINT after
+            # the command returned would interrupt the test instead.
+            if any(t.name.startswith("kvmspe-vcpu-") and t.is_alive() for t in threading.enumerate()):
+                signal.pthread_kill(main, signal.SIGINT)
+                sent.append(True)
 
+    sent: list[bool] = []
     sender = threading.Thread(target=ctrl_c, daemon=True)
     sender.start()
     code = cli.main(["configure", "--backend", "kvm", "--vcpus", str(vcpus), "--spu", "10"])
@@ -1353,6 +1358,7 @@ def test_ctrl_c_while_vcpu_threads_are_in_kvm_run_exits_130_once_every_thread_is
     assert signal.getsignal(signal.SIGALRM) == handler
     assert frozenset(os.sched_getaffinity(0)) == allowed
     sender.join(5)
+    assert len(sent) == interrupts
 
 
 def test_an_unexpected_error_in_a_vcpu_thread_is_a_failing_step_not_a_traceback(

@@ -610,7 +610,7 @@ def _close_when_done(kvm: Kvm, running: Sequence[threading.Event]) -> None:
             ended.wait()
         kvm.close()
 
-    threading.Thread(target=close, name="kvmspe-vcpu-closer", daemon=True).start()
+    threading.Thread(target=close, name="kvmspe-vm-closer", daemon=True).start()
 
 
 @dataclass
