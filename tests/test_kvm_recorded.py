@@ -1361,6 +1361,30 @@ def test_ctrl_c_while_vcpu_threads_are_in_kvm_run_exits_130_once_every_thread_is
     assert len(sent) == interrupts
 
 
+def test_ctrl_c_as_a_vcpu_thread_starts_still_waits_for_that_thread(
+    rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmspe import cli
+
+    ioctl = AffinityRecorder(rec, block=True)
+    _spe_host(tmp_path, monkeypatch, ioctl, cpumask=None)
+    real_start = threading.Thread.start
+
+    def start_then_ctrl_c(self: threading.Thread) -> None:
+        # SIGINT lands just as the thread has started, before the VMM has noted it.
+        real_start(self)
+        if self.name == "kvmspe-vcpu-1":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    code = cli.main(["configure", "--backend", "kvm", "--vcpus", "2", "--spu", "10"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 130 and err == "kvmspe: interrupted\n"
+    left = [t.name for t in threading.enumerate() if t.name.startswith("kvmspe-") and t.is_alive()]
+    assert left == []
+
+
 def test_an_unexpected_error_in_a_vcpu_thread_is_a_failing_step_not_a_traceback(
     rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -717,13 +717,17 @@ def _run_vcpu_threads(
         deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
         try:
             for t, out in zip(threads, outs, strict=True):
+                # Noted before it starts: a Ctrl-C as start() returns must not
+                # leave a running thread unwaited for (one it stopped from
+                # starting at all is then waited for until the deadline).
+                started.append((t, out))
                 try:
                     t.start()
                 except RuntimeError as exc:  # the OS gives no more threads
+                    started.pop()
                     cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
                     start.abort()
                     break
-                started.append((t, out))
             _wait_for_threads(started, deadline)
         except BaseException:
             # Interrupted (Ctrl-C): no VCPU enters any more, and the runs are
