@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kvmspe.affinity import AffinityError, describe_cpus, pin_thread, thread_cpus, vcpu_affinity
+from kvmspe.errors import InvalidArgumentError
 from kvmspe.model.profiles import PROFILES
 
 
@@ -62,6 +64,9 @@ def test_pin_thread_really_changes_the_threads_affinity_on_this_machine() -> Non
     assert seen["pinned"] == seen["kernel"] == target
     # sched_setaffinity(0, ...) is per thread: the main thread keeps its set.
     assert thread_cpus() == main_before
+    if len(allowed) < 2:
+        pytest.skip(f"this process may use only CPU {allowed[0]}: no narrower set to pin a thread to")
+    assert target < main_before  # the thread's set really changed
 
 
 def test_pin_thread_to_no_cpu_or_an_absent_cpu_is_refused() -> None:
@@ -78,3 +83,37 @@ def test_a_cpu_set_is_described_by_list_and_count() -> None:
     assert describe_cpus((4, 5, 6, 7)) == "CPUs 4-7 (4 CPUs)"
     assert describe_cpus(iter([3])) == "CPUs 3 (1 CPU)"
     assert describe_cpus([0, 2, 1, 8, 8]) == "CPUs 0-2,8 (4 CPUs)"
+
+
+_NOT_CPU_SETS = [
+    [True],
+    [False, 2],
+    [1.0],
+    [-1],
+    [1 << 70],
+    [8192],
+    ["1"],
+    "01",
+    b"\x01",
+    5,
+    None,
+    1.5,
+]
+
+
+@pytest.mark.parametrize("cpus", _NOT_CPU_SETS, ids=repr)
+def test_what_is_not_a_set_of_cpu_numbers_is_refused_as_documented_and_pins_nothing(cpus: Any) -> None:
+    before = thread_cpus()
+    with pytest.raises(InvalidArgumentError):
+        pin_thread(cpus)
+    assert thread_cpus() == before  # in particular True is not CPU 1
+    with pytest.raises(InvalidArgumentError):
+        vcpu_affinity(1, 10, cpus)
+    with pytest.raises(InvalidArgumentError):
+        describe_cpus(cpus)
+
+
+@pytest.mark.parametrize("spu", [True, "10", 10.0, None])
+def test_an_spu_that_is_not_an_int_is_refused(spu: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="spu"):
+        vcpu_affinity(1, spu, (0,))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .errors import KvmspeError
+from .errors import InvalidArgumentError, KvmspeError
 from .host.discovery import MAX_CPUS, format_cpulist
 from .validation import check_int
 
@@ -46,9 +46,27 @@ class AffinityError(KvmspeError, ValueError):
     """More VCPUs than an SPU's CPUs, or a CPU set the OS refused."""
 
 
+def _cpu_set(cpus: Iterable[int]) -> frozenset[int]:
+    """``cpus`` as a set of CPU numbers Linux can have (ints 0..MAX_CPUS-1, not bools).
+
+    Raises :class:`~kvmspe.errors.InvalidArgumentError` for anything else,
+    a non-iterable included, so that no TypeError or OverflowError of
+    ``sched_setaffinity`` reaches the caller, and no ``True`` pins to CPU 1.
+    """
+    if isinstance(cpus, str | bytes) or not isinstance(cpus, Iterable):
+        raise InvalidArgumentError(
+            f"CPUs must be an iterable of CPU numbers, got {type(cpus).__name__};"
+            f" accepted: ints 0..{MAX_CPUS - 1}, e.g. (4, 5, 6, 7)"
+        )
+    return frozenset(check_int("CPU", c, 0, MAX_CPUS - 1) for c in cpus)
+
+
 def describe_cpus(cpus: Iterable[int]) -> str:
-    """A CPU set for people, list and count: ``CPUs 4-7 (4 CPUs)``, ``CPUs 3 (1 CPU)``."""
-    unique = set(cpus)
+    """A CPU set for people, list and count: ``CPUs 4-7 (4 CPUs)``, ``CPUs 3 (1 CPU)``.
+
+    Raises :class:`~kvmspe.errors.InvalidArgumentError` for what is not a set of CPU numbers.
+    """
+    unique = _cpu_set(cpus)
     n = len(unique)
     return f"CPUs {format_cpulist(unique)} ({n} CPU{'' if n == 1 else 's'})"
 
@@ -61,10 +79,12 @@ def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[i
     Raises :class:`AffinityError` when ``vcpus`` exceeds
     :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs, and
     :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) for a
-    ``vcpus`` below 1 or a CPU number Linux cannot have.
+    ``vcpus`` below 1, an ``spu`` that is not an int, or ``spu_cpus`` that
+    are not CPU numbers Linux can have.
     """
     check_int("vcpus", vcpus, 1, 1 << 16)
-    cpus = tuple(sorted({check_int("CPU", c, 0, MAX_CPUS - 1) for c in spu_cpus}))
+    check_int("spu", spu, None, None)
+    cpus = tuple(sorted(_cpu_set(spu_cpus)))
     most = VCPUS_PER_SPU_CPU * len(cpus)
     if cpus and vcpus > most:
         raise AffinityError(
@@ -83,9 +103,12 @@ def pin_thread(cpus: Iterable[int]) -> frozenset[int]:
     """Restrict the calling thread to ``cpus``; returns the set it had before.
 
     Raises :class:`AffinityError` when the set is empty or the OS refuses it
-    (e.g. none of those CPUs is online or allowed to this process).
+    (e.g. none of those CPUs is online or allowed to this process), and
+    :class:`~kvmspe.errors.InvalidArgumentError` (before any change) for
+    what is not CPU numbers Linux can have: a bool, float, negative or huge
+    number, a non-iterable.
     """
-    wanted = frozenset(cpus)
+    wanted = _cpu_set(cpus)
     if not wanted:
         raise AffinityError("no CPU to pin to: the SPU's CPUs are not known")
     before = thread_cpus()

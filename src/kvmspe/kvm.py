@@ -79,6 +79,7 @@ __all__ = [
     "Vm",
     "normalise_arch",
     "run_timer_handler",
+    "threaded_runs",
 ]
 
 #: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
@@ -726,6 +727,17 @@ class Device(_Owned):
 
 _NO_HANDLER = (signal.SIG_DFL, signal.SIG_IGN, None)
 
+#: Bounded runs under way in threads other than the main one, each with a
+#: timer thread that may still send SIGALRM (see :func:`run_timer_handler`).
+_threaded_runs = 0
+_threaded_runs_lock = threading.Lock()
+
+
+def threaded_runs() -> int:
+    """How many bounded :meth:`Vcpu.run` calls are under way outside the main thread."""
+    with _threaded_runs_lock:
+        return _threaded_runs
+
 
 def _on_alarm(signum: int, frame: object) -> None:
     """SIGALRM while KVM_RUN is bounded: nothing to do but interrupt it."""
@@ -755,6 +767,7 @@ def _alarm(seconds: float) -> Iterator[None]:
             " (install one in the main thread, or pass timeout=None)",
             ioctl="KVM_RUN",
         )
+    global _threaded_runs
     target = threading.get_ident()
     done = threading.Event()
 
@@ -766,12 +779,17 @@ def _alarm(seconds: float) -> Iterator[None]:
             done.wait(_RUN_TICK)
 
     ringer = threading.Thread(target=ring, name="kvmspe-run-timer", daemon=True)
-    ringer.start()
+    with _threaded_runs_lock:
+        _threaded_runs += 1
     try:
+        ringer.start()
         yield
     finally:
         done.set()
-        ringer.join()
+        if ringer.ident is not None:
+            ringer.join()
+        with _threaded_runs_lock:
+            _threaded_runs -= 1
 
 
 @contextmanager
@@ -785,7 +803,9 @@ def run_timer_handler() -> Iterator[None]:
     the way out; a handler already there is left alone. Elsewhere Python
     cannot install handlers, so it does nothing, and a bounded run in another
     thread then refuses as :meth:`Vcpu.run` documents. Join the threads that
-    run VCPUs before the block ends.
+    run VCPUs before the block ends: if a bounded run is still under way in
+    another thread then, the handler it installed stays (it does nothing), as
+    putting the default back would let that run's timer signal kill the process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -798,7 +818,8 @@ def run_timer_handler() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        if threaded_runs() == 0:
+            signal.signal(signal.SIGALRM, previous)
 
 
 class Vcpu(_Owned):

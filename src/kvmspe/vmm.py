@@ -41,6 +41,7 @@ from .units import format_limit, format_size, format_size_hex
 if TYPE_CHECKING:
     from .arch.registers import FieldValue
     from .host.discovery import HostInfo
+    from .kvm import Kvm
     from .kvm import Vcpu as KvmVcpu
     from .model.kernel import Host
     from .model.kernel import Vcpu as ModelVcpu
@@ -390,7 +391,14 @@ def bring_up(
     itself to its CPUs (``sched_setaffinity``; a CPU set the OS refuses
     stops the bring-up before any VCPU enters); the model reports what it
     would pin. An SPU whose CPUs are not known leaves the threads unpinned,
-    and says why. With ``enable_buffer`` (a size;
+    and says why. A VCPU thread still running when the wait for them ends
+    (:data:`VCPU_THREAD_TIMEOUT`) is recorded as a failing step; its VCPU is
+    closed only once it ends, and, if it is still in a bounded KVM_RUN, the
+    SIGALRM handler installed for the threads stays installed (see
+    :func:`kvmspe.kvm.run_timer_handler`). Called on the real backend from a
+    thread other than the main one, it needs a Python SIGALRM handler
+    installed (only the main thread can install one); without, it stops
+    before anything is created, step "VCPU threads". With ``enable_buffer`` (a size;
     0 means ``max_buffer_size``), which only the model can simulate, the
     guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
     answered, with ``raise_memlock``, by raising the limit by the excess
@@ -432,6 +440,11 @@ def bring_up(
     result.add(f"backend: {choice.name}", True, choice.reason)
     if not _decide_affinity(result):
         return result
+    if choice.host is None:
+        unbounded = _runs_cannot_be_bounded()
+        if unbounded is not None:
+            result.add("VCPU threads", False, unbounded)
+            return result._stop(unbounded)
     limit = _Limit(result)
 
     if raise_memlock:
@@ -474,6 +487,28 @@ def _spu_cpus(choice: BackendChoice, spu: int) -> tuple[tuple[int, ...], str | N
         why = "; ".join(problems) if problems else f"its cpumask is {inst.cpumask!r}"
         return (), f"{inst.name}'s CPUs are not known: {why}"
     return tuple(inst.cpus), None
+
+
+def _runs_cannot_be_bounded() -> str | None:
+    """Why the VCPU threads' KVM_RUN could not be bounded from here, or None.
+
+    Their timer interrupts them with SIGALRM, which needs a Python handler;
+    :func:`~kvmspe.kvm.run_timer_handler` installs one only in the main
+    thread. Checked before anything is created, so that a library caller in
+    another thread is told what to do instead of seeing every VCPU fail.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return None
+    return (
+        "the real backend is brought up from a thread other than the main one and SIGALRM has no"
+        " Python handler, so the VCPU threads' KVM_RUN could not be bounded: call bring_up from the"
+        " main thread, or install a SIGALRM handler there first"
+        " (signal.signal(signal.SIGALRM, lambda *_: None))"
+    )
 
 
 def _decide_affinity(result: BringUpResult) -> bool:
@@ -522,6 +557,7 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
     from .kvm import Kvm, SpeFeatureUnavailable
 
     kvm: Kvm | None = None
+    running: list[threading.Event] = []  # VCPU threads the bring-up stopped waiting for
     try:
         kvm = Kvm()
         vm = kvm.create_vm()
@@ -544,7 +580,7 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
             result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
         if not _configure_all(result, vcpus):
             return result
-        if not _run_vcpu_threads(result, vcpus):
+        if not _run_vcpu_threads(result, vcpus, running):
             return result
         result.vm_lck = memlock.status().vm_lck
         result.memlock_limit = limit.get()
@@ -558,7 +594,23 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
         return result._stop(str(exc))
     finally:
         if kvm is not None:
-            kvm.close()
+            if running:
+                _close_when_done(kvm, running)
+            else:
+                kvm.close()
+
+
+def _close_when_done(kvm: Kvm, running: Sequence[threading.Event]) -> None:
+    """Close ``kvm`` (its VM and VCPUs) once every thread of ``running`` has
+    finished, from a daemon thread: a VCPU is never closed under its KVM_RUN
+    (the fd number could be reused, and the run's retry would reach another file)."""
+
+    def close() -> None:
+        for ended in running:
+            ended.wait()
+        kvm.close()
+
+    threading.Thread(target=close, name="kvmspe-vm-closer", daemon=True).start()
 
 
 @dataclass
@@ -573,7 +625,15 @@ class _VcpuThread:
     error: KvmError | None = None
     crash: BaseException | None = None
     not_entered: bool = False
-    done: bool = False
+    #: Set by the thread as its last act. The VMM waits on this, not on
+    #: ``Thread.join``: on Python 3.11 a KeyboardInterrupt during ``join``
+    #: marks a thread that is still running as stopped (bpo-45274's fix), so a
+    #: join after Ctrl-C would return at once with the thread still in KVM_RUN.
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
 
 
 def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> None:
@@ -603,21 +663,43 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
             out.timeout = exc.seconds
         except KvmError as exc:
             out.error = exc
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
         out.crash = exc
         start.abort()
     finally:
-        out.done = True
+        out.finished.set()
 
 
-def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
+def _wait_for_threads(
+    started: Sequence[tuple[threading.Thread, _VcpuThread]], deadline: float, *, shielded: bool = False
+) -> None:
+    """Wait until each started VCPU thread has finished, or ``deadline`` (monotonic)
+    has passed; then join those that finished. ``shielded``: a KeyboardInterrupt
+    meanwhile does not end the wait (the caller is already handling one)."""
+    for t, out in started:
+        while True:
+            try:
+                if out.finished.wait(max(deadline - time.monotonic(), 0)):
+                    t.join(max(deadline - time.monotonic(), 0.5))  # it only has to return now
+                break
+            except KeyboardInterrupt:
+                if not shielded:
+                    raise
+
+
+def _run_vcpu_threads(
+    result: BringUpResult, vcpus: Sequence[KvmVcpu], running: list[threading.Event]
+) -> bool:
     """Enter every VCPU once, each from its own thread pinned to its CPUs, as a
     VMM runs its VCPUs; record each thread's pinning, then each entry.
 
     No VCPU enters until every thread is pinned; a CPU set the OS refuses stops
     the bring-up there. The main thread's own affinity is never changed
     (``sched_setaffinity(0)`` applies to the calling thread only), and the
-    threads are joined within :data:`VCPU_THREAD_TIMEOUT`. False when stopped.
+    threads are joined within :data:`VCPU_THREAD_TIMEOUT`; those that did not
+    finish by then may no longer enter the guest, and their ``finished``
+    events are added to ``running`` (the caller must not close their VCPUs
+    before). False when stopped.
     """
     from .kvm import run_timer_handler
 
@@ -631,34 +713,37 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
     ]
     cannot_start: str | None = None
     with run_timer_handler():
-        started: list[threading.Thread] = []
+        started: list[tuple[threading.Thread, _VcpuThread]] = []
         deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
         try:
-            for t in threads:
+            for t, out in zip(threads, outs, strict=True):
+                # Noted before it starts: a Ctrl-C as start() returns must not
+                # leave a running thread unwaited for (one it stopped from
+                # starting at all is then waited for until the deadline).
+                started.append((t, out))
                 try:
                     t.start()
                 except RuntimeError as exc:  # the OS gives no more threads
+                    started.pop()
                     cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
                     start.abort()
                     break
-                started.append(t)
-            for t in started:
-                t.join(max(deadline - time.monotonic(), 0))
+            _wait_for_threads(started, deadline)
         except BaseException:
-            # Interrupted: the runs are bounded, so let them end before the
-            # caller closes the VCPUs under them.
+            # Interrupted (Ctrl-C): no VCPU enters any more, and the runs are
+            # bounded, so let them end before the caller closes the VCPUs
+            # under them; a second Ctrl-C does not cut this wait short.
             start.abort()
-            deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
-            for t in started:
-                t.join(max(deadline - time.monotonic(), 0))
+            _wait_for_threads(started, time.monotonic() + VCPU_THREAD_TIMEOUT, shielded=True)
+            running += [out.finished for _, out in started if not out.done]
             raise
+        if any(not out.done for _, out in started):
+            start.abort()  # the VMM gave up on them: a late thread no longer enters
+            running += [out.finished for _, out in started if not out.done]
     if cannot_start is not None:
         result.add("start VCPU threads", False, cannot_start)
         result._stop(cannot_start)
         return False
-    for out in outs:
-        if out.crash is not None:
-            raise out.crash
     result.vcpu_thread_cpus = [out.pinned for out in outs]
     for vcpu, out in zip(vcpus, outs, strict=True):
         i = vcpu.index
@@ -671,36 +756,44 @@ def _run_vcpu_threads(result: BringUpResult, vcpus: Sequence[KvmVcpu]) -> bool:
             result.add(f"VCPU thread pinned to CPUs {format_cpulist(out.pinned)}", True, detail, vcpu=i)
         elif not out.cpus:
             result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=i)
+        if out.crash is not None:
+            # An error no step expects (a bug, or MemoryError): recorded, not lost
+            # with its thread, and not raised past the bring-up's documented errors.
+            crash = " ".join(f"{type(out.crash).__name__}: {out.crash}".split())
+            result.add("VCPU thread failed", False, crash, vcpu=i)
     refused = next(((v, o) for v, o in zip(vcpus, outs, strict=True) if o.pin_error is not None), None)
     if refused is not None:
         result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
         return False
     late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
+    late_detail = "it may no longer enter the guest; its VCPU is closed once it ends"
     waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
-    stops = []
+    crashed = [(v.index, o.crash) for v, o in zip(vcpus, outs, strict=True) if o.crash is not None]
+    if crashed:
+        waited = f"not entered: the thread of VCPU {crashed[0][0]} failed"
+    # Every VCPU's outcome is recorded; the bring-up then stops at the worst
+    # kind: a failed or unfinished thread, then one that did not enter, then
+    # a KVM_RUN the kernel refused.
+    stops = [(0, f"VCPU {i}: VCPU thread failed: {type(c).__name__}: {c}") for i, c in crashed]
     for vcpu, out in zip(vcpus, outs, strict=True):
+        i = vcpu.index
         if not out.done:
-            result.add(late, False, vcpu=vcpu.index)
-            stops.append((0, f"VCPU {vcpu.index}: {late}"))
+            result.add(late, False, late_detail, vcpu=i)
+            stops.append((0, f"VCPU {i}: {late}"))
         elif out.not_entered:
-            result.add("KVM_RUN (first entry)", False, waited, vcpu=vcpu.index)
-            stops.append((1, f"VCPU {vcpu.index}: {waited}"))
-    if stops:
-        result._stop(min(stops)[1])
-        return False
-    failed: KvmError | None = None
-    for vcpu, out in zip(vcpus, outs, strict=True):
-        if out.timeout is not None:
+            result.add("KVM_RUN (first entry)", False, waited, vcpu=i)
+            stops.append((1, f"VCPU {i}: {waited}"))
+        elif out.timeout is not None:
             # The VCPU entered the guest (no guest code here, so it would never come back).
             detail = f"entered; no exit within {out.timeout:g} s, ended by a timer signal"
-            result.add("KVM_RUN (first entry)", True, detail, vcpu=vcpu.index)
+            result.add("KVM_RUN (first entry)", True, detail, vcpu=i)
         elif out.exit is not None:
-            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=vcpu.index)
+            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=i)
         elif out.error is not None:
-            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=vcpu.index)
-            failed = failed or out.error
-    if failed is not None:
-        result._stop(str(failed))
+            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=i)
+            stops.append((2, str(out.error)))
+    if stops:
+        result._stop(min(stops, key=lambda s: s[0])[1])
         return False
     return True
 
