@@ -1001,7 +1001,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
         args.irq,
         gic=args.gic or "v3",
         vcpus=args.vcpus,
-        name=args.node_name or devicetree.DEFAULT_NODE_NAME,
+        name=devicetree.DEFAULT_NODE_NAME if args.node_name is None else args.node_name,
         label=args.label,
     )
     dts = node.to_dts()
