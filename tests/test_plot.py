@@ -156,6 +156,24 @@ def test_any_failure_while_writing_removes_the_temporary(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_name_as_long_as_the_file_system_allows_is_written(tmp_path: Path) -> None:
+    """A 255-byte name (NAME_MAX) is a valid target: the temporary file's name must fit too."""
+    target = tmp_path / ("p" * 251 + ".png")
+    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert target.read_bytes() == PNG_SIGNATURE
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_keyboard_interrupt_while_writing_removes_the_temporary(tmp_path: Path) -> None:
+    def interrupted(f: Any) -> None:
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli._write_atomically(str(tmp_path / "x.png"), interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "needle"),
     [

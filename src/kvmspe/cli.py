@@ -494,10 +494,11 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     import os
 
     directory = os.path.dirname(path) or "."
-    name = os.path.basename(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
-        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        # A short name of its own, not one built on ``path``'s: a target name
+        # near NAME_MAX (255 bytes) must not make the temporary one too long.
+        tmp = os.path.join(directory, f".kvmspe-plot.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
             break
