@@ -137,6 +137,20 @@ def test_bad_input_is_one_line_value_error(args: tuple[object, ...], kwargs: dic
     assert "\n" not in message and ("accepted" in message or "must be" in message)
 
 
+@pytest.mark.parametrize("host", ["big-little", 1, True, [], object()])
+def test_a_host_that_is_not_a_planhost_is_a_one_line_value_error(host: object) -> None:
+    with pytest.raises(ValueError, match="accepted: a PlanHost") as info:
+        plan(1, MiB, host=host)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", [[], {}, 1, None, b"default-4k"])
+def test_a_profile_name_that_is_not_a_str_is_a_one_line_value_error(name: object) -> None:
+    with pytest.raises(ValueError, match="accepted: default-4k") as info:
+        PlanHost.from_profile(name)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
 def _model_pinned(
     case: str,
     vcpus: int,

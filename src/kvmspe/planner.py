@@ -199,6 +199,10 @@ class PlanHost:
         """A built-in model profile (:data:`kvmspe.model.profiles.PROFILES`); ValueError for another name."""
         from .model import profiles
 
+        if not isinstance(name, str):
+            known = ", ".join(profiles.PROFILES)
+            raise ValueError(f"profile {name!r} is not a profile name; accepted: {known}")
+
         return cls.from_model(profiles.model_host(name), f"profile {name!r}")
 
     @classmethod
@@ -569,6 +573,8 @@ def plan(
     if levels is not None:
         _int("levels", levels, 1, 5)
     _int("locked_already", locked_already, 0)
+    if host is not None and not isinstance(host, PlanHost):
+        raise ValueError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
     maxbuf.check_page_size(page)
     if not maxbuf.is_representable(limit):
