@@ -13,7 +13,17 @@ from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1
 from kvmspe.model.assumptions import DEFAULT, Assumptions
 from kvmspe.model.kernel import Host, Spu
-from kvmspe.planner import PINNING_CASES, PlanHost, PlanSpu, memlock_settings, placements, plan
+from kvmspe.planner import (
+    LIBVIRT_UNLIMITED_KIB,
+    PINNING_CASES,
+    RLIM_FINITE_MAX,
+    ULIMIT_KIB_MAX,
+    PlanHost,
+    PlanSpu,
+    memlock_settings,
+    placements,
+    plan,
+)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 KEYS = {
@@ -465,3 +475,56 @@ def test_paste_rounds_kib_up_and_says_unlimited() -> None:
     assert plan(1, 0).paste == unlimited
     with pytest.raises(ValueError):
         memlock_settings(-1)
+
+
+def test_paste_lines_stop_where_bash_and_libvirt_stop() -> None:
+    """bash's ``ulimit -l`` takes at most 2**54 - 1 KiB; libvirt reads 2**53 - 1 KiB as unlimited."""
+    top = memlock_settings(ULIMIT_KIB_MAX * 1024)
+    assert top["ulimit"] == f"ulimit -l {(1 << 54) - 1}"
+    above = memlock_settings(ULIMIT_KIB_MAX * 1024 + 1)
+    assert above["ulimit"] is None and above["systemd"] == f"LimitMEMLOCK={ULIMIT_KIB_MAX * 1024 + 1}"
+    assert memlock_settings(RLIM_FINITE_MAX)["ulimit"] is None
+    below = (LIBVIRT_UNLIMITED_KIB - 1) * 1024
+    assert memlock_settings(below)["libvirt"] == (
+        f"<memtune><hard_limit unit='KiB'>{LIBVIRT_UNLIMITED_KIB - 1}</hard_limit></memtune>"
+    )
+    assert memlock_settings(below + 1)["libvirt"] is None
+    for limit in (below + 1, RLIM_FINITE_MAX):  # systemd and prlimit take every finite value
+        lines = memlock_settings(limit)
+        assert lines["systemd"] == f"LimitMEMLOCK={limit}"
+        assert lines["prlimit"] == f"prlimit --memlock={limit}:{limit} --pid PID"
+
+
+def test_bash_takes_the_largest_ulimit_line_and_refuses_the_next() -> None:
+    """The boundary is bash's: one KiB more is "limit out of range" (a permission refusal is not)."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed: its ulimit cannot be asked")
+    line = memlock_settings(ULIMIT_KIB_MAX * 1024)["ulimit"]
+    assert line is not None
+    ok = subprocess.run([bash, "-c", line], capture_output=True, text=True, timeout=30)
+    assert "out of range" not in ok.stderr, ok.stderr
+    over = subprocess.run(
+        [bash, "-c", f"ulimit -l {ULIMIT_KIB_MAX + 1}"], capture_output=True, text=True, timeout=30
+    )
+    assert over.returncode != 0 and "out of range" in over.stderr, over.stderr
+
+
+def test_a_plan_near_the_top_says_which_lines_have_no_value() -> None:
+    import contextlib
+    import io
+
+    from kvmspe import cli
+
+    pinned = plan(1, 4 * MiB, page_size=4096).pinned["worst"]["per_vm"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the plan's limit is the largest finite RLIMIT_MEMLOCK
+        code = cli.main(["plan", "--profile", "default-4k", "--locked", str(RLIM_FINITE_MAX - pinned)])
+    assert code == 0
+    rows = dict(line.split(None, 1) for line in out.getvalue().splitlines() if line[:1].isalpha())
+    assert rows["ulimit"] == f"none: bash's ulimit -l takes at most {ULIMIT_KIB_MAX} KiB"
+    assert rows["libvirt"] == f"none: libvirt reads {LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited"
+    assert rows["systemd"] == f"LimitMEMLOCK={RLIM_FINITE_MAX}"

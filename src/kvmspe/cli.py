@@ -750,9 +750,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
         rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
     paste = plan.paste
+    if plan.memlock_limit is None:
+        missing = {"libvirt": "no finite <hard_limit>: the limit is unbounded"}
+    else:
+        missing = {
+            "ulimit": f"none: bash's ulimit -l takes at most {planner.ULIMIT_KIB_MAX} KiB",
+            "libvirt": f"none: libvirt reads {planner.LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited",
+        }
     for key in ("systemd", "ulimit", "libvirt", "prlimit"):
         value = paste[key]
-        rows.append((key, value if value is not None else "no finite <hard_limit>: the limit is unbounded"))
+        rows.append((key, value if value is not None else missing[key]))
     rows += _wrapped(
         "note",
         "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: for libvirt,"

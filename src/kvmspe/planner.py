@@ -46,9 +46,10 @@ has these keys, stable across versions:
     case's per-VM pinning, in bytes and in KiB rounded up; None means
     RLIM_INFINITY.
 ``paste``
-    :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``,
-    ``libvirt`` (None when unlimited: libvirt has no finite value for it)
-    and ``prlimit`` lines.
+    :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``
+    (None above the 2**54 - 1 KiB bash takes), ``libvirt`` (None when
+    unlimited, or from 2**53 - 1 KiB, which libvirt reads as unlimited) and
+    ``prlimit`` lines.
 
 The data/table split. ``data`` is the host pages behind the buffers,
 ``tables`` the host pages behind the stage-1 table pages that translate
@@ -102,7 +103,9 @@ __all__ = [
     "DEFAULT_MAX_BUFFER_SIZE",
     "DEFAULT_VCPUS",
     "PINNING_CASES",
+    "LIBVIRT_UNLIMITED_KIB",
     "RLIM_FINITE_MAX",
+    "ULIMIT_KIB_MAX",
     "Plan",
     "PlanHost",
     "PlanSpu",
@@ -432,6 +435,15 @@ class Plan:
 #: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
 #: 2**64-1 is RLIM_INFINITY.
 RLIM_FINITE_MAX = U64_MAX - 1
+#: The largest ``ulimit -l`` value bash accepts: it multiplies the KiB by 1024
+#: in rlim_t and refuses a product that overflows ("limit out of range",
+#: measured with bash 5.2), so at most (2**64 - 1) // 1024 KiB.
+ULIMIT_KIB_MAX = U64_MAX // 1024
+#: libvirt's VIR_DOMAIN_MEMORY_PARAM_UNLIMITED (KiB, INT64_MAX >> 10, from its
+#: public header libvirt-domain.h): a ``hard_limit`` of this many KiB means no
+#: limit, and the range libvirt documents for it ends there, so the largest
+#: finite value is one less.
+LIBVIRT_UNLIMITED_KIB = (1 << 53) - 1
 
 
 def memlock_settings(limit: int | None) -> dict[str, str | None]:
@@ -439,11 +451,14 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
 
     ``systemd``: ``LimitMEMLOCK=`` for a unit's [Service] section (bytes);
     ``ulimit``: the shell's ``ulimit -l`` (KiB, rounded up so it is never
-    below ``limit``); ``libvirt``: ``<memtune><hard_limit unit='KiB'>``
+    below ``limit``; None when that is more than :data:`ULIMIT_KIB_MAX`,
+    which bash refuses); ``libvirt``: ``<memtune><hard_limit unit='KiB'>``
     (KiB rounded up; libvirt's hard_limit caps all of the QEMU process's
     memory, so ``limit`` must already include guest RAM and QEMU's own; None
-    when unlimited, as libvirt has no finite value for that); ``prlimit``:
-    util-linux's command for a running VMM, soft = hard = ``limit`` (bytes).
+    when unlimited, as libvirt has no finite value for that, and when the
+    KiB reach :data:`LIBVIRT_UNLIMITED_KIB`, which libvirt reads as no
+    limit); ``prlimit``: util-linux's command for a running VMM, soft = hard
+    = ``limit`` (bytes). A None line has no value that tool takes.
     """
     if limit is None:
         return {
@@ -456,8 +471,12 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
     kib = -(-limit // 1024)
     return {
         "systemd": f"LimitMEMLOCK={limit}",
-        "ulimit": f"ulimit -l {kib}",
-        "libvirt": f"<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>",
+        "ulimit": f"ulimit -l {kib}" if kib <= ULIMIT_KIB_MAX else None,
+        "libvirt": (
+            f"<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>"
+            if kib < LIBVIRT_UNLIMITED_KIB
+            else None
+        ),
         "prlimit": f"prlimit --memlock={limit}:{limit} --pid PID",
     }
 
