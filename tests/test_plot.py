@@ -174,6 +174,19 @@ def test_a_keyboard_interrupt_while_writing_removes_the_temporary(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_no_size_to_draw_is_one_line_exit_2_and_no_file(tmp_path: Path) -> None:
+    """Unbounded (size 0) with so many VCPUs that not one 64 KiB page each fits a 30-bit VA."""
+    code, target, out, err = plot(
+        tmp_path, "--vcpus", "65536", "--max-buffer-size", "0", "--page-size", "64K", "--levels", "2"
+    )
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "kvmspe: error: --plot: not even one 64 KiB page per VCPU fits 65536 VCPUs in a 30-bit guest VA"
+        " space, so there is no size to draw; accepted: fewer VCPUs, or more --levels"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "needle"),
     [

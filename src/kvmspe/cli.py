@@ -545,6 +545,12 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     sweep = planner.sweep(
         plan.vcpus, page_size=plan.page_size, granule=plan.granule, levels=plan.levels, up_to=up_to
     )
+    if not sweep.sizes:  # only with size 0 (no limit): a chosen size always fits
+        raise UsageError(
+            f"--plot: not even one {format_size(plan.page_size)} page per VCPU fits {plan.vcpus} VCPUs"
+            f" in a {plan.va_bits}-bit guest VA space, so there is no size to draw;"
+            " accepted: fewer VCPUs, or more --levels"
+        )
     width, height = PLOT_PIXELS
     fig = figure_class(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI)
     ax = fig.subplots()
