@@ -193,6 +193,9 @@ def test_no_size_to_draw_is_one_line_exit_2_and_no_file(tmp_path: Path) -> None:
         ("missing/dir/pinned.png", "cannot write in"),
         ("pinned.svg", "accepted: a file name ending in .png"),
         ("adir.png", "is a directory"),
+        ("two\nlines.png", "control character"),
+        ("tab\t.png", "control character"),
+        ("nul\0.png", "control character"),
     ],
 )
 def test_an_unwritable_path_is_one_line_exit_2(tmp_path: Path, name: str, needle: str) -> None:

@@ -477,8 +477,13 @@ def _plot_target(path: str) -> str:
 
     if not path.strip():
         raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
-    if not path.lower().endswith(".png") or "\0" in path:
+    if not path.lower().endswith(".png"):
         raise UsageError(f"--plot {path!r}: the plot is a PNG; accepted: a file name ending in .png")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        # A NUL cannot reach the OS; a newline would split "plot written to ..." in two.
+        raise UsageError(
+            f"--plot {path!r} holds a control character; accepted: a file name ending in .png without one"
+        )
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
     return path
