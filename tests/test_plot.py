@@ -174,6 +174,27 @@ def test_a_keyboard_interrupt_while_writing_removes_the_temporary(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("missing/pinned.png", "No such file or directory"), ("afile/pinned.png", "Not a directory")],
+)
+def test_a_directory_that_cannot_be_written_is_refused_before_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, reason: str
+) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+
+    def must_not_draw(*args: Any) -> None:
+        raise AssertionError("drawn before the directory was checked")
+
+    monkeypatch.setattr(cli, "_draw_plot", must_not_draw)
+    code, target, out, err = plot(tmp_path, "--vcpus", "2", name=name)
+    assert code == 2 and out == ""
+    directory = str(target.parent)
+    assert err.splitlines() == [
+        f"kvmspe: error: --plot {str(target)!r}: cannot write in {directory!r}: {reason}"
+    ]
+
+
 def test_no_size_to_draw_is_one_line_exit_2_and_no_file(tmp_path: Path) -> None:
     """Unbounded (size 0) with so many VCPUs that not one 64 KiB page each fits a 30-bit VA."""
     code, target, out, err = plot(

@@ -473,7 +473,9 @@ def _plot_module() -> Any:
 
 def _plot_target(path: str) -> str:
     """``path`` when a PNG may be written there (checked before any work), else a UsageError."""
+    import errno
     import os
+    import stat
 
     if not path.strip():
         raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
@@ -486,6 +488,17 @@ def _plot_target(path: str) -> str:
         )
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
+    # The directory, before any drawing: the write itself says again if it fails later.
+    directory = os.path.dirname(path) or "."
+    try:
+        is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
+        reason = "" if is_dir else os.strerror(errno.ENOTDIR)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    if not reason and not os.access(directory, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    if reason:
+        raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {reason}")
     return path
 
 
