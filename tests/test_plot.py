@@ -122,6 +122,38 @@ def test_an_existing_file_is_replaced_whole_with_a_plain_files_mode(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pinned.png"]  # no temporary left
 
 
+def test_an_existing_file_keeps_its_permission_bits(tmp_path: Path) -> None:
+    target = tmp_path / "private.png"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert target.read_bytes() == PNG_SIGNATURE
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    real = tmp_path / "shared" / "pinned.png"
+    real.write_bytes(b"old")
+    link = tmp_path / "pinned.png"
+    link.symlink_to(Path("shared") / "pinned.png")
+    cli._write_atomically(str(link), lambda f: f.write(PNG_SIGNATURE))
+    assert link.is_symlink() and real.read_bytes() == PNG_SIGNATURE
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["pinned.png"]
+
+
+def test_a_link_into_a_missing_directory_is_refused_before_drawing(tmp_path: Path) -> None:
+    link = tmp_path / "pinned.png"
+    link.symlink_to(tmp_path / "missing" / "pinned.png")
+    code, _, out, err = plot(tmp_path, "--vcpus", "2")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"kvmspe: error: --plot {str(link)!r}: cannot write in {str(tmp_path / 'missing')!r}:"
+        " No such file or directory"
+    ]
+    assert link.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["pinned.png"]
+
+
 def test_a_failing_savefig_leaves_no_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

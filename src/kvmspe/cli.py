@@ -489,7 +489,8 @@ def _plot_target(path: str) -> str:
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
     # The directory, before any drawing: the write itself says again if it fails later.
-    directory = os.path.dirname(path) or "."
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    directory = os.path.dirname(target) or "."
     try:
         is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
         reason = "" if is_dir else os.strerror(errno.ENOTDIR)
@@ -506,12 +507,21 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
 
     Readers see the old file or the whole new one, never half of it; on any
-    failure the temporary file is removed and nothing is left behind. The
-    new file gets the mode a plain ``open`` would give (0666 less the umask).
+    failure the temporary file is removed and nothing is left behind. As with
+    a plain ``open``: a symbolic link is written through (the file it names
+    is replaced, the link stays), an existing file keeps its permission
+    bits, and a new one gets 0666 less the umask.
     """
     import os
+    import stat
 
-    directory = os.path.dirname(path) or "."
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    try:
+        st = os.stat(target)
+        keep = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        keep = None
+    directory = os.path.dirname(target) or "."
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
         # A short name of its own, not one built on ``path``'s: a target name
@@ -528,10 +538,12 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
         raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
     try:
         with os.fdopen(fd, "wb") as f:
+            if keep is not None:
+                os.fchmod(f.fileno(), keep)
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as exc:
         try:
             os.unlink(tmp)
