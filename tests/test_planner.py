@@ -528,3 +528,36 @@ def test_a_plan_near_the_top_says_which_lines_have_no_value() -> None:
     assert rows["ulimit"] == f"none: bash's ulimit -l takes at most {ULIMIT_KIB_MAX} KiB"
     assert rows["libvirt"] == f"none: libvirt reads {LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited"
     assert rows["systemd"] == f"LimitMEMLOCK={RLIM_FINITE_MAX}"
+
+
+@pytest.mark.parametrize("granule", [4096, 16384, 65536])
+@pytest.mark.parametrize("page", [4096, 16384, 65536])
+def test_worst_is_not_below_any_buffer_placement_a_guest_can_make(granule: int, page: int) -> None:
+    """Every buffer start 4 KiB-aligned (PMBLIMITR_EL1.LIMIT's step) around each table-span
+    boundary, for sizes from one page to two granules: none pins more than the worst case."""
+    from kvmspe.arch.stage1 import Stage1
+
+    s1 = Stage1(granule, None, blocks=False, layout="scattered")
+    for size in sorted({page, 2 * page, granule, 2 * granule, 4 * max(page, granule)}):
+        if size % page:
+            continue
+        worst = plan(1, size, page_size=page, granule=granule, spu_limit=0).pinned["worst"]["per_vcpu"]
+        seen = 0
+        for depth in range(1, s1.depth):
+            boundary = s1.span(depth)
+            for back in range(4096, size + 4096, 4096):
+                seen = max(seen, s1.footprint(boundary - back, boundary - back + size, page).bytes)
+        assert seen <= worst, (size, seen, worst)
+        assert seen == worst, (size, seen, worst)  # and the worst case is one of them
+
+
+def test_why_says_a_misaligned_buffer_pins_a_host_page_more_on_large_granules() -> None:
+    p = plan(1, 32 * 1024, page_size=16384, granule=65536, spu_limit=0)
+    worst = p.pinned["worst"]
+    assert worst["data"] == 32 * 1024 + 16384
+    assert (
+        "a buffer starting 4 KiB below a host page boundary touches one 16 KiB host page more" in worst["why"]
+    )
+    assert "guest page of a scattered buffer" not in worst["why"]
+    small = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    assert "each 4 KiB guest page of a scattered buffer can sit in a 64 KiB host page" in small

@@ -76,9 +76,10 @@ many bytes for them (tested):
 * typical: page mappings, otherwise as best (a Linux guest's vmalloc'ed
   buffers, with its kernel page tables shared by all CPUs);
 * worst: page mappings, scattered layout (every table and data page in a
-  host page of its own), one tree per VCPU, each buffer starting one guest
-  page below a boundary of the largest table span, so it straddles every
-  level.
+  host page of its own), one tree per VCPU, each buffer starting 4 KiB (the
+  finest step of its limit, PMBLIMITR_EL1.LIMIT) below a boundary of the
+  largest table span, so it straddles every level and, on large host pages,
+  one host page more.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ _CASE_TEXT = {
     "typical": "page mappings; tables and data contiguous in guest-physical memory; all VCPUs"
     " share one translation tree; buffers back to back from VA 0",
     "worst": "page mappings; every table and data page in a host page of its own; one"
-    " translation tree per VCPU; each buffer one guest page below a boundary of every level",
+    " translation tree per VCPU; each buffer 4 KiB below a boundary of every level",
 }
 #: The largest number of VCPUs accepted (KVM's arm64 limit is far lower).
 MAX_VCPUS = 1 << 16
@@ -261,12 +262,23 @@ def _stage1(case: str, granule: int, levels: int | None, tree: int) -> Stage1:
     return Stage1(granule, levels, blocks=False, layout="scattered", tree=tree)
 
 
+#: The finest step a guest can move its buffer's end by: PMBLIMITR_EL1.LIMIT is
+#: bits [63:12], so the limit address is 4 KiB aligned whatever the granule.
+BUFFER_STEP = 4096
+
+
 def _worst_base(s1: Stage1, size: int) -> int:
-    """One guest page below the largest table-span boundary that leaves room for the buffer."""
+    """:data:`BUFFER_STEP` below the largest table-span boundary that leaves room for the buffer.
+
+    Not one guest page below: with a 16 or 64 KiB granule a buffer of up to a
+    granule would then sit inside one page, while one starting 4 KiB below
+    the boundary straddles it, and pins a table page more at every level
+    (and, on host pages above 4 KiB, one host page of data more).
+    """
     for depth in range(s1.depth - 1, 0, -1):
         boundary = s1.span(depth)
-        if boundary - s1.granule + size <= s1.region_size:
-            return boundary - s1.granule
+        if boundary - BUFFER_STEP + size <= s1.region_size:
+            return boundary - BUFFER_STEP
     return 0
 
 
@@ -343,10 +355,16 @@ def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) 
     """One sentence: why ``case`` pins ``p.total`` for ``vcpus`` buffers of ``size``, from the numbers."""
     buffers = vcpus * size
     head = f"x{p.total / buffers:.4f} ({format_size(p.total)} for {format_size(buffers)} of buffers)"
-    if p.data > buffers:
+    if p.data > buffers and granule < page:
         data = (
             f"each {format_size(granule)} guest page of a scattered buffer can sit in a"
             f" {format_size(page)} host page of its own, pinned whole ({_ratio(p.data / buffers)} for data)"
+        )
+    elif p.data > buffers:
+        data = (
+            f"a buffer starting {format_size(BUFFER_STEP)} below a host page boundary touches one"
+            f" {format_size(page)} host page more than its size, pinned whole ({_ratio(p.data / buffers)}"
+            " for data)"
         )
     else:
         data = "the buffers' pages are pinned as they are (x1 for data)"
