@@ -561,3 +561,12 @@ def test_why_says_a_misaligned_buffer_pins_a_host_page_more_on_large_granules() 
     assert "guest page of a scattered buffer" not in worst["why"]
     small = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
     assert "each 4 KiB guest page of a scattered buffer can sit in a 64 KiB host page" in small
+
+
+@pytest.mark.parametrize("spu", [True, 1.0, "1", -1])
+def test_an_spu_that_is_not_an_int_id_is_refused_even_where_it_compares_equal(spu: object) -> None:
+    host = PlanHost("a host with SPU 1", 4096, (PlanSpu(1, 0, (0, 1)),))
+    assert plan(1, MiB, host=host, spu=1).spu == 1
+    with pytest.raises(ValueError, match=r"^spu .*accepted: ") as info:
+        plan(1, MiB, host=host, spu=spu)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

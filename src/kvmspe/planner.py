@@ -610,6 +610,8 @@ def plan(
     if levels is not None:
         _int("levels", levels, 1, 5)
     _int("locked_already", locked_already, 0)
+    if spu is not None:
+        _int("spu", spu, 0, (1 << 31) - 1)  # an int perf type: True is not SPU 1
     if host is not None and not isinstance(host, PlanHost):
         raise ValueError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
