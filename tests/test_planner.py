@@ -570,3 +570,17 @@ def test_an_spu_that_is_not_an_int_id_is_refused_even_where_it_compares_equal(sp
     with pytest.raises(ValueError, match=r"^spu .*accepted: ") as info:
         plan(1, MiB, host=host, spu=spu)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+
+
+def test_errors_give_sizes_in_the_units_the_output_uses() -> None:
+    """No hex in the planner's errors: sizes read as the rest of plan's output does."""
+    with pytest.raises(ValueError) as info:
+        plan(1, MiB, spu_limit=2048)
+    assert str(info.value).startswith("the SPU limit 2 KiB is not a MaxBuffSize size;")
+    with pytest.raises(ValueError) as info:
+        plan(1, MiB, spu_limit=0, locked_already=RLIM_FINITE_MAX)
+    message = str(info.value)
+    assert "0x" not in message
+    pinned = plan(1, MiB, spu_limit=0).pinned["worst"]["per_vm"] // 1024
+    head = f"the RLIMIT_MEMLOCK needed, {RLIM_FINITE_MAX} B locked already + {pinned} KiB for SPE"
+    assert message.startswith(head), message

@@ -617,7 +617,10 @@ def plan(
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
     maxbuf.check_page_size(page)
     if not maxbuf.is_representable(limit):
-        raise ValueError(f"the SPU limit {limit:#x} is not a MaxBuffSize size; accepted: representable sizes")
+        raise ValueError(
+            f"the SPU limit {format_size(limit)} is not a MaxBuffSize size; accepted: representable"
+            " sizes (kvmspe sizes lists them)"
+        )
     shape = Stage1(granule, levels)
     assert shape.levels is not None and shape.va_bits is not None
     warnings: list[str] = []
@@ -660,8 +663,9 @@ def plan(
     memlock = None if chosen_pinned is None else locked_already + held + chosen_pinned
     if memlock is not None and memlock > RLIM_FINITE_MAX:
         raise ValueError(
-            f"the RLIMIT_MEMLOCK needed, {locked_already:#x} locked already + {held + chosen_pinned:#x}"
-            f" for SPE, is more than the kernel can hold (a finite limit is at most {RLIM_FINITE_MAX:#x});"
+            f"the RLIMIT_MEMLOCK needed, {format_size(locked_already)} locked already +"
+            f" {format_size(held + chosen_pinned)} for SPE, is more than the kernel can hold (a finite"
+            f" limit is at most {format_size(RLIM_FINITE_MAX)});"
             " accepted: less memory locked already, fewer VCPUs or a smaller size"
         )
     return Plan(
