@@ -584,3 +584,16 @@ def test_errors_give_sizes_in_the_units_the_output_uses() -> None:
     pinned = plan(1, MiB, spu_limit=0).pinned["worst"]["per_vm"] // 1024
     head = f"the RLIMIT_MEMLOCK needed, {RLIM_FINITE_MAX} B locked already + {pinned} KiB for SPE"
     assert message.startswith(head), message
+
+
+def test_why_counts_the_extra_guest_page_a_misaligned_buffer_touches() -> None:
+    """16 KiB guest pages on 64 KiB host pages: a 64 KiB buffer 4 KiB below a boundary
+    touches 5 guest pages, hence x5 for data, and the sentence says so."""
+    worst = plan(1, 64 * 1024, page_size=65536, granule=16384, spu_limit=0).pinned["worst"]
+    assert worst["data"] == 5 * 65536
+    assert (
+        "(x5 for data); starting 4 KiB below a guest page boundary, a buffer touches 5 guest pages, not 4"
+        in (worst["why"])
+    )
+    aligned = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    assert "guest pages, not" not in aligned

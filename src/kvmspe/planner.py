@@ -360,6 +360,12 @@ def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) 
             f"each {format_size(granule)} guest page of a scattered buffer can sit in a"
             f" {format_size(page)} host page of its own, pinned whole ({_ratio(p.data / buffers)} for data)"
         )
+        touched = p.data // vcpus // page  # guest pages per buffer, one host page each
+        if case == "worst" and touched * granule > size:
+            data += (
+                f"; starting {format_size(BUFFER_STEP)} below a guest page boundary, a buffer"
+                f" touches {touched} guest pages, not {-(-size // granule)}"
+            )
     elif p.data > buffers:
         data = (
             f"a buffer starting {format_size(BUFFER_STEP)} below a host page boundary touches one"
