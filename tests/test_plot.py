@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from kvmspe import cli
+from kvmspe.cli import UsageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -152,6 +154,23 @@ def test_a_link_into_a_missing_directory_is_refused_before_drawing(tmp_path: Pat
         " No such file or directory"
     ]
     assert link.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["pinned.png"]
+
+
+def test_a_special_file_is_never_replaced(tmp_path: Path) -> None:
+    """A FIFO, or a link to one (as a link to /dev/null would be), is refused, and stays."""
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    for name in ("fifo.png", "link.png"):
+        code, target, out, err = plot(tmp_path, "--vcpus", "2", name=name)
+        assert code == 2 and out == ""
+        refusal = f"--plot {str(target)!r} is not a regular file; accepted: a new or regular .png file"
+        assert err.splitlines() == [f"kvmspe: error: {refusal}"]
+        with pytest.raises(UsageError, match="is not a regular file"):
+            cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.png", "link.png"]
 
 
 def test_a_failing_savefig_leaves_no_file_and_no_temporary(

@@ -490,6 +490,8 @@ def _plot_target(path: str) -> str:
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
     # The directory, before any drawing: the write itself says again if it fails later.
     target = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
     directory = os.path.dirname(target) or "."
     try:
         is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
@@ -518,9 +520,13 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     target = os.path.realpath(path) if os.path.islink(path) else path
     try:
         st = os.stat(target)
-        keep = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:
         keep = None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
+            raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+        keep = stat.S_IMODE(st.st_mode)
     directory = os.path.dirname(target) or "."
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
