@@ -13,7 +13,17 @@ from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1
 from kvmspe.model.assumptions import DEFAULT, Assumptions
 from kvmspe.model.kernel import Host, Spu
-from kvmspe.planner import PINNING_CASES, PlanHost, PlanSpu, memlock_settings, placements, plan
+from kvmspe.planner import (
+    LIBVIRT_UNLIMITED_KIB,
+    PINNING_CASES,
+    RLIM_FINITE_MAX,
+    ULIMIT_KIB_MAX,
+    PlanHost,
+    PlanSpu,
+    memlock_settings,
+    placements,
+    plan,
+)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 KEYS = {
@@ -135,6 +145,20 @@ def test_bad_input_is_one_line_value_error(args: tuple[object, ...], kwargs: dic
         plan(*args, **kwargs)  # type: ignore[arg-type]
     message = str(info.value)
     assert "\n" not in message and ("accepted" in message or "must be" in message)
+
+
+@pytest.mark.parametrize("host", ["big-little", 1, True, [], object()])
+def test_a_host_that_is_not_a_planhost_is_a_one_line_value_error(host: object) -> None:
+    with pytest.raises(ValueError, match="accepted: a PlanHost") as info:
+        plan(1, MiB, host=host)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", [[], {}, 1, None, b"default-4k"])
+def test_a_profile_name_that_is_not_a_str_is_a_one_line_value_error(name: object) -> None:
+    with pytest.raises(ValueError, match="accepted: default-4k") as info:
+        PlanHost.from_profile(name)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
 
 
 def _model_pinned(
@@ -451,3 +475,125 @@ def test_paste_rounds_kib_up_and_says_unlimited() -> None:
     assert plan(1, 0).paste == unlimited
     with pytest.raises(ValueError):
         memlock_settings(-1)
+
+
+def test_paste_lines_stop_where_bash_and_libvirt_stop() -> None:
+    """bash's ``ulimit -l`` takes at most 2**54 - 1 KiB; libvirt reads 2**53 - 1 KiB as unlimited."""
+    top = memlock_settings(ULIMIT_KIB_MAX * 1024)
+    assert top["ulimit"] == f"ulimit -l {(1 << 54) - 1}"
+    above = memlock_settings(ULIMIT_KIB_MAX * 1024 + 1)
+    assert above["ulimit"] is None and above["systemd"] == f"LimitMEMLOCK={ULIMIT_KIB_MAX * 1024 + 1}"
+    assert memlock_settings(RLIM_FINITE_MAX)["ulimit"] is None
+    below = (LIBVIRT_UNLIMITED_KIB - 1) * 1024
+    assert memlock_settings(below)["libvirt"] == (
+        f"<memtune><hard_limit unit='KiB'>{LIBVIRT_UNLIMITED_KIB - 1}</hard_limit></memtune>"
+    )
+    assert memlock_settings(below + 1)["libvirt"] is None
+    for limit in (below + 1, RLIM_FINITE_MAX):  # systemd and prlimit take every finite value
+        lines = memlock_settings(limit)
+        assert lines["systemd"] == f"LimitMEMLOCK={limit}"
+        assert lines["prlimit"] == f"prlimit --memlock={limit}:{limit} --pid PID"
+
+
+def test_bash_takes_the_largest_ulimit_line_and_refuses_the_next() -> None:
+    """The boundary is bash's: one KiB more is "limit out of range" (a permission refusal is not)."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed: its ulimit cannot be asked")
+    line = memlock_settings(ULIMIT_KIB_MAX * 1024)["ulimit"]
+    assert line is not None
+    ok = subprocess.run([bash, "-c", line], capture_output=True, text=True, timeout=30)
+    assert "out of range" not in ok.stderr, ok.stderr
+    over = subprocess.run(
+        [bash, "-c", f"ulimit -l {ULIMIT_KIB_MAX + 1}"], capture_output=True, text=True, timeout=30
+    )
+    assert over.returncode != 0 and "out of range" in over.stderr, over.stderr
+
+
+def test_a_plan_near_the_top_says_which_lines_have_no_value() -> None:
+    import contextlib
+    import io
+
+    from kvmspe import cli
+
+    pinned = plan(1, 4 * MiB, page_size=4096).pinned["worst"]["per_vm"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the plan's limit is the largest finite RLIMIT_MEMLOCK
+        code = cli.main(["plan", "--profile", "default-4k", "--locked", str(RLIM_FINITE_MAX - pinned)])
+    assert code == 0
+    rows = dict(line.split(None, 1) for line in out.getvalue().splitlines() if line[:1].isalpha())
+    assert rows["ulimit"] == f"none: bash's ulimit -l takes at most {ULIMIT_KIB_MAX} KiB"
+    assert rows["libvirt"] == f"none: libvirt reads {LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited"
+    assert rows["systemd"] == f"LimitMEMLOCK={RLIM_FINITE_MAX}"
+
+
+@pytest.mark.parametrize("granule", [4096, 16384, 65536])
+@pytest.mark.parametrize("page", [4096, 16384, 65536])
+def test_worst_is_not_below_any_buffer_placement_a_guest_can_make(granule: int, page: int) -> None:
+    """Every buffer start 4 KiB-aligned (PMBLIMITR_EL1.LIMIT's step) around each table-span
+    boundary, for sizes from one page to two granules: none pins more than the worst case."""
+    from kvmspe.arch.stage1 import Stage1
+
+    s1 = Stage1(granule, None, blocks=False, layout="scattered")
+    for size in sorted({page, 2 * page, granule, 2 * granule, 4 * max(page, granule)}):
+        if size % page:
+            continue
+        worst = plan(1, size, page_size=page, granule=granule, spu_limit=0).pinned["worst"]["per_vcpu"]
+        seen = 0
+        for depth in range(1, s1.depth):
+            boundary = s1.span(depth)
+            for back in range(4096, size + 4096, 4096):
+                seen = max(seen, s1.footprint(boundary - back, boundary - back + size, page).bytes)
+        assert seen <= worst, (size, seen, worst)
+        assert seen == worst, (size, seen, worst)  # and the worst case is one of them
+
+
+def test_why_says_a_misaligned_buffer_pins_a_host_page_more_on_large_granules() -> None:
+    p = plan(1, 32 * 1024, page_size=16384, granule=65536, spu_limit=0)
+    worst = p.pinned["worst"]
+    assert worst["data"] == 32 * 1024 + 16384
+    assert (
+        "a buffer starting 4 KiB below a host page boundary touches one 16 KiB host page more" in worst["why"]
+    )
+    assert "guest page of a scattered buffer" not in worst["why"]
+    small = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    assert "each 4 KiB guest page of a scattered buffer can sit in a 64 KiB host page" in small
+
+
+@pytest.mark.parametrize("spu", [True, 1.0, "1", -1])
+def test_an_spu_that_is_not_an_int_id_is_refused_even_where_it_compares_equal(spu: object) -> None:
+    host = PlanHost("a host with SPU 1", 4096, (PlanSpu(1, 0, (0, 1)),))
+    assert plan(1, MiB, host=host, spu=1).spu == 1
+    with pytest.raises(ValueError, match=r"^spu .*accepted: ") as info:
+        plan(1, MiB, host=host, spu=spu)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_errors_give_sizes_in_the_units_the_output_uses() -> None:
+    """No hex in the planner's errors: sizes read as the rest of plan's output does."""
+    with pytest.raises(ValueError) as info:
+        plan(1, MiB, spu_limit=2048)
+    assert str(info.value).startswith("the SPU limit 2 KiB is not a MaxBuffSize size;")
+    with pytest.raises(ValueError) as info:
+        plan(1, MiB, spu_limit=0, locked_already=RLIM_FINITE_MAX)
+    message = str(info.value)
+    assert "0x" not in message
+    pinned = plan(1, MiB, spu_limit=0).pinned["worst"]["per_vm"] // 1024
+    head = f"the RLIMIT_MEMLOCK needed, {RLIM_FINITE_MAX} B locked already + {pinned} KiB for SPE"
+    assert message.startswith(head), message
+
+
+def test_why_counts_the_extra_guest_page_a_misaligned_buffer_touches() -> None:
+    """16 KiB guest pages on 64 KiB host pages: a 64 KiB buffer 4 KiB below a boundary
+    touches 5 guest pages, hence x5 for data, and the sentence says so."""
+    worst = plan(1, 64 * 1024, page_size=65536, granule=16384, spu_limit=0).pinned["worst"]
+    assert worst["data"] == 5 * 65536
+    assert (
+        "(x5 for data); starting 4 KiB below a guest page boundary, a buffer touches 5 guest pages, not 4"
+        in (worst["why"])
+    )
+    aligned = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    assert "guest pages, not" not in aligned

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from kvmspe import cli
+from kvmspe.cli import UsageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -122,6 +124,55 @@ def test_an_existing_file_is_replaced_whole_with_a_plain_files_mode(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pinned.png"]  # no temporary left
 
 
+def test_an_existing_file_keeps_its_permission_bits(tmp_path: Path) -> None:
+    target = tmp_path / "private.png"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert target.read_bytes() == PNG_SIGNATURE
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    real = tmp_path / "shared" / "pinned.png"
+    real.write_bytes(b"old")
+    link = tmp_path / "pinned.png"
+    link.symlink_to(Path("shared") / "pinned.png")
+    cli._write_atomically(str(link), lambda f: f.write(PNG_SIGNATURE))
+    assert link.is_symlink() and real.read_bytes() == PNG_SIGNATURE
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["pinned.png"]
+
+
+def test_a_link_into_a_missing_directory_is_refused_before_drawing(tmp_path: Path) -> None:
+    link = tmp_path / "pinned.png"
+    link.symlink_to(tmp_path / "missing" / "pinned.png")
+    code, _, out, err = plot(tmp_path, "--vcpus", "2")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"kvmspe: error: --plot {str(link)!r}: cannot write in {str(tmp_path / 'missing')!r}:"
+        " No such file or directory"
+    ]
+    assert link.is_symlink() and [p.name for p in tmp_path.iterdir()] == ["pinned.png"]
+
+
+def test_a_special_file_is_never_replaced(tmp_path: Path) -> None:
+    """A FIFO, or a link to one (as a link to /dev/null would be), is refused, and stays."""
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    for name in ("fifo.png", "link.png"):
+        code, target, out, err = plot(tmp_path, "--vcpus", "2", name=name)
+        assert code == 2 and out == ""
+        refusal = f"--plot {str(target)!r} is not a regular file; accepted: a new or regular .png file"
+        assert err.splitlines() == [f"kvmspe: error: {refusal}"]
+        with pytest.raises(UsageError, match="is not a regular file"):
+            cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.png", "link.png"]
+
+
 def test_a_failing_savefig_leaves_no_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,12 +207,67 @@ def test_any_failure_while_writing_removes_the_temporary(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_name_as_long_as_the_file_system_allows_is_written(tmp_path: Path) -> None:
+    """A 255-byte name (NAME_MAX) is a valid target: the temporary file's name must fit too."""
+    target = tmp_path / ("p" * 251 + ".png")
+    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    assert target.read_bytes() == PNG_SIGNATURE
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_keyboard_interrupt_while_writing_removes_the_temporary(tmp_path: Path) -> None:
+    def interrupted(f: Any) -> None:
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli._write_atomically(str(tmp_path / "x.png"), interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("missing/pinned.png", "No such file or directory"), ("afile/pinned.png", "Not a directory")],
+)
+def test_a_directory_that_cannot_be_written_is_refused_before_drawing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, reason: str
+) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+
+    def must_not_draw(*args: Any) -> None:
+        raise AssertionError("drawn before the directory was checked")
+
+    monkeypatch.setattr(cli, "_draw_plot", must_not_draw)
+    code, target, out, err = plot(tmp_path, "--vcpus", "2", name=name)
+    assert code == 2 and out == ""
+    directory = str(target.parent)
+    assert err.splitlines() == [
+        f"kvmspe: error: --plot {str(target)!r}: cannot write in {directory!r}: {reason}"
+    ]
+
+
+def test_no_size_to_draw_is_one_line_exit_2_and_no_file(tmp_path: Path) -> None:
+    """Unbounded (size 0) with so many VCPUs that not one 64 KiB page each fits a 30-bit VA."""
+    code, target, out, err = plot(
+        tmp_path, "--vcpus", "65536", "--max-buffer-size", "0", "--page-size", "64K", "--levels", "2"
+    )
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "kvmspe: error: --plot: not even one 64 KiB page per VCPU fits 65536 VCPUs in a 30-bit guest VA"
+        " space, so there is no size to draw; accepted: fewer VCPUs, or more --levels"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "needle"),
     [
         ("missing/dir/pinned.png", "cannot write in"),
         ("pinned.svg", "accepted: a file name ending in .png"),
         ("adir.png", "is a directory"),
+        ("two\nlines.png", "control character"),
+        ("tab\t.png", "control character"),
+        ("nul\0.png", "control character"),
     ],
 )
 def test_an_unwritable_path_is_one_line_exit_2(tmp_path: Path, name: str, needle: str) -> None:

@@ -473,14 +473,35 @@ def _plot_module() -> Any:
 
 def _plot_target(path: str) -> str:
     """``path`` when a PNG may be written there (checked before any work), else a UsageError."""
+    import errno
     import os
+    import stat
 
     if not path.strip():
         raise UsageError("--plot needs a file name, e.g. --plot pinned.png")
-    if not path.lower().endswith(".png") or "\0" in path:
+    if not path.lower().endswith(".png"):
         raise UsageError(f"--plot {path!r}: the plot is a PNG; accepted: a file name ending in .png")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        # A NUL cannot reach the OS; a newline would split "plot written to ..." in two.
+        raise UsageError(
+            f"--plot {path!r} holds a control character; accepted: a file name ending in .png without one"
+        )
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
+    # The directory, before any drawing: the write itself says again if it fails later.
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+    directory = os.path.dirname(target) or "."
+    try:
+        is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
+        reason = "" if is_dir else os.strerror(errno.ENOTDIR)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    if not reason and not os.access(directory, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    if reason:
+        raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {reason}")
     return path
 
 
@@ -488,16 +509,30 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
 
     Readers see the old file or the whole new one, never half of it; on any
-    failure the temporary file is removed and nothing is left behind. The
-    new file gets the mode a plain ``open`` would give (0666 less the umask).
+    failure the temporary file is removed and nothing is left behind. As with
+    a plain ``open``: a symbolic link is written through (the file it names
+    is replaced, the link stays), an existing file keeps its permission
+    bits, and a new one gets 0666 less the umask.
     """
     import os
+    import stat
 
-    directory = os.path.dirname(path) or "."
-    name = os.path.basename(path)
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    try:
+        st = os.stat(target)
+    except OSError:
+        keep = None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
+            raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+        keep = stat.S_IMODE(st.st_mode)
+    directory = os.path.dirname(target) or "."
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
-        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        # A short name of its own, not one built on ``path``'s: a target name
+        # near NAME_MAX (255 bytes) must not make the temporary one too long.
+        tmp = os.path.join(directory, f".kvmspe-plot.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
             break
@@ -509,10 +544,12 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
         raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
     try:
         with os.fdopen(fd, "wb") as f:
+            if keep is not None:
+                os.fchmod(f.fileno(), keep)
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -544,6 +581,12 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     sweep = planner.sweep(
         plan.vcpus, page_size=plan.page_size, granule=plan.granule, levels=plan.levels, up_to=up_to
     )
+    if not sweep.sizes:  # only with size 0 (no limit): a chosen size always fits
+        raise UsageError(
+            f"--plot: not even one {format_size(plan.page_size)} page per VCPU fits {plan.vcpus} VCPUs"
+            f" in a {plan.va_bits}-bit guest VA space, so there is no size to draw;"
+            " accepted: fewer VCPUs, or more --levels"
+        )
     width, height = PLOT_PIXELS
     fig = figure_class(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI)
     ax = fig.subplots()
@@ -749,9 +792,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
         rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
     paste = plan.paste
+    if plan.memlock_limit is None:
+        missing = {"libvirt": "no finite <hard_limit>: the limit is unbounded"}
+    else:
+        missing = {
+            "ulimit": f"none: bash's ulimit -l takes at most {planner.ULIMIT_KIB_MAX} KiB",
+            "libvirt": f"none: libvirt reads {planner.LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited",
+        }
     for key in ("systemd", "ulimit", "libvirt", "prlimit"):
         value = paste[key]
-        rows.append((key, value if value is not None else "no finite <hard_limit>: the limit is unbounded"))
+        rows.append((key, value if value is not None else missing[key]))
     rows += _wrapped(
         "note",
         "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: for libvirt,"
@@ -1001,7 +1051,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
         args.irq,
         gic=args.gic or "v3",
         vcpus=args.vcpus,
-        name=args.node_name or devicetree.DEFAULT_NODE_NAME,
+        name=devicetree.DEFAULT_NODE_NAME if args.node_name is None else args.node_name,
         label=args.label,
     )
     dts = node.to_dts()

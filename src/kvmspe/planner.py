@@ -46,9 +46,10 @@ has these keys, stable across versions:
     case's per-VM pinning, in bytes and in KiB rounded up; None means
     RLIM_INFINITY.
 ``paste``
-    :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``,
-    ``libvirt`` (None when unlimited: libvirt has no finite value for it)
-    and ``prlimit`` lines.
+    :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``
+    (None above the 2**54 - 1 KiB bash takes), ``libvirt`` (None when
+    unlimited, or from 2**53 - 1 KiB, which libvirt reads as unlimited) and
+    ``prlimit`` lines.
 
 The data/table split. ``data`` is the host pages behind the buffers,
 ``tables`` the host pages behind the stage-1 table pages that translate
@@ -75,9 +76,10 @@ many bytes for them (tested):
 * typical: page mappings, otherwise as best (a Linux guest's vmalloc'ed
   buffers, with its kernel page tables shared by all CPUs);
 * worst: page mappings, scattered layout (every table and data page in a
-  host page of its own), one tree per VCPU, each buffer starting one guest
-  page below a boundary of the largest table span, so it straddles every
-  level.
+  host page of its own), one tree per VCPU, each buffer starting 4 KiB (the
+  finest step of its limit, PMBLIMITR_EL1.LIMIT) below a boundary of the
+  largest table span, so it straddles every level and, on large host pages,
+  one host page more.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ __all__ = [
     "DEFAULT_MAX_BUFFER_SIZE",
     "DEFAULT_VCPUS",
     "PINNING_CASES",
+    "LIBVIRT_UNLIMITED_KIB",
     "RLIM_FINITE_MAX",
+    "ULIMIT_KIB_MAX",
     "Plan",
     "PlanHost",
     "PlanSpu",
@@ -132,7 +136,7 @@ _CASE_TEXT = {
     "typical": "page mappings; tables and data contiguous in guest-physical memory; all VCPUs"
     " share one translation tree; buffers back to back from VA 0",
     "worst": "page mappings; every table and data page in a host page of its own; one"
-    " translation tree per VCPU; each buffer one guest page below a boundary of every level",
+    " translation tree per VCPU; each buffer 4 KiB below a boundary of every level",
 }
 #: The largest number of VCPUs accepted (KVM's arm64 limit is far lower).
 MAX_VCPUS = 1 << 16
@@ -199,6 +203,10 @@ class PlanHost:
         """A built-in model profile (:data:`kvmspe.model.profiles.PROFILES`); ValueError for another name."""
         from .model import profiles
 
+        if not isinstance(name, str):
+            known = ", ".join(profiles.PROFILES)
+            raise ValueError(f"profile {name!r} is not a profile name; accepted: {known}")
+
         return cls.from_model(profiles.model_host(name), f"profile {name!r}")
 
     @classmethod
@@ -254,12 +262,23 @@ def _stage1(case: str, granule: int, levels: int | None, tree: int) -> Stage1:
     return Stage1(granule, levels, blocks=False, layout="scattered", tree=tree)
 
 
+#: The finest step a guest can move its buffer's end by: PMBLIMITR_EL1.LIMIT is
+#: bits [63:12], so the limit address is 4 KiB aligned whatever the granule.
+BUFFER_STEP = 4096
+
+
 def _worst_base(s1: Stage1, size: int) -> int:
-    """One guest page below the largest table-span boundary that leaves room for the buffer."""
+    """:data:`BUFFER_STEP` below the largest table-span boundary that leaves room for the buffer.
+
+    Not one guest page below: with a 16 or 64 KiB granule a buffer of up to a
+    granule would then sit inside one page, while one starting 4 KiB below
+    the boundary straddles it, and pins a table page more at every level
+    (and, on host pages above 4 KiB, one host page of data more).
+    """
     for depth in range(s1.depth - 1, 0, -1):
         boundary = s1.span(depth)
-        if boundary - s1.granule + size <= s1.region_size:
-            return boundary - s1.granule
+        if boundary - BUFFER_STEP + size <= s1.region_size:
+            return boundary - BUFFER_STEP
     return 0
 
 
@@ -336,10 +355,22 @@ def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) 
     """One sentence: why ``case`` pins ``p.total`` for ``vcpus`` buffers of ``size``, from the numbers."""
     buffers = vcpus * size
     head = f"x{p.total / buffers:.4f} ({format_size(p.total)} for {format_size(buffers)} of buffers)"
-    if p.data > buffers:
+    if p.data > buffers and granule < page:
         data = (
             f"each {format_size(granule)} guest page of a scattered buffer can sit in a"
             f" {format_size(page)} host page of its own, pinned whole ({_ratio(p.data / buffers)} for data)"
+        )
+        touched = p.data // vcpus // page  # guest pages per buffer, one host page each
+        if case == "worst" and touched * granule > size:
+            data += (
+                f"; starting {format_size(BUFFER_STEP)} below a guest page boundary, a buffer"
+                f" touches {touched} guest pages, not {-(-size // granule)}"
+            )
+    elif p.data > buffers:
+        data = (
+            f"a buffer starting {format_size(BUFFER_STEP)} below a host page boundary touches one"
+            f" {format_size(page)} host page more than its size, pinned whole ({_ratio(p.data / buffers)}"
+            " for data)"
         )
     else:
         data = "the buffers' pages are pinned as they are (x1 for data)"
@@ -428,6 +459,15 @@ class Plan:
 #: The largest finite RLIMIT_MEMLOCK the kernel holds: rlim_t is a u64 and
 #: 2**64-1 is RLIM_INFINITY.
 RLIM_FINITE_MAX = U64_MAX - 1
+#: The largest ``ulimit -l`` value bash accepts: it multiplies the KiB by 1024
+#: in rlim_t and refuses a product that overflows ("limit out of range",
+#: measured with bash 5.2), so at most (2**64 - 1) // 1024 KiB.
+ULIMIT_KIB_MAX = U64_MAX // 1024
+#: libvirt's VIR_DOMAIN_MEMORY_PARAM_UNLIMITED (KiB, INT64_MAX >> 10, from its
+#: public header libvirt-domain.h): a ``hard_limit`` of this many KiB means no
+#: limit, and the range libvirt documents for it ends there, so the largest
+#: finite value is one less.
+LIBVIRT_UNLIMITED_KIB = (1 << 53) - 1
 
 
 def memlock_settings(limit: int | None) -> dict[str, str | None]:
@@ -435,11 +475,14 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
 
     ``systemd``: ``LimitMEMLOCK=`` for a unit's [Service] section (bytes);
     ``ulimit``: the shell's ``ulimit -l`` (KiB, rounded up so it is never
-    below ``limit``); ``libvirt``: ``<memtune><hard_limit unit='KiB'>``
+    below ``limit``; None when that is more than :data:`ULIMIT_KIB_MAX`,
+    which bash refuses); ``libvirt``: ``<memtune><hard_limit unit='KiB'>``
     (KiB rounded up; libvirt's hard_limit caps all of the QEMU process's
     memory, so ``limit`` must already include guest RAM and QEMU's own; None
-    when unlimited, as libvirt has no finite value for that); ``prlimit``:
-    util-linux's command for a running VMM, soft = hard = ``limit`` (bytes).
+    when unlimited, as libvirt has no finite value for that, and when the
+    KiB reach :data:`LIBVIRT_UNLIMITED_KIB`, which libvirt reads as no
+    limit); ``prlimit``: util-linux's command for a running VMM, soft = hard
+    = ``limit`` (bytes). A None line has no value that tool takes.
     """
     if limit is None:
         return {
@@ -452,8 +495,12 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
     kib = -(-limit // 1024)
     return {
         "systemd": f"LimitMEMLOCK={limit}",
-        "ulimit": f"ulimit -l {kib}",
-        "libvirt": f"<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>",
+        "ulimit": f"ulimit -l {kib}" if kib <= ULIMIT_KIB_MAX else None,
+        "libvirt": (
+            f"<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>"
+            if kib < LIBVIRT_UNLIMITED_KIB
+            else None
+        ),
         "prlimit": f"prlimit --memlock={limit}:{limit} --pid PID",
     }
 
@@ -569,10 +616,17 @@ def plan(
     if levels is not None:
         _int("levels", levels, 1, 5)
     _int("locked_already", locked_already, 0)
+    if spu is not None:
+        _int("spu", spu, 0, (1 << 31) - 1)  # an int perf type: True is not SPU 1
+    if host is not None and not isinstance(host, PlanHost):
+        raise ValueError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
     maxbuf.check_page_size(page)
     if not maxbuf.is_representable(limit):
-        raise ValueError(f"the SPU limit {limit:#x} is not a MaxBuffSize size; accepted: representable sizes")
+        raise ValueError(
+            f"the SPU limit {format_size(limit)} is not a MaxBuffSize size; accepted: representable"
+            " sizes (kvmspe sizes lists them)"
+        )
     shape = Stage1(granule, levels)
     assert shape.levels is not None and shape.va_bits is not None
     warnings: list[str] = []
@@ -615,8 +669,9 @@ def plan(
     memlock = None if chosen_pinned is None else locked_already + held + chosen_pinned
     if memlock is not None and memlock > RLIM_FINITE_MAX:
         raise ValueError(
-            f"the RLIMIT_MEMLOCK needed, {locked_already:#x} locked already + {held + chosen_pinned:#x}"
-            f" for SPE, is more than the kernel can hold (a finite limit is at most {RLIM_FINITE_MAX:#x});"
+            f"the RLIMIT_MEMLOCK needed, {format_size(locked_already)} locked already +"
+            f" {format_size(held + chosen_pinned)} for SPE, is more than the kernel can hold (a finite"
+            f" limit is at most {format_size(RLIM_FINITE_MAX)});"
             " accepted: less memory locked already, fewer VCPUs or a smaller size"
         )
     return Plan(

@@ -75,9 +75,9 @@ Gic = Literal["v3", "v2"]
 GIC_VERSIONS: tuple[Gic, ...] = ("v3", "v2")
 
 # Device-tree specification: a node name is 1..31 characters from [0-9a-zA-Z,._+-]
-# (an optional "@unit-address" is not needed here: the node has no "reg"); a
-# label is a C-like identifier of at most 31 characters.
-_NODE_NAME = re.compile(r"[0-9A-Za-z,._+-]{1,31}")
+# and starts with a letter (an optional "@unit-address" is not needed here: the
+# node has no "reg"); a label is a C-like identifier of at most 31 characters.
+_NODE_NAME = re.compile(r"[A-Za-z][0-9A-Za-z,._+-]{0,30}")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,30}")
 
 
@@ -157,7 +157,8 @@ def spe_node(
     check_int("VCPU count", vcpus, 1, GICV2_MAX_CPUS if gic == "v2" else MAX_VCPUS)
     if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
         raise InvalidArgumentError(
-            f"node name {name!r} is not a device-tree node name; accepted: 1..31 of [0-9A-Za-z,._+-]"
+            f"node name {name!r} is not a device-tree node name; accepted: a letter, then"
+            " up to 30 of [0-9A-Za-z,._+-]"
         )
     if label is not None and (not isinstance(label, str) or not _LABEL.fullmatch(label)):
         raise InvalidArgumentError(
