@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -240,7 +241,9 @@ def test_vcpu_threads_pinned_to_one_cpu_enter_the_real_kernel_bounded(kvm: Kvm) 
         choice = vmm.BackendChoice("kvm", "test", None, None)
         result = vmm.BringUpResult(choice, 2, 21, 0, 4 << 20, os.sysconf("SC_PAGE_SIZE"))
         result.vcpu_cpus = [(cpu,), (cpu,)]
-        entered = vmm._run_vcpu_threads(result, vcpus)
+        running: list[threading.Event] = []
+        entered = vmm._run_vcpu_threads(result, vcpus, running)
+        assert not running, "every VCPU thread ended before its VM is closed"
     assert result.vcpu_thread_cpus == [(cpu,), (cpu,)]
     pinned = [s for s in result.steps if s.step.startswith("VCPU thread pinned")]
     assert [(s.vcpu, s.step, s.ok) for s in pinned] == [
