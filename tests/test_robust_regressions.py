@@ -204,6 +204,42 @@ def test_5_sigint_during_configure_exits_130_without_traceback() -> None:
     assert code == 130 and err == "kvmspe: interrupted\n"
 
 
+def test_5_sigint_while_a_lazily_imported_module_defines_a_dataclass_exits_130() -> None:
+    """Python 3.11 hands a KeyboardInterrupt raised during class creation on as a
+    RuntimeError (``Error calling __set_name__``); seen when SIGINT hit the first
+    import of the stage-1 module. It is still an interrupt: exit 130, one line."""
+    from dataclasses import dataclass, field
+
+    from kvmspe import cli as cli_mod
+
+    class Interrupting:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise KeyboardInterrupt
+
+    def define_a_class(*_: object, **__: object) -> None:
+        @dataclass
+        class Late:
+            x: int = field(default=0)
+            hook = Interrupting()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_mod, "build_parser", define_a_class)
+        code, _, err = run_cli("configure")
+    assert code == 130 and err == "kvmspe: interrupted\n"
+
+
+def test_5_a_runtime_error_that_is_not_an_interrupt_is_not_hidden() -> None:
+    from kvmspe import cli as cli_mod
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_mod, "build_parser", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            cli_mod.main(["configure"])
+
+
 # --- 6. a documented ValueError of a command is an exit-2 one-liner ------------------------
 
 

@@ -1519,9 +1519,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
         code = _interrupted()
+    except RuntimeError as exc:
+        # Python 3.11 wraps an exception raised while a class is being created
+        # (dataclass fields' ``__set_name__``) in a RuntimeError: a SIGINT that
+        # lands while a lazily imported module defines its classes arrives so.
+        if not _from_interrupt(exc):
+            raise
+        code = _interrupted()
     if argv is None:
         _ignore_sigint()
     return code
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused, directly or down its chain, by a KeyboardInterrupt."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _ignore_sigint() -> None:
