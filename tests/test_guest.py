@@ -19,13 +19,13 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_cli import assert_bad_input, kvmspe
 
 from kvmspe import abi
 from kvmspe.errors import InvalidArgumentError, KvmError
@@ -39,28 +39,11 @@ TIMEOUT = 60
 DTC_ERRORS = ("interrupts_property", "interrupt_provider", "node_name_chars", "node_name_format")
 
 
-def kvmspe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvmspe", *args], capture_output=True, text=True, timeout=TIMEOUT
-    )
-
-
 def guest_json(*args: str) -> Any:
     r = kvmspe("guest", *args, "--json")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     return json.loads(r.stdout)
-
-
-def assert_bad_input(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("kvmspe: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert r.stdout == ""
 
 
 # --- dtc -------------------------------------------------------------------------------------------
