@@ -1132,6 +1132,40 @@ _EPILOGS = {
 }
 
 
+# Options that several commands take, declared once so their types and defaults agree.
+
+
+def _spu_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spu",
+        metavar="ID",
+        type=_uint("SPU id", (1 << 31) - 1),
+        default=None,
+        help="the SPE unit: its perf PMU type (default: the host's first)",
+    )
+
+
+def _irq_option(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=DEFAULT_IRQ,
+        help=f"the SPE interrupt, a PPI 16..31{note} (default {DEFAULT_IRQ})",
+    )
+
+
+def _case_option(p: argparse.ArgumentParser, what: str, shared_with: str) -> None:
+    from . import planner
+
+    p.add_argument(
+        "--case",
+        choices=planner.PINNING_CASES,
+        default=planner.DEFAULT_CASE,
+        help=f"{what} (default {planner.DEFAULT_CASE}, as {shared_with})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvmspe`` argument parser with every subcommand."""
     import argparse
@@ -1265,13 +1299,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plan for the SPE units of a shipped sysfs snapshot (e.g. arm64-big-little), as probe",
     )
-    p.add_argument(
-        "--spu",
-        metavar="ID",
-        type=_uint("SPU id", (1 << 31) - 1),
-        default=None,
-        help="the SPE unit: its perf PMU type (default: the host's first)",
-    )
+    _spu_option(p)
     p.add_argument(
         "--vcpus",
         metavar="N",
@@ -1287,12 +1315,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"wanted max buffer size (default {format_size(planner.DEFAULT_MAX_BUFFER_SIZE)}, as"
         " configure; 'max': the SPU's limit); rounded down safely, clamped to the SPU's limit",
     )
-    p.add_argument(
-        "--case",
-        choices=planner.PINNING_CASES,
-        default=planner.DEFAULT_CASE,
-        help=f"which case RLIMIT_MEMLOCK covers (default {planner.DEFAULT_CASE}, as configure)",
-    )
+    _case_option(p, "which case RLIMIT_MEMLOCK covers", "configure")
     p.add_argument(
         "--page-size",
         metavar="SIZE",
@@ -1356,20 +1379,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=planner.DEFAULT_VCPUS,
         help=f"number of VCPUs (default {planner.DEFAULT_VCPUS})",
     )
-    p.add_argument(
-        "--irq",
-        metavar="INTID",
-        type=_uint("IRQ", (1 << 31) - 1),
-        default=DEFAULT_IRQ,
-        help=f"the SPE interrupt, a PPI 16..31 (default {DEFAULT_IRQ})",
-    )
-    p.add_argument(
-        "--spu",
-        metavar="ID",
-        type=_uint("SPU id", (1 << 31) - 1),
-        default=None,
-        help="the SPE unit: its perf PMU type (default: the host's first)",
-    )
+    _irq_option(p, "")
+    _spu_option(p)
     p.add_argument(
         "--max-buffer-size",
         metavar="SIZE",
@@ -1396,12 +1407,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT",
     )
-    p.add_argument(
-        "--case",
-        choices=planner.PINNING_CASES,
-        default=planner.DEFAULT_CASE,
-        help=f"the planner's case --raise-memlock raises to (default {planner.DEFAULT_CASE}, as plan)",
-    )
+    _case_option(p, "the planner's case --raise-memlock raises to", "plan")
     p.add_argument(
         "--enable-buffer",
         metavar="SIZE",
@@ -1429,13 +1435,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dt", action="store_true", help="the device-tree node (compatible string and PPI)")
     what.add_argument("--acpi", action="store_true", help="the MADT GICC 'SPE overflow interrupt' field")
-    p.add_argument(
-        "--irq",
-        metavar="INTID",
-        type=_uint("IRQ", (1 << 31) - 1),
-        default=DEFAULT_IRQ,
-        help=f"the SPE interrupt, a PPI 16..31, as given to configure (default {DEFAULT_IRQ})",
-    )
+    _irq_option(p, ", as given to configure")
     p.add_argument(
         "--vcpus",
         metavar="N",
