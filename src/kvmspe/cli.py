@@ -878,8 +878,11 @@ _STOP_HINTS = {"rlimit": "pass --raise-memlock to raise the limit and re-enter"}
 def cmd_configure(args: argparse.Namespace) -> int:
     from . import vmm
 
-    if args.enable_buffer is not None and args.backend == "kvm":
-        raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
+    if args.enable_buffer is not None and args.backend == "kvm" and not vmm._guest_scriptable():
+        raise UsageError(
+            "--enable-buffer simulates the guest, which only the model can, or the real backend under"
+            " kvmspe's shim: use --backend model, or run under 'kvmspe shim run'"
+        )
     choice = vmm.choose_backend(
         args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked
     )
@@ -1456,6 +1459,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label", metavar="LABEL", default=None, help="a label for the node, for --dt (default none)"
     )
 
+    from . import cli_shim
+
+    cli_shim.add_parser(sub, common, fmt, _Parser)
     return parser
 
 

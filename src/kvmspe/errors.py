@@ -63,7 +63,8 @@ class KvmError(KvmspeError, OSError):
 
     ``errno`` is the kernel's errno; ``strerror`` is our explanation for the
     attribute concerned. ``str()`` gives ``"EDOM: <explanation>"``.
-    ``ioctl``, ``group`` and ``attr`` say which call it was, when known.
+    ``ioctl``, ``group`` and ``attr`` say which call it was, when known;
+    ``rule`` names the model's check that decided it (the model only).
     """
 
     def __init__(
@@ -74,11 +75,13 @@ class KvmError(KvmspeError, OSError):
         ioctl: str | None = None,
         group: int | None = None,
         attr: int | None = None,
+        rule: str | None = None,
     ):
         super().__init__(code, explanation)
         self.ioctl = ioctl
         self.group = group
         self.attr = attr
+        self.rule = rule
 
     @property
     def name(self) -> str:

@@ -580,6 +580,13 @@ class Vm(_Owned):
 
     # -- in-kernel devices --------------------------------------------------------------
 
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: x86's in-kernel irqchip (PIC, IOAPIC, local
+        APICs), before any VCPU exists. arm64 VMs take a vGIC instead
+        (:meth:`create_vgic_v3`); kvmspe's shim takes either as the irqchip
+        the SPE interrupt needs."""
+        self._call(abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+
     def create_device(self, type_: int) -> Device:
         """KVM_CREATE_DEVICE: an in-kernel device of ``type_`` (a ``KVM_DEV_TYPE_*``)."""
         check_int("device type", type_, 0, U32_MAX)
@@ -1103,6 +1110,41 @@ class Vcpu(_Owned):
         if not spe:
             return f"the VCPU is not ready to run, and not because of SPE (it has none): {other}"
         return f"{abi.RUN_ERRNOS[errno.EINVAL]}; or, not because of SPE: {other}"
+
+    # -- the guest's side, scripted under kvmspe's shim ------------------------------------
+
+    def _guest(self, what: str, **args: Any) -> dict[str, Any]:
+        from .shim import guest
+
+        if self.closed:
+            raise _closed(self, f"guest {what}")
+        return guest.request(self.fd, what, **args)
+
+    def enable_buffer(self, base: int, size: int, unmapped: tuple[tuple[int, int], ...] = ()) -> None:
+        """The guest enables a ``size``-byte buffer at VA ``base``; the next
+        :meth:`run` has KVM handle it. Only under kvmspe's shim, whose model
+        is the guest (:class:`kvmspe.shim.guest.GuestUnavailable` elsewhere);
+        ``unmapped`` lists ``(va, size)`` ranges the guest does not map."""
+        for name, v in (("base", base), ("size", size)):
+            check_int(f"buffer {name}", v, 0, U64_MAX)
+        self._guest("enable", base=base, size=size, unmapped=[list(r) for r in unmapped])
+
+    def disable_buffer(self) -> None:
+        """The guest clears PMBLIMITR_EL1.E (under kvmspe's shim only)."""
+        self._guest("disable")
+
+    def guest_read(self, reg: str) -> int:
+        """A buffer register as the guest reads it (under kvmspe's shim only)."""
+        value = self._guest("read", reg=reg)["value"]
+        assert isinstance(value, int)
+        return value
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes pinned for this VCPU's buffer, as the shim's model has them."""
+        pinned = self._guest("state")["pinned"]
+        assert isinstance(pinned, int)
+        return pinned
 
     def close(self) -> None:
         """Unmap ``kvm_run`` and close the VCPU. Safe to call twice."""

@@ -276,7 +276,8 @@ class BringUpResult:
     ``error`` is one line saying why it stopped (None when every step
     succeeded); ``stop`` names the kind of stop a caller may want to advise
     on: ``"rlimit"`` when KVM_EXIT_RLIMIT came and ``raise_memlock`` was off.
-    The guest's view and the pinned memory are known on the model only.
+    The guest's view and the pinned memory are known on the model, and on
+    the real backend under kvmspe's shim (whose model is the guest).
 
     ``spu_cpus`` are the host CPUs that have the SPU (empty: not known, with
     ``cpus_unknown`` saying why); ``vcpu_cpus`` the CPUs each VCPU may run
@@ -415,8 +416,11 @@ def bring_up(
     case = planner.check_case(planner.DEFAULT_CASE if case is None else case)
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything runs
     if enable_buffer is not None:
-        if choice.name != "model":
-            raise ValueError("enable_buffer simulates the guest, which only the model can")
+        if choice.name != "model" and not _guest_scriptable():
+            raise ValueError(
+                "enable_buffer simulates the guest, which only the model can, or the real backend"
+                " under kvmspe's shim (kvmspe shim run)"
+            )
         size = enable_buffer or max_buffer_size
         if size == 0 or size % 4096:
             raise ValueError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
@@ -457,7 +461,14 @@ def bring_up(
             return result._stop("RLIMIT_MEMLOCK could not be raised")
     if choice.host is not None:
         return _bring_up_model(result, choice.host, limit, raise_memlock, enable_buffer)
-    return _bring_up_kvm(result, limit)
+    return _bring_up_kvm(result, limit, raise_memlock, enable_buffer)
+
+
+def _guest_scriptable() -> bool:
+    """Whether the real backend's guest can be scripted: only under kvmspe's shim."""
+    from .shim import guest
+
+    return guest.available()
 
 
 def _spu_cpus(choice: BackendChoice, spu: int) -> tuple[tuple[int, ...], str | None]:
@@ -552,7 +563,9 @@ def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
     return True
 
 
-def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
+def _bring_up_kvm(
+    result: BringUpResult, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
+) -> BringUpResult:
     from .host import memlock
     from .kvm import Kvm, SpeFeatureUnavailable
 
@@ -562,6 +575,12 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
         kvm = Kvm()
         vm = kvm.create_vm()
         result.add("KVM_CREATE_VM", True)
+        info = result.backend.info
+        if kvm.arch != "aarch64" and info is not None and info.spe_supported:
+            # x86 has no vGIC; its in-kernel irqchip, made before any VCPU, is
+            # what an SPE group answered there (kvmspe's shim) takes instead.
+            vm.create_irqchip()
+            result.add("KVM_CREATE_IRQCHIP", True, "x86's in-kernel irqchip, standing in for the vGIC")
         vcpus = []
         for i in range(result.vcpus):
             vcpus.append(vm.create_vcpu(i, spe=True))
@@ -583,6 +602,15 @@ def _bring_up_kvm(result: BringUpResult, limit: _Limit) -> BringUpResult:
         if not _run_vcpu_threads(result, vcpus, running):
             return result
         result.vm_lck = memlock.status().vm_lck
+        if enable_buffer is not None:
+            _enable_buffers(result, vcpus, enable_buffer or result.max_buffer_size, limit, raise_memlock)
+            if result.error is not None:
+                return result
+            # Under the shim the model pins, so its accounting is the one to show.
+            state = vcpus[0]._guest("state")
+            result.guest_pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
+            result.pinned_per_vcpu = [v.pinned_bytes for v in vcpus]
+            result.locked_bytes, result.vm_lck = state["locked"], state["vm_lck"]
         result.memlock_limit = limit.get()
         result.ok = True
         return result
@@ -832,10 +860,18 @@ def _bring_up_model(
 
 
 def _enable_buffers(
-    result: BringUpResult, vcpus: list[ModelVcpu], size: int, limit: _Limit, raise_memlock: bool
+    result: BringUpResult,
+    vcpus: Sequence[ModelVcpu] | Sequence[KvmVcpu],
+    size: int,
+    limit: _Limit,
+    raise_memlock: bool,
 ) -> None:
     """The guest enables a ``size`` buffer on every VCPU; KVM_EXIT_RLIMIT is handled
-    as a VMM should. Stops ``result`` at the first VCPU whose buffer is not pinned."""
+    as a VMM should. Stops ``result`` at the first VCPU whose buffer is not pinned.
+
+    On the real backend (under kvmspe's shim, whose model is the guest) a run
+    that enters the guest comes back only at its timer (no guest code): that
+    entry is the VCPU running with its buffer pinned."""
     from .arch.registers import PMBSR_EL1
 
     for vcpu in vcpus:
@@ -844,7 +880,7 @@ def _enable_buffers(
         vcpu.enable_buffer(base, size)
         result.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
         for entry in range(RLIMIT_REENTRIES + 1):
-            exit_ = vcpu.run()
+            exit_ = _entered(vcpu)
             if not exit_.is_rlimit:
                 break
             excess = exit_.rlimit_excess or 0
@@ -883,3 +919,17 @@ def _enable_buffers(
             result._stop(f"VCPU {i}: the guest's buffer was not pinned: {event}")
             return
         result.add("KVM_RUN", True, f"exit {exit_.name}; pinned {format_size_hex(vcpu.pinned_bytes)}", vcpu=i)
+
+
+def _entered(vcpu: ModelVcpu | KvmVcpu) -> abi.Exit:
+    """KVM_RUN once; a real run ended by its timer counts as KVM_EXIT_INTR (it entered)."""
+    from .model.kernel import Vcpu as ModelVcpu
+
+    if isinstance(vcpu, ModelVcpu):
+        return vcpu.run()
+    from .kvm import RunTimeout
+
+    try:
+        return vcpu.run()
+    except RunTimeout:
+        return abi.Exit(abi.KVM_EXIT_INTR)

@@ -473,8 +473,16 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
     info.spe_attrs.update(probe.attrs)
     spe = kvm.arch == "aarch64" and probe.with_feature
     known = [n for n, ok in info.spe_attrs.items() if ok]
-    info.spe_supported = spe and len(known) == len(info.spe_attrs)
-    if info.spe_supported:
+    everything = len(known) == len(info.spe_attrs)
+    info.spe_supported = (spe or kvm.arch != "aarch64") and everything
+    if info.spe_supported and kvm.arch != "aarch64":
+        # No x86 kernel has SPE: only a stand-in answers here, such as kvmspe's
+        # shim, where every VCPU counts as created with the SPE feature.
+        info.spe_reason = (
+            f"KVM_HAS_DEVICE_ATTR accepts every KVM_ARM_VCPU_SPE_CTRL attribute on {kvm.arch}, which"
+            " has no SPE: a stand-in (kvmspe's shim) answers for the SPE group"
+        )
+    elif info.spe_supported:
         info.spe_reason = (
             f"KVM_HAS_DEVICE_ATTR accepts every KVM_ARM_VCPU_SPE_CTRL attribute"
             f" (SPE VCPU feature {info.spe_feature_reason})"

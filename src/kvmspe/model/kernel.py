@@ -55,7 +55,7 @@ from ..errors import KvmError, RegisterError
 from ..validation import U64_MAX, is_int
 from .assumptions import DEFAULT, Assumptions
 from .pinning import Interval, PinnedPages
-from .rules import RULES, Call, Check, RuleSet, first_outcome
+from .rules import RULES, Call, Check, Outcome, RuleSet, first_outcome
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
 
@@ -312,17 +312,25 @@ class Vcpu:
         #: What this VCPU holds pinned (host-page intervals), empty when none.
         self._pinned: tuple[Interval, ...] = ()
         self._pinned_bytes = 0
+        #: The outcome of the last check run on this VCPU's calls (see ``_decide``).
+        self.decided: Outcome | None = None
 
     # -- device attributes ---------------------------------------------------------
 
     def _decide(self, checks: tuple[Check, ...], call: Call, ioctl: str, group: int) -> bool:
-        """Run checks; raise on an errno, return True on an early success."""
-        outcome = first_outcome(checks, call)
+        """Run checks; raise on an errno, return True on an early success.
+
+        ``decided`` keeps the outcome (None when no check had anything to
+        say), so a caller can tell which rule answered a call.
+        """
+        outcome = self.decided = first_outcome(checks, call)
         if outcome is None:
             return False
         if outcome.code == 0:
             return True
-        raise KvmError(outcome.code, outcome.message, ioctl=ioctl, group=group, attr=call.attr)
+        raise KvmError(
+            outcome.code, outcome.message, ioctl=ioctl, group=group, attr=call.attr, rule=outcome.rule
+        )
 
     def _group(self, group: int, attr: int, ioctl: str) -> abi.AttrInfo:
         if group != abi.KVM_ARM_VCPU_SPE_CTRL:

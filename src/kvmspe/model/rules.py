@@ -52,10 +52,13 @@ class Call:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A decided result: ``code`` 0 is success, else an errno with its sentence."""
+    """A decided result: ``code`` 0 is success, else an errno with its sentence;
+    ``rule`` and ``source`` name the check that decided it."""
 
     code: int
     message: str
+    rule: str = ""
+    source: str = ""
 
 
 Predicate = Callable[[Call], str | None]
@@ -72,7 +75,7 @@ class Check:
 
     def __call__(self, call: Call) -> Outcome | None:
         why = self.fails(call)
-        return None if why is None else Outcome(self.code, why)
+        return None if why is None else Outcome(self.code, why, self.name, self.source)
 
 
 def first_outcome(checks: tuple[Check, ...], call: Call) -> Outcome | None:

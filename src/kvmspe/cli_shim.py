@@ -1,0 +1,193 @@
+"""The ``kvmspe shim`` commands: parsing and rendering only; the work is :mod:`kvmspe.shim`'s."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "cmd_shim_build", "cmd_shim_run", "shim_host"]
+
+#: The model host of a shim run unless one is given: two SPUs, one without
+#: its own limit and one with, so every kind of conformance case applies.
+DEFAULT_PROFILE = "big-little"
+
+EPILOG = """\
+examples:
+  kvmspe shim build -o libkvmspe-shim.so
+  kvmspe shim build --cc aarch64-linux-gnu-gcc -o libkvmspe-shim-arm64.so
+  kvmspe shim run --feature-bit 16 -- ./my-vmm --spe
+  kvmspe shim run --fail set:max_buffer_size@3=ERANGE --fail run@1=rlimit:8M -- ./my-vmm
+  kvmspe shim run --guest 0@2=enable:4M:0x0 --json --transcript t.json -- ./my-vmm
+
+The numbers the v6 series does not publish are given, never guessed:
+--feature-bit (needed on arm64: the bit KVM_ARM_VCPU_INIT takes for SPE),
+--cap (KVM_CHECK_EXTENSION answers it), --exit (KVM_EXIT_RLIMIT, default
+kvmspe's own 0x10000). A number upstream Linux uses is refused. The command
+gets them as KVMSPE_SPE_FEATURE_BIT, KVMSPE_CAP_ARM_SPE and KVMSPE_EXIT_RLIMIT.
+Exit status: the command's (128+N when a signal N ended it; 124 when it
+ran past --timeout); 2 for bad usage."""
+
+
+def add_parser(
+    sub: Any, common: argparse.ArgumentParser, fmt: type[argparse.HelpFormatter], parser_class: type[Any]
+) -> None:
+    """The ``shim`` command and its ``build`` and ``run`` subcommands."""
+    from . import cli
+
+    help_ = "run a program against kvmspe's model in front of this host's real KVM (LD_PRELOAD)"
+    shim = sub.add_parser("shim", help=help_, description=help_, epilog=EPILOG, formatter_class=fmt)
+    verbs = shim.add_subparsers(dest="verb", metavar="build|run", required=True, parser_class=parser_class)
+    p = verbs.add_parser("build", parents=[common], help="compile the shim", formatter_class=fmt)
+    p.add_argument("-o", "--out", metavar="PATH", default=None, help="where to write it (default: a cache)")
+    p.add_argument("--cc", metavar="CC", default=None, help="the C compiler (default $CC, else cc)")
+    p.set_defaults(func=cmd_shim_build)
+
+    p = verbs.add_parser("run", parents=[common], help="run COMMAND under the shim", formatter_class=fmt)
+    p.add_argument("--lib", metavar="PATH", default=None, help="a shim built elsewhere (default: build one)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--profile", metavar="NAME", default=None, help=f"model host (default {DEFAULT_PROFILE})"
+    )
+    where.add_argument("--fixture", metavar="NAME", default=None, help="model the SPE units of a snapshot")
+    number = cli._uint("number", (1 << 32) - 1)
+    p.add_argument("--feature-bit", metavar="N", type=number, default=None, help="the SPE VCPU feature bit")
+    p.add_argument("--cap", metavar="N", type=number, default=None, help="KVM_CAP_ARM_SPE's number")
+    p.add_argument("--exit", metavar="N", type=number, default=None, help="KVM_EXIT_RLIMIT's number")
+    p.add_argument("--guest", metavar="SPEC", action="append", default=[], help="script the guest's buffer")
+    p.add_argument("--fail", metavar="SPEC", action="append", default=[], help="inject a result")
+    p.add_argument("--timeout", metavar="S", type=cli._uint("timeout", 86400, 1), default=600)
+    p.add_argument("--transcript", metavar="FILE", default=None, help="write the transcript there")
+    p.add_argument("command", metavar="COMMAND", nargs=argparse.REMAINDER, help="after --")
+    p.set_defaults(func=cmd_shim_run)
+
+
+def cmd_shim_build(args: argparse.Namespace) -> int:
+    from . import cli
+    from .shim import build
+
+    path = build.build(args.out, args.cc)
+    return cli._emit(args, {"path": str(path)}, [f"shim built: {path}"])
+
+
+def shim_host(profile: str | None, fixture: str | None) -> tuple[Any, str]:
+    """The model host of a shim run, and what it is: the profile's (or the
+    snapshot's) SPUs on this host's page size, their CPUs those of this host."""
+    from .host import discovery
+    from .model import profiles
+    from .model.kernel import Host, Spu
+
+    if fixture is not None:
+        source: Any = discovery.discover(**discovery.fixture_roots(fixture))
+        what = f"the SPE units of snapshot {fixture!r}"
+    else:
+        source = profile or DEFAULT_PROFILE
+        what = f"the SPE units of profile {source!r}"
+    model = profiles.model_host(source)
+    page = os.sysconf("SC_PAGE_SIZE")
+    online = sorted(os.sched_getaffinity(0))
+    spus = []
+    for spu in model.spus:
+        cpus = [c for c in spu.cpus if c in online] or online
+        spus.append(Spu(spu.id, pmbidr=spu.pmbidr, cpus=cpus))
+    why = f"{what} on this host's {page // 1024} KiB pages and CPUs"
+    return Host(page, spus), why
+
+
+def _numbers(args: argparse.Namespace) -> Any:
+    from . import abi
+    from .shim.server import Numbers
+
+    bit = None if args.feature_bit is None else abi.check_assumed("spe_feature_bit", args.feature_bit)
+    cap = None if args.cap is None else abi.check_assumed("cap_arm_spe", args.cap)
+    exit_ = abi.MODEL_EXIT_RLIMIT if args.exit is None else abi.check_assumed("exit_rlimit", args.exit)
+    arm64 = os.uname().machine in ("aarch64", "arm64")
+    if arm64 and bit is None:
+        from .cli import UsageError
+
+        raise UsageError(
+            "--feature-bit N is needed on arm64: the v6 series does not publish the SPE VCPU feature bit;"
+            " give any bit upstream does not use (bits 9..223), as the VMM under test sets it"
+        )
+    return Numbers(bit, cap, exit_, all_vcpus_spe=not arm64)
+
+
+def cmd_shim_run(args: argparse.Namespace) -> int:
+    from . import cli
+    from .shim import build, launch, script, transcript
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise cli.UsageError("no command to run: give it after --, e.g. kvmspe shim run -- ./my-vmm")
+    numbers = _numbers(args)
+    faults = tuple(script.parse_fault(s) for s in args.fail)
+    guest = tuple(script.parse_guest(s) for s in args.guest)
+    host, what = shim_host(args.profile, args.fixture)
+    lib = Path(args.lib) if args.lib is not None else build.default_path()
+    if args.lib is None and not lib.is_file():
+        build.build(lib)
+        print(f"kvmspe shim: built {lib}", file=sys.stderr)
+    out = _transcript_target(args.transcript)
+    result = launch.run(
+        command, lib=lib, host=host, numbers=numbers, faults=faults, guest=guest, timeout=float(args.timeout)
+    )
+    status = _status(result.status, result.timed_out)
+    facts = {
+        "command": command,
+        "status": status,
+        "timed_out": result.timed_out,
+        "model": what,
+        "numbers": {
+            "spe_feature_bit": numbers.spe_feature_bit,
+            "cap_arm_spe": numbers.cap_arm_spe,
+            "exit_rlimit": numbers.exit_rlimit,
+        },
+        "notes": result.notes,
+    }
+    if args.json:
+        import json
+
+        text = json.dumps(transcript.to_dict(result.transcript, **facts), indent=2)
+    else:
+        ended = "ran past --timeout and was killed" if result.timed_out else f"exit status {status}"
+        head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
+        lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
+        text = "\n".join([*lines, transcript.render(result.transcript)])
+    out(text + "\n")
+    return status
+
+
+def _status(code: int, timed_out: bool) -> int:
+    if timed_out:
+        return 124
+    return 128 - code if code < 0 else code
+
+
+def _transcript_target(path: str | None) -> Callable[[str], None]:
+    """Where the transcript goes: stdout, or a file written whole (checked before the run)."""
+    if path is None:
+
+        def show(text: str) -> None:
+            sys.stdout.write(text)
+
+        return show
+    from .cli import UsageError
+
+    target = Path(path)
+    if not path or "\0" in path or target.is_dir():
+        raise UsageError(f"--transcript {path!r}: give the path of a file to write")
+    if not target.parent.is_dir():
+        raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
+
+    def write(text: str) -> None:
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            staged.write_text(text, encoding="utf-8")
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    return write

@@ -1,0 +1,205 @@
+"""Running a command under the shim: the model server, the environment, the SPE units it sees.
+
+:func:`run` starts a :class:`~kvmspe.shim.server.ModelServer`, runs the
+command with the shim preloaded and the numbers the series does not publish
+in its environment (``KVMSPE_SPE_FEATURE_BIT``, ``KVMSPE_CAP_ARM_SPE``,
+``KVMSPE_EXIT_RLIMIT``, which kvmspe's own real backend reads), waits for it
+(bounded), and returns its exit status with the transcript.
+
+The SPE units the command sees: the model host's. Run as root, the command
+runs in a private mount namespace where ``/sys/bus/event_source/devices``
+shows the host's own event sources plus one ``arm_spe_N`` per model SPU
+(``type``, ``cpumask``, ``caps/max_buff_size``), so a VMM, kvmspe's discovery
+and the C self-test read the SPU ids and limits the model answers for. Not
+as root, sysfs is left as it is and :attr:`ShimRun.notes` says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import KvmspeError
+from ..host.discovery import format_cpulist
+from ..model.kernel import Host
+from .script import Fault, GuestAction
+from .server import ModelServer, Numbers
+from .transcript import Entry
+
+__all__ = ["EVENT_SOURCES", "RUN_TIMEOUT", "ShimRun", "ShimRunError", "run", "sysfs_tree"]
+
+EVENT_SOURCES = "/sys/bus/event_source/devices"
+#: Seconds the command may run, unless given.
+RUN_TIMEOUT = 600.0
+
+_CLONE_NEWNS = 0x00020000
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+
+
+class ShimRunError(KvmspeError):
+    """The command could not be run under the shim (not found, no mount namespace...)."""
+
+
+@dataclass
+class ShimRun:
+    """What a shim run gave: the command's exit status (negative: killed by that
+    signal), the transcript, and notes on how the run was set up."""
+
+    status: int
+    transcript: list[Entry]
+    notes: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def sysfs_tree(host: Host, root: Path, real: str = EVENT_SOURCES) -> Path:
+    """A copy of ``real`` as links, with the model's SPUs as ``arm_spe_N``
+    instead of the host's own; returned for a bind mount over ``real``."""
+    tree = root / "event_source_devices"
+    tree.mkdir()
+    try:
+        names = sorted(os.listdir(real))
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith("arm_spe_"):
+            continue
+        target = os.path.realpath(os.path.join(real, name))
+        (tree / name).symlink_to(target)
+    for i, spu in enumerate(host.spus):
+        unit = tree / f"arm_spe_{i}"
+        (unit / "caps").mkdir(parents=True)
+        (unit / "type").write_text(f"{spu.id}\n")
+        (unit / "cpumask").write_text(f"{format_cpulist(spu.cpus)}\n")
+        (unit / "caps" / "max_buff_size").write_text(f"{spu.max_buffer_size}\n")
+    return tree
+
+
+def _enter(tree: str, command: Sequence[str]) -> None:
+    """In the child (a fresh Python): a private mount namespace, the tree over
+    the event sources, then exec ``command`` with its own environment back.
+    Exit 126/127 as a shell does."""
+    env = dict(os.environ)
+    for name in _HANDED:
+        env.pop(name, None)
+        handed = env.pop(f"KVMSPE_SHIM_{name}", None)
+        if handed is not None:
+            env[name] = handed
+    libc = ctypes.CDLL(None, use_errno=True)
+    private = _MS_REC | _MS_PRIVATE
+    calls: tuple[tuple[str, Callable[[], int]], ...] = (
+        ("unshare", lambda: int(libc.unshare(_CLONE_NEWNS))),
+        ("mount --make-rprivate /", lambda: int(libc.mount(b"none", b"/", None, private, None))),
+        (
+            f"mount --bind over {EVENT_SOURCES}",
+            lambda: int(libc.mount(tree.encode(), EVENT_SOURCES.encode(), None, _MS_BIND, None)),
+        ),
+    )
+    for what, call in calls:
+        if call() != 0:
+            code = ctypes.get_errno()
+            print(f"kvmspe shim: {what} failed: {os.strerror(code)}", file=sys.stderr)
+            os._exit(126)
+    try:
+        os.execvpe(command[0], list(command), env)
+    except OSError as exc:
+        print(f"kvmspe shim: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _environment(lib: Path, server: ModelServer, numbers: Numbers) -> dict[str, str]:
+    env = dict(os.environ)
+    preload = env.get("LD_PRELOAD", "")
+    env["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
+    env["KVMSPE_SHIM_SOCKET"] = server.path
+    for var, value in (
+        ("KVMSPE_SPE_FEATURE_BIT", numbers.spe_feature_bit),
+        ("KVMSPE_CAP_ARM_SPE", numbers.cap_arm_spe),
+        ("KVMSPE_EXIT_RLIMIT", numbers.exit_rlimit),
+    ):
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = str(value)
+    return env
+
+
+def run(
+    command: Sequence[str],
+    *,
+    lib: Path,
+    host: Host,
+    numbers: Numbers,
+    faults: tuple[Fault, ...] = (),
+    guest: tuple[GuestAction, ...] = (),
+    timeout: float = RUN_TIMEOUT,
+) -> ShimRun:
+    """Run ``command`` under the shim ``lib`` with ``host`` as the model
+    (a fresh copy per process), and return what it gave."""
+    if not command:
+        raise ShimRunError("no command to run: give it after --")
+    if not lib.is_file():
+        raise ShimRunError(f"no shim at {lib}: build it with 'kvmspe shim build' or give --lib")
+    notes: list[str] = []
+
+    def new_host() -> Host:
+        return Host(host.page_size, host.spus, None, rules=host.rules, assumptions=host.assumptions)
+
+    with ModelServer(new_host, numbers, faults=faults, guest=guest) as server:
+        env = _environment(lib, server, numbers)
+        argv = list(command)
+        if os.geteuid() != 0 or not os.path.isdir(EVENT_SOURCES):
+            why = "not root" if os.geteuid() != 0 else f"no {EVENT_SOURCES}"
+            notes.append(
+                f"{EVENT_SOURCES} is the host's own ({why}): the model's SPE units are not shown there"
+            )
+        else:
+            tree = sysfs_tree(host, Path(server.path).parent)
+            argv = [sys.executable, "-c", _ENTER, str(tree), *command]
+            notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
+            env = _helper_env(env)
+        status, timed_out = _wait(argv, env, timeout)
+        if server.error is not None:
+            raise ShimRunError(f"the model server failed: {type(server.error).__name__}: {server.error}")
+        return ShimRun(status, list(server.transcript), notes, timed_out)
+
+
+#: The child's first step under a mount namespace (see :func:`_enter`).
+_ENTER = "import sys; from kvmspe.shim.launch import _enter; _enter(sys.argv[1], sys.argv[2:])"
+#: How the helper hands the command its own LD_PRELOAD and PYTHONPATH.
+_HANDED = ("LD_PRELOAD", "PYTHONPATH")
+
+
+def _helper_env(env: dict[str, str]) -> dict[str, str]:
+    """The helper's environment: no shim in itself, kvmspe importable; the
+    command's own values of :data:`_HANDED` kept aside for :func:`_enter`."""
+    helper = {k: v for k, v in env.items() if k not in _HANDED}
+    for name in _HANDED:
+        if name in env:
+            helper[f"KVMSPE_SHIM_{name}"] = env[name]
+    helper["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return helper
+
+
+def _wait(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bool]:
+    try:
+        proc = subprocess.Popen(argv, env=env)
+    except OSError as exc:
+        raise ShimRunError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+    try:
+        return proc.wait(timeout), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -signal.SIGKILL, True
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
