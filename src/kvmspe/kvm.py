@@ -82,6 +82,10 @@ __all__ = [
     "threaded_runs",
 ]
 
+#: x86's reset vector is 0xFFFFFFF0: the last page below 4 GiB holds it.
+_X86_RESET_PAGE = 0xFFFF_F000
+_HALT_PAGE = 4096
+
 #: ``ioctl(fd, request, arg) -> int``, ``arg`` an int or a mutable buffer
 #: that the call may write (``fcntl.ioctl`` with ``mutate_flag=True``).
 IoctlFn = Callable[[int, int, Any], int]
@@ -484,6 +488,8 @@ class Vm(_Owned):
         self.vgic: Device | None = None
         #: Every VCPU id created in this VM: KVM never frees one.
         self.ids_used: set[int] = set()
+        #: Guest memory this object mapped (:meth:`add_halt_page`), unmapped at close.
+        self._memory: list[mmap.mmap] = []
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
         try:
@@ -580,6 +586,24 @@ class Vm(_Owned):
 
     # -- in-kernel devices --------------------------------------------------------------
 
+    def add_halt_page(self) -> None:
+        """x86: one page of HLT instructions at the reset vector (guest physical
+        0xFFFFF000), so a VCPU has something to run: without memory x86
+        answers KVM_RUN with ENOSPC. The page lives as long as the VM."""
+        if self.kvm.arch != "x86_64":
+            raise InvalidArgumentError(f"the HLT page is for x86_64 VMs; this is {self.kvm.arch}")
+        page = mmap.mmap(
+            -1, _HALT_PAGE, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        page.write(b"\xf4" * _HALT_PAGE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        try:
+            self.set_user_memory_region(0, _X86_RESET_PAGE, _HALT_PAGE, address)
+        except BaseException:
+            page.close()
+            raise
+        self._memory.append(page)
+
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: x86's in-kernel irqchip (PIC, IOAPIC, local
         APICs), before any VCPU exists. arm64 VMs take a vGIC instead
@@ -656,6 +680,9 @@ class Vm(_Owned):
         for device in list(self.devices):
             device.close()
         self._close_fd()
+        for page in self._memory:
+            page.close()
+        self._memory.clear()
         if self in self.kvm.vms:
             self.kvm.vms.remove(self)
 

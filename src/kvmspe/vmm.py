@@ -581,6 +581,8 @@ def _bring_up_kvm(
             # what an SPE group answered there (kvmspe's shim) takes instead.
             vm.create_irqchip()
             result.add("KVM_CREATE_IRQCHIP", True, "x86's in-kernel irqchip, standing in for the vGIC")
+            vm.add_halt_page()
+            result.add("KVM_SET_USER_MEMORY_REGION", True, "one page of HLT at x86's reset vector")
         vcpus = []
         for i in range(result.vcpus):
             vcpus.append(vm.create_vcpu(i, spe=True))

@@ -137,12 +137,15 @@ class HostFacts:
     spe: bool
     page_size: int
     spu_limits: dict[int, int | None] = field(default_factory=dict)
+    #: The guest's side can be scripted (only under kvmspe's shim).
+    scripted_guest: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
             "spe": self.spe,
             "page_size": self.page_size,
+            "scripted_guest": self.scripted_guest,
             "spus": [{"id": i, "max_buffer_size": lim} for i, lim in self.spu_limits.items()],
         }
 
@@ -387,7 +390,10 @@ def _probe(kvm: Any) -> HostFacts:
         spe = False
     else:
         spe = probe.with_feature and probe.attrs.get("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", False)
-    return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), _sysfs_spus() if spe else {})
+    from ..shim import guest
+
+    spus = _sysfs_spus() if spe else {}
+    return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), spus, spe and guest.available())
 
 
 def _skip_reason(case: Case, facts: HostFacts) -> str | None:
@@ -397,8 +403,18 @@ def _skip_reason(case: Case, facts: HostFacts) -> str | None:
         return "host has SPE: the no-SPE cases do not apply" if facts.spe else None
     if not facts.spe:
         return "host has no SPE: only the ENXIO cases apply"
-    if case.needs_guest:
-        return "needs guest code that programs SPE; the conformance runner loads none (model only)"
+    if facts.arch != "aarch64" and (
+        not all(setup.vcpus) or any(s.op == "create_vcpu" and s.target != "spe" for s in case.calls)
+    ):
+        return (
+            f"needs a VCPU without the SPE feature; on {facts.arch} (no KVM_ARM_VCPU_INIT) every VCPU"
+            " has it where the SPE group answers"
+        )
+    if case.needs_guest and not facts.scripted_guest:
+        return (
+            "needs guest code that programs SPE; the conformance runner loads none (the model, or"
+            " the real backend under kvmspe's shim, scripts it)"
+        )
     if setup.page_size is not None and setup.page_size != facts.page_size:
         kib, have = setup.page_size // 1024, facts.page_size // 1024
         return f"needs a {kib} KiB host page size; this host has {have} KiB"
@@ -458,7 +474,29 @@ class _KvmRunner(_Runner):
         return super().perform(step)
 
     def guest(self, step: Step) -> object:
-        raise ValueError(f"{step.op} needs guest code")
+        """The guest's side, scripted by the shim's model (the skip reason says why it must be)."""
+        from ..kvm import Vcpu as KvmVcpu
+
+        vcpu = self.vcpus[step.vcpu]
+        if not isinstance(vcpu, KvmVcpu):
+            raise ValueError(f"{step.op} needs guest code")
+        if step.op == "guest_read":
+            reg, _, name = step.target.partition(".")
+            raw = vcpu.guest_read(reg)
+            return _REGISTERS[reg].get(raw, name) if name else raw
+        if step.op == "enable":
+            size = resolve(step.value or 0, self.env)
+            hole = ((GUEST_BUFFER_BASE, size),) if step.target == "unmapped" else ()
+            vcpu.enable_buffer(GUEST_BUFFER_BASE, size, hole)
+            return "ok"
+        if step.op == "disable":
+            vcpu.disable_buffer()
+            return "ok"
+        if step.op == "vm_lck":
+            state = vcpu._guest("state")["vm_lck"]
+            assert isinstance(state, int)
+            return state
+        raise ValueError(f"unknown op {step.op!r}")
 
 
 class _RunTimeout(Exception):
@@ -534,7 +572,7 @@ def _run_kvm(
             if why is not None:
                 results.append(_skipped(case, why))
                 continue
-            results.append(_run_kvm_case(kvm, facts, case, memlock))
+            results.append(_unlimited_or_skip(case, _run_kvm_case(kvm, facts, case, memlock)))
     return facts.to_dict(), results
 
 
@@ -546,6 +584,11 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
     with ExitStack() as stack:
         set_room = stack.enter_context(memlock(room))
         vm = stack.enter_context(kvm.create_vm())
+        if facts.arch != "aarch64" and facts.spe and case.setup.irqchip:
+            # x86 has no vGIC; its irqchip, made before the VCPUs, stands in
+            # where the SPE group answers there (only under kvmspe's shim).
+            vm.create_irqchip()
+            vm.add_halt_page()
         try:
             runner = _KvmRunner(case, facts, vm, set_room)
         except KvmError as exc:
@@ -572,6 +615,24 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
                 if isinstance(vcpu, _Closing):
                     vcpu.close()
     return Result(case.name, key, source, status, exp, got, why)
+
+
+def _unlimited_or_skip(case: Case, result: Result) -> Result:
+    """A case modelled without a locked-memory limit that met ENOMEM under a
+    hard RLIMIT_MEMLOCK this process may not lift did not run as written:
+    a skip that says so, not a failure of the kernel's."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if result.status != "failed" or result.got != "ENOMEM" or case.setup.memlock is not None:
+        return result
+    if hard == resource.RLIM_INFINITY:
+        return result
+    return _skipped(
+        case,
+        f"needs RLIMIT_MEMLOCK unlimited (the case has no limit); this process's hard limit is"
+        f" {hard} bytes and it may not raise it (CAP_SYS_RESOURCE)",
+    )
 
 
 def _needs_irqchip(case: Case, facts: HostFacts) -> bool:

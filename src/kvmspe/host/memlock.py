@@ -166,10 +166,20 @@ def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> M
     return status(pid)
 
 
+def _as_high_as_allowed(hard: int) -> None:
+    """RLIMIT_MEMLOCK unlimited where the process may (CAP_SYS_RESOURCE), else soft = hard."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
 @contextmanager
 def room_above_locked(room: int | None) -> Iterator[Callable[[int], None]]:
     """Within the block, RLIMIT_MEMLOCK's soft limit is this process's VmLck plus
-    ``room`` (capped at the hard limit); the limit is restored on the way out.
+    ``room`` (capped at the hard limit); ``room`` None: as high as the process
+    may set it (unlimited with CAP_SYS_RESOURCE). The limit is restored on
+    the way out.
 
     Yields a function that sets a new room. Used to give one test VM exactly
     the locked memory it may still take; VmLck that cannot be read counts as 0.
@@ -190,6 +200,8 @@ def room_above_locked(room: int | None) -> Iterator[Callable[[int], None]]:
     try:
         if room is not None:
             set_room(room)
+        else:
+            _as_high_as_allowed(saved[1])
         yield set_room
     finally:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, saved)
