@@ -251,3 +251,35 @@ def test_configure_on_the_real_backend_raises_and_reenters(lib: Path, tmp_path: 
     assert "by the excess KVM_EXIT_RLIMIT reported" in out
     rlimit = [c for c in doc["calls"] if c["result"].startswith("exit KVM_EXIT_RLIMIT")]
     assert len(rlimit) == 1 and rlimit[0]["vcpu"] == 1
+
+
+def _doc_block() -> list[str]:
+    text = (ROOT / "docs" / "shim.md").read_text()
+    start = text.index("<!-- replayed by tests/test_shim.py")
+    body = text[text.index("```console\n", start) + len("```console\n") :]
+    return body[: body.index("```")].splitlines()
+
+
+def test_the_run_shown_in_docs_shim_md_is_what_it_prints(tmp_path: Path) -> None:
+    _kvm_x86()
+    _need("cc")
+    if os.geteuid() != 0:
+        pytest.skip("the page shows a run as root (the model's SPE units in a private mount namespace)")
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    kvmspe = f'kvmspe() {{ PYTHONPATH={ROOT / "src"} {sys.executable} -m kvmspe "$@"; }}'
+    lines = _doc_block()
+    commands = [i for i, line in enumerate(lines) if line.startswith("$ ")]
+    for n, i in enumerate(commands):
+        end = commands[n + 1] if n + 1 < len(commands) else len(lines)
+        want = lines[i + 1 : end]
+        status = 0
+        if want and want[-1].startswith("[exit status "):
+            status = int(want.pop()[len("[exit status ") : -1])
+        done = subprocess.run(
+            ["bash", "-c", f"{kvmspe}\n{lines[i][2:]} 2>&1"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (done.returncode, done.stdout.splitlines()) == (status, want), lines[i]

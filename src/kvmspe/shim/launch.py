@@ -147,6 +147,7 @@ def run(
         raise ShimRunError("no command to run: give it after --")
     if not lib.is_file():
         raise ShimRunError(f"no shim at {lib}: build it with 'kvmspe shim build' or give --lib")
+    lib = lib.resolve()  # LD_PRELOAD takes a bare name for a library search, not a relative path
     notes: list[str] = []
 
     def new_host() -> Host:
@@ -166,6 +167,11 @@ def run(
             notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
             env = _helper_env(env)
         status, timed_out = _wait(argv, env, timeout)
+        if not server.clients:
+            notes.append(
+                "no process of the command reached the model: it made no KVM call, or the shim was"
+                " not loaded (a statically linked program, or LD_PRELOAD refused it: see its stderr)"
+            )
         if server.error is not None:
             raise ShimRunError(f"the model server failed: {type(server.error).__name__}: {server.error}")
         return ShimRun(status, list(server.transcript), notes, timed_out)

@@ -175,6 +175,8 @@ class ModelServer:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="kvmspe-shim-model", daemon=True)
         self.error: BaseException | None = None
+        #: How many times a process loaded the shim and connected.
+        self.clients = 0
 
     def __enter__(self) -> ModelServer:
         self._thread.start()
@@ -274,6 +276,7 @@ class ModelServer:
         op, fd, flags, _kind, index, group, attr, value, rlimit, aux = REQUEST.unpack(data)
         if op == OP["hello"]:
             self._process(pid)
+            self.clients += 1
             return self._config
         proc = self._process(pid)
         self._sync_memlock(proc, rlimit)

@@ -53,7 +53,8 @@ class Entry:
         if self.bad_address:
             what += "=<unreadable addr>" if self.call == "SET" else " into <unwritable addr>"
         elif self.value is not None:
-            what += f"={self.value:#x}" if self.value >= 10 else f"={self.value}"
+            # Sizes in hex, as the kernel's docs give them; interrupts and SPU ids in decimal.
+            what += f"={self.value:#x}" if self.value >= 4096 else f"={self.value}"
         if self.vcpu is not None:
             what += f" on VCPU {self.vcpu}"
         if with_pid:
