@@ -129,6 +129,8 @@ KVMSPE = "python3 -m kvmspe"
 #: by the checkout's script, shipped at SELFTEST_BINARY, compared in the guest.
 SELFTEST_BUILD = "tests/export/build-selftest.sh"
 SELFTEST_BINARY = "build/kvmspe-selftest-arm64"
+#: The same, linked dynamically: the shim (LD_PRELOAD) reaches only a dynamically linked program.
+SELFTEST_DYNAMIC = "build/kvmspe-selftest-arm64-dynamic"
 SELFTEST_COMPARE = "tests/export/compare_selftest.py"
 ERRNO_NOT_ENXIO = r"\bE(?!NXIO\b)[A-Z0-9]{3,}\b"
 #: kvmspe's shim (``kvmspe shim build --cc aarch64-linux-gnu-gcc``), built on the host, shipped here.
@@ -231,6 +233,16 @@ CHECKS: tuple[Check, ...] = (
             Count(r"^kvm: (\d+) passed", 130, None, "the SPE cases run: far more than the no-SPE ones"),
             Count(r"^kvm: \d+ passed, (\d+) failed", None, 0, "no case fails"),
             Never(r"^SKIPPED .*(host has no SPE|needs guest code|cannot create)", "no case lacks SPE here"),
+        ),
+    ),
+    Check(
+        "shim-c-selftest",
+        f"{SHIM} python3 {SELFTEST_COMPARE} {SELFTEST_DYNAMIC} --spe-feature-bit 16 --exit-rlimit 65536",
+        300,
+        (
+            Exit(0, "under the shim the generated C program agrees with the Python kvm runner on every case"),
+            Shows(r"^agree: (\d+) of \1 cases agree$", "the comparison ran over every case"),
+            Count(r"^passed\s+passed\s+(\d+)$", 100, None, "both ran the SPE cases, not only the no-SPE ones"),
         ),
     ),
     _pytest("pytest-kvm", "tests/test_kvm.py", 180),

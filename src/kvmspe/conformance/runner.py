@@ -32,7 +32,7 @@ from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
 from ..arch.stage1 import Stage1
 from ..backend import Vcpu, Vm
-from ..errors import KvmError, errno_name
+from ..errors import InvalidArgumentError, KvmError, errno_name
 from ..model.rules import RULES, RuleSet
 from ..validation import is_int
 from .cases import CASES, Case, Expect, Setup, Step
@@ -376,7 +376,7 @@ def _sysfs_spus() -> dict[int, int | None]:
     return {i.type: i.max_buff_size for i in instances if i.type is not None}
 
 
-def _probe(kvm: Any) -> HostFacts:
+def _probe(kvm: Any, scripted_guest: bool = True) -> HostFacts:
     """Ask the kernel whether SPE is there, on a throwaway VM of its own.
 
     On arm64 the SPE VCPU feature bit must be known (given, or found by
@@ -393,7 +393,8 @@ def _probe(kvm: Any) -> HostFacts:
     from ..shim import guest
 
     spus = _sysfs_spus() if spe else {}
-    return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), spus, spe and guest.available())
+    scripted = scripted_guest and spe and guest.available()
+    return HostFacts(kvm.arch, spe, os.sysconf("SC_PAGE_SIZE"), spus, scripted)
 
 
 def _skip_reason(case: Case, facts: HostFacts) -> str | None:
@@ -546,6 +547,8 @@ def _run_kvm(
     kvm: Any = None,
     facts: HostFacts | None = None,
     memlock: MemlockFn | None = None,
+    *,
+    scripted_guest: bool = True,
 ) -> tuple[dict[str, Any], list[Result]]:
     """Run ``cases`` on the real kernel; ``kvm``, ``facts`` and ``memlock``
     stand in for /dev/kvm, the host probe and RLIMIT_MEMLOCK (for tests)."""
@@ -566,7 +569,7 @@ def _run_kvm(
             reason = f"/dev/kvm is not usable: {exc}"
             return {"error": reason}, [_skipped(c, reason) for c in cases]
     with kvm:
-        facts = facts or _probe(kvm)
+        facts = facts or _probe(kvm, scripted_guest)
         for case in cases:
             why = _skip_reason(case, facts)
             if why is not None:
@@ -742,14 +745,23 @@ class Report:
 
 
 def run(
-    backend: str = "model", *, rules: RuleSet | None = None, cases: Iterable[Case] | None = None
+    backend: str = "model",
+    *,
+    rules: RuleSet | None = None,
+    cases: Iterable[Case] | None = None,
+    scripted_guest: bool = True,
 ) -> Report:
     """Run the conformance cases against ``backend`` ("model" or "kvm").
 
     ``rules`` replaces the model's :data:`kvmspe.model.rules.RULES` (to show that a
     changed rule is caught); it has no meaning for the real kernel.
     ``cases`` defaults to every case of :mod:`kvmspe.conformance.cases`.
+    ``scripted_guest`` False runs the real kernel as if its guest could not be
+    scripted even under kvmspe's shim (as the C self-test runs), so the cases
+    that need guest code are skipped there too.
     """
+    if not isinstance(scripted_guest, bool):
+        raise InvalidArgumentError(f"scripted_guest must be True or False, got {scripted_guest!r}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     if backend == "kvm" and rules is not None:
@@ -760,7 +772,7 @@ def run(
         host: dict[str, Any] = {"model": True}
         results = list(_run_model(chosen, RULES if rules is None else rules))
     else:
-        host, results = _run_kvm(chosen)
+        host, results = _run_kvm(chosen, scripted_guest=scripted_guest)
     error = host.get("error")
     if error is None and results and all(r.status == "skipped" for r in results):
         error = "no case applies to this host"
