@@ -237,6 +237,7 @@ def test_conformance_on_the_real_backend_runs_the_spe_cases(lib: Path, tmp_path:
     odd = [r for r in results if r["status"] == "skipped" and not any(a in r["reason"] for a in allowed)]
     assert not odd
     assert any(c["call"] == "guest" for c in doc["calls"])  # the guest cases were scripted
+    assert not [n for n in doc["notes"] if "model failed" in n]
 
 
 def test_configure_on_the_real_backend_raises_and_reenters(lib: Path, tmp_path: Path) -> None:
@@ -283,3 +284,28 @@ def test_the_run_shown_in_docs_shim_md_is_what_it_prints(tmp_path: Path) -> None
             timeout=300,
         )
         assert (done.returncode, done.stdout.splitlines()) == (status, want), lines[i]
+
+
+def test_a_failure_of_the_model_answers_eio_and_is_reported(
+    lib: Path, raw_vmm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kvm_x86()
+    from kvmspe.shim import server
+
+    def broken(self: server.ModelServer, proc: object, call: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(server._HANDLERS, protocol.OP["has_attr"], broken)
+    out = Path(raw_vmm).parent / "out.txt"
+    with out.open("w") as sink:
+        monkeypatch.setattr(sys, "stdout", sink)
+        result = launch.run(
+            [str(raw_vmm)],
+            lib=lib,
+            host=PROFILES["big-little"].host(),
+            numbers=Numbers(None, None, 0x10000, True),
+        )
+    assert result.status == 7
+    assert any("model failed" in n and "RuntimeError: a bug" in n for n in result.notes)
+    eio = [e for e in result.transcript if e.result == "EIO"]
+    assert len(eio) == 1 and eio[0].call == "has_attr"

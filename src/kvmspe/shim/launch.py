@@ -172,6 +172,8 @@ def run(
                 "no process of the command reached the model: it made no KVM call, or the shim was"
                 " not loaded (a statically linked program, or LD_PRELOAD refused it: see its stderr)"
             )
+        for failure in server.failures:
+            notes.append(f"kvmspe's model failed on a call, answered EIO: {failure}")
         if server.error is not None:
             raise ShimRunError(f"the model server failed: {type(server.error).__name__}: {server.error}")
         return ShimRun(status, list(server.transcript), notes, timed_out)
