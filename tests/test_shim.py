@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,36 @@ def test_a_failure_of_the_model_answers_eio_and_is_reported(
     assert any("model failed" in n and "RuntimeError: a bug" in n for n in result.notes)
     eio = [e for e in result.transcript if e.result == "EIO"]
     assert len(eio) == 1 and eio[0].call == "has_attr"
+
+
+def test_a_one_shot_timer_that_rings_during_the_models_answer_still_ends_kvm_run(
+    lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kvm_x86()
+    cc = _need("cc")
+    exe = tmp_path / "oneshot_vmm"
+    src = ROOT / "tests" / "shim" / "oneshot_vmm.c"
+    subprocess.run(
+        [cc, "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(exe), str(src)], check=True, timeout=120
+    )
+    from kvmspe.shim import server
+
+    answer = server._HANDLERS[protocol.OP["run"]]
+
+    def slow(self: server.ModelServer, proc: Any, call: Any) -> None:
+        time.sleep(0.5)  # the program's timer (200 ms) rings while the model answers
+        answer(self, proc, call)
+
+    monkeypatch.setitem(server._HANDLERS, protocol.OP["run"], slow)
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        result = launch.run(
+            ["sh", "-c", f"exec {exe} > {sink.name}"],
+            lib=lib,
+            host=PROFILES["big-little"].host(),
+            numbers=Numbers(None, None, 0x10000, True),
+            timeout=20,
+        )
+    assert not result.timed_out, "KVM_RUN never returned: the timer's signal was lost to it"
+    assert result.status == 0
+    assert out.read_text() == "run -1 EINTR\n"

@@ -97,6 +97,7 @@ CONFIG = (
     "run_excess_offset",
     "all_vcpus_spe",
     "attr_widths",  # 8 attributes, one byte each: 0 unknown, 0xff no value, else bytes
+    "ioctl_set_signal_mask",
 )
 VERSION = 1
 

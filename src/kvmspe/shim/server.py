@@ -116,6 +116,7 @@ def _config(numbers: Numbers) -> bytes:
         "run_excess_offset": abi.KVM_RUN_RLIMIT_EXCESS_OFFSET,
         "all_vcpus_spe": int(numbers.all_vcpus_spe),
         "attr_widths": widths,
+        "ioctl_set_signal_mask": abi.KVM_SET_SIGNAL_MASK,
     }
     return protocol.config_values(given)
 

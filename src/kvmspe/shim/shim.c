@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,7 +58,7 @@ enum ks_cfg {
     CFG_CAP_ARM_SPE, CFG_SPE_FEATURE_BIT, CFG_EXIT_RLIMIT, CFG_VCPU_INIT_SIZE,
     CFG_VGIC_V3_TYPE, CFG_VGIC_V2_TYPE, CFG_VGIC_GRP_CTRL, CFG_VGIC_CTRL_INIT,
     CFG_RUN_EXIT_REASON_OFFSET, CFG_RUN_EXCESS_OFFSET, CFG_ALL_VCPUS_SPE,
-    CFG_ATTR_WIDTHS, CFG_N,
+    CFG_ATTR_WIDTHS, CFG_SET_SIGNAL_MASK, CFG_N,
 };
 
 #define KS_VERSION 1
@@ -98,6 +99,8 @@ enum ks_kind { K_NONE, K_VM, K_VCPU, K_VGIC };
 #define KS_MAX_FDS 65536
 
 static unsigned char kinds[KS_MAX_FDS];
+/* The VMM set this VCPU's KVM_SET_SIGNAL_MASK itself: the shim leaves it alone. */
+static unsigned char own_sigmask[KS_MAX_FDS];
 static void *run_maps[KS_MAX_FDS];
 static uint64_t cfg[CFG_N];
 static int sock = -1;
@@ -177,6 +180,7 @@ static void child_after_fork(void)
     sock = -1;
     state = 0;
     memset(kinds, 0, sizeof(kinds));
+    memset(own_sigmask, 0, sizeof(own_sigmask));
     memset(run_maps, 0, sizeof(run_maps));
     pthread_mutex_init(&lock, NULL);
 }
@@ -377,15 +381,58 @@ static int vcpu_init(int fd, unsigned long req, void *arg)
     return REAL(ioctl)(fd, req, init);
 }
 
+/* KVM_SET_SIGNAL_MASK on FD: MASK's first 64 signals (the kernel's sigset), or none. */
+static void kvm_sigmask(int fd, const sigset_t *mask)
+{
+    struct {
+        uint32_t len;
+        unsigned char sigset[8];
+    } m = {.len = 8};
+
+    if (!mask) {
+        REAL(ioctl)(fd, (unsigned long)cfg[CFG_SET_SIGNAL_MASK], NULL);
+        return;
+    }
+    memcpy(m.sigset, mask, sizeof(m.sigset));
+    REAL(ioctl)(fd, (unsigned long)cfg[CFG_SET_SIGNAL_MASK], &m);
+}
+
+/* The real KVM_RUN, entered as if the model's exchange had not happened: a
+ * signal that came meanwhile (held back, pending) ends the run at once with
+ * EINTR, as it would have without the shim, instead of being handled before
+ * KVM_RUN and lost to it (a VMM's one-shot timer would then never end the run).
+ * The VCPU takes the thread's own mask for the run, unless the VMM gave it
+ * one with KVM_SET_SIGNAL_MASK. */
+static int enter(int fd, unsigned long req, void *arg, const sigset_t *old)
+{
+    int own = fd < KS_MAX_FDS && own_sigmask[fd];
+    int r, saved;
+
+    if (!own)
+        kvm_sigmask(fd, old);
+    r = REAL(ioctl)(fd, req, arg);
+    saved = errno;
+    if (!own)
+        kvm_sigmask(fd, NULL);
+    pthread_sigmask(SIG_SETMASK, old, NULL);
+    errno = saved;
+    return r;
+}
+
 static int vcpu_run(int fd, unsigned long req, void *arg)
 {
     struct ks_req r = {.op = OP_RUN, .fd = fd};
-    struct ks_resp resp = ask(r);
+    struct ks_resp resp;
     unsigned char *run;
     uint32_t reason;
+    sigset_t all, old;
 
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    resp = ask(r);
     if (resp.action == ACT_PASS || resp.action == ACT_ENTER)
-        return REAL(ioctl)(fd, req, arg);
+        return enter(fd, req, arg, &old);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (resp.action != ACT_EXIT)
         return resp.err ? fail(resp.err) : 0;
     if (fd >= KS_MAX_FDS)
@@ -491,6 +538,13 @@ static int kvm_ioctl(int fd, unsigned long req, void *arg)
             return device_attr(fd, req, arg);
         if (req == cfg[CFG_RUN])
             return vcpu_run(fd, req, arg);
+        if (req == cfg[CFG_SET_SIGNAL_MASK]) {
+            int r = REAL(ioctl)(fd, req, arg);
+
+            if (r == 0 && fd < KS_MAX_FDS)
+                own_sigmask[fd] = arg != NULL;
+            return r;
+        }
         if (req == cfg[CFG_ARM_VCPU_INIT])
             return vcpu_init(fd, req, arg);
         break;
@@ -520,6 +574,7 @@ static void forget(int fd)
         return;
     ask(q);
     set_kind(fd, K_NONE);
+    own_sigmask[fd] = 0;
     if (run_maps[fd]) {
         munmap(run_maps[fd], (size_t)sysconf(_SC_PAGESIZE));
         run_maps[fd] = NULL;
