@@ -92,7 +92,6 @@ from .ioctl import KVM_CHECK_EXTENSION as KVM_CHECK_EXTENSION
 from .ioctl import KVM_CREATE_DEVICE as KVM_CREATE_DEVICE
 from .ioctl import KVM_CREATE_DEVICE_TEST as KVM_CREATE_DEVICE_TEST
 from .ioctl import KVM_CREATE_IRQCHIP as KVM_CREATE_IRQCHIP
-from .ioctl import KVM_SET_SIGNAL_MASK as KVM_SET_SIGNAL_MASK
 from .ioctl import KVM_CREATE_VCPU as KVM_CREATE_VCPU
 from .ioctl import KVM_CREATE_VM as KVM_CREATE_VM
 from .ioctl import KVM_GET_API_VERSION as KVM_GET_API_VERSION
@@ -101,6 +100,7 @@ from .ioctl import KVM_GET_VCPU_MMAP_SIZE as KVM_GET_VCPU_MMAP_SIZE
 from .ioctl import KVM_HAS_DEVICE_ATTR as KVM_HAS_DEVICE_ATTR
 from .ioctl import KVM_RUN as KVM_RUN
 from .ioctl import KVM_SET_DEVICE_ATTR as KVM_SET_DEVICE_ATTR
+from .ioctl import KVM_SET_SIGNAL_MASK as KVM_SET_SIGNAL_MASK
 from .ioctl import KVM_SET_USER_MEMORY_REGION as KVM_SET_USER_MEMORY_REGION
 from .ioctl import KVMIO as KVMIO
 from .structs import CREATE_DEVICE as CREATE_DEVICE
