@@ -109,10 +109,10 @@ class Check:
 NO_TRACEBACK = Never(r"Traceback \(most recent call last\)", "kvmspe never answers with a traceback")
 
 
-def _pytest(name: str, files: str, limit: int) -> Check:
+def _pytest(name: str, files: str, limit: int, prefix: str = "") -> Check:
     return Check(
         name,
-        f"{PYTEST} {files}",
+        f"{prefix}{PYTEST} {files}",
         limit,
         (
             Exit(0, "the tests that need /dev/kvm pass on a real arm64 KVM"),
@@ -244,6 +244,13 @@ CHECKS: tuple[Check, ...] = (
             Shows(r"^agree: (\d+) of \1 cases agree$", "the comparison ran over every case"),
             Count(r"^passed\s+passed\s+(\d+)$", 100, None, "both ran the SPE cases, not only the no-SPE ones"),
         ),
+    ),
+    _pytest(
+        "shim-pytest",
+        "tests/test_kvm.py tests/test_conformance.py tests/test_vmm.py tests/test_discovery.py tests/test_cli.py"
+        " -k kvm",
+        240,
+        prefix=f"{SHIM} ",
     ),
     _pytest("pytest-kvm", "tests/test_kvm.py", 180),
     _pytest(
