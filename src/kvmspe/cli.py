@@ -387,6 +387,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
 
     if args.fixture is not None:
         roots = discovery.fixture_roots(args.fixture)
@@ -438,7 +440,154 @@ def cmd_probe(args: argparse.Namespace) -> int:
         lines.append("answer: this host can run SPE guests (kvmspe configure uses the real kernel)")
     else:
         lines.append("answer: this host cannot run SPE guests; kvmspe configure models one instead")
-    return _emit(args, doc, lines, 0 if can else 1)
+    families = _families(args, lambda: _metrics().probe_families(info))
+    return _output(args, "probe", doc, lines, families, 0 if can else 1)
+
+
+# --- status and Prometheus ---------------------------------------------------------------------
+
+#: The file ``--textfile DIR`` writes, by command: node_exporter's textfile collector reads DIR/*.prom.
+TEXTFILES = {"status": "kvmspe.prom", "probe": "kvmspe-probe.prom"}
+
+
+def _textfile_dir(directory: str | None) -> str | None:
+    """``directory`` when a textfile may be written in it (checked before any work), else a UsageError."""
+    import os
+
+    if directory is None:
+        return None
+    accepted = "accepted: an existing directory, e.g. /var/lib/node_exporter/textfile_collector"
+    if not directory.strip() or any(ord(c) < 0x20 or c == "\x7f" for c in directory):
+        raise UsageError(f"--textfile {directory!r}: not a directory name; {accepted}")
+    if not os.path.isdir(directory):
+        raise UsageError(f"--textfile {directory!r} is not a directory; {accepted}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--textfile {directory!r}: cannot write in it: {os.strerror(13)}")
+    return directory
+
+
+def _write_textfile(directory: str, command: str, text: str) -> str:
+    """Write ``text`` as DIR/NAME atomically (a temporary file in DIR, then a rename); its path."""
+    import os
+
+    path = os.path.join(directory, TEXTFILES[command])
+    data = text.encode("utf-8")
+    _write_atomically(
+        path,
+        lambda f: f.write(data),
+        option="--textfile",
+        accepted=f"a directory whose {TEXTFILES[command]} is a regular file or absent",
+    )
+    return path
+
+
+def _output(args: Args, command: str, doc: Doc, lines: list[str], families: Any, code: int) -> int:
+    """As :func:`_emit`, with the exposition text of ``families`` on stdout for ``--prometheus``,
+    and written to DIR for ``--textfile DIR`` (whatever stdout shows; the path is reported)."""
+    from . import prometheus
+
+    if families is None:
+        return _emit(args, doc, lines, code)
+    text = prometheus.render(families)
+    if args.textfile is not None:
+        path = _write_textfile(args.textfile, command, text)
+        doc = {**doc, "textfile": path}
+        lines = [*lines, f"wrote {path}"]
+    if args.prometheus:
+        sys.stdout.write(text)
+        return code
+    return _emit(args, doc, lines, code)
+
+
+def _families(args: Args, make: Callable[[], Any]) -> Any:
+    """The metric families when --prometheus or --textfile asks for them, else None."""
+    if args.json and args.prometheus:
+        raise UsageError("--json and --prometheus both given; accepted: one output format")
+    return make() if args.prometheus or args.textfile is not None else None
+
+
+def _proc(pid: int, command: str | None) -> str:
+    return f"{pid} ({command})" if command is not None else str(pid)
+
+
+def _status_lines(rep: Any) -> list[str]:
+    """The human ``status``: one row per process, then who was not inspected, then the answer."""
+    n = len(rep.processes)
+    lines = [
+        f"kvmspe status: {n} process{'es' if n != 1 else ''} with KVM fds of {rep.scan.scanned} looked at;"
+        f" a warning when the headroom is below {rep.threshold.describe()}"
+    ]
+    head = ("PID", "COMMAND", "VMS", "VCPUS", "VmLck", "soft limit", "hard limit", "headroom")
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for st in rep.processes:
+        p, m = st.process, st.process.memlock
+        if m is None:
+            cells = ("?", "?", "?", "?")
+        else:
+            room = "unlimited" if st.headroom is None else _signed_size(st.headroom)
+            if st.headroom_percent is not None:
+                room += f" ({st.headroom_percent:.1f}%)"
+            cells = (format_size(m.vm_lck), _limit_short(m.soft), _limit_short(m.hard), room)
+        rows.append((str(p.pid), p.command, str(p.fds.vms), str(p.fds.vcpus), *cells))
+        if st.past_threshold:
+            notes.append(
+                f"warning: pid {p.pid} ({p.command}): headroom {_signed_size(st.headroom)} is below"
+                f" {format_size(st.threshold_bytes)}; the next SPE buffer its guests enable may stop"
+                " KVM_RUN with KVM_EXIT_RLIMIT"
+            )
+        if p.problem is not None:
+            notes.append(f"pid {p.pid} ({p.command}): {p.problem}")
+    if rows:
+        widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+        for r in (head, *rows):
+            lines.append("  " + "  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip())
+    lines += notes
+    by_reason: dict[str, list[str]] = {}
+    for u in rep.scan.uninspectable:
+        by_reason.setdefault(u.reason, []).append(_proc(u.pid, u.command))
+    for reason, procs in by_reason.items():
+        lines.append(f"not inspected, /proc/PID/fd unreadable ({reason}): {', '.join(procs)}")
+    for pid in rep.scan.without_kvm:
+        lines.append(f"pid {pid}: holds no KVM fd")
+    past = rep.past_threshold
+    if past:
+        pids = ", ".join(str(st.process.pid) for st in past)
+        lines.append(f"answer: {len(past)} past the threshold (pid {pids})")
+    elif rows:
+        lines.append("answer: every process inspected has its headroom above the threshold")
+    else:
+        lines.append("answer: no process inspected holds a KVM fd")
+    return lines
+
+
+def _signed_size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    return f"-{format_size(-n)}" if n < 0 else format_size(n)
+
+
+def _limit_short(n: int | None) -> str:
+    return "unlimited" if n is None else format_size(n)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+    from .host import kvmprocs
+
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
+    threshold = status.DEFAULT_THRESHOLD if args.warn_below is None else args.warn_below
+    rep = status.report(kvmprocs.scan(args.pid), threshold)
+    code = 1 if rep.past_threshold else 0
+    families = _families(args, lambda: _metrics().status_families(rep))
+    return _output(args, "status", rep.to_dict(), _status_lines(rep), families, code)
+
+
+def _metrics() -> Any:
+    from . import metrics
+
+    return metrics
 
 
 # --- plan -------------------------------------------------------------------------------------
@@ -505,14 +654,21 @@ def _plot_target(path: str) -> str:
     return path
 
 
-def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
+def _write_atomically(
+    path: str,
+    write: Callable[[Any], None],
+    *,
+    option: str = "--plot",
+    accepted: str = "a new or regular .png file",
+) -> None:
     """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
 
     Readers see the old file or the whole new one, never half of it; on any
     failure the temporary file is removed and nothing is left behind. As with
     a plain ``open``: a symbolic link is written through (the file it names
     is replaced, the link stays), an existing file keeps its permission
-    bits, and a new one gets 0666 less the umask.
+    bits, and a new one gets 0666 less the umask. ``option`` and ``accepted``
+    name the command-line option in the errors, and what it accepts.
     """
     import os
     import stat
@@ -525,23 +681,23 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     else:
         if not stat.S_ISREG(st.st_mode):
             # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
-            raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+            raise UsageError(f"{option} {path!r} is not a regular file; accepted: {accepted}")
         keep = stat.S_IMODE(st.st_mode)
     directory = os.path.dirname(target) or "."
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
         # A short name of its own, not one built on ``path``'s: a target name
         # near NAME_MAX (255 bytes) must not make the temporary one too long.
-        tmp = os.path.join(directory, f".kvmspe-plot.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(directory, f".kvmspe-{option.lstrip('-')}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
             break
         except FileExistsError:
             continue
         except OSError as exc:
-            raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
+            raise UsageError(f"{option} {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
     else:
-        raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
+        raise UsageError(f"{option} {path!r}: cannot create a temporary file in {directory!r}")
     try:
         with os.fdopen(fd, "wb") as f:
             if keep is not None:
@@ -556,7 +712,7 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror or exc}") from None
+            raise UsageError(f"{option} {path!r}: cannot write it: {exc.strerror or exc}") from None
         raise
 
 
@@ -1166,6 +1322,32 @@ def _case_option(p: argparse.ArgumentParser, what: str, shared_with: str) -> Non
     )
 
 
+def _prometheus_options(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the Prometheus text exposition format instead",
+    )
+    p.add_argument(
+        "--textfile",
+        metavar="DIR",
+        default=None,
+        help=f"also write the exposition text to DIR/{TEXTFILES[command]}, atomically"
+        " (for node_exporter's textfile collector)",
+    )
+
+
+def _argtype_threshold(text: str) -> Any:
+    from . import status
+
+    try:
+        return status.parse_threshold(text)
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvmspe`` argument parser with every subcommand."""
     import argparse
@@ -1283,6 +1465,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)",
     )
+    _prometheus_options(p, "probe")
+
+    p = add(
+        "status",
+        cmd_status,
+        "each process holding KVM VMs: VCPUs, VmLck, RLIMIT_MEMLOCK, headroom (exit 1: one is low)",
+    )
+    p.add_argument(
+        "--pid",
+        metavar="PID",
+        action="append",
+        type=_uint("pid", (1 << 31) - 1, 1),
+        default=None,
+        help="look at this process only (repeat for more; default: every process)",
+    )
+    p.add_argument(
+        "--warn-below",
+        metavar="SIZE|PERCENT",
+        type=_argtype_threshold,
+        default=None,
+        help="warn, and exit 1, when a process's headroom (soft RLIMIT_MEMLOCK minus VmLck) is below"
+        " this size or this percentage of its soft limit (default 10%%)",
+    )
+    _prometheus_options(p, "status")
 
     p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs, ready to paste")
     where = p.add_mutually_exclusive_group()
