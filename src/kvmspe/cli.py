@@ -494,7 +494,7 @@ def _output(args: Args, command: str, doc: Doc, lines: list[str], families: Any,
         doc = {**doc, "textfile": path}
         lines = [*lines, f"wrote {path}"]
     if args.prometheus:
-        sys.stdout.write(text)
+        print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
         return code
     return _emit(args, doc, lines, code)
 
@@ -533,7 +533,7 @@ def _status_lines(rep: Any) -> list[str]:
         if st.past_threshold:
             notes.append(
                 f"warning: pid {p.pid} ({p.command}): headroom {_signed_size(st.headroom)} is below"
-                f" {format_size(st.threshold_bytes)}; the next SPE buffer its guests enable may stop"
+                f" {_threshold_text(rep.threshold, m)}; the next SPE buffer its guests enable may stop"
                 " KVM_RUN with KVM_EXIT_RLIMIT"
             )
         if p.problem is not None:
@@ -553,12 +553,20 @@ def _status_lines(rep: Any) -> list[str]:
     past = rep.past_threshold
     if past:
         pids = ", ".join(str(st.process.pid) for st in past)
-        lines.append(f"answer: {len(past)} past the threshold (pid {pids})")
+        n = len(past)
+        lines.append(f"answer: {n} process{'es are' if n != 1 else ' is'} past the threshold (pid {pids})")
     elif rows:
         lines.append("answer: every process inspected has its headroom above the threshold")
     else:
         lines.append("answer: no process inspected holds a KVM fd")
     return lines
+
+
+def _threshold_text(threshold: Any, m: Any) -> str:
+    """The threshold for one process: ``64 KiB``, or ``10% of its 1 MiB soft limit``."""
+    if threshold.percent is None:
+        return format_size(threshold.nbytes)
+    return f"{threshold.percent:g}% of its {format_size(m.soft)} soft limit"
 
 
 def _signed_size(n: int | None) -> str:
@@ -1144,7 +1152,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     text = export.render(args.lang)
     if args.json:
         return _emit(args, {"lang": args.lang, "text": text}, [])
-    sys.stdout.write(text)
+    print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
     return 0
 
 
@@ -1224,7 +1232,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     }
     if args.json:
         return _emit(args, doc, [])
-    sys.stdout.write(dts)
+    print(dts, end="")  # as in cmd_export
     return 0
 
 
