@@ -522,3 +522,61 @@ def test_probe_prometheus_on_the_fixture_parses_with_each_unit() -> None:
     limits = {s.labels["unit"]: s.value for s in fams["kvmspe_spe_unit_max_buffer_size_bytes"].samples}
     assert limits == {"arm_spe_1": 4 * MiB}
     assert fams["kvmspe_spe_units"].samples[0].value == 2
+
+
+# --- the examples of docs/cli.md ---------------------------------------------------------------------
+
+#: The pids docs/cli.md shows for the children near, far and root.
+DOC_PIDS = {"near": 41001, "far": 41002, "root": 41003}
+
+
+def _doc_blocks() -> list[list[tuple[str, list[str], int]]]:
+    """The console blocks of docs/cli.md that say this file checks them: (command, output, status)."""
+    lines = (ROOT / "docs" / "cli.md").read_text().splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if "tests/test_status.py" not in line or not line.startswith("<!-- not replayed:"):
+            continue
+        assert lines[i + 1] == "```console"
+        end = lines.index("```", i + 2)
+        examples: list[tuple[str, list[str], int]] = []
+        for text in lines[i + 2 : end]:
+            if text.startswith("$ "):
+                examples.append((text[2:], [], 0))
+            elif text:
+                examples[-1][1].append(text)
+        for n, (command, out, _) in enumerate(examples):
+            m = re.fullmatch(r"\[exit status (\d+)\]", out[-1]) if out else None
+            if m:
+                examples[n] = (command, out[:-1], int(m.group(1)))
+        blocks.append(examples)
+    return blocks
+
+
+def test_docs_show_two_blocks_checked_here() -> None:
+    blocks = _doc_blocks()
+    assert [[c.split()[1] for c, _, _ in b] for b in blocks] == [["status"] * 3, ["probe"]]
+
+
+def test_the_status_block_of_the_docs_is_what_the_three_children_give(children: dict[str, Child]) -> None:
+    _need_root()
+    real = {str(DOC_PIDS[k]): str(children[k].pid) for k in DOC_PIDS}
+    for n, (command, shown, status) in enumerate(_doc_blocks()[0]):
+        argv = [real.get(w, w) for w in command.split()[1:]]
+        # The first example is run by an unprivileged caller, as the page says.
+        r = run(*argv, nobody=n == 0)
+        got = r.stdout
+        for doc_pid, pid in real.items():
+            got = re.sub(rf"\b{pid}\b", doc_pid, got)
+        # Pids of other widths shift the table's columns: compare words, line by line.
+        assert [line.split() for line in got.splitlines()] == [line.split() for line in shown], command
+        assert r.returncode == status, command
+
+
+def test_the_probe_block_of_the_docs_is_what_this_kind_of_host_gives() -> None:
+    [(command, shown, status)] = _doc_blocks()[1]
+    if os.uname().machine != "x86_64" or os.sysconf("SC_PAGE_SIZE") != 4096:
+        pytest.skip("the page shows an x86_64 host with 4 KiB pages")
+    _need_kvm()
+    r = run(*command.split()[1:])
+    assert (r.stdout.splitlines(), r.returncode) == (shown, status)
