@@ -1159,8 +1159,144 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --- the guest's firmware description -----------------------------------------------------------
 
 
+def _guest_perf(args: argparse.Namespace) -> int:
+    """``guest --perf``: per SPE unit of this guest (or a snapshot of one), the largest AUX
+    buffer perf may map, the command line, what happens above it, and why."""
+    from . import perfaux
+    from .host import discovery
+
+    if args.fixture is not None:
+        sysfs = discovery.fixture_roots(args.fixture)["sysfs_root"]
+        page, page_why = 4096, "assumed: a snapshot does not record it; --page-size to change"
+    else:
+        sysfs = "/sys"
+        page, page_why = discovery.page_size(), "this system's"
+    if args.page_size is not None:
+        page, page_why = args.page_size, "--page-size"
+    from .arch import maxbuf
+
+    maxbuf.check_page_size(page, "--page-size")
+    given = args.max_buffer_size
+    if given is not None and not maxbuf.is_representable(given):
+        raise UsageError(
+            f"--max-buffer-size {_sz(given)} is not a MaxBuffSize size, so no VM advertises it;"
+            " accepted: a size 'kvmspe sizes' lists, e.g. the 'max buffer size' of the host's 'kvmspe plan'"
+        )
+    instances, why_none = discovery.read_spe_instances(sysfs)
+    if not instances:
+        doc0: Doc = {"page_size": page, "page_size_source": page_why, "units": [], "reason": why_none}
+        line = (
+            f"no SPE unit here, so perf cannot profile with SPE: {why_none}"
+            " (is the SPE node in the guest's device tree or ACPI tables? 'kvmspe guest --dt' prints one)"
+        )
+        return _emit(args, doc0, [line.replace("the host kernel's SPE driver", "the SPE driver")], 1)
+    fits = []
+    ignored: list[str] = []
+    for inst in instances:
+        if inst.max_buff_size is not None:
+            fits.append(perfaux.fit(inst.name, inst.max_buff_size, "caps/max_buff_size", page))
+            if given is not None and given != inst.max_buff_size:
+                ignored.append(
+                    f"--max-buffer-size {format_size(given)} is not used for {inst.name}: its driver"
+                    f" advertises {format_size(inst.max_buff_size)}, which is what it enforces"
+                )
+        elif given is not None:
+            fits.append(perfaux.fit(inst.name, given, "--max-buffer-size", page))
+        else:
+            raise UsageError(
+                f"{inst.name} has no caps/max_buff_size (the driver lacks the proposed patch), so the VM's"
+                " max buffer size is not known here; accepted: --max-buffer-size SIZE, the size the host set"
+                " (its 'kvmspe plan' says which)"
+            )
+    notes = [
+        "perf wants the AUX buffer as a power-of-two number of pages, at least 2; -m,PAGES sets it",
+        "per CPU (-a, or -C CPUS) the buffer stays enabled; per task (-p, -t, or a command without -a)"
+        " the driver enables and disables it at every context switch, and with KVM pinning the buffer"
+        " at each enable that is costly",
+    ]
+    doc: Doc = {
+        "page_size": page,
+        "page_size_source": page_why,
+        "units": [f.to_dict() for f in fits],
+        "mmap_error": perfaux.MMAP_ERROR,
+        "perf_default_aux": dict(perfaux.PERF_DEFAULT_AUX),
+        "notes": notes,
+    }
+    lines = [f"page size {format_size(page)} ({page_why})"]
+    for f in fits:
+        if f.no_limit:
+            lines += [
+                f"{f.unit}: max buffer size 0 ({f.source}): no limit; perf's default AUX buffer and any"
+                " -m the guest's memory allows",
+                f"  {f.command}",
+            ]
+            continue
+        lines.append(f"{f.unit}: max buffer size {_sz(f.max_buff_size)}, from {f.source}")
+        refused = f"-m,{f.refused_pages} ({format_size(f.refused_pages * page)})"
+        if f.pages is None:
+            lines += [
+                f"  no AUX buffer fits: perf needs at least {perfaux.MIN_AUX_PAGES} pages"
+                f" ({format_size(perfaux.MIN_AUX_PAGES * page)}), above the cap",
+                f"  perf record -e {f.unit}// -m,{perfaux.MIN_AUX_PAGES} fails: {perfaux.MMAP_ERROR}",
+            ]
+            continue
+        assert f.aux_bytes is not None
+        lines.append(
+            f"  largest AUX buffer: -m,{f.pages} = {f.pages} pages of {format_size(page)}"
+            f" = {format_size(f.aux_bytes)}"
+            + ("" if f.aux_bytes == f.max_buff_size else " (the largest power of two of pages under the cap)")
+        )
+        lines.append(f"  {f.command}")
+        lines.append(
+            f'  {refused} and more: the driver refuses the AUX buffer and perf says "{perfaux.MMAP_ERROR}"'
+        )
+        defaults = [
+            f"{format_size(size)} {who}: {'fits' if f.default_fits(who) else 'refused'}"
+            for who, size in perfaux.PERF_DEFAULT_AUX.items()
+        ]
+        lines.append(f"  perf's default without -m: {'; '.join(defaults)}")
+    lines += [f"note: {n}" for n in ignored + notes]
+    doc["notes"] = ignored + notes
+    code = 0 if all(f.no_limit or f.pages is not None for f in fits) else 1
+    return _emit(args, doc, lines, code)
+
+
 def cmd_guest(args: argparse.Namespace) -> int:
     from .firmware import acpi, devicetree
+
+    perf_only = [
+        opt
+        for opt, value in (
+            ("--max-buffer-size", args.max_buffer_size),
+            ("--fixture", args.fixture),
+            ("--page-size", args.page_size),
+        )
+        if value is not None
+    ]
+    if args.perf:
+        shaping = [
+            opt
+            for opt, value in (
+                ("--gic", args.gic),
+                ("--node-name", args.node_name),
+                ("--label", args.label),
+                ("--vcpus", args.vcpus),
+                ("--irq", args.irq),
+            )
+            if value is not None
+        ]
+        if shaping:
+            raise UsageError(
+                f"{', '.join(shaping)}: not for --perf, which takes --max-buffer-size,"
+                " --fixture and --page-size"
+            )
+        return _guest_perf(args)
+    if perf_only:
+        raise UsageError(f"{', '.join(perf_only)}: only for --perf")
+    if args.vcpus is None:
+        args.vcpus = 1
+    if args.irq is None:
+        args.irq = DEFAULT_IRQ
 
     if args.acpi:
         shaping = [
@@ -1649,13 +1785,46 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dt", action="store_true", help="the device-tree node (compatible string and PPI)")
     what.add_argument("--acpi", action="store_true", help="the MADT GICC 'SPE overflow interrupt' field")
-    _irq_option(p, ", as given to configure")
+    what.add_argument(
+        "--perf",
+        action="store_true",
+        help="in the guest: the largest perf AUX buffer (-m,PAGES) its SPE units accept",
+    )
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=None,
+        help=f"the SPE interrupt, a PPI 16..31, as given to configure (default {DEFAULT_IRQ})",
+    )
     p.add_argument(
         "--vcpus",
         metavar="N",
         type=_uint("VCPU count", 512, 1),
-        default=1,
+        default=None,
         help="number of VCPUs: GICCs for --acpi, the PPI's CPU mask for --gic v2 (at most 8); default 1",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="for --perf: the VM's max buffer size where the guest's driver has no caps/max_buff_size"
+        " (the host's 'kvmspe plan' gives it)",
+    )
+    p.add_argument(
+        "--fixture",
+        metavar="NAME|DIR",
+        default=None,
+        help="for --perf: read a guest's sysfs from a shipped snapshot (arm64-guest, arm64-guest-capped)"
+        " or a directory with sys/ and proc/",
+    )
+    p.add_argument(
+        "--page-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="for --perf: the guest's page size, 4K, 16K or 64K (default: this system's; 4K for --fixture)",
     )
     p.add_argument(
         "--gic",
