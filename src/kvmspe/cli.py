@@ -1395,7 +1395,8 @@ _EPILOGS = {
   kvmspe sizes --to 64K --json""",
     "probe": """examples:
   kvmspe probe                      this host (exit 1 when it cannot run SPE guests)
-  kvmspe probe --fixture arm64-big-little --json""",
+  kvmspe probe --fixture arm64-big-little --json
+  kvmspe probe --prometheus""",
     "plan": """examples:
   kvmspe plan --vcpus 4 --max-buffer-size 4M
   kvmspe plan --vcpus 64 --max-buffer-size 16M --page-size 64K --granule 4K
@@ -1423,7 +1424,13 @@ _EPILOGS = {
   kvmspe guest --dt                 the SPE node for INTID 21 on a GICv3, to paste under /
   kvmspe guest --dt --gic v2 --vcpus 4 --label spe
   kvmspe guest --acpi --vcpus 4     the MADT GICC "SPE overflow interrupt" of each VCPU
-  kvmspe guest --dt --irq 22 --json""",
+  kvmspe guest --dt --irq 22 --json
+  kvmspe guest --perf               in the guest: the largest perf -m,PAGES its SPE units accept
+  kvmspe guest --perf --max-buffer-size 4M     when the driver has no caps/max_buff_size""",
+  "status": """examples:
+  kvmspe status                     every process holding KVM VMs (exit 1: one is near its limit)
+  kvmspe status --warn-below 64M --json
+  kvmspe status --textfile /var/lib/node_exporter/textfile_collector""",
     "explain": """examples:
   kvmspe explain EDOM
   kvmspe explain 33
