@@ -908,6 +908,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         spu=args.spu,
     )
     doc: Doc = plan.to_dict()
+    doc["paste"] = paste = planner.memlock_settings(plan.memlock_limit, args.user)
     doc["plot"] = args.plot
     rows = [("host", f"{host.source}: {format_size(host.page_size)} pages")]
     for s in host.spus:
@@ -955,17 +956,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             parts.append(f"{format_size(plan.held_at_set)} held from the set")
         parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
         rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
-    paste = plan.paste
     if plan.memlock_limit is None:
         missing = {"libvirt": "no finite <hard_limit>: the limit is unbounded"}
     else:
         missing = {
             "ulimit": f"none: bash's ulimit -l takes at most {planner.ULIMIT_KIB_MAX} KiB",
             "libvirt": f"none: libvirt reads {planner.LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited",
+            "pam_limits_soft": f"none: pam_limits takes at most {planner.ULIMIT_KIB_MAX} KiB",
+            "docker": f"none: docker and podman take at most {planner.CONTAINER_ULIMIT_MAX} bytes",
         }
     for key in ("systemd", "ulimit", "libvirt", "prlimit"):
         value = paste[key]
         rows.append((key, value if value is not None else missing[key]))
+    if paste["pam_limits_soft"] is None:
+        rows.append(("limits.conf", missing["pam_limits_soft"]))
+    else:
+        rows += [("limits.conf", paste["pam_limits_soft"]), ("", str(paste["pam_limits_hard"]))]
+    rows.append(("docker, podman", paste["docker"] or missing["docker"]))
     rows += _wrapped(
         "note",
         "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: for libvirt,"
@@ -1427,7 +1434,7 @@ _EPILOGS = {
   kvmspe guest --dt --irq 22 --json
   kvmspe guest --perf               in the guest: the largest perf -m,PAGES its SPE units accept
   kvmspe guest --perf --max-buffer-size 4M     when the driver has no caps/max_buff_size""",
-  "status": """examples:
+    "status": """examples:
   kvmspe status                     every process holding KVM VMs (exit 1: one is near its limit)
   kvmspe status --warn-below 64M --json
   kvmspe status --textfile /var/lib/node_exporter/textfile_collector""",
@@ -1486,6 +1493,17 @@ def _prometheus_options(p: argparse.ArgumentParser, command: str) -> None:
         help=f"also write the exposition text to DIR/{TEXTFILES[command]}, atomically"
         " (for node_exporter's textfile collector)",
     )
+
+
+def _argtype_user(text: str) -> str:
+    from . import planner
+
+    try:
+        return planner.check_limits_user(text)
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _argtype_threshold(text: str) -> Any:
@@ -1707,6 +1725,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=0,
         help="memory the VMM locks already, e.g. guest RAM (default 0)",
+    )
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        type=_argtype_user,
+        default="USER",
+        help="the user (or @group) of the limits.conf lines (default: the placeholder USER)",
     )
     p.add_argument(
         "--plot",
