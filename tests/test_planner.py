@@ -377,8 +377,10 @@ def test_big_little_spu_11_gives_its_limit_cpus_and_affinity() -> None:
 
 def test_more_vcpus_than_the_spus_cpus_is_a_warning() -> None:
     p = plan(8, 4 * MiB, host=PlanHost.from_profile("big-little"), spu=11)
-    assert p.vcpu_cpus is None
-    assert any("8 VCPUs on SPU 11" in w and "configure stops" in w for w in p.warnings)
+    assert p.vcpu_cpus == [(4, 5, 6, 7)] * 8
+    assert any("8 VCPUs on SPU 11" in w and "--strict-placement" in w for w in p.warnings)
+    # Every VCPU still pins its own buffer: the limit covers all 8.
+    assert p.memlock_limit == plan(8, 4 * MiB).memlock_limit
 
 
 def test_an_spu_not_on_the_host_is_refused() -> None:

@@ -930,8 +930,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     if plan.vcpu_cpus is not None:
         rows.append(("VCPU CPUs", _vcpu_cpu_lines(plan.vcpu_cpus)))
-    elif plan.spu is not None:
-        rows.append(("VCPU CPUs", "none: more VCPUs than the SPU has CPUs (see the warning)"))
     spu_limit = "none" if not plan.spu_limit else format_size(plan.spu_limit)
     if args.spu_limit is not None:
         spu_limit += " (--spu-limit)"
@@ -1063,6 +1061,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         raise_memlock=args.raise_memlock,
         case=args.case,
         enable_buffer=args.enable_buffer,
+        strict_placement=args.strict_placement,
     )
     steps: list[Doc] = []
     for st in r.steps:
@@ -1102,6 +1101,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         "locked_bytes": r.locked_bytes,
         "vm_lck": r.vm_lck,
         "memlock_limit": r.memlock_limit,
+        "warnings": list(r.warnings),
         "error": error,
     }
     lines = [
@@ -1126,6 +1126,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         )
     elif r.vm_lck is not None:
         lines.append(f"VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}")
+    lines += [f"warning: {w}" for w in r.warnings]
     if error:
         lines.append(f"stopped: {error}")
     else:
@@ -1415,7 +1416,8 @@ _EPILOGS = {
   kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
   kvmspe configure --profile limited-spu --max-buffer-size 8M       refused: ERANGE, exit 1
   kvmspe configure --profile big-little --vcpus 4 --spu 11          VCPUs on CPUs 4-7
-  kvmspe configure --profile big-little --vcpus 8 --spu 11          refused: SPU 11 has 4 CPUs, exit 1
+  kvmspe configure --profile big-little --vcpus 8 --spu 11          overcommit: SPU 11 has 4 CPUs, a warning
+  kvmspe configure --profile big-little --vcpus 8 --spu 11 --strict-placement    refused, exit 1
   kvmspe configure --backend kvm                                    the real kernel only
   kvmspe configure --vcpus 2 --json""",
     "conformance": """examples:
@@ -1790,6 +1792,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="raise RLIMIT_MEMLOCK as the planner says, and by the excess of any KVM_EXIT_RLIMIT",
     )
     _case_option(p, "the planner's case --raise-memlock raises to", "plan")
+    p.add_argument(
+        "--strict-placement",
+        action="store_true",
+        help="give each VCPU a CPU of its SPU of its own: refuse more VCPUs than the SPU has CPUs"
+        " (default: allow overcommit, with a warning saying what it costs)",
+    )
     p.add_argument(
         "--enable-buffer",
         metavar="SIZE",

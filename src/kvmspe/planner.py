@@ -15,8 +15,8 @@ has these keys, stable across versions:
     ``page_size``, ``spus`` each ``{id, max_buffer_size, cpus}``), the SPU
     chosen, and for each VCPU the host CPUs it may run on
     (:func:`kvmspe.affinity.vcpu_affinity`); None when planned without a
-    host, and ``vcpu_cpus`` None when the SPU has fewer CPUs than VCPUs
-    (a warning says so: ``kvmspe configure`` stops there).
+    host. More VCPUs than the SPU has CPUs is overcommit: every VCPU gets
+    all of them, and a warning says what it costs.
 ``requested``
     the size asked for (None: the SPU's limit).
 ``size``
@@ -606,13 +606,12 @@ def _host_inputs(
         notes.append(f"the host ({host.source}) has no SPE unit: configure would stop at the SPU")
         return page, (spu_limit or 0), None, None, notes
     limit = chosen.max_buffer_size if spu_limit is None else spu_limit
-    from .affinity import AffinityError, vcpu_affinity
+    from .affinity import overcommit, vcpu_affinity
 
-    try:
-        cpus: list[tuple[int, ...]] | None = vcpu_affinity(vcpus, chosen.id, chosen.cpus)
-    except AffinityError as exc:
-        notes.append(f"{exc} (configure stops here)")
-        cpus = None
+    cpus: list[tuple[int, ...]] | None = vcpu_affinity(vcpus, chosen.id, chosen.cpus)
+    cost = overcommit(vcpus, chosen.id, chosen.cpus)
+    if cost is not None:
+        notes.append(f"{cost} (configure runs them; with --strict-placement it stops here)")
     if cpus is not None and not chosen.cpus:
         notes.append(f"SPU {chosen.id}'s CPUs are not known: no VCPU can be pinned to them")
     return page, limit, chosen, cpus, notes
