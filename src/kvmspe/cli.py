@@ -730,10 +730,58 @@ def _binary_ticks(value: float, _pos: object = None) -> str:
     return format_size(n) if n > 0 and n == value else ""
 
 
-def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
+def _distinct_ratios(values: dict[str, float], least: int = 2, most: int = 8) -> dict[str, str]:
+    """Each value as ``x1.00``, with more decimals only for values that would otherwise
+    read the same as a different one (``x1.0010`` and ``x1.0034``, not both ``x1.00``)."""
+    digits = dict.fromkeys(values, least)
+
+    def text(key: str) -> str:
+        return f"x{values[key]:.{digits[key]}f}"
+
+    while True:
+        clash = {
+            a
+            for a in values
+            for b in values
+            if values[a] != values[b] and text(a) == text(b) and digits[a] < most
+        }
+        if not clash:
+            return {key: text(key) for key in values}
+        for key in clash:
+            digits[key] += 1
+
+
+#: The plot's notes: characters per line of warning text, its size and colour.
+PLOT_NOTE_WIDTH = 125
+PLOT_NOTE_FONT = 8
+PLOT_NOTE_COLOUR = "#b2182b"
+
+
+def _plot_notes(plan: Any) -> list[str]:
+    """The planner's warnings as the plot shows them, wrapped to fit its width."""
+    import textwrap
+
+    lines: list[str] = []
+    for w in plan.warnings:
+        lines += textwrap.wrap(f"warning: {w}", PLOT_NOTE_WIDTH, subsequent_indent="  ")
+    return lines
+
+
+def _plot_labels(plan: Any) -> dict[str, str]:
+    """The legend's label of each case: its amplification at the chosen size, told apart."""
+    from . import planner
+
+    if not plan.size:
+        return {case: case for case in planner.PINNING_CASES}
+    ratios = _distinct_ratios({case: plan.pinned[case]["amplification"] for case in planner.PINNING_CASES})
+    return {case: f"{case} ({ratios[case]} at the chosen size)" for case in planner.PINNING_CASES}
+
+
+def _draw_plot(figure_class: Any, path: str, plan: Any) -> Any:
     """Pinned memory per VM against the max buffer size, one curve per case; the
-    chosen size as a vertical line with each case's figure on it, and the
-    RLIMIT_MEMLOCK the plan gives as a horizontal line. Written atomically."""
+    chosen size as a vertical line with each case's figure on it, the
+    RLIMIT_MEMLOCK the plan gives as a horizontal line, and the planner's
+    warnings under the axes. Written atomically; returns the figure."""
     import importlib
 
     from . import planner
@@ -756,10 +804,9 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     ax = fig.subplots()
     # best and typical nearly coincide: best wide underneath, typical dashed on top.
     styles = {"best": ("-", 4.0), "typical": ("--", 1.5), "worst": ("-", 1.5)}
+    labels = _plot_labels(plan)
     for case in planner.PINNING_CASES:
-        label = case
-        if plan.size:
-            label += f" (x{plan.pinned[case]['amplification']:.2f} at the chosen size)"
+        label = labels[case]
         linestyle, linewidth = styles[case]
         ax.plot(
             sweep.sizes,
@@ -808,7 +855,23 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     )
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
+    notes = _plot_notes(plan)
+    if notes:
+        # Room under the axes for the notes: a line is about 1.4 times the font size.
+        line = 1.4 * PLOT_NOTE_FONT / 72 * PLOT_DPI / height
+        bottom = fig.subplotpars.bottom
+        fig.subplots_adjust(bottom=bottom + line * len(notes))
+        fig.text(
+            0.01,
+            0.01,
+            "\n".join(notes),
+            fontsize=PLOT_NOTE_FONT,
+            color=PLOT_NOTE_COLOUR,
+            ha="left",
+            va="bottom",
+        )
     _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=PLOT_DPI))
+    return fig
 
 
 def _parse_plan_size(text: str) -> int | None:
