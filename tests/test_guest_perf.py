@@ -157,3 +157,20 @@ def test_the_library_refuses_sizes_no_vm_advertises() -> None:
         perfaux.fit("arm_spe_0", 4 * MiB, "test", 8192)
     with pytest.raises(InvalidArgumentError):
         perfaux.largest_aux_pages(0, 4096)
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_closed_stdout_and_a_full_device_give_one_line_or_nothing(fmt: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    args = ["guest", "--perf", "--fixture", "arm64-guest-capped", *fmt]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    run = [sys.executable, "-m", "kvmspe", *args]
+    closed = subprocess.run(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    assert closed.returncode == 0 and closed.stderr == ""
+    script = '"$@" >&-; echo "closed $?" >&2; "$@" >/dev/full'
+    r = subprocess.run(["bash", "-c", script, "x", *run], capture_output=True, text=True, env=env)
+    assert r.stderr.splitlines() == ["closed 0", "kvmspe: error: [Errno 28] No space left on device"]
+    assert r.returncode == 2

@@ -1884,7 +1884,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", choices=tuple(LANGS), required=True, help="; ".join(f"{k}: {v}" for k, v in LANGS.items())
     )
 
-    p = add("guest", cmd_guest, "what the guest's firmware says about SPE: a device-tree node, an ACPI field")
+    p = add(
+        "guest",
+        cmd_guest,
+        "the guest's side of SPE: its firmware's description (a device-tree node, an ACPI field),"
+        " and the perf buffer it can use",
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dt", action="store_true", help="the device-tree node (compatible string and PPI)")
     what.add_argument("--acpi", action="store_true", help="the MADT GICC 'SPE overflow interrupt' field")
