@@ -418,6 +418,20 @@ def test_a_reader_never_sees_half_a_textfile(children: dict[str, Child], tmp_pat
         list(text_string_to_metric_families(text))
 
 
+def test_textfile_goes_with_json_and_with_prometheus_on_stdout(
+    children: dict[str, Child], tmp_path: Path
+) -> None:
+    far = children["far"]
+    target = tmp_path / "kvmspe.prom"
+    r = run("status", *pid_args(far), "--json", "--textfile", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["textfile"] == str(target)
+    r = run("status", *pid_args(far), "--prometheus", "--textfile", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == target.read_text()  # the same exposition text, and no "wrote" line in it
+    assert _samples(r.stdout)[("kvmspe_vcpus", str(far.pid))] == 4
+
+
 def test_textfile_needs_a_directory_and_a_fifo_target_is_refused(tmp_path: Path) -> None:
     assert_bad_input(run("status", "--textfile", str(tmp_path / "missing")), "is not a directory")
     os.mkfifo(tmp_path / "kvmspe.prom")
