@@ -60,6 +60,13 @@ def test_the_human_answer_names_the_command_the_page_size_and_the_mmap_error() -
     assert any(line.startswith("note: per CPU (-a, or -C CPUS)") for line in lines)
 
 
+def test_json_names_the_source_of_every_rule_and_only_the_page_size_of_a_snapshot_is_assumed() -> None:
+    facts = perf_json("--fixture", "arm64-guest-capped")["facts"]
+    assert isinstance(facts, dict) and set(facts) == set(perfaux.FACTS)
+    assumed = [k for k, v in facts.items() if "assumed" in v["source"]]
+    assert assumed == ["snapshot_page_size"]
+
+
 def test_without_the_cap_file_the_size_must_be_given() -> None:
     assert_bad_input(kvmspe("guest", "--perf", "--fixture", "arm64-guest"), "--max-buffer-size SIZE")
     u = unit(perf_json("--fixture", "arm64-guest", "--max-buffer-size", "2M"))

@@ -594,3 +594,13 @@ def test_the_probe_block_of_the_docs_is_what_this_kind_of_host_gives() -> None:
     _need_kvm()
     r = run(*command.split()[1:])
     assert (r.stdout.splitlines(), r.returncode) == (shown, status)
+
+
+def test_probe_textfile_is_its_own_file_next_to_status(tmp_path: Path) -> None:
+    """probe and status write different files, so one does not replace the other's metrics."""
+    r = run("probe", "--fixture", "arm64-big-little", "--textfile", str(tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines()[-1] == f"wrote {tmp_path / 'kvmspe-probe.prom'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvmspe-probe.prom"]
+    fams = {f.name for f in text_string_to_metric_families((tmp_path / "kvmspe-probe.prom").read_text())}
+    assert fams == set(metrics.PROBE_METRICS)

@@ -1292,6 +1292,7 @@ def _guest_perf(args: argparse.Namespace) -> int:
         "mmap_error": perfaux.MMAP_ERROR,
         "perf_default_aux": dict(perfaux.PERF_DEFAULT_AUX),
         "notes": notes,
+        "facts": {key: {"rule": rule, "source": source} for key, (rule, source) in perfaux.FACTS.items()},
     }
     lines = [f"page size {format_size(page)} ({page_why})"]
     for f in fits:
