@@ -181,3 +181,18 @@ def test_closed_stdout_and_a_full_device_give_one_line_or_nothing(fmt: list[str]
     r = subprocess.run(["bash", "-c", script, "x", *run], capture_output=True, text=True, env=env)
     assert r.stderr.splitlines() == ["closed 0", "kvmspe: error: [Errno 28] No space left on device"]
     assert r.returncode == 2
+
+
+def test_fit_units_prefers_the_cap_file_and_raises_its_own_error_without_any_cap() -> None:
+    with_cap = discovery.SpeInstance("arm_spe_0", caps={"max_buff_size": 4 * MiB})
+    without = discovery.SpeInstance("arm_spe_1")
+    fits, notes = perfaux.fit_units([with_cap, without], 4096, given=2 * MiB)
+    assert [(f.unit, f.max_buff_size, f.source, f.pages) for f in fits] == [
+        ("arm_spe_0", 4 * MiB, "caps/max_buff_size", 1024),
+        ("arm_spe_1", 2 * MiB, "--max-buffer-size", 512),
+    ]
+    assert len(notes) == 1 and "is not used for arm_spe_0" in notes[0]
+    with pytest.raises(perfaux.CapUnknownError, match="arm_spe_1 has no caps/max_buff_size"):
+        perfaux.fit_units([with_cap, without], 4096)
+    with pytest.raises(InvalidArgumentError):
+        perfaux.fit_units([without], 4096, given=0x401000)

@@ -1261,30 +1261,8 @@ def _guest_perf(args: argparse.Namespace) -> int:
             " (is the SPE node in the guest's device tree or ACPI tables? 'kvmspe guest --dt' prints one)"
         )
         return _emit(args, doc0, [line.replace("the host kernel's SPE driver", "the SPE driver")], 1)
-    fits = []
-    ignored: list[str] = []
-    for inst in instances:
-        if inst.max_buff_size is not None:
-            fits.append(perfaux.fit(inst.name, inst.max_buff_size, "caps/max_buff_size", page))
-            if given is not None and given != inst.max_buff_size:
-                ignored.append(
-                    f"--max-buffer-size {format_size(given)} is not used for {inst.name}: its driver"
-                    f" advertises {format_size(inst.max_buff_size)}, which is what it enforces"
-                )
-        elif given is not None:
-            fits.append(perfaux.fit(inst.name, given, "--max-buffer-size", page))
-        else:
-            raise UsageError(
-                f"{inst.name} has no caps/max_buff_size (the driver lacks the proposed patch), so the VM's"
-                " max buffer size is not known here; accepted: --max-buffer-size SIZE, the size the host set"
-                " (its 'kvmspe plan' says which)"
-            )
-    notes = [
-        "perf wants the AUX buffer as a power-of-two number of pages, at least 2; -m,PAGES sets it",
-        "per CPU (-a, or -C CPUS) the buffer stays enabled; per task (-p, -t, or a command without -a)"
-        " the driver enables and disables it at every context switch, and with KVM pinning the buffer"
-        " at each enable that is costly",
-    ]
+    fits, ignored = perfaux.fit_units(instances, page, given)
+    notes = list(perfaux.NOTES)
     doc: Doc = {
         "page_size": page,
         "page_size_source": page_why,

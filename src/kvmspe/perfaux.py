@@ -27,20 +27,28 @@ Each figure and where it comes from (:data:`FACTS`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arch import maxbuf
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, KvmspeError
+from .units import format_size
 from .validation import check_int
+
+if TYPE_CHECKING:
+    from .host.discovery import SpeInstance
 
 __all__ = [
     "FACTS",
     "MIN_AUX_PAGES",
     "MMAP_ERROR",
     "PERF_DEFAULT_AUX",
+    "NOTES",
     "AuxFit",
+    "CapUnknownError",
     "fit",
+    "fit_units",
     "largest_aux_pages",
 ]
 
@@ -66,6 +74,19 @@ FACTS = {
     ),
     "snapshot_page_size": ("a snapshot's page size is 4 KiB unless given", "assumed"),
 }
+
+
+#: What every answer says, whatever the cap: how perf sizes the buffer, and per CPU vs per task.
+NOTES = (
+    "perf wants the AUX buffer as a power-of-two number of pages, at least 2; -m,PAGES sets it",
+    "per CPU (-a, or -C CPUS) the buffer stays enabled; per task (-p, -t, or a command without -a)"
+    " the driver enables and disables it at every context switch, and with KVM pinning the buffer"
+    " at each enable that is costly",
+)
+
+
+class CapUnknownError(KvmspeError, ValueError):
+    """An SPE unit whose driver has no ``caps/max_buff_size``, and no size was given for it."""
 
 
 def largest_aux_pages(max_buff_size: int, page_size: int) -> int | None:
@@ -152,3 +173,39 @@ def fit(unit: str, max_buff_size: int, source: str, page_size: int) -> AuxFit:
     maxbuf.check_page_size(page_size, "page size")
     pages = None if max_buff_size == 0 else largest_aux_pages(max_buff_size, page_size)
     return AuxFit(unit, max_buff_size, source, page_size, pages)
+
+
+def fit_units(
+    units: Sequence[SpeInstance], page_size: int, given: int | None = None
+) -> tuple[list[AuxFit], list[str]]:
+    """:func:`fit` for each SPE unit, and notes on the choices made.
+
+    A unit's cap is its ``caps/max_buff_size`` where the driver has one (it
+    is what the driver enforces: a ``given`` size that differs is noted and
+    not used), else ``given`` (the VM's max buffer size as the host set it).
+    Raises :class:`CapUnknownError` for a unit with neither, and
+    InvalidArgumentError for a ``given`` that is not a MaxBuffSize size or a
+    bad ``page_size``.
+    """
+    if given is not None:
+        fit("--max-buffer-size", given, "--max-buffer-size", page_size)  # checks it up front
+    fits: list[AuxFit] = []
+    notes: list[str] = []
+    for unit in units:
+        cap = unit.max_buff_size
+        if cap is not None:
+            fits.append(fit(unit.name, cap, "caps/max_buff_size", page_size))
+            if given is not None and given != cap:
+                notes.append(
+                    f"--max-buffer-size {format_size(given)} is not used for {unit.name}: its driver"
+                    f" advertises {format_size(cap)}, which is what it enforces"
+                )
+        elif given is not None:
+            fits.append(fit(unit.name, given, "--max-buffer-size", page_size))
+        else:
+            raise CapUnknownError(
+                f"{unit.name} has no caps/max_buff_size (the driver lacks the proposed patch), so the VM's"
+                " max buffer size is not known here; accepted: --max-buffer-size SIZE, the size the host set"
+                " (its 'kvmspe plan' says which)"
+            )
+    return fits, notes
