@@ -604,3 +604,23 @@ def test_probe_textfile_is_its_own_file_next_to_status(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kvmspe-probe.prom"]
     fams = {f.name for f in text_string_to_metric_families((tmp_path / "kvmspe-probe.prom").read_text())}
     assert fams == set(metrics.PROBE_METRICS)
+
+
+def test_plan_prometheus_parses_and_matches_the_plans_json() -> None:
+    args = ("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "4")
+    doc = json.loads(run(*args, "--json").stdout)
+    r = run(*args, "--prometheus")
+    assert r.returncode == 0, r.stderr
+    fams = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+    assert set(fams) == set(metrics.PLAN_METRICS)
+    [size] = fams["kvmspe_plan_max_buffer_size_bytes"].samples
+    assert size.value == doc["size"] and size.labels == {"vcpus": "4", "spu": "11"}
+    pinned = {s.labels["case"]: s.value for s in fams["kvmspe_plan_pinned_bytes"].samples}
+    assert pinned == {case: doc["pinned"][case]["per_vm"] for case in ("best", "typical", "worst")}
+    [limit] = fams["kvmspe_plan_memlock_limit_bytes"].samples
+    assert (limit.value, limit.labels["case"]) == (doc["memlock_limit"], "worst")
+    unlimited = run("plan", "--profile", "default-4k", "--max-buffer-size", "max", "--prometheus").stdout
+    [limit] = next(
+        f for f in text_string_to_metric_families(unlimited) if f.name.endswith("limit_bytes")
+    ).samples
+    assert limit.value == float("inf")

@@ -447,7 +447,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # --- status and Prometheus ---------------------------------------------------------------------
 
 #: The file ``--textfile DIR`` writes, by command: node_exporter's textfile collector reads DIR/*.prom.
-TEXTFILES = {"status": "kvmspe.prom", "probe": "kvmspe-probe.prom"}
+TEXTFILES = {"status": "kvmspe.prom", "probe": "kvmspe-probe.prom", "plan": "kvmspe-plan.prom"}
 
 
 def _textfile_dir(directory: str | None) -> str | None:
@@ -954,6 +954,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from . import planner
 
     figure_class = None
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
     if args.plot is not None:
         _plot_target(args.plot)
         figure_class = _plot_module()
@@ -1044,7 +1046,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if figure_class is not None:
         _draw_plot(figure_class, args.plot, plan)
         lines.append(f"plot written to {args.plot}")
-    return _emit(args, doc, lines)
+    families = _families(args, lambda: _metrics().plan_families(plan))
+    return _output(args, "plan", doc, lines, families, 0)
 
 
 # --- configure --------------------------------------------------------------------------------
@@ -1452,7 +1455,8 @@ _EPILOGS = {
   kvmspe plan --vcpus 64 --max-buffer-size 16M --page-size 64K --granule 4K
   kvmspe plan --profile big-little --spu 11 --vcpus 4 --max-buffer-size max
   kvmspe plan --vcpus 4 --locked 1G --case typical --json
-  kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png""",
+  kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png
+  kvmspe plan --vcpus 4 --textfile /var/lib/node_exporter/textfile_collector""",
     "configure": """examples:
   kvmspe configure --vcpus 4 --max-buffer-size 4M
   kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
@@ -1770,6 +1774,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="memory the VMM locks already, e.g. guest RAM (default 0)",
     )
+    _prometheus_options(p, "plan")
     p.add_argument(
         "--user",
         metavar="NAME",

@@ -1,4 +1,4 @@
-"""What kvmspe exports to Prometheus: the metric families of ``status`` and ``probe``.
+"""What kvmspe exports to Prometheus: the metric families of ``status``, ``probe`` and ``plan``.
 
 Names start with ``kvmspe_`` and are in base units (bytes, counts), as
 Prometheus' naming conventions ask. Per-process metrics carry the labels
@@ -10,12 +10,23 @@ unlimited RLIMIT_MEMLOCK is ``+Inf``, and so is the headroom under it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from .host.discovery import HostInfo
 from .prometheus import MetricFamily
 from .status import StatusReport
 
-__all__ = ["PROBE_METRICS", "STATUS_METRICS", "probe_families", "status_families"]
+if TYPE_CHECKING:
+    from .planner import Plan
+
+__all__ = [
+    "PLAN_METRICS",
+    "PROBE_METRICS",
+    "STATUS_METRICS",
+    "plan_families",
+    "probe_families",
+    "status_families",
+]
 
 #: The per-process metrics of ``status``, with their help texts.
 STATUS_METRICS = {
@@ -42,6 +53,14 @@ PROBE_METRICS = {
     "kvmspe_spe_unit_cpus": "CPUs of the SPE unit (its cpumask)",
     "kvmspe_spe_unit_max_buffer_size_bytes": "The SPE unit's caps/max_buff_size, where the driver has it"
     " (0: no limit)",
+}
+
+
+#: The metrics of ``plan``: what the planner says a VM of these VCPUs on this SPU needs.
+PLAN_METRICS = {
+    "kvmspe_plan_max_buffer_size_bytes": "The max buffer size the plan sets (0: no limit)",
+    "kvmspe_plan_pinned_bytes": "Host memory the VM's SPE buffers pin, per pinning case (+Inf: no limit)",
+    "kvmspe_plan_memlock_limit_bytes": "The RLIMIT_MEMLOCK the plan gives the VMM (+Inf: unlimited)",
 }
 
 
@@ -84,4 +103,16 @@ def probe_families(info: HostInfo) -> list[MetricFamily]:
         fams["kvmspe_spe_unit_cpus"].add(len(inst.cpus), labels)
         if inst.max_buff_size is not None:
             fams["kvmspe_spe_unit_max_buffer_size_bytes"].add(inst.max_buff_size, labels)
+    return list(fams.values())
+
+
+def plan_families(plan: Plan) -> list[MetricFamily]:
+    """The families of ``plan --prometheus``: labels ``vcpus`` and ``spu`` (empty without a
+    host), and ``case`` for the pinned memory of each pinning case."""
+    fams = {name: MetricFamily(name, text) for name, text in PLAN_METRICS.items()}
+    labels = (("vcpus", str(plan.vcpus)), ("spu", "" if plan.spu is None else str(plan.spu)))
+    fams["kvmspe_plan_max_buffer_size_bytes"].add(plan.size, labels)
+    for case, figures in plan.pinned.items():
+        fams["kvmspe_plan_pinned_bytes"].add(_limit(figures["per_vm"]), (*labels, ("case", case)))
+    fams["kvmspe_plan_memlock_limit_bytes"].add(_limit(plan.memlock_limit), (*labels, ("case", plan.case)))
     return list(fams.values())
