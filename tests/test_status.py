@@ -624,3 +624,28 @@ def test_plan_prometheus_parses_and_matches_the_plans_json() -> None:
         f for f in text_string_to_metric_families(unlimited) if f.name.endswith("limit_bytes")
     ).samples
     assert limit.value == float("inf")
+
+
+def test_report_of_unlimited_lowered_and_unreadable_limits() -> None:
+    """Limits no child here can have (this process may not raise a hard limit): built as data."""
+    fds = kvmprocs.KvmFds(vms=1, vcpus=1, dev_kvm=1)
+    scan = kvmprocs.KvmScan(
+        processes=[
+            kvmprocs.KvmProcess(10, "unlimited", fds, memlock.MemlockStatus(10, None, None, 64 * MiB)),
+            kvmprocs.KvmProcess(11, "lowered", fds, memlock.MemlockStatus(11, MiB, MiB, 2 * MiB)),
+            kvmprocs.KvmProcess(12, "unread", fds, None, "cannot read its RLIMIT_MEMLOCK and VmLck: x"),
+        ],
+        scanned=3,
+    )
+    rep = report(scan, Threshold(nbytes=0))
+    by = {s.process.command: s for s in rep.processes}
+    assert (by["unlimited"].headroom, by["unlimited"].past_threshold) == (None, False)
+    assert (by["lowered"].headroom, by["lowered"].past_threshold) == (-MiB, True)
+    assert (by["unread"].headroom, by["unread"].past_threshold) == (None, False)
+    assert [s.process.pid for s in rep.past_threshold] == [11]
+    fams = {
+        f.name: f for f in text_string_to_metric_families(prometheus.render(metrics.status_families(rep)))
+    }
+    headroom = {s.labels["pid"]: s.value for s in fams["kvmspe_memlock_headroom_bytes"].samples}
+    assert headroom == {"10": float("inf"), "11": -MiB}  # nothing for the unreadable one
+    assert {s.labels["pid"] for s in fams["kvmspe_vms"].samples} == {"10", "11", "12"}
