@@ -177,7 +177,9 @@ def scan(
         explicit = True
         for pid in wanted:
             if not (root / str(pid)).is_dir():
-                raise ProcessLookupError(f"no process {pid} (nothing at {root / str(pid)})")
+                raise ProcessLookupError(
+                    f"no process {pid} (nothing at {root / str(pid)}); accepted: the pid of a running process"
+                )
     result = KvmScan()
     for pid in wanted:
         base = root / str(pid)
