@@ -1,15 +1,16 @@
 """``kvmspe status`` against real processes of this machine that hold KVM VMs and locked memory.
 
-Each test starts child processes that open ``/dev/kvm``, create a VM
-(KVM_CREATE_VM) and VCPUs (KVM_CREATE_VCPU), set their RLIMIT_MEMLOCK and
-``mlock`` a known number of bytes, so their VmLck is known exactly: one
-near its limit (64 KiB of headroom under a 1 MiB soft limit), one far
-from it (7.5 MiB under 8 MiB), and one that stays root. The first two give
+The tests share child processes (a module fixture) that open ``/dev/kvm``,
+create a VM (KVM_CREATE_VM) and VCPUs (KVM_CREATE_VCPU), set their
+RLIMIT_MEMLOCK and ``mlock`` a known number of bytes, so their VmLck is
+known exactly: one near its limit (64 KiB of headroom under a 1 MiB soft
+limit), one far from it (3.5 MiB under 4 MiB), and one that stays root. The first two give
 themselves to the user nobody (and stay dumpable), so an inspector running as
 nobody may read their fds but not the root one's: that is the process "the
 caller cannot inspect", measured by the kernel's own permission check on
-``/proc/PID/fd``. Every child ends itself after 60 s at the latest (an
-alarm), ends at once when its stdin closes, and is reaped by the fixture.
+``/proc/PID/fd``. Every child ends itself after 300 s at the latest (an
+alarm) and is killed if the test process dies (PR_SET_PDEATHSIG), ends
+at once when its stdin closes, and is reaped by the fixture.
 The tests need /dev/kvm (else they skip, saying so); those with the
 nobody inspector also need root to make the children.
 """
@@ -46,7 +47,7 @@ _CHILD = textwrap.dedent(
     """
     import ctypes, fcntl, mmap, os, resource, signal, sys
     name, vcpus, lock, soft, hard, drop = sys.argv[1:]
-    signal.alarm(60)  # bounded even if the parent dies without closing our stdin
+    signal.alarm(300)  # bounded whatever happens to the parent
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: /proc/PID/comm
     kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
@@ -58,6 +59,9 @@ _CHILD = textwrap.dedent(
         os.setgid(65534)
         os.setuid(65534)
         libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: a uid change clears it, which hides /proc/PID/fd
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG, after the uid change (which clears it)
+    if os.getppid() == 1:
+        sys.exit("the parent is gone")
     buf = mmap.mmap(-1, max(int(lock), 4096))
     if int(lock):
         addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
