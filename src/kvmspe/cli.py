@@ -452,6 +452,7 @@ TEXTFILES = {"status": "kvmspe.prom", "probe": "kvmspe-probe.prom", "plan": "kvm
 
 def _textfile_dir(directory: str | None) -> str | None:
     """``directory`` when a textfile may be written in it (checked before any work), else a UsageError."""
+    import errno
     import os
 
     if directory is None:
@@ -462,7 +463,7 @@ def _textfile_dir(directory: str | None) -> str | None:
     if not os.path.isdir(directory):
         raise UsageError(f"--textfile {directory!r} is not a directory; {accepted}")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"--textfile {directory!r}: cannot write in it: {os.strerror(13)}")
+        raise UsageError(f"--textfile {directory!r}: cannot write in it: {os.strerror(errno.EACCES)}")
     return directory
 
 
