@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmspe.affinity import AffinityError, describe_cpus, pin_thread, thread_cpus, vcpu_affinity
+from kvmspe.affinity import (
+    AffinityError,
+    describe_cpus,
+    overcommit,
+    pin_thread,
+    thread_cpus,
+    vcpu_affinity,
+)
 from kvmspe.errors import InvalidArgumentError
 from kvmspe.model.profiles import PROFILES
 
@@ -24,12 +31,21 @@ def test_big_little_vcpus_on_the_big_spu_get_cpus_4_to_7() -> None:
     assert vcpu_affinity(2, 10, _spu_cpus("big-little", 10)) == [(0, 1, 2, 3)] * 2
 
 
-def test_more_vcpus_than_the_spu_has_cpus_is_refused_in_one_line() -> None:
+def test_more_vcpus_than_the_spu_has_cpus_is_overcommit_refused_only_when_strict() -> None:
+    cpus = _spu_cpus("big-little", 11)
+    assert vcpu_affinity(8, 11, cpus) == [(4, 5, 6, 7)] * 8
+    cost = overcommit(8, 11, cpus)
+    assert cost is not None and "\n" not in cost
+    assert "8 VCPUs on SPU 11" in cost and "time-share those 4 CPUs" in cost and "8 buffers" in cost
+    assert overcommit(4, 11, cpus) is None and overcommit(8, 11, ()) is None
     with pytest.raises(AffinityError) as info:
-        vcpu_affinity(8, 11, _spu_cpus("big-little", 11))
+        vcpu_affinity(8, 11, cpus, strict=True)
     text = str(info.value)
     assert "8 VCPUs on SPU 11" in text and "CPUs 4-7" in text and "at most 4" in text
     assert "\n" not in text
+    assert vcpu_affinity(4, 11, cpus, strict=True) == [(4, 5, 6, 7)] * 4
+    with pytest.raises(InvalidArgumentError):
+        vcpu_affinity(4, 11, cpus, strict=1)  # type: ignore[arg-type]
 
 
 def test_unknown_cpumask_gives_nothing_to_pin() -> None:
@@ -37,12 +53,14 @@ def test_unknown_cpumask_gives_nothing_to_pin() -> None:
 
 
 @given(st.integers(1, 64), st.sets(st.integers(0, 255), min_size=1, max_size=64))
-def test_every_vcpu_gets_exactly_the_spus_cpus_or_a_refusal(vcpus: int, cpus: set[int]) -> None:
+def test_every_vcpu_gets_exactly_the_spus_cpus_or_a_strict_refusal(vcpus: int, cpus: set[int]) -> None:
+    assert vcpu_affinity(vcpus, 10, cpus) == [tuple(sorted(cpus))] * vcpus
+    assert (overcommit(vcpus, 10, cpus) is not None) == (vcpus > len(cpus))
     if vcpus > len(cpus):
         with pytest.raises(AffinityError):
-            vcpu_affinity(vcpus, 10, cpus)
+            vcpu_affinity(vcpus, 10, cpus, strict=True)
     else:
-        assert vcpu_affinity(vcpus, 10, cpus) == [tuple(sorted(cpus))] * vcpus
+        assert vcpu_affinity(vcpus, 10, cpus, strict=True) == [tuple(sorted(cpus))] * vcpus
 
 
 def test_pin_thread_really_changes_the_threads_affinity_on_this_machine() -> None:

@@ -417,7 +417,7 @@ def test_plan_shows_each_spu_its_cpus_and_the_vcpus_cpus() -> None:
     assert r.returncode == 0
     assert "warning: 8 VCPUs on SPU 11, which only CPUs 4-7 (4 CPUs) have" in r.stdout
     doc = ok_json("plan", "--profile", "big-little", "--spu", "11", "--vcpus", "8")
-    assert doc["vcpu_cpus"] is None
+    assert doc["vcpu_cpus"] == [[4, 5, 6, 7]] * 8  # overcommit: every VCPU on all of the SPU's CPUs
     assert_bad_input(kvmspe("plan", "--profile", "big-little", "--spu", "12"), "SPU 12", "accepted: 10, 11")
     assert_bad_input(kvmspe("plan", "--profile", "nope"), "unknown host profile")
     assert_bad_input(kvmspe("plan", "--profile", "64k", "--fixture", "arm64-big-little"), "not allowed")
@@ -517,9 +517,32 @@ def test_configure_on_big_little_gives_each_vcpu_its_spus_cluster() -> None:
         assert f"  ok   vcpus 0-3: would pin VCPU thread to CPUs {shown}\n" in r.stdout
 
 
-def test_configure_refuses_more_vcpus_than_the_spu_has_cpus() -> None:
-    # The model, whatever this host has (auto takes the real kernel on a host with SPE).
+def test_configure_overcommits_more_vcpus_than_the_spu_has_cpus_with_a_warning() -> None:
     args = ("configure", "--backend", "model", "--profile", "big-little", "--vcpus", "8", "--spu", "11")
+    r = kvmspe(*args)
+    assert r.returncode == 0 and r.stderr == ""
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "time-share those 4 CPUs" in warnings[0], r.stdout
+    assert "  ok   vcpus 0-7: would pin VCPU thread to CPUs 4-7" in r.stdout
+    doc = ok_json(*args)
+    assert doc["ok"] is True and doc["warnings"] == [warnings[0].removeprefix("warning: ")]
+    assert doc["vcpu_cpus"] == [[4, 5, 6, 7]] * 8
+
+
+def test_configure_with_strict_placement_refuses_more_vcpus_than_the_spu_has_cpus() -> None:
+    # The model, whatever this host has (auto takes the real kernel on a host with SPE).
+    args = (
+        "configure",
+        "--backend",
+        "model",
+        "--profile",
+        "big-little",
+        "--vcpus",
+        "8",
+        "--spu",
+        "11",
+        "--strict-placement",
+    )
     r = kvmspe(*args)
     assert r.returncode == 1 and r.stderr == ""
     stopped = [line for line in r.stdout.splitlines() if line.startswith("stopped: ")]

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from kvmspe import abi
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1
+from kvmspe.errors import InvalidArgumentError
 from kvmspe.model.assumptions import DEFAULT, Assumptions
 from kvmspe.model.kernel import Host, Spu
 from kvmspe.planner import (
+    CONTAINER_ULIMIT_MAX,
     LIBVIRT_UNLIMITED_KIB,
     PINNING_CASES,
     RLIM_FINITE_MAX,
@@ -67,7 +69,16 @@ def test_dict_keys_are_stable() -> None:
     assert set(d) == KEYS
     assert set(d["pinned"]) == set(PINNING_CASES)
     assert all(set(v) == CASE_KEYS for v in d["pinned"].values())
-    assert set(d["paste"]) == {"systemd", "ulimit", "libvirt", "prlimit"}
+    assert set(d["paste"]) == {
+        "systemd",
+        "ulimit",
+        "libvirt",
+        "prlimit",
+        "pam_limits_soft",
+        "pam_limits_hard",
+        "docker",
+        "podman",
+    }
     host = plan(4, host=PlanHost.from_profile("big-little")).to_dict()["host"]
     assert set(host) == {"source", "page_size", "spus"}
     assert all(set(s) == {"id", "max_buffer_size", "cpus"} for s in host["spus"])
@@ -366,8 +377,10 @@ def test_big_little_spu_11_gives_its_limit_cpus_and_affinity() -> None:
 
 def test_more_vcpus_than_the_spus_cpus_is_a_warning() -> None:
     p = plan(8, 4 * MiB, host=PlanHost.from_profile("big-little"), spu=11)
-    assert p.vcpu_cpus is None
-    assert any("8 VCPUs on SPU 11" in w and "configure stops" in w for w in p.warnings)
+    assert p.vcpu_cpus == [(4, 5, 6, 7)] * 8
+    assert any("8 VCPUs on SPU 11" in w and "--strict-placement" in w for w in p.warnings)
+    # Every VCPU still pins its own buffer: the limit covers all 8.
+    assert p.memlock_limit == plan(8, 4 * MiB).memlock_limit
 
 
 def test_an_spu_not_on_the_host_is_refused() -> None:
@@ -426,6 +439,19 @@ def _parse_back(paste: dict[str, str | None]) -> dict[str, int | None]:
         return None if text in ("infinity", "unlimited") else int(text) * unit
 
     out = {"systemd": num(systemd[1], 1), "ulimit": num(ulimit[1], 1024), "prlimit": num(prlimit[1], 1)}
+    # pam_limits: "DOMAIN soft|hard memlock KIB|unlimited", read in KiB; soft = hard.
+    pam = {}
+    for kind in ("soft", "hard"):
+        m = re.fullmatch(rf"(\S+) {kind} memlock (\d+|unlimited)", paste[f"pam_limits_{kind}"] or "")
+        assert m and m[1] == "USER", paste
+        pam[kind] = num(m[2], 1024)
+    assert pam["soft"] == pam["hard"]
+    out["pam_limits"] = pam["soft"]
+    # docker and podman: "--ulimit memlock=SOFT:HARD", bytes, -1 for unlimited; soft = hard.
+    assert paste["docker"] == paste["podman"]
+    container = re.fullmatch(r"--ulimit memlock=(-1|\d+):(-1|\d+)", paste["docker"] or "")
+    assert container and container[1] == container[2], paste
+    out["docker"] = None if container[1] == "-1" else int(container[1])
     if paste["libvirt"] is None:
         out["libvirt"] = None
     else:
@@ -453,9 +479,9 @@ def test_each_pasted_value_reads_back_as_the_planners_bytes(
     limit = p.memlock_limit
     assert limit is not None
     back = _parse_back(p.paste)
-    assert back["systemd"] == limit and back["prlimit"] == limit
+    assert back["systemd"] == limit and back["prlimit"] == limit and back["docker"] == limit
     # KiB rounded up: never below the bytes, and less than 1 KiB above.
-    for key in ("ulimit", "libvirt"):
+    for key in ("ulimit", "libvirt", "pam_limits"):
         value = back[key]
         assert value is not None and limit <= value < limit + 1024, key
     assert p.memlock_limit_kib is not None and p.memlock_limit_kib * 1024 == back["ulimit"]
@@ -468,9 +494,14 @@ def test_paste_rounds_kib_up_and_says_unlimited() -> None:
         "ulimit": "ulimit -l 5",
         "libvirt": "<memtune><hard_limit unit='KiB'>5</hard_limit></memtune>",
         "prlimit": "prlimit --memlock=4097:4097 --pid PID",
+        "pam_limits_soft": "USER soft memlock 5",
+        "pam_limits_hard": "USER hard memlock 5",
+        "docker": "--ulimit memlock=4097:4097",
+        "podman": "--ulimit memlock=4097:4097",
     }
     unlimited = memlock_settings(None)
-    assert _parse_back(unlimited) == dict.fromkeys(("systemd", "ulimit", "prlimit", "libvirt"))
+    keys = ("systemd", "ulimit", "prlimit", "pam_limits", "docker", "libvirt")
+    assert _parse_back(unlimited) == dict.fromkeys(keys)
     assert unlimited["systemd"] == "LimitMEMLOCK=infinity" and unlimited["libvirt"] is None
     assert plan(1, 0).paste == unlimited
     with pytest.raises(ValueError):
@@ -493,6 +524,27 @@ def test_paste_lines_stop_where_bash_and_libvirt_stop() -> None:
         lines = memlock_settings(limit)
         assert lines["systemd"] == f"LimitMEMLOCK={limit}"
         assert lines["prlimit"] == f"prlimit --memlock={limit}:{limit} --pid PID"
+
+
+def test_limits_conf_lines_name_the_user_given_and_refuse_what_would_split_the_line() -> None:
+    lines = memlock_settings(16 << 20, user="@kvm")
+    assert (lines["pam_limits_soft"], lines["pam_limits_hard"]) == (
+        "@kvm soft memlock 16384",
+        "@kvm hard memlock 16384",
+    )
+    for bad in ("", "a b", "qemu#x", "a\tb", "x\n"):
+        with pytest.raises(InvalidArgumentError):
+            memlock_settings(4096, user=bad)
+
+
+def test_container_and_pam_lines_stop_where_their_parsers_stop() -> None:
+    """docker and podman take a signed 64-bit value; pam_limits multiplies KiB by 1024 as bash does."""
+    top = memlock_settings(CONTAINER_ULIMIT_MAX)
+    assert top["docker"] == f"--ulimit memlock={CONTAINER_ULIMIT_MAX}:{CONTAINER_ULIMIT_MAX}"
+    above = memlock_settings(CONTAINER_ULIMIT_MAX + 1)
+    assert above["docker"] is None and above["podman"] is None
+    assert memlock_settings(ULIMIT_KIB_MAX * 1024)["pam_limits_soft"] == f"USER soft memlock {ULIMIT_KIB_MAX}"
+    assert memlock_settings(ULIMIT_KIB_MAX * 1024 + 1)["pam_limits_hard"] is None
 
 
 def test_bash_takes_the_largest_ulimit_line_and_refuses_the_next() -> None:
@@ -597,3 +649,16 @@ def test_why_counts_the_extra_guest_page_a_misaligned_buffer_touches() -> None:
     )
     aligned = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
     assert "guest pages, not" not in aligned
+
+
+def test_plan_user_names_the_limits_conf_lines_and_a_bad_one_is_refused() -> None:
+    from test_cli import assert_bad_input, kvmspe, ok_json
+
+    doc = ok_json("plan", "--vcpus", "4", "--profile", "default-4k", "--user", "@kvm")
+    kib = doc["memlock_limit_kib"]
+    assert doc["paste"]["pam_limits_soft"] == f"@kvm soft memlock {kib}"
+    assert doc["paste"]["pam_limits_hard"] == f"@kvm hard memlock {kib}"
+    assert doc["paste"]["docker"] == f"--ulimit memlock={doc['memlock_limit']}:{doc['memlock_limit']}"
+    r = kvmspe("plan", "--vcpus", "4", "--profile", "default-4k", "--user", "qemu")
+    assert f"limits.conf      qemu soft memlock {kib}" in r.stdout
+    assert_bad_input(kvmspe("plan", "--user", "a b"), "bad limits.conf user", "without spaces")

@@ -288,10 +288,24 @@ def test_big_little_each_vcpu_may_run_on_its_spus_cluster(spu: int, cpus: tuple[
     assert max(i for i, n in enumerate(names) if "pin" in n) < names.index("KVM_RUN (first entry)")
 
 
-def test_more_vcpus_than_the_spus_cpus_stop_before_anything_is_created() -> None:
+def test_more_vcpus_than_the_spus_cpus_are_overcommit_with_a_warning_and_run() -> None:
+    choice = _big_little(4 << 20)
+    result = bring_up(choice, vcpus=8, irq=21, spu=11, max_buffer_size=4 << 20, raise_memlock=True)
+    assert result.ok, result.error
+    assert result.vcpu_cpus == [(4, 5, 6, 7)] * 8
+    [warning] = result.warnings
+    assert "8 VCPUs on SPU 11" in warning and "time-share those 4 CPUs" in warning and "8 buffers" in warning
+    # Every VCPU was created and entered, each pinned to the SPU's CPUs.
+    entered = [s.vcpu for s in result.steps if s.step == "KVM_RUN (first entry)"]
+    assert entered == list(range(8))
+
+
+def test_with_strict_placement_more_vcpus_than_cpus_stop_before_anything_is_created() -> None:
     choice = _big_little(4 << 20)
     assert choice.host is not None
-    result = bring_up(choice, vcpus=8, irq=21, spu=11, max_buffer_size=4 << 20, raise_memlock=True)
+    result = bring_up(
+        choice, vcpus=8, irq=21, spu=11, max_buffer_size=4 << 20, raise_memlock=True, strict_placement=True
+    )
     assert not result.ok and result.error is not None and "\n" not in result.error
     assert "8 VCPUs on SPU 11" in result.error and "CPUs 4-7" in result.error and "at most 4" in result.error
     assert [(s.step, s.ok) for s in result.steps] == [("backend: model", True), ("VCPU affinity", False)]
@@ -301,9 +315,12 @@ def test_more_vcpus_than_the_spus_cpus_stop_before_anything_is_created() -> None
 
 
 def test_the_same_vcpus_fit_on_the_spu_they_fit_on() -> None:
-    # 4 VCPUs on SPU 11 fit; a fifth does not; SPU 10's cluster takes 4 as well.
-    assert bring_up(_big_little(), vcpus=4, irq=21, spu=11, max_buffer_size=4 << 20).ok
-    assert not bring_up(_big_little(), vcpus=5, irq=21, spu=11, max_buffer_size=4 << 20).ok
+    # 4 VCPUs on SPU 11 fit; under strict placement a fifth does not; SPU 10's cluster takes 4 as well.
+    assert bring_up(_big_little(), vcpus=4, irq=21, spu=11, max_buffer_size=4 << 20, strict_placement=True).ok
+    assert not bring_up(
+        _big_little(), vcpus=5, irq=21, spu=11, max_buffer_size=4 << 20, strict_placement=True
+    ).ok
+    assert bring_up(_big_little(), vcpus=5, irq=21, spu=11, max_buffer_size=4 << 20).warnings
     assert bring_up(_big_little(), vcpus=4, irq=21, spu=10, max_buffer_size=4 << 20).ok
 
 

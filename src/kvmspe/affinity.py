@@ -6,13 +6,16 @@ are its perf PMU's ``cpumask`` in sysfs (``arm_spe_N/cpumask``); on a
 big.LITTLE host each SPU covers one cluster.
 
 Policy (:func:`vcpu_affinity`): every VCPU of the SPU may run on every CPU of
-that SPU (the kernel's requirement, nothing narrower), and a VM is refused
-more VCPUs on an SPU than :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs:
-beyond that the VCPUs only time-share the same CPUs while each still pins its
-own buffer, so the extra VCPUs cost locked memory without adding profiling.
-That bound is kvmspe's policy [assumed], not a rule of the kernel, which
-takes any number of VCPUs. An SPU whose CPUs are not known gives no CPU set;
-callers say they cannot pin rather than guess.
+that SPU (the kernel's requirement, nothing narrower). More VCPUs on an SPU
+than :data:`VCPUS_PER_SPU_CPU` times its CPUs is overcommit, which hosts run
+routinely and the kernel takes: the VCPUs time-share those CPUs, while each
+still pins its own buffer, so the extra VCPUs cost locked memory without
+adding profiling at any one moment. :func:`overcommit` says so, as a
+warning; only strict placement (``strict=True``, the CLI's
+``--strict-placement``), which gives each VCPU a CPU of its own, refuses it.
+That bound is kvmspe's policy [assumed], not a rule of the kernel. An SPU
+whose CPUs are not known gives no CPU set; callers say they cannot pin
+rather than guess.
 
 :func:`pin_thread` applies one VCPU's CPU set to the calling thread
 (``sched_setaffinity`` on Linux applies to one thread, which is what a VMM's
@@ -32,13 +35,15 @@ __all__ = [
     "VCPUS_PER_SPU_CPU",
     "AffinityError",
     "describe_cpus",
+    "overcommit",
     "pin_thread",
     "thread_cpus",
     "vcpu_affinity",
 ]
 
-#: How many VCPUs of one VM an SPU's CPU may carry [assumed: kvmspe's policy,
-#: one VCPU per physical CPU, so that every VCPU can profile at once].
+#: How many VCPUs of one VM an SPU's CPU carries before it is overcommit
+#: [assumed: kvmspe's policy, one VCPU per physical CPU, so that every VCPU can
+#: profile at once]; strict placement refuses more.
 VCPUS_PER_SPU_CPU = 1
 
 
@@ -71,25 +76,47 @@ def describe_cpus(cpus: Iterable[int]) -> str:
     return f"CPUs {format_cpulist(unique)} ({n} CPU{'' if n == 1 else 's'})"
 
 
-def vcpu_affinity(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> list[tuple[int, ...]]:
-    """The host CPUs each of ``vcpus`` VCPUs on SPU ``spu`` may run on.
-
-    Every VCPU gets all of ``spu_cpus``. An empty ``spu_cpus`` (the SPU's
-    cpumask is not known) gives an empty tuple per VCPU: nothing to pin to.
-    Raises :class:`AffinityError` when ``vcpus`` exceeds
-    :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs, and
-    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) for a
-    ``vcpus`` below 1, an ``spu`` that is not an int, or ``spu_cpus`` that
-    are not CPU numbers Linux can have.
-    """
+def overcommit(vcpus: int, spu: int, spu_cpus: Iterable[int]) -> str | None:
+    """What running ``vcpus`` VCPUs on SPU ``spu`` costs when they are more than
+    :data:`VCPUS_PER_SPU_CPU` times its CPUs (one line), else None (also when the
+    SPU's CPUs are not known). Raises as :func:`vcpu_affinity` for bad arguments."""
     check_int("vcpus", vcpus, 1, 1 << 16)
     check_int("spu", spu, None, None)
     cpus = tuple(sorted(_cpu_set(spu_cpus)))
     most = VCPUS_PER_SPU_CPU * len(cpus)
-    if cpus and vcpus > most:
+    if not cpus or vcpus <= most:
+        return None
+    return (
+        f"{vcpus} VCPUs on SPU {spu}, which only {describe_cpus(cpus)} have: a VCPU runs only on a CPU"
+        f" with its SPU, so the {vcpus} VCPUs time-share those {len(cpus)} CPUs (at most {most}"
+        f" profile at once), and every VCPU still pins its own buffer, {vcpus} buffers in all"
+    )
+
+
+def vcpu_affinity(
+    vcpus: int, spu: int, spu_cpus: Iterable[int], *, strict: bool = False
+) -> list[tuple[int, ...]]:
+    """The host CPUs each of ``vcpus`` VCPUs on SPU ``spu`` may run on.
+
+    Every VCPU gets all of ``spu_cpus``, however many VCPUs there are
+    (:func:`overcommit` says what more VCPUs than CPUs cost). An empty
+    ``spu_cpus`` (the SPU's cpumask is not known) gives an empty tuple per
+    VCPU: nothing to pin to. With ``strict`` (each VCPU a CPU of its own),
+    raises :class:`AffinityError` when ``vcpus`` exceeds
+    :data:`VCPUS_PER_SPU_CPU` times the SPU's CPUs. Raises
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) for a
+    ``vcpus`` below 1, an ``spu`` that is not an int, ``spu_cpus`` that
+    are not CPU numbers Linux can have, or a ``strict`` that is not a bool.
+    """
+    if not isinstance(strict, bool):
+        raise InvalidArgumentError(f"strict must be True or False, got {strict!r}")
+    cost = overcommit(vcpus, spu, spu_cpus)
+    cpus = tuple(sorted(_cpu_set(spu_cpus)))
+    if strict and cost is not None:
         raise AffinityError(
-            f"{vcpus} VCPUs on SPU {spu}, which only {describe_cpus(cpus)} have:"
-            f" a VCPU must run on a CPU with its SPU; accepted: at most {most} VCPUs on this SPU"
+            f"{vcpus} VCPUs on SPU {spu}, which only {describe_cpus(cpus)} have: strict placement gives"
+            f" each VCPU a CPU of its own; accepted: at most {VCPUS_PER_SPU_CPU * len(cpus)} VCPUs on"
+            " this SPU, or overcommit without --strict-placement"
         )
     return [cpus] * vcpus
 

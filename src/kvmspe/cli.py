@@ -387,6 +387,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .host import discovery
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number is bad input (exit 2), found before probing
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
 
     if args.fixture is not None:
         roots = discovery.fixture_roots(args.fixture)
@@ -438,7 +440,163 @@ def cmd_probe(args: argparse.Namespace) -> int:
         lines.append("answer: this host can run SPE guests (kvmspe configure uses the real kernel)")
     else:
         lines.append("answer: this host cannot run SPE guests; kvmspe configure models one instead")
-    return _emit(args, doc, lines, 0 if can else 1)
+    families = _families(args, lambda: _metrics().probe_families(info))
+    return _output(args, "probe", doc, lines, families, 0 if can else 1)
+
+
+# --- status and Prometheus ---------------------------------------------------------------------
+
+#: The file ``--textfile DIR`` writes, by command: node_exporter's textfile collector reads DIR/*.prom.
+TEXTFILES = {"status": "kvmspe.prom", "probe": "kvmspe-probe.prom", "plan": "kvmspe-plan.prom"}
+
+
+def _textfile_dir(directory: str | None) -> str | None:
+    """``directory`` when a textfile may be written in it (checked before any work), else a UsageError."""
+    import errno
+    import os
+
+    if directory is None:
+        return None
+    accepted = "accepted: an existing directory, e.g. /var/lib/node_exporter/textfile_collector"
+    if not directory.strip() or any(ord(c) < 0x20 or c == "\x7f" for c in directory):
+        raise UsageError(f"--textfile {directory!r}: not a directory name; {accepted}")
+    if not os.path.isdir(directory):
+        raise UsageError(f"--textfile {directory!r} is not a directory; {accepted}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--textfile {directory!r}: cannot write in it: {os.strerror(errno.EACCES)}")
+    return directory
+
+
+def _write_textfile(directory: str, command: str, text: str) -> str:
+    """Write ``text`` as DIR/NAME atomically (a temporary file in DIR, then a rename); its path."""
+    import os
+
+    path = os.path.join(directory, TEXTFILES[command])
+    data = text.encode("utf-8")
+    _write_atomically(
+        path,
+        lambda f: f.write(data),
+        option="--textfile",
+        accepted=f"a directory whose {TEXTFILES[command]} is a regular file or absent",
+    )
+    return path
+
+
+def _output(args: Args, command: str, doc: Doc, lines: list[str], families: Any, code: int) -> int:
+    """As :func:`_emit`, with the exposition text of ``families`` on stdout for ``--prometheus``,
+    and written to DIR for ``--textfile DIR`` (whatever stdout shows; the path is reported)."""
+    from . import prometheus
+
+    if families is None:
+        return _emit(args, doc, lines, code)
+    text = prometheus.render(families)
+    if args.textfile is not None:
+        path = _write_textfile(args.textfile, command, text)
+        doc = {**doc, "textfile": path}
+        lines = [*lines, f"wrote {path}"]
+    if args.prometheus:
+        print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
+        return code
+    return _emit(args, doc, lines, code)
+
+
+def _families(args: Args, make: Callable[[], Any]) -> Any:
+    """The metric families when --prometheus or --textfile asks for them, else None."""
+    if args.json and args.prometheus:
+        raise UsageError("--json and --prometheus both given; accepted: one output format")
+    return make() if args.prometheus or args.textfile is not None else None
+
+
+def _proc(pid: int, command: str | None) -> str:
+    return f"{pid} ({command})" if command is not None else str(pid)
+
+
+def _status_lines(rep: Any) -> list[str]:
+    """The human ``status``: one row per process, then who was not inspected, then the answer."""
+    n = len(rep.processes)
+    lines = [
+        f"kvmspe status: {n} process{'es' if n != 1 else ''} with KVM fds of {rep.scan.scanned} looked at;"
+        f" a warning when the headroom is below {rep.threshold.describe()}"
+    ]
+    head = ("PID", "COMMAND", "VMS", "VCPUS", "VmLck", "soft limit", "hard limit", "headroom")
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for st in rep.processes:
+        p, m = st.process, st.process.memlock
+        if m is None:
+            cells = ("?", "?", "?", "?")
+        else:
+            room = "unlimited" if st.headroom is None else _signed_size(st.headroom)
+            if st.headroom_percent is not None:
+                room += f" ({st.headroom_percent:.1f}%)"
+            cells = (format_size(m.vm_lck), _limit_short(m.soft), _limit_short(m.hard), room)
+        rows.append((str(p.pid), p.command, str(p.fds.vms), str(p.fds.vcpus), *cells))
+        if st.past_threshold:
+            notes.append(
+                f"warning: pid {p.pid} ({p.command}): headroom {_signed_size(st.headroom)} is below"
+                f" {_threshold_text(rep.threshold, m)}; the next SPE buffer its guests enable may stop"
+                " KVM_RUN with KVM_EXIT_RLIMIT"
+            )
+        if p.problem is not None:
+            notes.append(f"pid {p.pid} ({p.command}): {p.problem}")
+    if rows:
+        widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+        for r in (head, *rows):
+            lines.append("  " + "  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip())
+    lines += notes
+    by_reason: dict[str, list[str]] = {}
+    for u in rep.scan.uninspectable:
+        by_reason.setdefault(u.reason, []).append(_proc(u.pid, u.command))
+    for reason, procs in by_reason.items():
+        lines.append(f"not inspected, /proc/PID/fd unreadable ({reason}): {', '.join(procs)}")
+    for pid in rep.scan.without_kvm:
+        lines.append(f"pid {pid}: holds no KVM fd")
+    past = rep.past_threshold
+    if past:
+        pids = ", ".join(str(st.process.pid) for st in past)
+        n = len(past)
+        lines.append(f"answer: {n} process{'es are' if n != 1 else ' is'} past the threshold (pid {pids})")
+    elif rows:
+        lines.append("answer: every process inspected has its headroom above the threshold")
+    else:
+        lines.append("answer: no process inspected holds a KVM fd")
+    return lines
+
+
+def _threshold_text(threshold: Any, m: Any) -> str:
+    """The threshold for one process: ``64 KiB``, or ``10% of its 1 MiB soft limit``."""
+    if threshold.percent is None:
+        return format_size(threshold.nbytes)
+    return f"{threshold.percent:g}% of its {format_size(m.soft)} soft limit"
+
+
+def _signed_size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    return f"-{format_size(-n)}" if n < 0 else format_size(n)
+
+
+def _limit_short(n: int | None) -> str:
+    return "unlimited" if n is None else format_size(n)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+    from .host import kvmprocs
+
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
+    threshold = status.DEFAULT_THRESHOLD if args.warn_below is None else args.warn_below
+    rep = status.report(kvmprocs.scan(args.pid), threshold)
+    code = 1 if rep.past_threshold else 0
+    families = _families(args, lambda: _metrics().status_families(rep))
+    return _output(args, "status", rep.to_dict(), _status_lines(rep), families, code)
+
+
+def _metrics() -> Any:
+    from . import metrics
+
+    return metrics
 
 
 # --- plan -------------------------------------------------------------------------------------
@@ -505,14 +663,21 @@ def _plot_target(path: str) -> str:
     return path
 
 
-def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
+def _write_atomically(
+    path: str,
+    write: Callable[[Any], None],
+    *,
+    option: str = "--plot",
+    accepted: str = "a new or regular .png file",
+) -> None:
     """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
 
     Readers see the old file or the whole new one, never half of it; on any
     failure the temporary file is removed and nothing is left behind. As with
     a plain ``open``: a symbolic link is written through (the file it names
     is replaced, the link stays), an existing file keeps its permission
-    bits, and a new one gets 0666 less the umask.
+    bits, and a new one gets 0666 less the umask. ``option`` and ``accepted``
+    name the command-line option in the errors, and what it accepts.
     """
     import os
     import stat
@@ -525,23 +690,23 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
     else:
         if not stat.S_ISREG(st.st_mode):
             # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
-            raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+            raise UsageError(f"{option} {path!r} is not a regular file; accepted: {accepted}")
         keep = stat.S_IMODE(st.st_mode)
     directory = os.path.dirname(target) or "."
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
         # A short name of its own, not one built on ``path``'s: a target name
         # near NAME_MAX (255 bytes) must not make the temporary one too long.
-        tmp = os.path.join(directory, f".kvmspe-plot.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(directory, f".kvmspe-{option.lstrip('-')}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
             break
         except FileExistsError:
             continue
         except OSError as exc:
-            raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
+            raise UsageError(f"{option} {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
     else:
-        raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
+        raise UsageError(f"{option} {path!r}: cannot create a temporary file in {directory!r}")
     try:
         with os.fdopen(fd, "wb") as f:
             if keep is not None:
@@ -556,7 +721,7 @@ def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror or exc}") from None
+            raise UsageError(f"{option} {path!r}: cannot write it: {exc.strerror or exc}") from None
         raise
 
 
@@ -566,10 +731,58 @@ def _binary_ticks(value: float, _pos: object = None) -> str:
     return format_size(n) if n > 0 and n == value else ""
 
 
-def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
+def _distinct_ratios(values: dict[str, float], least: int = 2, most: int = 8) -> dict[str, str]:
+    """Each value as ``x1.00``, with more decimals only for values that would otherwise
+    read the same as a different one (``x1.0010`` and ``x1.0034``, not both ``x1.00``)."""
+    digits = dict.fromkeys(values, least)
+
+    def text(key: str) -> str:
+        return f"x{values[key]:.{digits[key]}f}"
+
+    while True:
+        clash = {
+            a
+            for a in values
+            for b in values
+            if values[a] != values[b] and text(a) == text(b) and digits[a] < most
+        }
+        if not clash:
+            return {key: text(key) for key in values}
+        for key in clash:
+            digits[key] += 1
+
+
+#: The plot's notes: characters per line of warning text, its size and colour.
+PLOT_NOTE_WIDTH = 125
+PLOT_NOTE_FONT = 8
+PLOT_NOTE_COLOUR = "#b2182b"
+
+
+def _plot_notes(plan: Any) -> list[str]:
+    """The planner's warnings as the plot shows them, wrapped to fit its width."""
+    import textwrap
+
+    lines: list[str] = []
+    for w in plan.warnings:
+        lines += textwrap.wrap(f"warning: {w}", PLOT_NOTE_WIDTH, subsequent_indent="  ")
+    return lines
+
+
+def _plot_labels(plan: Any) -> dict[str, str]:
+    """The legend's label of each case: its amplification at the chosen size, told apart."""
+    from . import planner
+
+    if not plan.size:
+        return {case: case for case in planner.PINNING_CASES}
+    ratios = _distinct_ratios({case: plan.pinned[case]["amplification"] for case in planner.PINNING_CASES})
+    return {case: f"{case} ({ratios[case]} at the chosen size)" for case in planner.PINNING_CASES}
+
+
+def _draw_plot(figure_class: Any, path: str, plan: Any) -> Any:
     """Pinned memory per VM against the max buffer size, one curve per case; the
-    chosen size as a vertical line with each case's figure on it, and the
-    RLIMIT_MEMLOCK the plan gives as a horizontal line. Written atomically."""
+    chosen size as a vertical line with each case's figure on it, the
+    RLIMIT_MEMLOCK the plan gives as a horizontal line, and the planner's
+    warnings under the axes. Written atomically; returns the figure."""
     import importlib
 
     from . import planner
@@ -592,10 +805,9 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     ax = fig.subplots()
     # best and typical nearly coincide: best wide underneath, typical dashed on top.
     styles = {"best": ("-", 4.0), "typical": ("--", 1.5), "worst": ("-", 1.5)}
+    labels = _plot_labels(plan)
     for case in planner.PINNING_CASES:
-        label = case
-        if plan.size:
-            label += f" (x{plan.pinned[case]['amplification']:.2f} at the chosen size)"
+        label = labels[case]
         linestyle, linewidth = styles[case]
         ax.plot(
             sweep.sizes,
@@ -644,7 +856,23 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> None:
     )
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
+    notes = _plot_notes(plan)
+    if notes:
+        # Room under the axes for the notes: a line is about 1.4 times the font size.
+        line = 1.4 * PLOT_NOTE_FONT / 72 * PLOT_DPI / height
+        bottom = fig.subplotpars.bottom
+        fig.subplots_adjust(bottom=bottom + line * len(notes))
+        fig.text(
+            0.01,
+            0.01,
+            "\n".join(notes),
+            fontsize=PLOT_NOTE_FONT,
+            color=PLOT_NOTE_COLOUR,
+            ha="left",
+            va="bottom",
+        )
     _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=PLOT_DPI))
+    return fig
 
 
 def _parse_plan_size(text: str) -> int | None:
@@ -727,6 +955,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from . import planner
 
     figure_class = None
+    _families(args, lambda: None)  # the output options, checked before any work
+    _textfile_dir(args.textfile)
     if args.plot is not None:
         _plot_target(args.plot)
         figure_class = _plot_module()
@@ -744,6 +974,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         spu=args.spu,
     )
     doc: Doc = plan.to_dict()
+    doc["paste"] = paste = planner.memlock_settings(plan.memlock_limit, args.user)
     doc["plot"] = args.plot
     rows = [("host", f"{host.source}: {format_size(host.page_size)} pages")]
     for s in host.spus:
@@ -765,8 +996,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     if plan.vcpu_cpus is not None:
         rows.append(("VCPU CPUs", _vcpu_cpu_lines(plan.vcpu_cpus)))
-    elif plan.spu is not None:
-        rows.append(("VCPU CPUs", "none: more VCPUs than the SPU has CPUs (see the warning)"))
     spu_limit = "none" if not plan.spu_limit else format_size(plan.spu_limit)
     if args.spu_limit is not None:
         spu_limit += " (--spu-limit)"
@@ -791,17 +1020,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             parts.append(f"{format_size(plan.held_at_set)} held from the set")
         parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
         rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
-    paste = plan.paste
     if plan.memlock_limit is None:
         missing = {"libvirt": "no finite <hard_limit>: the limit is unbounded"}
     else:
         missing = {
             "ulimit": f"none: bash's ulimit -l takes at most {planner.ULIMIT_KIB_MAX} KiB",
             "libvirt": f"none: libvirt reads {planner.LIBVIRT_UNLIMITED_KIB} KiB and more as unlimited",
+            "pam_limits_soft": f"none: pam_limits takes at most {planner.ULIMIT_KIB_MAX} KiB",
+            "docker": f"none: docker and podman take at most {planner.CONTAINER_ULIMIT_MAX} bytes",
         }
     for key in ("systemd", "ulimit", "libvirt", "prlimit"):
         value = paste[key]
         rows.append((key, value if value is not None else missing[key]))
+    if paste["pam_limits_soft"] is None:
+        rows.append(("limits.conf", missing["pam_limits_soft"]))
+    else:
+        rows += [("limits.conf", paste["pam_limits_soft"]), ("", str(paste["pam_limits_hard"]))]
+    rows.append(("docker, podman", paste["docker"] or missing["docker"]))
     rows += _wrapped(
         "note",
         "libvirt's hard_limit caps all of QEMU's memory, not only what it locks: for libvirt,"
@@ -812,7 +1047,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if figure_class is not None:
         _draw_plot(figure_class, args.plot, plan)
         lines.append(f"plot written to {args.plot}")
-    return _emit(args, doc, lines)
+    families = _families(args, lambda: _metrics().plan_families(plan))
+    return _output(args, "plan", doc, lines, families, 0)
 
 
 # --- configure --------------------------------------------------------------------------------
@@ -895,6 +1131,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         raise_memlock=args.raise_memlock,
         case=args.case,
         enable_buffer=args.enable_buffer,
+        strict_placement=args.strict_placement,
     )
     steps: list[Doc] = []
     for st in r.steps:
@@ -934,6 +1171,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         "locked_bytes": r.locked_bytes,
         "vm_lck": r.vm_lck,
         "memlock_limit": r.memlock_limit,
+        "warnings": list(r.warnings),
         "error": error,
     }
     lines = [
@@ -958,6 +1196,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         )
     elif r.vm_lck is not None:
         lines.append(f"VmLck {_sz(r.vm_lck)}, RLIMIT_MEMLOCK {_limit(r.memlock_limit)}")
+    lines += [f"warning: {w}" for w in r.warnings]
     if error:
         lines.append(f"stopped: {error}")
     else:
@@ -991,15 +1230,130 @@ def cmd_export(args: argparse.Namespace) -> int:
     text = export.render(args.lang)
     if args.json:
         return _emit(args, {"lang": args.lang, "text": text}, [])
-    sys.stdout.write(text)
+    print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
     return 0
 
 
 # --- the guest's firmware description -----------------------------------------------------------
 
 
+def _guest_perf(args: argparse.Namespace) -> int:
+    """``guest --perf``: per SPE unit of this guest (or a snapshot of one), the largest AUX
+    buffer perf may map, the command line, what happens above it, and why."""
+    from . import perfaux
+    from .host import discovery
+
+    if args.fixture is not None:
+        sysfs = discovery.fixture_roots(args.fixture)["sysfs_root"]
+        page, page_why = 4096, "assumed: a snapshot does not record it; --page-size to change"
+    else:
+        sysfs = "/sys"
+        page, page_why = discovery.page_size(), "this system's"
+    if args.page_size is not None:
+        page, page_why = args.page_size, "--page-size"
+    from .arch import maxbuf
+
+    maxbuf.check_page_size(page, "--page-size")
+    given = args.max_buffer_size
+    if given is not None and not maxbuf.is_representable(given):
+        raise UsageError(
+            f"--max-buffer-size {_sz(given)} is not a MaxBuffSize size, so no VM advertises it;"
+            " accepted: a size 'kvmspe sizes' lists, e.g. the 'max buffer size' of the host's 'kvmspe plan'"
+        )
+    instances, why_none = discovery.read_spe_instances(sysfs)
+    if not instances:
+        doc0: Doc = {"page_size": page, "page_size_source": page_why, "units": [], "reason": why_none}
+        line = (
+            f"no SPE unit here, so perf cannot profile with SPE: {why_none}"
+            " (is the SPE node in the guest's device tree or ACPI tables? 'kvmspe guest --dt' prints one)"
+        )
+        return _emit(args, doc0, [line.replace("the host kernel's SPE driver", "the SPE driver")], 1)
+    fits, ignored = perfaux.fit_units(instances, page, given)
+    notes = list(perfaux.NOTES)
+    doc: Doc = {
+        "page_size": page,
+        "page_size_source": page_why,
+        "units": [f.to_dict() for f in fits],
+        "mmap_error": perfaux.MMAP_ERROR,
+        "perf_default_aux": dict(perfaux.PERF_DEFAULT_AUX),
+        "notes": notes,
+        "facts": {key: {"rule": rule, "source": source} for key, (rule, source) in perfaux.FACTS.items()},
+    }
+    lines = [f"page size {format_size(page)} ({page_why})"]
+    for f in fits:
+        if f.no_limit:
+            lines += [
+                f"{f.unit}: max buffer size 0 ({f.source}): no limit; perf's default AUX buffer and any"
+                " -m the guest's memory allows",
+                f"  {f.command}",
+            ]
+            continue
+        lines.append(f"{f.unit}: max buffer size {_sz(f.max_buff_size)}, from {f.source}")
+        refused = f"-m,{f.refused_pages} ({format_size(f.refused_pages * page)})"
+        if f.pages is None:
+            lines += [
+                f"  no AUX buffer fits: perf needs at least {perfaux.MIN_AUX_PAGES} pages"
+                f" ({format_size(perfaux.MIN_AUX_PAGES * page)}), above the cap",
+                f"  perf record -e {f.unit}// -m,{perfaux.MIN_AUX_PAGES} fails: {perfaux.MMAP_ERROR}",
+            ]
+            continue
+        assert f.aux_bytes is not None
+        lines.append(
+            f"  largest AUX buffer: -m,{f.pages} = {f.pages} pages of {format_size(page)}"
+            f" = {format_size(f.aux_bytes)}"
+            + ("" if f.aux_bytes == f.max_buff_size else " (the largest power of two of pages under the cap)")
+        )
+        lines.append(f"  {f.command}")
+        lines.append(
+            f'  {refused} and more: the driver refuses the AUX buffer and perf says "{perfaux.MMAP_ERROR}"'
+        )
+        defaults = [
+            f"{format_size(size)} {who}: {'fits' if f.default_fits(who) else 'refused'}"
+            for who, size in perfaux.PERF_DEFAULT_AUX.items()
+        ]
+        lines.append(f"  perf's default without -m: {'; '.join(defaults)}")
+    lines += [f"note: {n}" for n in ignored + notes]
+    doc["notes"] = ignored + notes
+    code = 0 if all(f.no_limit or f.pages is not None for f in fits) else 1
+    return _emit(args, doc, lines, code)
+
+
 def cmd_guest(args: argparse.Namespace) -> int:
     from .firmware import acpi, devicetree
+
+    perf_only = [
+        opt
+        for opt, value in (
+            ("--max-buffer-size", args.max_buffer_size),
+            ("--fixture", args.fixture),
+            ("--page-size", args.page_size),
+        )
+        if value is not None
+    ]
+    if args.perf:
+        shaping = [
+            opt
+            for opt, value in (
+                ("--gic", args.gic),
+                ("--node-name", args.node_name),
+                ("--label", args.label),
+                ("--vcpus", args.vcpus),
+                ("--irq", args.irq),
+            )
+            if value is not None
+        ]
+        if shaping:
+            raise UsageError(
+                f"{', '.join(shaping)}: not for --perf, which takes --max-buffer-size,"
+                " --fixture and --page-size"
+            )
+        return _guest_perf(args)
+    if perf_only:
+        raise UsageError(f"{', '.join(perf_only)}: only for --perf")
+    if args.vcpus is None:
+        args.vcpus = 1
+    if args.irq is None:
+        args.irq = DEFAULT_IRQ
 
     if args.acpi:
         shaping = [
@@ -1071,7 +1425,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     }
     if args.json:
         return _emit(args, doc, [])
-    sys.stdout.write(dts)
+    print(dts, end="")  # as in cmd_export
     return 0
 
 
@@ -1098,19 +1452,22 @@ _EPILOGS = {
   kvmspe sizes --to 64K --json""",
     "probe": """examples:
   kvmspe probe                      this host (exit 1 when it cannot run SPE guests)
-  kvmspe probe --fixture arm64-big-little --json""",
+  kvmspe probe --fixture arm64-big-little --json
+  kvmspe probe --prometheus""",
     "plan": """examples:
   kvmspe plan --vcpus 4 --max-buffer-size 4M
   kvmspe plan --vcpus 64 --max-buffer-size 16M --page-size 64K --granule 4K
   kvmspe plan --profile big-little --spu 11 --vcpus 4 --max-buffer-size max
   kvmspe plan --vcpus 4 --locked 1G --case typical --json
-  kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png""",
+  kvmspe plan --vcpus 4 --max-buffer-size 4M --plot pinned.png
+  kvmspe plan --vcpus 4 --textfile /var/lib/node_exporter/textfile_collector""",
     "configure": """examples:
   kvmspe configure --vcpus 4 --max-buffer-size 4M
   kvmspe configure --vcpus 4 --max-buffer-size 4M --enable-buffer --memlock 8M --raise-memlock
   kvmspe configure --profile limited-spu --max-buffer-size 8M       refused: ERANGE, exit 1
   kvmspe configure --profile big-little --vcpus 4 --spu 11          VCPUs on CPUs 4-7
-  kvmspe configure --profile big-little --vcpus 8 --spu 11          refused: SPU 11 has 4 CPUs, exit 1
+  kvmspe configure --profile big-little --vcpus 8 --spu 11          overcommit: SPU 11 has 4 CPUs, a warning
+  kvmspe configure --profile big-little --vcpus 8 --spu 11 --strict-placement    refused, exit 1
   kvmspe configure --backend kvm                                    the real kernel only
   kvmspe configure --vcpus 2 --json""",
     "conformance": """examples:
@@ -1126,7 +1483,13 @@ _EPILOGS = {
   kvmspe guest --dt                 the SPE node for INTID 21 on a GICv3, to paste under /
   kvmspe guest --dt --gic v2 --vcpus 4 --label spe
   kvmspe guest --acpi --vcpus 4     the MADT GICC "SPE overflow interrupt" of each VCPU
-  kvmspe guest --dt --irq 22 --json""",
+  kvmspe guest --dt --irq 22 --json
+  kvmspe guest --perf               in the guest: the largest perf -m,PAGES its SPE units accept
+  kvmspe guest --perf --max-buffer-size 4M     when the driver has no caps/max_buff_size""",
+    "status": """examples:
+  kvmspe status                     every process holding KVM VMs (exit 1: one is near its limit)
+  kvmspe status --warn-below 64M --json
+  kvmspe status --textfile /var/lib/node_exporter/textfile_collector""",
     "explain": """examples:
   kvmspe explain EDOM
   kvmspe explain 33
@@ -1167,6 +1530,43 @@ def _case_option(p: argparse.ArgumentParser, what: str, shared_with: str) -> Non
         default=planner.DEFAULT_CASE,
         help=f"{what} (default {planner.DEFAULT_CASE}, as {shared_with})",
     )
+
+
+def _prometheus_options(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the Prometheus text exposition format instead",
+    )
+    p.add_argument(
+        "--textfile",
+        metavar="DIR",
+        default=None,
+        help=f"also write the exposition text to DIR/{TEXTFILES[command]}, atomically"
+        " (for node_exporter's textfile collector)",
+    )
+
+
+def _argtype_user(text: str) -> str:
+    from . import planner
+
+    try:
+        return planner.check_limits_user(text)
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _argtype_threshold(text: str) -> Any:
+    from . import status
+
+    try:
+        return status.parse_threshold(text)
+    except ValueError as exc:
+        import argparse
+
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1286,6 +1686,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="read sysfs and procfs from a shipped snapshot (e.g. arm64-big-little)",
     )
+    _prometheus_options(p, "probe")
+
+    p = add(
+        "status",
+        cmd_status,
+        "each process holding KVM VMs: VCPUs, VmLck, RLIMIT_MEMLOCK, headroom (exit 1: one is low)",
+    )
+    p.add_argument(
+        "--pid",
+        metavar="PID",
+        action="append",
+        type=_uint("pid", (1 << 31) - 1, 1),
+        default=None,
+        help="look at this process only (repeat for more; default: every process)",
+    )
+    p.add_argument(
+        "--warn-below",
+        metavar="SIZE|PERCENT",
+        type=_argtype_threshold,
+        default=None,
+        help="warn, and exit 1, when a process's headroom (soft RLIMIT_MEMLOCK minus VmLck) is below"
+        " this size or this percentage of its soft limit (default 10%%)",
+    )
+    _prometheus_options(p, "status")
 
     p = add("plan", cmd_plan, "the max buffer size to set and the RLIMIT_MEMLOCK a VM needs, ready to paste")
     where = p.add_mutually_exclusive_group()
@@ -1354,6 +1778,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="memory the VMM locks already, e.g. guest RAM (default 0)",
     )
+    _prometheus_options(p, "plan")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        type=_argtype_user,
+        default="USER",
+        help="the user (or @group) of the limits.conf lines (default: the placeholder USER)",
+    )
     p.add_argument(
         "--plot",
         metavar="FILE.png",
@@ -1412,6 +1844,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _case_option(p, "the planner's case --raise-memlock raises to", "plan")
     p.add_argument(
+        "--strict-placement",
+        action="store_true",
+        help="give each VCPU a CPU of its SPU of its own: refuse more VCPUs than the SPU has CPUs"
+        " (default: allow overcommit, with a warning saying what it costs)",
+    )
+    p.add_argument(
         "--enable-buffer",
         metavar="SIZE",
         nargs="?",
@@ -1440,17 +1878,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", choices=tuple(LANGS), required=True, help="; ".join(f"{k}: {v}" for k, v in LANGS.items())
     )
 
-    p = add("guest", cmd_guest, "what the guest's firmware says about SPE: a device-tree node, an ACPI field")
+    p = add(
+        "guest",
+        cmd_guest,
+        "the guest's side of SPE: its firmware's description (a device-tree node, an ACPI field),"
+        " and the perf buffer it can use",
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dt", action="store_true", help="the device-tree node (compatible string and PPI)")
     what.add_argument("--acpi", action="store_true", help="the MADT GICC 'SPE overflow interrupt' field")
-    _irq_option(p, ", as given to configure")
+    what.add_argument(
+        "--perf",
+        action="store_true",
+        help="in the guest: the largest perf AUX buffer (-m,PAGES) its SPE units accept",
+    )
+    p.add_argument(
+        "--irq",
+        metavar="INTID",
+        type=_uint("IRQ", (1 << 31) - 1),
+        default=None,
+        help=f"the SPE interrupt, a PPI 16..31, as given to configure (default {DEFAULT_IRQ})",
+    )
     p.add_argument(
         "--vcpus",
         metavar="N",
         type=_uint("VCPU count", 512, 1),
-        default=1,
+        default=None,
         help="number of VCPUs: GICCs for --acpi, the PPI's CPU mask for --gic v2 (at most 8); default 1",
+    )
+    p.add_argument(
+        "--max-buffer-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="for --perf: the VM's max buffer size where the guest's driver has no caps/max_buff_size"
+        " (the host's 'kvmspe plan' gives it)",
+    )
+    p.add_argument(
+        "--fixture",
+        metavar="NAME|DIR",
+        default=None,
+        help="for --perf: read a guest's sysfs from a shipped snapshot (arm64-guest, arm64-guest-capped)"
+        " or a directory with sys/ and proc/",
+    )
+    p.add_argument(
+        "--page-size",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help="for --perf: the guest's page size, 4K, 16K or 64K (default: this system's; 4K for --fixture)",
     )
     p.add_argument(
         "--gic",

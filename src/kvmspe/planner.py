@@ -15,8 +15,8 @@ has these keys, stable across versions:
     ``page_size``, ``spus`` each ``{id, max_buffer_size, cpus}``), the SPU
     chosen, and for each VCPU the host CPUs it may run on
     (:func:`kvmspe.affinity.vcpu_affinity`); None when planned without a
-    host, and ``vcpu_cpus`` None when the SPU has fewer CPUs than VCPUs
-    (a warning says so: ``kvmspe configure`` stops there).
+    host. More VCPUs than the SPU has CPUs is overcommit: every VCPU gets
+    all of them, and a warning says what it costs.
 ``requested``
     the size asked for (None: the SPU's limit).
 ``size``
@@ -48,8 +48,9 @@ has these keys, stable across versions:
 ``paste``
     :func:`memlock_settings` of ``memlock_limit``: ``systemd``, ``ulimit``
     (None above the 2**54 - 1 KiB bash takes), ``libvirt`` (None when
-    unlimited, or from 2**53 - 1 KiB, which libvirt reads as unlimited) and
-    ``prlimit`` lines.
+    unlimited, or from 2**53 - 1 KiB, which libvirt reads as unlimited),
+    ``prlimit``, ``pam_limits_soft`` and ``pam_limits_hard`` (None where
+    ``ulimit`` is), ``docker`` and ``podman`` (None above 2**63 - 1 bytes) lines.
 
 The data/table split. ``data`` is the host pages behind the buffers,
 ``tables`` the host pages behind the stage-1 table pages that translate
@@ -91,6 +92,7 @@ from typing import TYPE_CHECKING, Any
 from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
 from .arch.stage1 import Footprint, Stage1, check_granule
+from .errors import InvalidArgumentError
 from .model.assumptions import DEFAULT, Assumptions
 from .units import format_size
 from .validation import U64_MAX, check_int
@@ -104,15 +106,18 @@ __all__ = [
     "DEFAULT_MAX_BUFFER_SIZE",
     "DEFAULT_VCPUS",
     "PINNING_CASES",
+    "CONTAINER_ULIMIT_MAX",
     "LIBVIRT_UNLIMITED_KIB",
     "RLIM_FINITE_MAX",
     "ULIMIT_KIB_MAX",
+    "USER_PLACEHOLDER",
     "Plan",
     "PlanHost",
     "PlanSpu",
     "Placement",
     "Sweep",
     "check_case",
+    "check_limits_user",
     "memlock_settings",
     "placements",
     "plan",
@@ -463,6 +468,11 @@ RLIM_FINITE_MAX = U64_MAX - 1
 #: in rlim_t and refuses a product that overflows ("limit out of range",
 #: measured with bash 5.2), so at most (2**64 - 1) // 1024 KiB.
 ULIMIT_KIB_MAX = U64_MAX // 1024
+#: The largest ``--ulimit memlock=`` value docker and podman take: both parse it
+#: as a signed 64-bit integer (their shared go-units parser), -1 meaning unlimited.
+CONTAINER_ULIMIT_MAX = (1 << 63) - 1
+#: The user a limits.conf line is for when none is given: a placeholder, like ``PID``.
+USER_PLACEHOLDER = "USER"
 #: libvirt's VIR_DOMAIN_MEMORY_PARAM_UNLIMITED (KiB, INT64_MAX >> 10, from its
 #: public header libvirt-domain.h): a ``hard_limit`` of this many KiB means no
 #: limit, and the range libvirt documents for it ends there, so the largest
@@ -470,7 +480,18 @@ ULIMIT_KIB_MAX = U64_MAX // 1024
 LIBVIRT_UNLIMITED_KIB = (1 << 53) - 1
 
 
-def memlock_settings(limit: int | None) -> dict[str, str | None]:
+def check_limits_user(user: object) -> str:
+    """``user`` when it can be the first field of a limits.conf line (a user name, ``@group``,
+    ``*``, ...): non-empty, without whitespace, ``#`` or control characters; else ValueError."""
+    accepted = "accepted: a user name, @group or *, without spaces or '#'"
+    if not isinstance(user, str) or not user:
+        raise InvalidArgumentError(f"bad limits.conf user {user!r}: empty; {accepted}")
+    if any(c.isspace() or c == "#" or ord(c) < 0x20 or c == "\x7f" for c in user):
+        raise InvalidArgumentError(f"bad limits.conf user {user!r}: {accepted}")
+    return user
+
+
+def memlock_settings(limit: int | None, user: str = USER_PLACEHOLDER) -> dict[str, str | None]:
     """RLIMIT_MEMLOCK ``limit`` (bytes; None: unlimited) as lines to paste, each in its own unit.
 
     ``systemd``: ``LimitMEMLOCK=`` for a unit's [Service] section (bytes);
@@ -482,17 +503,29 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
     when unlimited, as libvirt has no finite value for that, and when the
     KiB reach :data:`LIBVIRT_UNLIMITED_KIB`, which libvirt reads as no
     limit); ``prlimit``: util-linux's command for a running VMM, soft = hard
-    = ``limit`` (bytes). A None line has no value that tool takes.
+    = ``limit`` (bytes); ``pam_limits_soft`` and ``pam_limits_hard``: the two
+    ``/etc/security/limits.conf`` lines for ``user`` (pam_limits reads
+    memlock in KiB, rounded up here; None where ``ulimit`` is, as the KiB are
+    multiplied by 1024 in 64 bits there too); ``docker`` and ``podman``: the
+    ``--ulimit memlock=SOFT:HARD`` option of ``run`` (bytes, soft = hard; -1
+    is unlimited; None above :data:`CONTAINER_ULIMIT_MAX`). A None line has
+    no value that tool takes.
     """
+    check_limits_user(user)
     if limit is None:
         return {
             "systemd": "LimitMEMLOCK=infinity",
             "ulimit": "ulimit -l unlimited",
             "libvirt": None,
             "prlimit": "prlimit --memlock=unlimited:unlimited --pid PID",
+            "pam_limits_soft": f"{user} soft memlock unlimited",
+            "pam_limits_hard": f"{user} hard memlock unlimited",
+            "docker": "--ulimit memlock=-1:-1",
+            "podman": "--ulimit memlock=-1:-1",
         }
     _int("limit", limit, 0, RLIM_FINITE_MAX)
     kib = -(-limit // 1024)
+    container = f"--ulimit memlock={limit}:{limit}" if limit <= CONTAINER_ULIMIT_MAX else None
     return {
         "systemd": f"LimitMEMLOCK={limit}",
         "ulimit": f"ulimit -l {kib}" if kib <= ULIMIT_KIB_MAX else None,
@@ -502,6 +535,10 @@ def memlock_settings(limit: int | None) -> dict[str, str | None]:
             else None
         ),
         "prlimit": f"prlimit --memlock={limit}:{limit} --pid PID",
+        "pam_limits_soft": f"{user} soft memlock {kib}" if kib <= ULIMIT_KIB_MAX else None,
+        "pam_limits_hard": f"{user} hard memlock {kib}" if kib <= ULIMIT_KIB_MAX else None,
+        "docker": container,
+        "podman": container,
     }
 
 
@@ -569,13 +606,12 @@ def _host_inputs(
         notes.append(f"the host ({host.source}) has no SPE unit: configure would stop at the SPU")
         return page, (spu_limit or 0), None, None, notes
     limit = chosen.max_buffer_size if spu_limit is None else spu_limit
-    from .affinity import AffinityError, vcpu_affinity
+    from .affinity import overcommit, vcpu_affinity
 
-    try:
-        cpus: list[tuple[int, ...]] | None = vcpu_affinity(vcpus, chosen.id, chosen.cpus)
-    except AffinityError as exc:
-        notes.append(f"{exc} (configure stops here)")
-        cpus = None
+    cpus: list[tuple[int, ...]] | None = vcpu_affinity(vcpus, chosen.id, chosen.cpus)
+    cost = overcommit(vcpus, chosen.id, chosen.cpus)
+    if cost is not None:
+        notes.append(f"{cost} (configure runs them; with --strict-placement it stops here)")
     if cpus is not None and not chosen.cpus:
         notes.append(f"SPU {chosen.id}'s CPUs are not known: no VCPU can be pinned to them")
     return page, limit, chosen, cpus, notes

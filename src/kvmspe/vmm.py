@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from . import abi
-from .affinity import AffinityError, describe_cpus, pin_thread, vcpu_affinity
+from .affinity import AffinityError, describe_cpus, overcommit, pin_thread, vcpu_affinity
 from .backend import Vcpu
 from .errors import KvmError, KvmspeError
 from .host.discovery import format_cpulist
@@ -281,10 +281,11 @@ class BringUpResult:
 
     ``spu_cpus`` are the host CPUs that have the SPU (empty: not known, with
     ``cpus_unknown`` saying why); ``vcpu_cpus`` the CPUs each VCPU may run
-    on, decided before anything is created (empty when the bring-up was
-    refused for having more VCPUs than the SPU has CPUs; an empty tuple per
-    VCPU when the SPU's CPUs are not known). ``vcpu_thread_cpus`` is, on the
-    real backend, the CPU set each VCPU's thread read back with
+    on, decided before anything is created (empty when strict placement
+    refused more VCPUs than the SPU has CPUs; an empty tuple per VCPU when
+    the SPU's CPUs are not known). ``warnings`` are what the bring-up did
+    that costs: overcommit of the SPU's CPUs (:func:`kvmspe.affinity.overcommit`).
+    ``vcpu_thread_cpus`` is, on the real backend, the CPU set each VCPU's thread read back with
     ``sched_getaffinity`` after pinning itself, just before its KVM_RUN
     (None on the model, or for a thread that did not pin or report).
     """
@@ -308,6 +309,7 @@ class BringUpResult:
     cpus_unknown: str | None = None
     vcpu_cpus: list[tuple[int, ...]] = field(default_factory=list)
     vcpu_thread_cpus: list[tuple[int, ...] | None] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def guest_pmbidr_fields(self) -> dict[str, FieldValue] | None:
@@ -378,13 +380,15 @@ def bring_up(
     raise_memlock: bool = False,
     case: str | None = None,
     enable_buffer: int | None = None,
+    strict_placement: bool = False,
 ) -> BringUpResult:
     """Bring up a VM with SPE on ``vcpus`` VCPUs as a VMM does, on ``choice``'s backend.
 
     In order: decide the host CPUs each VCPU may run on, all those of its
     SPU (:func:`kvmspe.affinity.vcpu_affinity`; more VCPUs than the SPU
-    has CPUs stop the bring-up here, step "VCPU affinity", before anything
-    is created or raised); with ``raise_memlock``, raise RLIMIT_MEMLOCK to
+    has CPUs is a warning saying what it costs, and with ``strict_placement``
+    stops the bring-up here, step "VCPU affinity", before anything is
+    created or raised); with ``raise_memlock``, raise RLIMIT_MEMLOCK to
     the planner's worst case (or ``case``); create the VM and its VCPUs with the SPE
     feature; on arm64 the vGIC (the SPE interrupt needs it);
     :func:`configure_spe` on every VCPU; enter every VCPU once (KVM_RUN). On
@@ -442,7 +446,7 @@ def bring_up(
     result = BringUpResult(choice, vcpus, irq, chosen_spu, max_buffer_size, page)
     result.spu_cpus, result.cpus_unknown = _spu_cpus(choice, chosen_spu)
     result.add(f"backend: {choice.name}", True, choice.reason)
-    if not _decide_affinity(result):
+    if not _decide_affinity(result, strict_placement):
         return result
     if choice.host is None:
         unbounded = _runs_cannot_be_bounded()
@@ -522,17 +526,21 @@ def _runs_cannot_be_bounded() -> str | None:
     )
 
 
-def _decide_affinity(result: BringUpResult) -> bool:
+def _decide_affinity(result: BringUpResult, strict: bool) -> bool:
     """Which CPUs each VCPU may run on, recorded as the step "VCPU affinity";
-    False (and ``result`` stopped) when the SPU has too few CPUs for the VCPUs."""
+    False (and ``result`` stopped) when strict placement finds too few CPUs for the VCPUs."""
     try:
-        result.vcpu_cpus = vcpu_affinity(result.vcpus, result.spu, result.spu_cpus)
+        result.vcpu_cpus = vcpu_affinity(result.vcpus, result.spu, result.spu_cpus, strict=strict)
     except AffinityError as exc:
         result.add("VCPU affinity", False, str(exc))
         result._stop(str(exc))
         return False
     cpus = result.spu_cpus
-    if cpus:
+    cost = overcommit(result.vcpus, result.spu, cpus)
+    if cost is not None:
+        result.warnings.append(cost)
+        detail = f"SPU {result.spu} is on {describe_cpus(cpus)}: each VCPU may run on any of them; overcommit"
+    elif cpus:
         detail = f"SPU {result.spu} is on {describe_cpus(cpus)}: each VCPU may run on any of them"
     else:
         detail = f"not known, so the VCPU threads are not pinned: {result.cpus_unknown}"

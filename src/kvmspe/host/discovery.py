@@ -48,6 +48,7 @@ __all__ = [
     "discover",
     "fixture_roots",
     "format_cpulist",
+    "page_size",
     "parse_cpulist",
     "read_spe_instances",
     "read_vm_lck",
@@ -507,6 +508,11 @@ def _probe_spe_group(kvm: Kvm, info: HostInfo) -> None:
         info.spe_reason = f"partial SPE support: KVM does not know {', '.join(missing)}"
 
 
+def page_size() -> int:
+    """This system's page size in bytes (``sysconf(_SC_PAGE_SIZE)``)."""
+    return os.sysconf("SC_PAGE_SIZE")
+
+
 def discover(
     *,
     sysfs_root: str = "/sys",
@@ -524,7 +530,7 @@ def discover(
         machine=uname.machine,
         arch=normalise_arch(uname.machine),
         kernel_release=uname.release,
-        page_size=os.sysconf("SC_PAGE_SIZE"),
+        page_size=page_size(),
         dev_kvm=dev_kvm,
         pid=pid,
     )

@@ -94,9 +94,10 @@ def status(pid: int | None = None, *, procfs_root: str = "/proc") -> MemlockStat
     pid = _pid(pid)
     base = os.path.join(procfs_root, str(pid))
     try:
-        with open(os.path.join(base, "limits"), encoding="ascii") as f:
+        # The rows read are ASCII; the process's name in ``status`` may be any bytes.
+        with open(os.path.join(base, "limits"), encoding="ascii", errors="replace") as f:
             limits = f.read()
-        with open(os.path.join(base, "status"), encoding="ascii") as f:
+        with open(os.path.join(base, "status"), encoding="ascii", errors="replace") as f:
             proc_status = f.read()
     except FileNotFoundError:
         raise ProcessLookupError(f"no process {pid} (nothing at {base})") from None
