@@ -19,6 +19,8 @@ codec work itself.
 from __future__ import annotations
 
 import sys
+from errno import EBADF as _EBADF
+from errno import EPIPE as _EPIPE
 
 from . import __version__
 from .errors import KvmError, KvmspeError, NotRepresentableError
@@ -29,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn, TypeAlias
+    from typing import Any, NoReturn, TextIO, TypeAlias
 
     #: A command's JSON document.
     Doc: TypeAlias = dict[str, Any]
@@ -121,11 +123,83 @@ def _emit(args: Args, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
     if args.json:
         import json  # only when asked: the human path starts faster without it
 
-        print(json.dumps(doc, indent=2))
-    else:
-        for line in lines:
-            print(line)
+        return _write(json.dumps(doc, indent=2) + "\n", code)
+    return _write("".join(line + "\n" for line in lines), code)
+
+
+class _Unwritten(Exception):
+    """The answer, whose exit status is ``code``, could not be written to stdout
+    (``errno``: EPIPE when the reader has gone). Handled by :func:`main` only."""
+
+    def __init__(self, code: int, errno: int):
+        super().__init__(code, errno)
+        self.code = code
+        self.errno = errno
+
+
+def _write(text: str, code: int = 0) -> int:
+    """Write ``text`` on stdout and flush it now, so that a failure is seen here,
+    not at interpreter exit; return ``code``. Raises :class:`_Unwritten`."""
+    stream = sys.stdout
+    try:
+        if stream is None:  # Python started with descriptor 1 closed
+            raise OSError(_EBADF, "standard output is closed")
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
+        raise _Unwritten(code, getattr(exc, "errno", None) or _EBADF) from None
     return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if it can still take one; never an error of its own."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        _discard(stream)
+
+
+def _discard(stream: TextIO | None) -> None:
+    """Point the process's own stdout or stderr that failed at /dev/null, so the
+    text still buffered in it cannot fail again, or be reported, at exit."""
+    own = stream is not None and (stream is sys.__stdout__ or stream is sys.__stderr__)
+    if stream is None or not own:
+        return
+    import os
+
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def _unwritten(exc: _Unwritten) -> int:
+    """The exit status when the answer could not be written.
+
+    A reader that went away (EPIPE, as in ``kvmspe sizes --limit 0 | head -1``)
+    chose to stop reading: nothing is said and the answer's own status stands.
+    Any other failure (stdout closed, a full device, an I/O error) means the
+    answer was lost: one line on stderr and exit status 2, whatever the answer was.
+    """
+    _discard(sys.stdout)
+    if exc.errno == _EPIPE:
+        return exc.code
+    import os
+
+    why = "it is closed" if exc.errno == _EBADF else os.strerror(exc.errno)
+    _say(f"kvmspe: error: cannot write the answer to standard output: {why}")
+    return 2
 
 
 def _one_line(text: str) -> str:
@@ -988,8 +1062,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     text = export.render(args.lang)
     if args.json:
         return _emit(args, {"lang": args.lang, "text": text}, [])
-    sys.stdout.write(text)
-    return 0
+    return _write(text)
 
 
 # --- the guest's firmware description -----------------------------------------------------------
@@ -1068,8 +1141,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     }
     if args.json:
         return _emit(args, doc, [])
-    sys.stdout.write(dts)
-    return 0
+    return _write(dts)
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -1185,6 +1257,15 @@ def build_parser() -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             text = " ".join(message.split())
             self.exit(2, f"kvmspe: error: {text} (see '{self.prog} --help')\n")
+
+        def _print_message(self, message: str, file: Any = None) -> None:
+            # Help and version go to stdout, checked as every answer is; errors to stderr.
+            if not message:
+                return
+            if file is not None and file is sys.stderr:
+                _say(message.rstrip("\n"))
+            else:
+                _write(message)
 
         def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
             # argparse drops a "--" given as an option's own value (--to=--) and
@@ -1500,9 +1581,7 @@ def _interrupted() -> int:
     except ValueError:  # not the main thread: no handler to change
         previous = None
     try:
-        print("kvmspe: interrupted", file=sys.stderr)
-    except (OSError, ValueError):
-        pass
+        _say("kvmspe: interrupted")
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -1517,6 +1596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         code = _main(sys.argv[1:] if argv is None else argv)
+    except _Unwritten as exc:
+        code = _unwritten(exc)
     except KeyboardInterrupt:
         code = _interrupted()
     except RuntimeError as exc:
@@ -1560,14 +1641,10 @@ def _main(argv: Sequence[str]) -> int:
     try:
         code: int = args.func(args)
         return code
-    except BrokenPipeError:
-        # The reader went away (``kvmspe sizes --limit 0 | head``): not an error of ours.
-        sys.stderr.close()
-        return 0
     except KvmError as exc:
         # The kernel (or its model) refused: the answer is "no".
-        print(f"kvmspe: {exc.ioctl or 'ioctl'}: {_one_line(str(exc))}", file=sys.stderr)
+        _say(f"kvmspe: {exc.ioctl or 'ioctl'}: {_one_line(str(exc))}")
         return 1
     except (KvmspeError, ValueError, OSError) as exc:
-        print(f"kvmspe: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        _say(f"kvmspe: error: {_one_line(str(exc)) or type(exc).__name__}")
         return 2
