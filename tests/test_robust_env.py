@@ -9,13 +9,21 @@ how they ended; the figures are printed at the end of the module (``-s``).
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from kvmspe import abi
+from kvmspe.errors import ClosedError, KvmError
+from kvmspe.kvm import Kvm
+from kvmspe.model import kernel as model
 
 STATS: Counter[str] = Counter()
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -157,6 +165,147 @@ def test_vectors_with_stdout_closed_writes_its_files_and_says_it_could_not_tell(
     assert done.returncode == 2
     assert_one_line_about_stdout(done.stderr)
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["maxbuffsize-codec.json", "scenarios.json"]
+
+
+# --- 5. use after close ----------------------------------------------------------------------------
+
+#: Methods that may be called on a closed object: closing again, and the model's
+#: release of what a VCPU pinned (which its VM's close calls).
+AFTER_CLOSE_ALLOWED = {"close", "release"}
+
+
+def public_methods(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+
+def assert_every_call_refused(obj: Any, calls: dict[str, Callable[[], object]], what: str) -> None:
+    """Each call raises ClosedError (EBADF, naming ``what``); ``calls`` covers every public method."""
+    assert public_methods(type(obj)) - AFTER_CLOSE_ALLOWED == set(calls), "a method is not tried"
+    for name, call in calls.items():
+        with pytest.raises(ClosedError) as info:
+            call()
+        STATS[f"closed {type(obj).__module__}.{type(obj).__name__}.{name}: ClosedError"] += 1
+        assert isinstance(info.value, KvmError) and info.value.errno == errno.EBADF, name
+        assert f"this {what} has been closed" in str(info.value), (name, str(info.value))
+
+
+def model_calls(vcpu: Any) -> dict[str, Callable[[], object]]:
+    g, irq = abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ
+    return {
+        "has_device_attr": lambda: vcpu.has_device_attr(g, irq),
+        "set_device_attr": lambda: vcpu.set_device_attr(g, irq, 21),
+        "get_device_attr": lambda: vcpu.get_device_attr(g, irq),
+        "run": vcpu.run,
+        "guest_write": lambda: vcpu.guest_write("PMBPTR_EL1", 0),
+        "guest_read": lambda: vcpu.guest_read("PMBSR_EL1"),
+        "guest_map": lambda: vcpu.guest_map(None),
+        "enable_buffer": lambda: vcpu.enable_buffer(0, 4096),
+        "disable_buffer": vcpu.disable_buffer,
+    }
+
+
+@pytest.mark.parametrize("closing", ["vcpu", "vm"])
+def test_model_vm_and_vcpu_refuse_every_call_once_closed(closing: str) -> None:
+    host = model.Host(spus=[model.Spu(8)])
+    vm = host.create_vm()
+    vcpu = vm.create_vcpu()
+    vcpu.set_device_attr(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_IRQ, 21)
+    (vcpu if closing == "vcpu" else vm).close()
+    assert_every_call_refused(vcpu, model_calls(vcpu), "Vcpu")
+    if closing == "vm":
+        assert_every_call_refused(vm, {"create_vcpu": vm.create_vcpu}, "Vm")
+        assert vm.closed
+    vcpu.close()
+    vm.close()  # closing twice is harmless
+
+
+def kvm_calls(
+    kvm: Any, vm: Any, vcpu: Any, device: Any
+) -> list[tuple[Any, dict[str, Callable[[], object]], str]]:
+    return [
+        (
+            vcpu,
+            {
+                "has_device_attr": lambda: vcpu.has_device_attr(0, 0),
+                "set_device_attr": lambda: vcpu.set_device_attr(0, 0, 1),
+                "get_device_attr": lambda: vcpu.get_device_attr(0, 0),
+                "run": lambda: vcpu.run(timeout=0.5),
+                "set_value_struct": lambda: vcpu.set_value_struct(0, 0, abi.INT),
+            },
+            "Vcpu",
+        ),
+        (
+            device,
+            {
+                "has_device_attr": lambda: device.has_device_attr(0, 0),
+                "set_device_attr": lambda: device.set_device_attr(0, 0, 1),
+            },
+            "Device",
+        ),
+        (
+            vm,
+            {
+                "check_extension": lambda: vm.check_extension(1),
+                "set_user_memory_region": lambda: vm.set_user_memory_region(0, 0, 4096, 0),
+                "create_vcpu": vm.create_vcpu,
+                "create_device": lambda: vm.create_device(abi.KVM_DEV_TYPE_ARM_VGIC_V3),
+                "create_vgic_v3": vm.create_vgic_v3,
+                "init_vgic": vm.init_vgic,
+            },
+            "Vm",
+        ),
+        (
+            kvm,
+            {
+                "api_version": kvm.api_version,
+                "check_extension": lambda: kvm.check_extension(1),
+                "vcpu_mmap_size": kvm.vcpu_mmap_size,
+                "create_vm": kvm.create_vm,
+                "spe_feature": kvm.spe_feature,
+            },
+            "Kvm",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("order", ["each", "kvm first"])
+def test_recorded_arm64_backend_refuses_every_call_once_closed_without_an_ioctl(
+    tmp_path: Path, order: str
+) -> None:
+    from test_kvm_recorded import Recorder, make_kvm
+
+    rec = Recorder(tmp_path)
+    kvm = make_kvm(rec, tmp_path, spe_feature_bit=9)
+    vm = kvm.create_vm()
+    vcpu = vm.create_vcpu(0)
+    vcpu.run(timeout=1.0)  # its kvm_run area mapped, its size asked
+    device = vm.create_vgic_v3()
+    if order == "each":
+        for obj in (vcpu, device, vm, kvm):
+            obj.close()
+    else:
+        kvm.close()
+    before = len(rec.calls)
+    for obj, calls, what in kvm_calls(kvm, vm, vcpu, device):
+        assert obj.closed
+        assert_every_call_refused(obj, calls, what)
+    assert len(rec.calls) == before, "an ioctl was issued on a closed object"
+
+
+@needs_kvm
+def test_real_backend_refuses_every_call_once_closed() -> None:
+    from kvmspe.kvm import Device
+
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vcpu = vm.create_vcpu(0)
+    # x86 has no device the VM can create without an irqchip: a Device over a
+    # duplicate of the VM's descriptor stands in for one (its fd is its own).
+    device = Device(vm, os.dup(vm.fd), abi.KVM_DEV_TYPE_ARM_VGIC_V3)
+    vm.devices.append(device)
+    kvm.close()
+    for obj, calls, what in kvm_calls(kvm, vm, vcpu, device):
+        assert_every_call_refused(obj, calls, what)
 
 
 # --- figures -----------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from . import abi
-from .errors import InvalidArgumentError, KvmError
+from .errors import ClosedError, InvalidArgumentError, KvmError
 from .validation import U32_MAX, U64_MAX, check_int, is_int
 
 __all__ = [
@@ -135,9 +135,10 @@ def _close_dropped(fd: int, what: str) -> None:
         pass
 
 
-def _closed(owner: _Owned, name: str) -> KvmError:
-    """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
-    return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
+def _closed_ioctl(fd: int, request: int, arg: Any) -> int:
+    """What a closed VCPU calls instead of ``ioctl``: no system call, the refusal
+    ``fcntl.ioctl`` gives the descriptor -1 of a closed object."""
+    raise ValueError("the object has been closed")
 
 
 #: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
@@ -231,6 +232,11 @@ class _Owned:
         self.closed = True
         self.fd = -1
         os.close(fd)
+
+    def _check_open(self, call: str) -> None:
+        """Refuse any call once closed, before anything is checked or issued."""
+        if self.closed:
+            raise ClosedError(type(self).__name__, call)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -376,14 +382,11 @@ class Kvm(_Owned):
         self._own(fd, f"Kvm({path!r})")
 
     def _call(self, request: int, arg: Any, name: str) -> int:
+        self._check_open(name)
         try:
             return _retry(self.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name) from None
-        except ValueError:
-            if not self.closed:
-                raise
-            raise _closed(self, name) from None
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
@@ -391,17 +394,20 @@ class Kvm(_Owned):
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on ``/dev/kvm``: 0 when absent, else a positive value."""
+        self._check_open("KVM_CHECK_EXTENSION")
         check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes of the shared ``kvm_run`` area (asked once)."""
+        self._check_open("KVM_GET_VCPU_MMAP_SIZE")
         if self._mmap_size is None:
             self._mmap_size = self._call(abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         return self._mmap_size
 
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM (``machine_type`` 0: the default IPA size on arm64)."""
+        self._check_open("KVM_CREATE_VM")
         check_int("machine_type", machine_type, 0, _IOCTL_INT_MAX)
         fd = self._call(abi.KVM_CREATE_VM, machine_type, "KVM_CREATE_VM")
         vm = Vm(self, fd)
@@ -420,6 +426,7 @@ class Kvm(_Owned):
         KVM_ARM_VCPU_HAS_EL2_E2H0) answers ENXIO there, so that bit does not
         count. Unknown bits answer ENOENT (Linux 6.1) or EINVAL (newer).
         """
+        self._check_open("spe_feature")
         if self._spe_feature is not None:
             return self._spe_feature
         if self._spe_bit_arg is not None:
@@ -486,17 +493,15 @@ class Vm(_Owned):
         self.ids_used: set[int] = set()
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
+        self._check_open(name)
         try:
             return _retry(self.kvm.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name, text) from None
-        except ValueError:
-            if not self.closed:
-                raise
-            raise _closed(self, name) from None
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (answers for this VM's configuration)."""
+        self._check_open("KVM_CHECK_EXTENSION")
         check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
@@ -504,6 +509,7 @@ class Vm(_Owned):
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
     ) -> None:
         """KVM_SET_USER_MEMORY_REGION: back guest memory with process memory."""
+        self._check_open("KVM_SET_USER_MEMORY_REGION")
         check_int("slot", slot, 0, U32_MAX)
         check_int("flags", flags, 0, U32_MAX)
         check_int("guest_phys_addr", guest_phys_addr, 0, U64_MAX)
@@ -529,6 +535,7 @@ class Vm(_Owned):
         kernel has none, :class:`SpeFeatureUnavailable` is raised before any
         ioctl. On x86 there is no init step and ``spe`` is only recorded.
         """
+        self._check_open("KVM_CREATE_VCPU")
         bit = None
         if spe and self.kvm.arch == "aarch64":
             feature = self.kvm.spe_feature()
@@ -582,6 +589,7 @@ class Vm(_Owned):
 
     def create_device(self, type_: int) -> Device:
         """KVM_CREATE_DEVICE: an in-kernel device of ``type_`` (a ``KVM_DEV_TYPE_*``)."""
+        self._check_open("KVM_CREATE_DEVICE")
         check_int("device type", type_, 0, U32_MAX)
         arg = bytearray(abi.CREATE_DEVICE.pack(type_, 0, 0))
         text = None
@@ -610,6 +618,7 @@ class Vm(_Owned):
         If a step fails the device fd is closed; the kernel keeps the
         irqchip until the VM is closed, so use a fresh VM to try again.
         """
+        self._check_open("KVM_CREATE_DEVICE")
         nr = max(len(self.vcpus), 1)
         for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
             if not is_int(base) or base < 0 or base % _VGIC_ALIGN:
@@ -636,6 +645,7 @@ class Vm(_Owned):
     def init_vgic(self) -> None:
         """KVM_DEV_ARM_VGIC_CTRL_INIT on the vGIC: KVM sets it up for the VCPUs
         that exist now (no VCPU can be added afterwards)."""
+        self._check_open("KVM_SET_DEVICE_ATTR")
         if self.vgic is None or self.vgic.closed:
             raise ValueError("this VM has no vGIC: call create_vgic_v3() first")
         self.vgic.set_device_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
@@ -680,6 +690,7 @@ class Device(_Owned):
         return None
 
     def _call(self, request: int, group: int, attr: int, addr: int) -> None:
+        self._check_open(_NAMES[request])
         check_int("device attribute group", group, 0, U32_MAX)
         check_int("device attribute", attr, 0, U64_MAX)
         arg = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, addr))
@@ -692,6 +703,7 @@ class Device(_Owned):
 
     def set_device_attr(self, group: int, attr: int, value: int | None = None) -> None:
         """KVM_SET_DEVICE_ATTR on the device, ``value`` (a u64) behind ``addr``."""
+        self._check_open("KVM_SET_DEVICE_ATTR")
         if value is None:
             self._call(_SET, group, attr, 0)
             return
@@ -859,6 +871,7 @@ class Vcpu(_Owned):
 
     def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
         """Use ``value`` (e.g. :data:`kvmspe.abi.INT`) as the C type of ``(group, attr)``."""
+        self._check_open("set_value_struct")
         check_int("device attribute group", group, 0, U32_MAX)
         check_int("device attribute", attr, 0, U64_MAX)
         if not isinstance(value, struct.Struct) or value.format[-1:] not in tuple("bBhHiIlLqQ"):
@@ -871,7 +884,7 @@ class Vcpu(_Owned):
     # -- errors ---------------------------------------------------------------------------
 
     def _closed_error(self, ioctl: str, group: int, attr: int) -> KvmError:
-        return KvmError(errno.EBADF, "this VCPU has been closed", ioctl=ioctl, group=group, attr=attr)
+        return ClosedError("Vcpu", ioctl, group=group, attr=attr)
 
     def _error(self, exc: OSError, call: str, ioctl: str, group: int, attr: int) -> KvmError:
         code = exc.errno or errno.EIO
@@ -1043,6 +1056,7 @@ class Vcpu(_Owned):
         KVM_RUN). ``timeout=None``
         runs unbounded; an interrupted unbounded call is retried.
         """
+        self._check_open("KVM_RUN")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e6
         ):
@@ -1111,6 +1125,7 @@ class Vcpu(_Owned):
         run, self._run = self._run, None
         if run is not None:
             run.close()
+        self._ioctl = _closed_ioctl
         self._close_fd()
         if self in self.vm.vcpus:
             self.vm.vcpus.remove(self)

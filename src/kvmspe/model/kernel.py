@@ -51,7 +51,7 @@ from ..arch.registers import (
     REGISTERS,
 )
 from ..arch.stage1 import Stage1
-from ..errors import KvmError, RegisterError
+from ..errors import ClosedError, KvmError, RegisterError
 from ..validation import U64_MAX, is_int
 from .assumptions import DEFAULT, Assumptions
 from .pinning import Interval, PinnedPages
@@ -237,6 +237,8 @@ class Vm:
         EINVAL at KVM_ARM_VCPU_INIT, and its id stays used (measured on
         Linux 7.2 arm64).
         """
+        if self.closed:
+            raise ClosedError("Vm", "KVM_CREATE_VCPU")
         if index is None:
             index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
         if not is_int(index) or not 0 <= index <= U64_MAX:
@@ -270,11 +272,13 @@ class Vm:
         return vcpu
 
     def close(self) -> None:
-        """Destroy the VM: everything it pinned or holds is released."""
+        """Destroy the VM: everything it pinned or holds is released, and its
+        VCPUs are closed with it. Safe to call twice."""
         if self.closed:
             return
         for vcpu in self.vcpus:
             vcpu.release()
+            vcpu.closed = True
         self.host.unlock(self.held_bytes)
         self.held_bytes = 0
         self.closed = True
@@ -293,7 +297,11 @@ class Vm:
 
 
 class Vcpu:
-    """A modelled VCPU with the real backend's methods."""
+    """A modelled VCPU with the real backend's methods.
+
+    Once it, or its VM, is closed, every method raises
+    :class:`~kvmspe.errors.ClosedError`, as the real backend's VCPU does.
+    """
 
     #: Guest-writable buffer registers.
     GUEST_REGISTERS = ("PMBPTR_EL1", "PMBLIMITR_EL1", "PMBSR_EL1")
@@ -312,6 +320,16 @@ class Vcpu:
         #: What this VCPU holds pinned (host-page intervals), empty when none.
         self._pinned: tuple[Interval, ...] = ()
         self._pinned_bytes = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """Close this VCPU's handle. Safe to call twice. KVM frees a VCPU only
+        with its VM: what it pinned stays pinned until the VM is closed."""
+        self.closed = True
+
+    def _check_open(self, call: str, group: int | None = None, attr: int | None = None) -> None:
+        if self.closed:
+            raise ClosedError("Vcpu", call, group=group, attr=attr)
 
     # -- device attributes ---------------------------------------------------------
 
@@ -349,6 +367,7 @@ class Vcpu:
         check, as the real backend must.
         """
         ioctl = "KVM_SET_DEVICE_ATTR"
+        self._check_open(ioctl, group, attr)
         info = abi.attr_info(group, attr)
         if info is not None and value is not abi.BAD_ADDRESS:
             abi.check_value(info, value)  # type: ignore[arg-type]
@@ -374,6 +393,7 @@ class Vcpu:
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
         """KVM_GET_DEVICE_ATTR; ``addr=BAD_ADDRESS`` makes the write fail (EFAULT)."""
         ioctl = "KVM_GET_DEVICE_ATTR"
+        self._check_open(ioctl, group, attr)
         self._group(group, attr, ioctl)
         self._decide(self.vm.host.rules.get[attr], Call(self, attr), ioctl, group)
         if addr is abi.BAD_ADDRESS:
@@ -398,6 +418,7 @@ class Vcpu:
 
         A VCPU without the SPE feature answers False [assumed, as the PMU does].
         """
+        self._check_open("KVM_HAS_DEVICE_ATTR", group, attr)
         try:
             self._group(group, attr, "KVM_HAS_DEVICE_ATTR")
         except KvmError:
@@ -419,8 +440,7 @@ class Vcpu:
     def run(self) -> abi.Exit:
         """KVM_RUN: the first entry fixes the VM's configuration; a pending
         buffer enable is handled (see the module docstring)."""
-        if self.vm.closed:
-            raise KvmError(errno.EIO, "the VM has been destroyed", ioctl="KVM_RUN")
+        self._check_open("KVM_RUN")
         self._decide(self.vm.host.rules.run, Call(self), "KVM_RUN", abi.KVM_ARM_VCPU_SPE_CTRL)
         self.vm.has_run = True
         assumptions = self.vm.host.assumptions
@@ -470,6 +490,7 @@ class Vcpu:
         PMBLIMITR_EL1.E to 1 enables the buffer: the next ``run()`` pins it.
         Disabling it, or moving the buffer, unpins.
         """
+        self._check_open("guest_write")
         if reg not in self.GUEST_REGISTERS:
             raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
         if not is_int(value) or not 0 <= value < 1 << 64:
@@ -495,6 +516,7 @@ class Vcpu:
 
     def guest_read(self, reg: str) -> int:
         """The value the guest reads; PMBIDR_EL1 as KVM advertises it."""
+        self._check_open("guest_read")
         if reg == "PMBIDR_EL1":
             pmbidr = self.guest_pmbidr
             if pmbidr is None:
@@ -511,6 +533,7 @@ class Vcpu:
     def guest_map(self, stage1: Stage1 | None) -> None:
         """Describe the guest's stage-1 translation for this VCPU's buffer
         (None: no translation at all)."""
+        self._check_open("guest_map")
         if stage1 is not None and not isinstance(stage1, Stage1):
             raise ValueError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
         if stage1 != self.stage1 and self._pinned:
@@ -525,6 +548,7 @@ class Vcpu:
         given, the default :class:`Stage1` is used. PMBLIMITR_EL1 holds the
         limit in bits [63:12], so ``base + size`` must be 4 KiB aligned.
         """
+        self._check_open("enable_buffer")
         for name, v in (("base", base), ("size", size)):
             if not is_int(v) or v < 0:
                 raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
@@ -543,6 +567,7 @@ class Vcpu:
 
     def disable_buffer(self) -> None:
         """The guest clears PMBLIMITR_EL1.E."""
+        self._check_open("disable_buffer")
         self.guest_write("PMBLIMITR_EL1", self._regs["PMBLIMITR_EL1"] & ~1)
 
     @property
