@@ -9,7 +9,9 @@ how they ended; the figures are printed at the end of the module (``-s``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from kvmspe import abi
-from kvmspe.errors import ClosedError, KvmError
+from kvmspe.errors import ClosedError, InvalidArgumentError, KvmError
 from kvmspe.kvm import Kvm
 from kvmspe.model import kernel as model
 
@@ -306,6 +308,179 @@ def test_real_backend_refuses_every_call_once_closed() -> None:
     kvm.close()
     for obj, calls, what in kvm_calls(kvm, vm, vcpu, device):
         assert_every_call_refused(obj, calls, what)
+
+
+# --- 4. library arguments -----------------------------------------------------------------------
+
+BRING_UP: dict[str, Any] = {"vcpus": 1, "irq": 21, "max_buffer_size": 4 << 20}
+#: (argument, bad value) for vmm.bring_up; every one is refused before any VM exists.
+BAD_BRING_UP = [
+    ("vcpus", None),
+    ("vcpus", "4"),
+    ("vcpus", 0),
+    ("irq", None),
+    ("irq", "21"),
+    ("irq", 1.5),
+    ("irq", 1 << 31),
+    ("spu", "x"),
+    ("spu", 8.0),
+    ("max_buffer_size", None),
+    ("max_buffer_size", "4M"),
+    ("max_buffer_size", -1),
+    ("max_buffer_size", True),
+    ("raise_memlock", "yes"),
+    ("raise_memlock", None),
+    ("raise_memlock", 1),
+    ("case", 5),
+    ("case", "most"),
+    ("enable_buffer", -1),
+    ("enable_buffer", "4K"),
+    ("enable_buffer", True),
+    ("enable_buffer", 4097),
+]
+
+
+def model_choice() -> Any:
+    from kvmspe import vmm
+
+    return vmm.choose_backend("model", profile="default-4k", memlock_limit=None)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_BRING_UP, ids=repr)
+def test_bring_up_refuses_a_bad_argument_by_name_before_anything_is_created(name: str, value: Any) -> None:
+    from kvmspe import vmm
+
+    choice = model_choice()
+    with pytest.raises(InvalidArgumentError) as info:
+        vmm.bring_up(choice, **{**BRING_UP, name: value})
+    STATS["bad library argument: InvalidArgumentError"] += 1
+    assert name in str(info.value) and "accepted" in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+    assert choice.host.vms == [], "a VM was created before the argument was refused"
+
+
+@pytest.mark.parametrize("choice", [None, "model", "kvm", 0, object()], ids=repr)
+def test_bring_up_refuses_a_choice_that_is_not_a_backend_choice(choice: Any) -> None:
+    from kvmspe import vmm
+
+    with pytest.raises(InvalidArgumentError, match="choice.*accepted"):
+        vmm.bring_up(choice, **BRING_UP)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "name"),
+    [
+        (("nope",), {}, "backend"),
+        (("KVM",), {}, "backend"),
+        (("Model",), {}, "backend"),
+        ((None,), {}, "backend"),
+        ((5,), {}, "backend"),
+        (("model",), {"profile": 5}, "profile"),
+        (("auto",), {"profile": "no-such-profile"}, "profile"),
+        (("model",), {"memlock_limit": "x"}, "memlock_limit"),
+        (("model",), {"memlock_limit": -1}, "memlock_limit"),
+        (("model",), {"memlock_limit": 4096.0}, "memlock_limit"),
+        (("auto",), {"locked": -1}, "locked"),
+        (("auto",), {"locked": None}, "locked"),
+    ],
+    ids=repr,
+)
+def test_choose_backend_refuses_a_bad_argument_by_name_before_probing(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+) -> None:
+    from kvmspe import vmm
+    from kvmspe.host import discovery
+
+    def probed(*a: object, **k: object) -> None:
+        raise AssertionError("the host was probed before the argument was refused")
+
+    monkeypatch.setattr(discovery, "discover", probed)
+    with pytest.raises(InvalidArgumentError) as info:
+        vmm.choose_backend(*args, **kwargs)
+    STATS["bad library argument: InvalidArgumentError"] += 1
+    assert name in str(info.value) and "accepted" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("vcpu", None),
+        ("vcpu", "vcpu0"),
+        ("irq", None),
+        ("irq", "21"),
+        ("spu", None),
+        ("spu", 2.5),
+        ("max_buffer_size", None),
+        ("max_buffer_size", "4M"),
+        ("max_buffer_size", True),
+        ("max_buffer_size", 1 << 64),
+    ],
+    ids=repr,
+)
+def test_configure_spe_refuses_a_bad_argument_by_name_before_any_call(name: str, value: Any) -> None:
+    from kvmspe import vmm
+
+    calls: list[str] = []
+    inner = model.Host(spus=[model.Spu(8)]).create_vm().create_vcpu()
+
+    class Counting:
+        index = inner.index
+
+        def has_device_attr(self, group: int, attr: int) -> bool:
+            calls.append("has")
+            return inner.has_device_attr(group, attr)
+
+        def set_device_attr(self, group: int, attr: int, value: object) -> None:
+            calls.append("set")
+            inner.set_device_attr(group, attr, value)
+
+    vcpu = Counting()
+    args: dict[str, Any] = {"vcpu": vcpu, "irq": 21, "spu": 8, "max_buffer_size": 4096, name: value}
+    with pytest.raises(InvalidArgumentError) as info:
+        vmm.configure_spe(args.pop("vcpu"), **args)
+    STATS["bad library argument: InvalidArgumentError"] += 1
+    assert name in str(info.value) and "accepted" in str(info.value), str(info.value)
+    assert calls == []
+
+
+# --- also: the command line's own rules -----------------------------------------------------------
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``kvmspe ARGV`` in this process: (exit status, stdout, stderr)."""
+    from kvmspe import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code: Any = cli.main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    return int(code or 0), out.getvalue(), err.getvalue()
+
+
+def assert_refused(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvmspe: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--profile", "16k"], ["--memlock", "64M"], ["--locked", "0"], ["--locked", "1M"]],
+    ids=" ".join,
+)
+def test_configure_on_the_real_kernel_refuses_options_only_the_model_uses(option: list[str]) -> None:
+    code, out, err = run_cli("configure", "--backend", "kvm", *option)
+    assert_refused(code, err, option[0], "only for the model")
+    assert out == ""
+
+
+def test_a_bad_enable_buffer_is_named_as_the_option() -> None:
+    code, _, err = run_cli("configure", "--backend", "model", "--enable-buffer", "4097")
+    assert_refused(code, err, "--enable-buffer 0x1001", "multiple of 4 KiB")
 
 
 # --- figures -----------------------------------------------------------------------------------

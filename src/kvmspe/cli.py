@@ -954,8 +954,26 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
     if args.enable_buffer is not None and args.backend == "kvm":
         raise UsageError("--enable-buffer simulates the guest, which only the model can: use --backend model")
+    model_only = [
+        opt
+        for opt, value in (
+            ("--profile", args.profile),
+            ("--memlock", args.memlock),
+            ("--locked", args.locked),
+        )
+        if value is not None
+    ]
+    if model_only and args.backend == "kvm":
+        raise UsageError(
+            f"{', '.join(model_only)}: only for the model, which the real kernel does not use"
+            " (its host is this one, its RLIMIT_MEMLOCK this process's); use --backend model or auto"
+        )
+    if args.enable_buffer is not None:
+        size = args.enable_buffer or args.max_buffer_size
+        if size == 0 or size % 4096:
+            raise UsageError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
     choice = vmm.choose_backend(
-        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked
+        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked or 0
     )
     r = vmm.bring_up(
         choice,
@@ -1480,7 +1498,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--locked",
         metavar="SIZE",
         type=_size,
-        default=0,
+        default=None,
         help="memory the modelled VMM has locked already (default 0)",
     )
     p.add_argument(

@@ -91,6 +91,7 @@ from typing import TYPE_CHECKING, Any
 from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
 from .arch.stage1 import Footprint, Stage1, check_granule
+from .errors import InvalidArgumentError
 from .model.assumptions import DEFAULT, Assumptions
 from .units import format_size
 from .validation import U64_MAX, check_int
@@ -143,9 +144,10 @@ MAX_VCPUS = 1 << 16
 
 
 def check_case(case: object) -> str:
-    """``case`` when it is one of :data:`PINNING_CASES`, else a one-line ValueError."""
+    """``case`` when it is one of :data:`PINNING_CASES`, else a one-line
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError)."""
     if not isinstance(case, str) or case not in PINNING_CASES:
-        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
+        raise InvalidArgumentError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
     return case
 
 
