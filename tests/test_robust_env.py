@@ -310,6 +310,97 @@ def test_real_backend_refuses_every_call_once_closed() -> None:
         assert_every_call_refused(obj, calls, what)
 
 
+# --- 7. KVM_RUN under a blocked timer signal ---------------------------------------------------------
+
+#: A child that runs a VCPU whose guest never exits, with SIGALRM blocked in the
+#: running thread: on x86 the reset vector holds "jmp $"; on arm64 a VCPU
+#: without memory never returns from KVM_RUN by itself (FACTS 10).
+SPIN_CHILD = """
+import ctypes, mmap, os, signal, sys, threading
+from kvmspe.kvm import Kvm, RunTimeout, run_timer_handler
+where, handler = sys.argv[1], sys.argv[2] == "handler"
+def body():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        if kvm.arch == "x86_64":
+            mem = mmap.mmap(-1, 0x10000)
+            mem[0xFFF0:0xFFF2] = b"\\xeb\\xfe"
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+            vm.set_user_memory_region(0, 0xFFFF0000, 0x10000, addr)
+        vcpu = vm.create_vcpu(0, spe=False)
+        for _ in range(2):
+            try:
+                vcpu.run(timeout=0.2)
+                print("returned", flush=True)
+            except RunTimeout:
+                print("RunTimeout", flush=True)
+    print("still blocked", signal.SIGALRM in signal.pthread_sigmask(signal.SIG_BLOCK, ()), flush=True)
+    print("pending", signal.SIGALRM in signal.sigpending(), flush=True)
+if where == "main":
+    body()
+elif handler:
+    with run_timer_handler():
+        t = threading.Thread(target=body); t.start(); t.join(30)
+else:
+    t = threading.Thread(target=body); t.start(); t.join(30)
+"""
+
+
+@needs_kvm
+@pytest.mark.skipif(
+    os.uname().machine not in ("x86_64", "aarch64"), reason="a spinning guest needs x86_64 or arm64"
+)
+@pytest.mark.parametrize(("where", "handler"), [("main", "none"), ("thread", "none"), ("thread", "handler")])
+def test_run_is_bounded_when_the_thread_blocks_the_timer_signal(where: str, handler: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SPIN_CHILD, where, handler],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("KVM_RUN was not ended: the child still ran after 30 s")
+    STATS[f"blocked SIGALRM, {where} thread: exit {done.returncode}"] += 1
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["RunTimeout", "RunTimeout", "still blocked True", "pending False"]
+
+
+def test_blocked_timer_signal_is_unblocked_for_kvm_run_only(tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    from test_kvm_recorded import RUN, Recorder, make_kvm
+
+    set_signal_mask = 0x4004AE8B  # _IOW(KVMIO, 0x8b, struct kvm_signal_mask): 4 bytes
+    rec = Recorder(tmp_path)
+    seen: list[Any] = []
+
+    def body() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})
+        with make_kvm(rec, tmp_path, arch="x86_64") as kvm:
+            vcpu = kvm.create_vm().create_vcpu(0)
+            rec.calls.clear()
+            vcpu.run(timeout=1.0)
+        seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    calls = [(c.request, c.arg) for c in rec.calls if c.request in (set_signal_mask, RUN)]
+    sigset = 1 << (signal.SIGUSR1 - 1)  # SIGUSR1 stays blocked in KVM_RUN, SIGALRM does not
+    assert calls == [
+        (set_signal_mask, (8).to_bytes(4, sys.byteorder) + sigset.to_bytes(8, "little")),
+        (RUN, 0),
+        (set_signal_mask, 0),
+    ]
+    assert signal.SIGALRM in seen[0] and signal.SIGUSR1 in seen[0]
+
+
 # --- 4. library arguments -----------------------------------------------------------------------
 
 BRING_UP: dict[str, Any] = {"vcpus": 1, "irq": 21, "max_buffer_size": 4 << 20}

@@ -28,7 +28,8 @@ KVM_RUN, which is bounded: :meth:`Vcpu.run` ends it with a timer signal
 after ``timeout`` seconds and raises :class:`RunTimeout` (an arm64 VCPU
 without guest code or memory never returns from KVM_RUN by itself); a VMM
 that runs each VCPU in a thread of its own wraps them in
-:func:`run_timer_handler`.
+:func:`run_timer_handler`; a thread that blocks SIGALRM needs nothing, as
+KVM_SET_SIGNAL_MASK unblocks it for the duration of KVM_RUN (QEMU's way).
 
 VCPU ids are never reused within a VM (KVM never frees one: creating the
 same id again answers EEXIST, even after its fd was closed). The SPE VCPU
@@ -756,10 +757,15 @@ def _on_alarm(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
+def _alarm(seconds: float, *, thread_directed: bool = False) -> Iterator[None]:
     """SIGALRM to this thread after ``seconds``, then every :data:`_RUN_TICK`,
-    until the block ends; the previous handler and timer are restored."""
-    if threading.current_thread() is threading.main_thread():
+    until the block ends; the previous handler and timer are restored.
+
+    ``thread_directed``: the thread blocks SIGALRM outside KVM_RUN, so the
+    signal must go to it alone (``pthread_kill``, from the main thread too:
+    ``setitimer`` signals the process, which any other thread may take), and
+    it never reaches a handler, so none is needed."""
+    if threading.current_thread() is threading.main_thread() and not thread_directed:
         previous = signal.signal(signal.SIGALRM, _on_alarm)
         old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _RUN_TICK)
         start = time.monotonic()
@@ -772,7 +778,7 @@ def _alarm(seconds: float) -> Iterator[None]:
                 left = max(old_delay - (time.monotonic() - start), 1e-3)
                 signal.setitimer(signal.ITIMER_REAL, left, old_interval)
         return
-    if signal.getsignal(signal.SIGALRM) in _NO_HANDLER:
+    if not thread_directed and signal.getsignal(signal.SIGALRM) in _NO_HANDLER:
         raise KvmError(
             errno.EINVAL,
             "cannot bound KVM_RUN outside the main thread: SIGALRM has no Python handler"
@@ -1053,7 +1059,11 @@ class Vcpu(_Owned):
         ``setitimer``; in another thread a timer thread sends SIGALRM to
         this one with ``pthread_kill``, which needs a Python SIGALRM handler
         installed (:func:`run_timer_handler`; else KvmError EINVAL, before
-        KVM_RUN). ``timeout=None``
+        KVM_RUN). A thread that blocks SIGALRM is bounded too, in any
+        thread and without a handler: KVM_SET_SIGNAL_MASK unblocks it for
+        KVM_RUN only, and the signal left pending is consumed, so the
+        thread's mask and pending set are as they were (a SIGALRM of the
+        caller's own pending then is consumed with it). ``timeout=None``
         runs unbounded; an interrupted unbounded call is retried.
         """
         self._check_open("KVM_RUN")
@@ -1087,16 +1097,53 @@ class Vcpu(_Owned):
         return abi.Exit(reason)
 
     def _run_bounded(self, seconds: float) -> None:
-        """One KVM_RUN under a timer signal; EINTR before the deadline is retried."""
+        """One KVM_RUN under a timer signal; EINTR before the deadline is retried.
+
+        A thread that blocks SIGALRM (as VMMs' VCPU threads often block their
+        signals) would never see the timer: then, as QEMU does for its own
+        signal, KVM_SET_SIGNAL_MASK gives KVM_RUN the thread's mask without
+        SIGALRM, so the signal ends KVM_RUN and only KVM_RUN; back in user
+        space it is blocked again, and the SIGALRM left pending is taken back
+        (``sigtimedwait``) so that it reaches no one.
+        """
         deadline = time.monotonic() + seconds
-        with _alarm(seconds):
-            while True:
-                try:
-                    self._ioctl(self.fd, abi.KVM_RUN, 0)
-                    return
-                except InterruptedError:
-                    if time.monotonic() >= deadline:
-                        raise RunTimeout(seconds) from None
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        blocked = signal.SIGALRM in mask
+        if blocked:
+            self._set_run_mask(mask - {signal.SIGALRM})
+        try:
+            with _alarm(seconds, thread_directed=blocked):
+                while True:
+                    try:
+                        self._ioctl(self.fd, abi.KVM_RUN, 0)
+                        return
+                    except InterruptedError:
+                        if time.monotonic() >= deadline:
+                            raise RunTimeout(seconds) from None
+        finally:
+            if blocked:
+                while signal.sigtimedwait({signal.SIGALRM}, 0) is not None:
+                    pass
+                self._set_run_mask(None)
+
+    def _set_run_mask(self, signals: set[int | signal.Signals] | None) -> None:
+        """KVM_SET_SIGNAL_MASK: the signal mask of this VCPU's thread while in
+        KVM_RUN (``None``: none, the thread's own)."""
+        if signals is None:
+            arg: bytearray | int = 0
+        else:
+            sigset = sum(1 << (s - 1) for s in signals if 0 < s <= 8 * abi.KVM_SIGSET_BYTES)
+            arg = bytearray(
+                abi.U32.pack(abi.KVM_SIGSET_BYTES) + sigset.to_bytes(abi.KVM_SIGSET_BYTES, "little")
+            )
+        try:
+            _retry(self._ioctl, self.fd, abi.KVM_SET_SIGNAL_MASK, arg)
+        except OSError as exc:
+            why = (
+                "cannot bound KVM_RUN: this thread blocks SIGALRM, and KVM_SET_SIGNAL_MASK, which"
+                f" would unblock it inside KVM_RUN only, failed: {os.strerror(exc.errno or 0)}"
+            )
+            raise _fail(exc, "KVM_SET_SIGNAL_MASK", why) from None
 
     def _run_error(self, code: int) -> str:
         """What a KVM_RUN errno means here; blames SPE only when SPE is the cause."""
