@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +399,116 @@ def test_blocked_timer_signal_is_unblocked_for_kvm_run_only(tmp_path: Path) -> N
         (set_signal_mask, 0),
     ]
     assert signal.SIGALRM in seen[0] and signal.SIGUSR1 in seen[0]
+
+
+# --- 6. threads ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fast_thread_switches() -> Iterator[None]:
+    """Switch threads as often as Python can, so that races show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def run_threads(target: Callable[[int], None], count: int) -> list[BaseException]:
+    """``target(i)`` in ``count`` threads started together; the exceptions they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def body(i: int) -> None:
+        try:
+            start.wait(30)
+            target(i)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    with fast_thread_switches():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread did not end within 60 s"
+    return errors
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_model_vm_driven_by_one_thread_per_vcpu_ends_as_a_serial_order_would(round_: int) -> None:
+    g = abi.KVM_ARM_VCPU_SPE_CTRL
+    host = model.Host(spus=[model.Spu(8)], memlock_limit=None)
+    vm = host.create_vm()
+    vcpus = [vm.create_vcpu(i) for i in range(8)]
+    for vcpu in vcpus:
+        vcpu.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_IRQ, 21)
+        vcpu.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_SPU, 8)
+        vcpu.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, 1 << 20)
+        vcpu.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_INIT, None)
+    alone: list[int] = []
+    pinned: dict[int, set[int]] = {i: set() for i in range(8)}
+
+    def drive(i: int) -> None:
+        vcpu = vcpus[i]
+        for _ in range(60):
+            vcpu.enable_buffer(i << 20, 1 << 20)
+            assert vcpu.run().reason == host.assumptions.idle_exit
+            pinned[i].add(vcpu.pinned_bytes)
+            vcpu.disable_buffer()
+            vcpu.run()
+            assert vcpu.pinned_bytes == 0
+
+    # What one VCPU pins on its own, run serially in a fresh VM.
+    ref_host = model.Host(spus=[model.Spu(8)], memlock_limit=None)
+    ref = ref_host.create_vm().create_vcpu(0)
+    for attr, value in ((abi.KVM_ARM_VCPU_SPE_IRQ, 21), (abi.KVM_ARM_VCPU_SPE_SPU, 8)):
+        ref.set_device_attr(g, attr, value)
+    ref.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, 1 << 20)
+    ref.set_device_attr(g, abi.KVM_ARM_VCPU_SPE_INIT, None)
+    ref.enable_buffer(0, 1 << 20)
+    ref.run()
+    alone.append(ref.pinned_bytes)
+
+    errors = run_threads(drive, len(vcpus))
+    STATS[f"model threads: {len(errors)} errors"] += 1
+    assert errors == [], errors[:3]
+    assert all(p == {alone[0]} for p in pinned.values()), pinned
+    # Every buffer disabled and re-entered: nothing pinned, nothing locked.
+    assert host.locked_bytes == 0
+    assert vm.pinned.pages == 0 and all(v.pinned_bytes == 0 for v in vcpus)
+
+
+def test_model_vcpus_created_by_many_threads_with_default_ids_get_distinct_ids() -> None:
+    vm = model.Host(spus=[model.Spu(8)]).create_vm()
+    made: list[int] = []
+
+    def create(i: int) -> None:
+        for _ in range(20):
+            made.append(vm.create_vcpu().index)
+
+    assert run_threads(create, 8) == []
+    assert sorted(made) == list(range(160))
+
+
+@needs_kvm
+def test_real_vcpus_created_by_many_threads_with_default_ids_get_distinct_ids() -> None:
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        made: list[int] = []
+
+        def create(i: int) -> None:
+            for _ in range(4):
+                made.append(vm.create_vcpu(spe=False).index)
+
+        errors = run_threads(create, 8)
+        STATS[f"real default ids: {len(errors)} errors"] += 1
+        assert errors == [], errors[:3]
+        assert sorted(made) == list(range(32))
 
 
 # --- 4. library arguments -----------------------------------------------------------------------

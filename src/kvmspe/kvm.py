@@ -492,6 +492,8 @@ class Vm(_Owned):
         self.vgic: Device | None = None
         #: Every VCPU id created in this VM: KVM never frees one.
         self.ids_used: set[int] = set()
+        #: Makes choosing and taking a VCPU id one step, for VCPU threads.
+        self._ids_lock = threading.Lock()
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
         self._check_open(name)
@@ -547,17 +549,26 @@ class Vm(_Owned):
         return self._create(index, spe=spe, bit=bit)
 
     def _create(self, index: int | None, *, spe: bool, bit: int | None) -> Vcpu:
-        if index is None:
-            index = self._next_index()
-        index = check_int("VCPU index", index, 0, _IOCTL_INT_MAX)
+        if index is not None:
+            index = check_int("VCPU index", index, 0, _IOCTL_INT_MAX)
         text = None
-        if index in self.ids_used:
-            text = (
-                f"VCPU id {index} was used before in this VM: KVM never frees a VCPU id,"
-                " even after its fd is closed"
-            )
-        fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU", text)
-        self.ids_used.add(index)
+        with self._ids_lock:  # a default id is chosen and taken at once, whatever other threads do
+            if index is None:
+                index = self._next_index()
+            if index in self.ids_used:
+                text = (
+                    f"VCPU id {index} was used before in this VM: KVM never frees a VCPU id,"
+                    " even after its fd is closed"
+                )
+            taken = text is None
+            self.ids_used.add(index)
+        try:
+            fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU", text)
+        except KvmError as exc:
+            if taken and exc.errno != errno.EEXIST:  # the kernel did not take it: free again
+                with self._ids_lock:
+                    self.ids_used.discard(index)
+            raise
         vcpu = Vcpu(self, fd, index, spe)
         try:
             if self.kvm.arch == "aarch64":
