@@ -511,6 +511,144 @@ def test_real_vcpus_created_by_many_threads_with_default_ids_get_distinct_ids() 
         assert sorted(made) == list(range(32))
 
 
+# --- 2. files while being written --------------------------------------------------------------
+
+#: ``kvmspe vectors --out DIR`` with a signal sent to itself at one moment of
+#: the write: in the middle of writing the first or second file, or just before
+#: the first or second rename.
+SIGNAL_CHILD = """
+import os, signal, sys
+from kvmspe import cli
+out, sig, moment = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
+count = {"write": 0, "rename": 0}
+real_write, real_replace = os.write, os.replace
+def write(fd, data):
+    if fd > 2:
+        count["write"] += 1
+        if moment == f"write {count['write']}":
+            done = real_write(fd, data[: len(data) // 2])
+            os.kill(os.getpid(), sig)
+            return done
+    return real_write(fd, data)
+def replace(a, b):
+    count["rename"] += 1
+    if moment == f"rename {count['rename']}":
+        os.kill(os.getpid(), sig)
+    return real_replace(a, b)
+os.write, os.replace = write, replace
+sys.exit(cli.main(["vectors", "--out", out]))
+"""
+OLD = b'{"old": true}\n'
+
+
+@pytest.mark.parametrize("moment", ["write 1", "write 2", "rename 1", "rename 2"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_vectors_are_written_leaves_all_old_or_all_new_and_no_temporary(
+    tmp_path: Path, signame: str, moment: str
+) -> None:
+    import signal
+
+    from kvmspe.conformance import vectors
+
+    out = tmp_path / "v"
+    out.mkdir()
+    names = sorted([vectors.CODEC_FILE, vectors.SCENARIO_FILE])
+    for name in names:
+        (out / name).write_bytes(OLD)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_CHILD, str(out), signame, moment],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    STATS[f"{signame} at {moment}: exit {done.returncode}"] += 1
+    assert "Traceback" not in done.stderr, done.stderr
+    sig = getattr(signal, signame)
+    assert done.returncode == (130 if sig == signal.SIGINT else -sig), (done.returncode, done.stderr)
+    assert sorted(p.name for p in out.iterdir()) == names, "a temporary file was left behind"
+    old = [(out / name).read_bytes() == OLD for name in names]
+    assert old in ([True, True], [False, False]), f"one old file and one new: {old}"
+
+
+def test_a_symbolic_link_to_itself_is_refused_and_stays_a_link(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (kvmspe[plot])")
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    code, out, err = run_cli("plan", "--vcpus", "2", "--plot", str(loop))
+    assert_refused(code, err, "a symbolic link that loops")
+    assert loop.is_symlink() and os.readlink(loop) == loop.name
+    assert [p.name for p in tmp_path.iterdir()] == ["loop.png"]
+
+
+PERMISSION_CHILD = """
+import os, sys
+from kvmspe import files
+target = sys.argv[1]
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    files.replace_whole([(target, lambda f: f.write(b"new"))])
+    print("replaced")
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+"""
+
+
+def test_a_file_the_user_may_not_write_is_not_replaced_through_its_writable_directory() -> None:
+    import errno
+    import shutil
+    import tempfile
+
+    # World-writable, under /tmp: the unprivileged child may create and rename there.
+    folder = Path(tempfile.mkdtemp(prefix="kvmspe-perm-", dir="/tmp"))
+    try:
+        folder.chmod(0o1777)
+        target = folder / "pinned.png"
+        target.write_bytes(b"old")
+        target.chmod(0o444)
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        done = subprocess.run(
+            [sys.executable, "-c", PERMISSION_CHILD, str(target)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["PermissionError", str(errno.EACCES)]
+        assert target.read_bytes() == b"old" and [p.name for p in folder.iterdir()] == ["pinned.png"]
+    finally:
+        shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_a_replaced_file_keeps_its_owner_group_and_mode(tmp_path: Path) -> None:
+    from kvmspe import files
+
+    target = tmp_path / "pinned.png"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    target.chmod(0o640)
+    files.replace_whole([(target, lambda f: f.write(b"new"))])
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, target.read_bytes()) == (65534, 65534, 0o640, b"new")
+
+
+def test_a_file_with_other_hard_links_is_refused(tmp_path: Path) -> None:
+    from kvmspe import files
+
+    target = tmp_path / "pinned.png"
+    target.write_bytes(b"old")
+    os.link(target, tmp_path / "other.png")
+    with pytest.raises(OSError, match="hard links"):
+        files.replace_whole([(target, lambda f: f.write(b"new"))])
+    assert target.read_bytes() == b"old" and (tmp_path / "other.png").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.png", "pinned.png"]
+
+
 # --- 4. library arguments -----------------------------------------------------------------------
 
 BRING_UP: dict[str, Any] = {"vcpus": 1, "irq": 21, "max_buffer_size": 4 << 20}

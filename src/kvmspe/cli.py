@@ -562,10 +562,17 @@ def _plot_target(path: str) -> str:
         )
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
-    # The directory, before any drawing: the write itself says again if it fails later.
-    target = os.path.realpath(path) if os.path.islink(path) else path
+    # The target and its directory, before any drawing: the write itself says again if it fails later.
+    from . import files
+
+    try:
+        target = files.target_of(path)
+    except OSError as exc:
+        raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror}") from None
     if os.path.exists(target) and not os.path.isfile(target):
         raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+    if os.path.isfile(target) and not os.access(target, os.W_OK):
+        raise UsageError(f"--plot {path!r}: cannot write it: {os.strerror(errno.EACCES)}")
     directory = os.path.dirname(target) or "."
     try:
         is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
@@ -580,58 +587,27 @@ def _plot_target(path: str) -> str:
 
 
 def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
-    """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
-
-    Readers see the old file or the whole new one, never half of it; on any
-    failure the temporary file is removed and nothing is left behind. As with
-    a plain ``open``: a symbolic link is written through (the file it names
-    is replaced, the link stays), an existing file keeps its permission
-    bits, and a new one gets 0666 less the umask.
-    """
+    """Write the plot whole with :func:`kvmspe.files.replace_whole`: readers, and
+    signals, see the old file or the whole new one; a symbolic link is written
+    through and stays, an existing file keeps its mode and owner, and a file a
+    plain write could not change is refused."""
+    import errno
     import os
-    import stat
 
-    target = os.path.realpath(path) if os.path.islink(path) else path
+    from . import files
+
     try:
-        st = os.stat(target)
-    except OSError:
-        keep = None
-    else:
-        if not stat.S_ISREG(st.st_mode):
-            # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
-            raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
-        keep = stat.S_IMODE(st.st_mode)
-    directory = os.path.dirname(target) or "."
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
-        # A short name of its own, not one built on ``path``'s: a target name
-        # near NAME_MAX (255 bytes) must not make the temporary one too long.
-        tmp = os.path.join(directory, f".kvmspe-plot.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
-    else:
-        raise UsageError(f"--plot {path!r}: cannot create a temporary file in {directory!r}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if keep is not None:
-                os.fchmod(f.fileno(), keep)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror or exc}") from None
-        raise
+        files.replace_whole([(path, write)])
+    except OSError as exc:
+        why = exc.strerror or os.strerror(exc.errno or 0) or str(exc)
+        if exc.errno == errno.EINVAL and exc.filename == path:
+            raise UsageError(
+                f"--plot {path!r} is not a regular file; accepted: a new or regular .png file"
+            ) from None
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.filename not in (None, path):
+            directory = os.path.dirname(files.target_of(path)) or "."
+            raise UsageError(f"--plot {path!r}: cannot write in {directory!r}: {why}") from None
+        raise UsageError(f"--plot {path!r}: cannot write it: {why}") from None
 
 
 def _binary_ticks(value: float, _pos: object = None) -> str:
