@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -647,6 +648,53 @@ def test_a_file_with_other_hard_links_is_refused(tmp_path: Path) -> None:
         files.replace_whole([(target, lambda f: f.write(b"new"))])
     assert target.read_bytes() == b"old" and (tmp_path / "other.png").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.png", "pinned.png"]
+
+
+# --- 8. a sysfs snapshot too large in all --------------------------------------------------------
+
+
+def limited_memory() -> None:
+    """In the child: at most 1 GiB of address space, as a careful operator would allow."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize("command", [["probe", "--json"], ["probe"], ["plan", "--json"]])
+def test_many_spe_units_each_claiming_every_cpu_are_refused_in_one_line(
+    fixture_copy: Path, spe0: Path, command: list[str]
+) -> None:
+    """Every file is small and within its limits; only the whole is not a host."""
+    devices = spe0.parent
+    for i in range(2, 2000):
+        d = devices / f"arm_spe_{i}"
+        d.mkdir()
+        (d / "type").write_text(f"{10 + i}\n")
+        (d / "cpumask").write_text("0-8191\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmspe", *command, "--fixture", str(fixture_copy)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=limited_memory,
+    )
+    STATS[f"huge snapshot, {' '.join(command)}: exit {done.returncode}"] += 1
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr, done.stderr[-500:]
+    assert len(done.stdout) < 64 << 10, f"{len(done.stdout)} bytes written"
+    if command[0] == "probe":
+        assert done.returncode == 1 and done.stderr == ""  # the answer: this host cannot run SPE guests
+        if "--json" in command:
+            host = json.loads(done.stdout)["host"]
+            assert host["spe_instances"] == []
+            reason = host["spe_instances_reason"]
+        else:
+            reason = next(line for line in done.stdout.splitlines() if line.startswith("SPE units"))
+        assert "budget" in reason and "\n" not in reason, reason
+    else:
+        assert done.returncode == 2, done.stderr
+        assert_refused(done.returncode, done.stderr, "budget")
 
 
 # --- 4. library arguments -----------------------------------------------------------------------
