@@ -1143,10 +1143,8 @@ class Vcpu(_Owned):
         if signals is None:
             arg: bytearray | int = 0
         else:
-            sigset = sum(1 << (s - 1) for s in signals if 0 < s <= 8 * abi.KVM_SIGSET_BYTES)
-            arg = bytearray(
-                abi.U32.pack(abi.KVM_SIGSET_BYTES) + sigset.to_bytes(abi.KVM_SIGSET_BYTES, "little")
-            )
+            sigset = sum(1 << (s - 1) for s in signals if 0 < s <= 8 * abi.SIGSET_BYTES)
+            arg = bytearray(abi.U32.pack(abi.SIGSET_BYTES) + sigset.to_bytes(abi.SIGSET_BYTES, "little"))
         try:
             _retry(self._ioctl, self.fd, abi.KVM_SET_SIGNAL_MASK, arg)
         except OSError as exc:

@@ -101,8 +101,8 @@ from .ioctl import KVM_RUN as KVM_RUN
 from .ioctl import KVM_SET_DEVICE_ATTR as KVM_SET_DEVICE_ATTR
 from .ioctl import KVM_SET_SIGNAL_MASK as KVM_SET_SIGNAL_MASK
 from .ioctl import KVM_SET_USER_MEMORY_REGION as KVM_SET_USER_MEMORY_REGION
-from .ioctl import KVM_SIGSET_BYTES as KVM_SIGSET_BYTES
 from .ioctl import KVMIO as KVMIO
+from .ioctl import SIGSET_BYTES as SIGSET_BYTES
 from .structs import CREATE_DEVICE as CREATE_DEVICE
 from .structs import DEVICE_ATTR as DEVICE_ATTR
 from .structs import INT as INT
