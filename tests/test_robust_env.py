@@ -697,6 +697,186 @@ def test_many_spe_units_each_claiming_every_cpu_are_refused_in_one_line(
         assert_refused(done.returncode, done.stderr, "budget")
 
 
+# --- 3. the exports and the values kvmspe accepts ---------------------------------------------------
+
+#: kvmspe's assumed number -> the name the exports give it.
+EXPORTED = {
+    "spe_feature_bit": "KVM_ARM_VCPU_SPE",
+    "cap_arm_spe": "KVM_CAP_ARM_SPE",
+    "exit_rlimit": "KVM_EXIT_RLIMIT",
+}
+#: The widest range each could have (its field), from which kvmspe refuses what upstream takes.
+FIELD = {
+    "spe_feature_bit": (0, 32 * 7 - 1),
+    "cap_arm_spe": (0, (1 << 31) - 1),
+    "exit_rlimit": (0, (1 << 32) - 1),
+}
+
+
+def accepted(name: str, value: int) -> bool:
+    try:
+        abi.check_assumed(name, value)
+    except ValueError:
+        return False
+    return True
+
+
+def library_range(name: str) -> tuple[int, int]:
+    """The lowest and highest number kvmspe accepts for ``name``, found by asking it."""
+    lo, hi = FIELD[name]
+    first = next(v for v in range(lo, hi + 1) if accepted(name, v))
+    last = next(v for v in range(hi + 1, 0, -1) if accepted(name, v))
+    return first, last
+
+
+def samples(name: str) -> tuple[list[int], list[int]]:
+    """Numbers kvmspe accepts (its extremes and one between) and ones it refuses (around them)."""
+    first, last = library_range(name)
+    good = [first, (first + last) // 2, last]
+    bad = [first - 1, last + 1, 0]
+    assert all(accepted(name, v) for v in good) and not any(accepted(name, v) for v in bad)
+    return good, bad
+
+
+def test_the_numbers_kvmspe_accepts_form_one_range() -> None:
+    """So that an export can state them as one: nothing refused between the extremes."""
+    from kvmspe.abi import upstream
+    from kvmspe.model.assumptions import DEFAULT
+
+    taken = {
+        "spe_feature_bit": set(upstream.ARM64_VCPU_FEATURES),
+        "cap_arm_spe": set(upstream.CAPS),
+        "exit_rlimit": {*upstream.EXITS, DEFAULT.idle_exit},
+    }
+    for name in EXPORTED:
+        first, last = library_range(name)
+        assert not any(accepted(name, v) for v in range(FIELD[name][0], first))
+        assert all(not first <= v <= last for v in taken[name]), name
+        assert all(accepted(name, v) for v in range(first, min(last, first + 4096) + 1))
+
+
+def c_compiles(tmp_path: Path, text: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    from test_export import CFLAGS, _need_gcc
+
+    src = tmp_path / "probe.c"
+    src.write_text(text)
+    return subprocess.run(
+        [_need_gcc(), *CFLAGS, "-fsyntax-only", *flags, str(src)], capture_output=True, text=True, timeout=120
+    )
+
+
+def rust_compiles(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    from test_export import _need_rustc
+
+    from kvmspe.export import rust_module
+
+    (tmp_path / "kvmspe.rs").write_text(rust_module.render())
+    cmd = [_need_rustc(), "--edition", "2021", "--crate-type", "lib", "-D", "warnings", "kvmspe.rs"]
+    return subprocess.run(
+        [*cmd, "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
+
+
+def header_user(tmp_path: Path) -> str:
+    from kvmspe.export import c_header
+
+    (tmp_path / "kvmspe.h").write_text(c_header.render())
+    return '#include "kvmspe.h"\nint main(void) { return 0; }\n'
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_every_number_kvmspe_accepts_builds_with_the_c_header_and_refused_ones_do_not(
+    tmp_path: Path, name: str
+) -> None:
+    good, bad = samples(name)
+    user = header_user(tmp_path)
+    macro = EXPORTED[name]
+    for v in good:
+        for spelling in (str(v), hex(v)):
+            done = c_compiles(tmp_path, user, f"-D{macro}={spelling}")
+            assert done.returncode == 0, (v, done.stderr)
+    for v in bad:
+        done = c_compiles(tmp_path, user, f"-D{macro}={v}")
+        assert done.returncode != 0 and macro in done.stderr and "#error" in done.stderr, (v, done.stderr)
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_every_number_kvmspe_accepts_builds_with_the_rust_module_and_refused_ones_do_not(
+    tmp_path: Path, name: str
+) -> None:
+    good, bad = samples(name)
+    var = EXPORTED[name]
+    for v in good:
+        for spelling in (str(v), hex(v)):
+            done = rust_compiles(tmp_path, {var: spelling})
+            assert done.returncode == 0, (v, spelling, done.stderr[-800:])
+    for v in bad[:2]:
+        done = rust_compiles(tmp_path, {var: str(v)})
+        assert done.returncode != 0 and var in done.stderr, (v, done.stderr[-800:])
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_a_number_given_to_kvmspe_builds_in_every_export(tmp_path: Path, name: str) -> None:
+    from kvmspe.export import c_header, c_selftest
+
+    good, _ = samples(name)
+    for v in (good[0], good[-1]):
+        abi.set_assumed(**{name: v})
+        try:
+            header, selftest = c_header.render(), c_selftest.render()
+            done = rust_compiles(tmp_path, {})
+        finally:
+            abi.set_assumed(**{name: None})
+        assert done.returncode == 0, (v, done.stderr[-800:])
+        (tmp_path / "kvmspe.h").write_text(header)
+        for text in ('#include "kvmspe.h"\nint main(void) { return 0; }\n', selftest):
+            done = c_compiles(tmp_path, text, "-O2")
+            assert done.returncode == 0, (v, done.stderr[-800:])
+
+
+@pytest.fixture(scope="module")
+def selftest_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_export import CFLAGS, _need_gcc
+
+    from kvmspe.export import c_selftest
+
+    folder = tmp_path_factory.mktemp("selftest")
+    (folder / "selftest.c").write_text(c_selftest.render())
+    exe = folder / "selftest"
+    done = subprocess.run(
+        [_need_gcc(), *CFLAGS, "-O2", str(folder / "selftest.c"), "-o", str(exe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return exe
+
+
+@pytest.mark.parametrize(
+    ("name", "option"), [("spe_feature_bit", "--spe-feature-bit"), ("exit_rlimit", "--exit-rlimit")]
+)
+def test_the_c_selftest_takes_at_run_time_what_kvmspe_accepts_and_nothing_else(
+    selftest_exe: Path, name: str, option: str
+) -> None:
+    good, bad = samples(name)
+    for v in bad:
+        done = subprocess.run(
+            [str(selftest_exe), option, str(v), "--list"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2 and option in done.stderr, (v, done.returncode, done.stderr)
+    for v in good:
+        done = subprocess.run(
+            [str(selftest_exe), option, str(v), "--list"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (v, done.stderr)
+
+
 # --- 4. library arguments -----------------------------------------------------------------------
 
 BRING_UP: dict[str, Any] = {"vcpus": 1, "irq": 21, "max_buffer_size": 4 << 20}

@@ -24,6 +24,7 @@ from .assumed import Assumed as Assumed
 from .assumed import AssumedNumberError as AssumedNumberError
 from .assumed import _collision as _collision
 from .assumed import _parse_env as _parse_env
+from .assumed import accepted_range as accepted_range
 from .assumed import check_assumed as check_assumed
 from .assumed import set_assumed as set_assumed
 from .constants import BAD_ADDRESS as BAD_ADDRESS
@@ -139,6 +140,7 @@ __all__ = [
     "Assumed",
     "AssumedNumberError",
     "MODEL_EXIT_RLIMIT",
+    "accepted_range",
     "check_assumed",
     "AttrInfo",
     "DEVICE_ATTR",

@@ -14,7 +14,7 @@ first keeps the kernel's own definitions.
 
 from __future__ import annotations
 
-from .. import __version__
+from .. import __version__, abi
 from . import abidata
 
 __all__ = ["render"]
@@ -56,9 +56,15 @@ def _assumed() -> list[str]:
                 f"#define {a.name} {_num(a.value)} /* ASSUMED: given to kvmspe when this header was made */",
                 "#endif",
             ]
+        lo, hi, why = abi.accepted_range(a.field)
         lines += [
+            f"#define KVMSPE_{a.name}_MIN {_num(lo)}",
+            f"#define KVMSPE_{a.name}_MAX {_num(hi)}",
             f"#ifdef {a.name}",
             f"#define KVMSPE_HAVE_{a.name} 1",
+            f"#if ({a.name}) < KVMSPE_{a.name}_MIN || ({a.name}) > KVMSPE_{a.name}_MAX",
+            f'#error "{a.name} is out of range: kvmspe accepts {lo}..{hi} ({why})"',
+            "#endif",
             "#else",
             f"#define KVMSPE_HAVE_{a.name} 0",
             "#if defined(KVMSPE_REQUIRE_ASSUMED)",
