@@ -84,7 +84,7 @@ def _assumed() -> list[str]:
             "",
             f"/// ASSUMED: {a.what}{env}.{note}",
             f'pub const {a.name}: Option<u32> = parse_assumed(option_env!("{a.name}"), {given});',
-            f"/// The numbers kvmspe accepts for {a.name}: {why}.",
+            f"/// The range kvmspe accepts for it ({why}).",
             f"pub const KVMSPE_{a.name}_MIN: u32 = {lo};",
             f"pub const KVMSPE_{a.name}_MAX: u32 = {hi};",
             "const _: () = assert!(",
