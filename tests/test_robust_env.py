@@ -1050,6 +1050,25 @@ def test_a_bad_enable_buffer_is_named_as_the_option() -> None:
     assert_refused(code, err, "--enable-buffer 0x1001", "multiple of 4 KiB")
 
 
+def test_the_c_header_before_linux_kvm_h_stops_with_an_error_that_says_what_to_do(tmp_path: Path) -> None:
+    if not Path("/usr/include/linux/kvm.h").exists():
+        reason = "no <linux/kvm.h> here (Debian: linux-libc-dev)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    user = header_user(tmp_path)  # writes kvmspe.h
+    after = "#include <linux/kvm.h>\n" + user
+    before = user.replace('#include "kvmspe.h"\n', '#include "kvmspe.h"\n#include <linux/kvm.h>\n')
+    alone = user.replace(
+        "return 0;", "return KVM_DEV_TYPE_ARM_VGIC_V3 == 7 && KVM_DEV_TYPE_ARM_VGIC_V2 == 5 ? 0 : 1;"
+    )
+    assert c_compiles(tmp_path, after).returncode == 0
+    assert c_compiles(tmp_path, alone, "-pedantic").returncode == 0
+    done = c_compiles(tmp_path, before)
+    assert done.returncode != 0
+    assert "include_linux_kvm_h_before_kvmspe_h" in done.stderr and "numeric constant" not in done.stderr
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 
