@@ -1069,6 +1069,18 @@ def test_the_c_header_before_linux_kvm_h_stops_with_an_error_that_says_what_to_d
     assert "include_linux_kvm_h_before_kvmspe_h" in done.stderr and "numeric constant" not in done.stderr
 
 
+def test_explain_says_init_takes_no_value_as_every_other_source_does() -> None:
+    from kvmspe.conformance import vectors
+
+    code, out, err = run_cli("explain", "KVM_ARM_VCPU_SPE_INIT")
+    assert code == 0 and err == ""
+    assert "takes no value" in out.splitlines()[0] and "int" not in out.splitlines()[0]
+    code, out, _ = run_cli("explain", "KVM_ARM_VCPU_SPE_INIT", "--json")
+    assert json.loads(out)["value_type"] == "none" == vectors._value_type("KVM_ARM_VCPU_SPE_INIT")
+    info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_INIT)
+    assert info is not None and info.value is None
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 

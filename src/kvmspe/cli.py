@@ -417,12 +417,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "group": info.group,
             "attr": info.attr,
             "names": list(info.names),
-            "value_type": "__u64" if info.value is abi.U64 else "int",
+            "value_type": "none" if info.value is None else "__u64" if info.value is abi.U64 else "int",
         }
-        header = (
-            f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
-            f" at kvm_device_attr.addr)"
+        where = (
+            "takes no value (addr 0, not read)"
+            if info.value is None
+            else f"value {extra['value_type']} at kvm_device_attr.addr"
         )
+        header = f"{info.name} (group {info.group}, attribute {info.attr}, {where})"
         if len(info.names) > 1:
             header += f"; also spelled {', '.join(info.names[1:])}"
     elif key in abi.ERRNO_TABLE:
