@@ -1081,6 +1081,20 @@ def test_explain_says_init_takes_no_value_as_every_other_source_does() -> None:
     assert info is not None and info.value is None
 
 
+@needs_kvm
+@pytest.mark.skipif(
+    os.uname().machine in ("aarch64", "arm64"), reason="on arm64 the vGIC is this host's own device"
+)
+def test_the_vgic_on_another_architecture_is_called_an_arm64_device() -> None:
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        vm.create_vcpu(0, spe=False)
+        with pytest.raises(KvmError) as info:
+            vm.create_vgic_v3()
+    assert "arm64 device" in str(info.value) and kvm.arch in str(info.value)
+    assert "GICv2" not in str(info.value)
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 

@@ -610,6 +610,11 @@ class Vm(_Owned):
         except OSError as exc:
             if type_ == abi.KVM_DEV_TYPE_ARM_VGIC_V3:
                 text = abi.VGIC_ERRNOS["create"].get(exc.errno or 0)
+                if self.kvm.arch != "aarch64":
+                    text = (
+                        f"the vGIC (KVM_DEV_TYPE_ARM_VGIC_V3) is an arm64 device, and this host is"
+                        f" {self.kvm.arch}: its KVM has no such device type"
+                    )
             raise _fail(exc, "KVM_CREATE_DEVICE", text) from None
         fd: int = abi.CREATE_DEVICE.unpack(arg)[1]
         device = Device(self, fd, type_)
