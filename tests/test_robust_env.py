@@ -1095,6 +1095,36 @@ def test_the_vgic_on_another_architecture_is_called_an_arm64_device() -> None:
     assert "GICv2" not in str(info.value)
 
 
+#: ``python -m kvmspe encode 4M``, with SIGINT sent to itself as the command line
+#: module is found, i.e. while ``python -m kvmspe`` is still importing it.
+IMPORT_SIGINT_CHILD = """
+import os, runpy, signal, sys
+target = sys.argv[1]
+class Interrupting:
+    def find_spec(self, name, path=None, target=None):
+        if name == globals()["target"]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Interrupting())
+sys.argv = ["kvmspe", "encode", "4M"]
+runpy.run_module("kvmspe", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["kvmspe.cli", "kvmspe.units", "kvmspe.validation"])
+def test_sigint_while_python_m_kvmspe_imports_the_command_line_is_one_line(module: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_SIGINT_CHILD, module],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    STATS[f"SIGINT importing {module}: exit {done.returncode}"] += 1
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "kvmspe: interrupted\n")
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 
