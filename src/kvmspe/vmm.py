@@ -693,6 +693,7 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
     pinned, then enter the guest once (KVM_RUN, bounded by :meth:`Vcpu.run`)."""
     from .kvm import RunTimeout
 
+    entering = False
     try:
         if out.cpus:
             try:
@@ -709,6 +710,7 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
         except threading.BrokenBarrierError:
             out.not_entered = True  # another thread failed, or they were not all ready in time
             return
+        entering = True
         try:
             out.exit = vcpu.run()
         except RunTimeout as exc:
@@ -717,7 +719,10 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
             out.error = exc
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
         out.crash = exc
-        start.abort()
+        if not entering:
+            # Past the barrier the others are entering: breaking it then could
+            # still stop one that was released but not yet woken.
+            start.abort()
     finally:
         out.finished.set()
 
