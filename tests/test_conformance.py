@@ -329,7 +329,6 @@ class _FakeVm:
         if self.initialised:
             raise KvmError(errno.EBUSY, "VCPU after vGIC init", ioctl="KVM_CREATE_VCPU")
         vcpu = self.vm.create_vcpu(index, spe=spe)
-        vcpu.close = lambda: None  # type: ignore[attr-defined]
         set_attr = vcpu.set_device_attr
 
         def set_device_attr(group: int, attr: int, value: object) -> None:

@@ -349,7 +349,7 @@ def test_hostile_snapshot_is_read_without_hang_or_traceback(
         assert doc["host"]["vm_lck"] is None and doc["host"]["vm_lck_reason"]
 
 
-def test_a_snapshot_too_large_in_all_is_read_only_up_to_its_budget(fixture_copy: Path, spe0: Path) -> None:
+def test_a_snapshot_too_large_in_all_is_refused_in_one_line(fixture_copy: Path, spe0: Path) -> None:
     host, devices = fixture_copy, spe0.parent
     for i in range(2, 120):  # 118 more instances, each with a 60 KiB format file
         d = devices / f"arm_spe_{i}"
@@ -358,11 +358,10 @@ def test_a_snapshot_too_large_in_all_is_read_only_up_to_its_budget(fixture_copy:
         (d / "type").write_text(f"{10 + i}\n")
         (d / "cpumask").write_text("0\n")
         (d / "format" / "big").write_text("x" * (60 << 10))
-    spes, _ = discovery.read_spe_instances(str(host / "sys"))
-    assert len(spes) == 120
-    late = [p for inst in spes[-20:] for p in inst.problems]
-    assert late and all("exceed" in p for p in late), [p for p in late if "exceed" not in p]
-    assert spes[0].type is not None  # the first ones were read in full
+    spes, reason = discovery.read_spe_instances(str(host / "sys"))
+    assert spes == []
+    assert reason is not None and reason.startswith(discovery.SNAPSHOT_REFUSED) and "\n" not in reason
+    assert "120 arm_spe_N PMUs" in reason and "budget of 4 MiB" in reason
 
 
 def test_report_figures() -> None:

@@ -19,6 +19,8 @@ codec work itself.
 from __future__ import annotations
 
 import sys
+from errno import EBADF as _EBADF
+from errno import EPIPE as _EPIPE
 
 from . import __version__
 from .errors import KvmError, KvmspeError, NotRepresentableError
@@ -29,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn, TypeAlias
+    from typing import Any, NoReturn, TextIO, TypeAlias
 
     #: A command's JSON document.
     Doc: TypeAlias = dict[str, Any]
@@ -121,11 +123,83 @@ def _emit(args: Args, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
     if args.json:
         import json  # only when asked: the human path starts faster without it
 
-        print(json.dumps(doc, indent=2))
-    else:
-        for line in lines:
-            print(line)
+        return _write(json.dumps(doc, indent=2) + "\n", code)
+    return _write("".join(line + "\n" for line in lines), code)
+
+
+class _Unwritten(Exception):
+    """The answer, whose exit status is ``code``, could not be written to stdout
+    (``errno``: EPIPE when the reader has gone). Handled by :func:`main` only."""
+
+    def __init__(self, code: int, errno: int):
+        super().__init__(code, errno)
+        self.code = code
+        self.errno = errno
+
+
+def _write(text: str, code: int = 0) -> int:
+    """Write ``text`` on stdout and flush it now, so that a failure is seen here,
+    not at interpreter exit; return ``code``. Raises :class:`_Unwritten`."""
+    stream = sys.stdout
+    try:
+        if stream is None:  # Python started with descriptor 1 closed
+            raise OSError(_EBADF, "standard output is closed")
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
+        raise _Unwritten(code, getattr(exc, "errno", None) or _EBADF) from None
     return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if it can still take one; never an error of its own."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        _discard(stream)
+
+
+def _discard(stream: TextIO | None) -> None:
+    """Point the process's own stdout or stderr that failed at /dev/null, so the
+    text still buffered in it cannot fail again, or be reported, at exit."""
+    own = stream is not None and (stream is sys.__stdout__ or stream is sys.__stderr__)
+    if stream is None or not own:
+        return
+    import os
+
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def _unwritten(exc: _Unwritten) -> int:
+    """The exit status when the answer could not be written.
+
+    A reader that went away (EPIPE, as in ``kvmspe sizes --limit 0 | head -1``)
+    chose to stop reading: nothing is said and the answer's own status stands.
+    Any other failure (stdout closed, a full device, an I/O error) means the
+    answer was lost: one line on stderr and exit status 2, whatever the answer was.
+    """
+    _discard(sys.stdout)
+    if exc.errno == _EPIPE:
+        return exc.code
+    import os
+
+    why = "it is closed" if exc.errno == _EBADF else os.strerror(exc.errno)
+    _say(f"kvmspe: error: cannot write the answer to standard output: {why}")
+    return 2
 
 
 def _one_line(text: str) -> str:
@@ -343,12 +417,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "group": info.group,
             "attr": info.attr,
             "names": list(info.names),
-            "value_type": "__u64" if info.value is abi.U64 else "int",
+            "value_type": "none" if info.value is None else "__u64" if info.value is abi.U64 else "int",
         }
-        header = (
-            f"{info.name} (group {info.group}, attribute {info.attr}, value {extra['value_type']}"
-            f" at kvm_device_attr.addr)"
+        where = (
+            "takes no value (addr 0, not read)"
+            if info.value is None
+            else f"value {extra['value_type']} at kvm_device_attr.addr"
         )
+        header = f"{info.name} (group {info.group}, attribute {info.attr}, {where})"
         if len(info.names) > 1:
             header += f"; also spelled {', '.join(info.names[1:])}"
     elif key in abi.ERRNO_TABLE:
@@ -646,10 +722,17 @@ def _plot_target(path: str) -> str:
         )
     if os.path.isdir(path):
         raise UsageError(f"--plot {path!r} is a directory; accepted: a file name ending in .png")
-    # The directory, before any drawing: the write itself says again if it fails later.
-    target = os.path.realpath(path) if os.path.islink(path) else path
+    # The target and its directory, before any drawing: the write itself says again if it fails later.
+    from . import files
+
+    try:
+        target = files.target_of(path)
+    except OSError as exc:
+        raise UsageError(f"--plot {path!r}: cannot write it: {exc.strerror}") from None
     if os.path.exists(target) and not os.path.isfile(target):
         raise UsageError(f"--plot {path!r} is not a regular file; accepted: a new or regular .png file")
+    if os.path.isfile(target) and not os.access(target, os.W_OK):
+        raise UsageError(f"--plot {path!r}: cannot write it: {os.strerror(errno.EACCES)}")
     directory = os.path.dirname(target) or "."
     try:
         is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
@@ -670,59 +753,26 @@ def _write_atomically(
     option: str = "--plot",
     accepted: str = "a new or regular .png file",
 ) -> None:
-    """Call ``write`` on a new file next to ``path``, then rename it to ``path``.
-
-    Readers see the old file or the whole new one, never half of it; on any
-    failure the temporary file is removed and nothing is left behind. As with
-    a plain ``open``: a symbolic link is written through (the file it names
-    is replaced, the link stays), an existing file keeps its permission
-    bits, and a new one gets 0666 less the umask. ``option`` and ``accepted``
-    name the command-line option in the errors, and what it accepts.
-    """
+    """Write ``path`` whole with :func:`kvmspe.files.replace_whole`: readers, and
+    signals, see the old file or the whole new one; a symbolic link is written
+    through and stays, an existing file keeps its mode and owner, and a file a
+    plain write could not change is refused. ``option`` and ``accepted`` name
+    the command-line option in the errors, and what it accepts."""
+    import errno
     import os
-    import stat
 
-    target = os.path.realpath(path) if os.path.islink(path) else path
+    from . import files
+
     try:
-        st = os.stat(target)
-    except OSError:
-        keep = None
-    else:
-        if not stat.S_ISREG(st.st_mode):
-            # Renaming over a FIFO or a device (say, a link to /dev/null) would replace it.
-            raise UsageError(f"{option} {path!r} is not a regular file; accepted: {accepted}")
-        keep = stat.S_IMODE(st.st_mode)
-    directory = os.path.dirname(target) or "."
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(16):  # a random name taken 16 times in a row: something else is wrong
-        # A short name of its own, not one built on ``path``'s: a target name
-        # near NAME_MAX (255 bytes) must not make the temporary one too long.
-        tmp = os.path.join(directory, f".kvmspe-{option.lstrip('-')}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UsageError(f"{option} {path!r}: cannot write in {directory!r}: {exc.strerror}") from None
-    else:
-        raise UsageError(f"{option} {path!r}: cannot create a temporary file in {directory!r}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if keep is not None:
-                os.fchmod(f.fileno(), keep)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise UsageError(f"{option} {path!r}: cannot write it: {exc.strerror or exc}") from None
-        raise
+        files.replace_whole([(path, write)])
+    except OSError as exc:
+        why = exc.strerror or os.strerror(exc.errno or 0) or str(exc)
+        if exc.errno == errno.EINVAL and exc.filename == path:
+            raise UsageError(f"{option} {path!r} is not a regular file; accepted: {accepted}") from None
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.filename not in (None, path):
+            directory = os.path.dirname(files.target_of(path)) or "."
+            raise UsageError(f"{option} {path!r}: cannot write in {directory!r}: {why}") from None
+        raise UsageError(f"{option} {path!r}: cannot write it: {why}") from None
 
 
 def _binary_ticks(value: float, _pos: object = None) -> str:
@@ -1119,8 +1169,26 @@ def cmd_configure(args: argparse.Namespace) -> int:
             "--enable-buffer simulates the guest, which only the model can, or the real backend under"
             " kvmspe's shim: use --backend model, or run under 'kvmspe shim run'"
         )
+    model_only = [
+        opt
+        for opt, value in (
+            ("--profile", args.profile),
+            ("--memlock", args.memlock),
+            ("--locked", args.locked),
+        )
+        if value is not None
+    ]
+    if model_only and args.backend == "kvm":
+        raise UsageError(
+            f"{', '.join(model_only)}: only for the model, which the real kernel does not use"
+            " (its host is this one, its RLIMIT_MEMLOCK this process's); use --backend model or auto"
+        )
+    if args.enable_buffer is not None:
+        size = args.enable_buffer or args.max_buffer_size
+        if size == 0 or size % 4096:
+            raise UsageError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
     choice = vmm.choose_backend(
-        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked
+        args.backend, profile=args.profile, memlock_limit=args.memlock, locked=args.locked or 0
     )
     r = vmm.bring_up(
         choice,
@@ -1230,8 +1298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     text = export.render(args.lang)
     if args.json:
         return _emit(args, {"lang": args.lang, "text": text}, [])
-    print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
-    return 0
+    return _write(text)
 
 
 # --- the guest's firmware description -----------------------------------------------------------
@@ -1425,8 +1492,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     }
     if args.json:
         return _emit(args, doc, [])
-    print(dts, end="")  # as in cmd_export
-    return 0
+    return _write(dts)
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -1588,6 +1654,15 @@ def build_parser() -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             text = " ".join(message.split())
             self.exit(2, f"kvmspe: error: {text} (see '{self.prog} --help')\n")
+
+        def _print_message(self, message: str, file: Any = None) -> None:
+            # Help and version go to stdout, checked as every answer is; errors to stderr.
+            if not message:
+                return
+            if file is not None and file is sys.stderr:
+                _say(message.rstrip("\n"))
+            else:
+                _write(message)
 
         def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
             # argparse drops a "--" given as an option's own value (--to=--) and
@@ -1834,7 +1909,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--locked",
         metavar="SIZE",
         type=_size,
-        default=0,
+        default=None,
         help="memory the modelled VMM has locked already (default 0)",
     )
     p.add_argument(
@@ -1988,9 +2063,7 @@ def _interrupted() -> int:
     except ValueError:  # not the main thread: no handler to change
         previous = None
     try:
-        print("kvmspe: interrupted", file=sys.stderr)
-    except (OSError, ValueError):
-        pass
+        _say("kvmspe: interrupted")
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -2005,6 +2078,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         code = _main(sys.argv[1:] if argv is None else argv)
+    except _Unwritten as exc:
+        code = _unwritten(exc)
     except KeyboardInterrupt:
         code = _interrupted()
     except RuntimeError as exc:
@@ -2048,14 +2123,10 @@ def _main(argv: Sequence[str]) -> int:
     try:
         code: int = args.func(args)
         return code
-    except BrokenPipeError:
-        # The reader went away (``kvmspe sizes --limit 0 | head``): not an error of ours.
-        sys.stderr.close()
-        return 0
     except KvmError as exc:
         # The kernel (or its model) refused: the answer is "no".
-        print(f"kvmspe: {exc.ioctl or 'ioctl'}: {_one_line(str(exc))}", file=sys.stderr)
+        _say(f"kvmspe: {exc.ioctl or 'ioctl'}: {_one_line(str(exc))}")
         return 1
     except (KvmspeError, ValueError, OSError) as exc:
-        print(f"kvmspe: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        _say(f"kvmspe: error: {_one_line(str(exc)) or type(exc).__name__}")
         return 2

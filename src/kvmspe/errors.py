@@ -11,6 +11,9 @@
 * :class:`KvmError` (an :class:`OSError`) is what both the kernel model and
   the real ``/dev/kvm`` backend raise: it keeps the kernel's errno and adds a
   sentence saying what that errno means for the attribute at hand.
+* :class:`ClosedError` (a :class:`KvmError`, errno EBADF) is raised by every
+  call on a ``/dev/kvm``, VM, VCPU or device object that has been closed (or
+  whose parent has), in both backends, before anything else is done.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "ClosedError",
     "InvalidArgumentError",
     "KvmError",
     "KvmspeError",
@@ -90,3 +94,14 @@ class KvmError(KvmspeError, OSError):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.strerror}"
+
+
+class ClosedError(KvmError):
+    """A call on an object that has been closed: ``/dev/kvm``, a VM, a VCPU or a
+    device, of either backend (closing a VM closes its VCPUs and devices, closing
+    ``/dev/kvm`` its VMs). ``errno`` is EBADF; ``ioctl`` names the call, and
+    ``what`` the kind of object (``"Vcpu"``). Closing again is not an error."""
+
+    def __init__(self, what: str, call: str, *, group: int | None = None, attr: int | None = None):
+        super().__init__(_errno.EBADF, f"this {what} has been closed", ioctl=call, group=group, attr=attr)
+        self.what = what

@@ -28,7 +28,8 @@ KVM_RUN, which is bounded: :meth:`Vcpu.run` ends it with a timer signal
 after ``timeout`` seconds and raises :class:`RunTimeout` (an arm64 VCPU
 without guest code or memory never returns from KVM_RUN by itself); a VMM
 that runs each VCPU in a thread of its own wraps them in
-:func:`run_timer_handler`.
+:func:`run_timer_handler`; a thread that blocks SIGALRM needs nothing, as
+KVM_SET_SIGNAL_MASK unblocks it for the duration of KVM_RUN (QEMU's way).
 
 VCPU ids are never reused within a VM (KVM never frees one: creating the
 same id again answers EEXIST, even after its fd was closed). The SPE VCPU
@@ -59,7 +60,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from . import abi
-from .errors import InvalidArgumentError, KvmError
+from .errors import ClosedError, InvalidArgumentError, KvmError
 from .validation import U32_MAX, U64_MAX, check_int, is_int
 
 __all__ = [
@@ -139,9 +140,10 @@ def _close_dropped(fd: int, what: str) -> None:
         pass
 
 
-def _closed(owner: _Owned, name: str) -> KvmError:
-    """The error of an ioctl on a closed object (``fcntl.ioctl`` refuses its fd -1 with ValueError)."""
-    return KvmError(errno.EBADF, f"this {type(owner).__name__} has been closed", ioctl=name)
+def _closed_ioctl(fd: int, request: int, arg: Any) -> int:
+    """What a closed VCPU calls instead of ``ioctl``: no system call, the refusal
+    ``fcntl.ioctl`` gives the descriptor -1 of a closed object."""
+    raise ValueError("the object has been closed")
 
 
 #: How long :meth:`Vcpu.run` lets KVM_RUN take by default (seconds).
@@ -235,6 +237,11 @@ class _Owned:
         self.closed = True
         self.fd = -1
         os.close(fd)
+
+    def _check_open(self, call: str) -> None:
+        """Refuse any call once closed, before anything is checked or issued."""
+        if self.closed:
+            raise ClosedError(type(self).__name__, call)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -380,14 +387,11 @@ class Kvm(_Owned):
         self._own(fd, f"Kvm({path!r})")
 
     def _call(self, request: int, arg: Any, name: str) -> int:
+        self._check_open(name)
         try:
             return _retry(self.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name) from None
-        except ValueError:
-            if not self.closed:
-                raise
-            raise _closed(self, name) from None
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
@@ -395,17 +399,20 @@ class Kvm(_Owned):
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on ``/dev/kvm``: 0 when absent, else a positive value."""
+        self._check_open("KVM_CHECK_EXTENSION")
         check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes of the shared ``kvm_run`` area (asked once)."""
+        self._check_open("KVM_GET_VCPU_MMAP_SIZE")
         if self._mmap_size is None:
             self._mmap_size = self._call(abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         return self._mmap_size
 
     def create_vm(self, machine_type: int = 0) -> Vm:
         """KVM_CREATE_VM (``machine_type`` 0: the default IPA size on arm64)."""
+        self._check_open("KVM_CREATE_VM")
         check_int("machine_type", machine_type, 0, _IOCTL_INT_MAX)
         fd = self._call(abi.KVM_CREATE_VM, machine_type, "KVM_CREATE_VM")
         vm = Vm(self, fd)
@@ -424,6 +431,7 @@ class Kvm(_Owned):
         KVM_ARM_VCPU_HAS_EL2_E2H0) answers ENXIO there, so that bit does not
         count. Unknown bits answer ENOENT (Linux 6.1) or EINVAL (newer).
         """
+        self._check_open("spe_feature")
         if self._spe_feature is not None:
             return self._spe_feature
         if self._spe_bit_arg is not None:
@@ -490,19 +498,19 @@ class Vm(_Owned):
         self.ids_used: set[int] = set()
         #: Guest memory this object mapped (:meth:`add_halt_page`), unmapped at close.
         self._memory: list[mmap.mmap] = []
+        #: Makes choosing and taking a VCPU id one step, for VCPU threads.
+        self._ids_lock = threading.Lock()
 
     def _call(self, request: int, arg: Any, name: str, text: str | None = None) -> int:
+        self._check_open(name)
         try:
             return _retry(self.kvm.ioctl, self.fd, request, arg)
         except OSError as exc:
             raise _fail(exc, name, text) from None
-        except ValueError:
-            if not self.closed:
-                raise
-            raise _closed(self, name) from None
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (answers for this VM's configuration)."""
+        self._check_open("KVM_CHECK_EXTENSION")
         check_int("capability", cap, 0, _IOCTL_INT_MAX)
         return self._call(abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
@@ -510,6 +518,7 @@ class Vm(_Owned):
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0
     ) -> None:
         """KVM_SET_USER_MEMORY_REGION: back guest memory with process memory."""
+        self._check_open("KVM_SET_USER_MEMORY_REGION")
         check_int("slot", slot, 0, U32_MAX)
         check_int("flags", flags, 0, U32_MAX)
         check_int("guest_phys_addr", guest_phys_addr, 0, U64_MAX)
@@ -535,6 +544,7 @@ class Vm(_Owned):
         kernel has none, :class:`SpeFeatureUnavailable` is raised before any
         ioctl. On x86 there is no init step and ``spe`` is only recorded.
         """
+        self._check_open("KVM_CREATE_VCPU")
         bit = None
         if spe and self.kvm.arch == "aarch64":
             feature = self.kvm.spe_feature()
@@ -545,17 +555,26 @@ class Vm(_Owned):
         return self._create(index, spe=spe, bit=bit)
 
     def _create(self, index: int | None, *, spe: bool, bit: int | None) -> Vcpu:
-        if index is None:
-            index = self._next_index()
-        index = check_int("VCPU index", index, 0, _IOCTL_INT_MAX)
+        if index is not None:
+            index = check_int("VCPU index", index, 0, _IOCTL_INT_MAX)
         text = None
-        if index in self.ids_used:
-            text = (
-                f"VCPU id {index} was used before in this VM: KVM never frees a VCPU id,"
-                " even after its fd is closed"
-            )
-        fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU", text)
-        self.ids_used.add(index)
+        with self._ids_lock:  # a default id is chosen and taken at once, whatever other threads do
+            if index is None:
+                index = self._next_index()
+            if index in self.ids_used:
+                text = (
+                    f"VCPU id {index} was used before in this VM: KVM never frees a VCPU id,"
+                    " even after its fd is closed"
+                )
+            taken = text is None
+            self.ids_used.add(index)
+        try:
+            fd = self._call(abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU", text)
+        except KvmError as exc:
+            if taken and exc.errno != errno.EEXIST:  # the kernel did not take it: free again
+                with self._ids_lock:
+                    self.ids_used.discard(index)
+            raise
         vcpu = Vcpu(self, fd, index, spe)
         try:
             if self.kvm.arch == "aarch64":
@@ -590,6 +609,7 @@ class Vm(_Owned):
         """x86: one page of HLT instructions at the reset vector (guest physical
         0xFFFFF000), so a VCPU has something to run: without memory x86
         answers KVM_RUN with ENOSPC. The page lives as long as the VM."""
+        self._check_open("add_halt_page")
         if self.kvm.arch != "x86_64":
             raise InvalidArgumentError(f"the HLT page is for x86_64 VMs; this is {self.kvm.arch}")
         page = mmap.mmap(
@@ -613,6 +633,7 @@ class Vm(_Owned):
 
     def create_device(self, type_: int) -> Device:
         """KVM_CREATE_DEVICE: an in-kernel device of ``type_`` (a ``KVM_DEV_TYPE_*``)."""
+        self._check_open("KVM_CREATE_DEVICE")
         check_int("device type", type_, 0, U32_MAX)
         arg = bytearray(abi.CREATE_DEVICE.pack(type_, 0, 0))
         text = None
@@ -621,6 +642,11 @@ class Vm(_Owned):
         except OSError as exc:
             if type_ == abi.KVM_DEV_TYPE_ARM_VGIC_V3:
                 text = abi.VGIC_ERRNOS["create"].get(exc.errno or 0)
+                if self.kvm.arch != "aarch64":
+                    text = (
+                        f"the vGIC (KVM_DEV_TYPE_ARM_VGIC_V3) is an arm64 device, and this host is"
+                        f" {self.kvm.arch}: its KVM has no such device type"
+                    )
             raise _fail(exc, "KVM_CREATE_DEVICE", text) from None
         fd: int = abi.CREATE_DEVICE.unpack(arg)[1]
         device = Device(self, fd, type_)
@@ -641,6 +667,7 @@ class Vm(_Owned):
         If a step fails the device fd is closed; the kernel keeps the
         irqchip until the VM is closed, so use a fresh VM to try again.
         """
+        self._check_open("KVM_CREATE_DEVICE")
         nr = max(len(self.vcpus), 1)
         for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
             if not is_int(base) or base < 0 or base % _VGIC_ALIGN:
@@ -667,6 +694,7 @@ class Vm(_Owned):
     def init_vgic(self) -> None:
         """KVM_DEV_ARM_VGIC_CTRL_INIT on the vGIC: KVM sets it up for the VCPUs
         that exist now (no VCPU can be added afterwards)."""
+        self._check_open("KVM_SET_DEVICE_ATTR")
         if self.vgic is None or self.vgic.closed:
             raise ValueError("this VM has no vGIC: call create_vgic_v3() first")
         self.vgic.set_device_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
@@ -714,6 +742,7 @@ class Device(_Owned):
         return None
 
     def _call(self, request: int, group: int, attr: int, addr: int) -> None:
+        self._check_open(_NAMES[request])
         check_int("device attribute group", group, 0, U32_MAX)
         check_int("device attribute", attr, 0, U64_MAX)
         arg = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, addr))
@@ -726,6 +755,7 @@ class Device(_Owned):
 
     def set_device_attr(self, group: int, attr: int, value: int | None = None) -> None:
         """KVM_SET_DEVICE_ATTR on the device, ``value`` (a u64) behind ``addr``."""
+        self._check_open("KVM_SET_DEVICE_ATTR")
         if value is None:
             self._call(_SET, group, attr, 0)
             return
@@ -778,10 +808,15 @@ def _on_alarm(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
+def _alarm(seconds: float, *, thread_directed: bool = False) -> Iterator[None]:
     """SIGALRM to this thread after ``seconds``, then every :data:`_RUN_TICK`,
-    until the block ends; the previous handler and timer are restored."""
-    if threading.current_thread() is threading.main_thread():
+    until the block ends; the previous handler and timer are restored.
+
+    ``thread_directed``: the thread blocks SIGALRM outside KVM_RUN, so the
+    signal must go to it alone (``pthread_kill``, from the main thread too:
+    ``setitimer`` signals the process, which any other thread may take), and
+    it never reaches a handler, so none is needed."""
+    if threading.current_thread() is threading.main_thread() and not thread_directed:
         previous = signal.signal(signal.SIGALRM, _on_alarm)
         old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _RUN_TICK)
         start = time.monotonic()
@@ -794,7 +829,7 @@ def _alarm(seconds: float) -> Iterator[None]:
                 left = max(old_delay - (time.monotonic() - start), 1e-3)
                 signal.setitimer(signal.ITIMER_REAL, left, old_interval)
         return
-    if signal.getsignal(signal.SIGALRM) in _NO_HANDLER:
+    if not thread_directed and signal.getsignal(signal.SIGALRM) in _NO_HANDLER:
         raise KvmError(
             errno.EINVAL,
             "cannot bound KVM_RUN outside the main thread: SIGALRM has no Python handler"
@@ -893,6 +928,7 @@ class Vcpu(_Owned):
 
     def set_value_struct(self, group: int, attr: int, value: struct.Struct) -> None:
         """Use ``value`` (e.g. :data:`kvmspe.abi.INT`) as the C type of ``(group, attr)``."""
+        self._check_open("set_value_struct")
         check_int("device attribute group", group, 0, U32_MAX)
         check_int("device attribute", attr, 0, U64_MAX)
         if not isinstance(value, struct.Struct) or value.format[-1:] not in tuple("bBhHiIlLqQ"):
@@ -905,7 +941,7 @@ class Vcpu(_Owned):
     # -- errors ---------------------------------------------------------------------------
 
     def _closed_error(self, ioctl: str, group: int, attr: int) -> KvmError:
-        return KvmError(errno.EBADF, "this VCPU has been closed", ioctl=ioctl, group=group, attr=attr)
+        return ClosedError("Vcpu", ioctl, group=group, attr=attr)
 
     def _error(self, exc: OSError, call: str, ioctl: str, group: int, attr: int) -> KvmError:
         code = exc.errno or errno.EIO
@@ -1074,9 +1110,14 @@ class Vcpu(_Owned):
         ``setitimer``; in another thread a timer thread sends SIGALRM to
         this one with ``pthread_kill``, which needs a Python SIGALRM handler
         installed (:func:`run_timer_handler`; else KvmError EINVAL, before
-        KVM_RUN). ``timeout=None``
+        KVM_RUN). A thread that blocks SIGALRM is bounded too, in any
+        thread and without a handler: KVM_SET_SIGNAL_MASK unblocks it for
+        KVM_RUN only, and the signal left pending is consumed, so the
+        thread's mask and pending set are as they were (a SIGALRM of the
+        caller's own pending then is consumed with it). ``timeout=None``
         runs unbounded; an interrupted unbounded call is retried.
         """
+        self._check_open("KVM_RUN")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e6
         ):
@@ -1107,16 +1148,51 @@ class Vcpu(_Owned):
         return abi.Exit(reason)
 
     def _run_bounded(self, seconds: float) -> None:
-        """One KVM_RUN under a timer signal; EINTR before the deadline is retried."""
+        """One KVM_RUN under a timer signal; EINTR before the deadline is retried.
+
+        A thread that blocks SIGALRM (as VMMs' VCPU threads often block their
+        signals) would never see the timer: then, as QEMU does for its own
+        signal, KVM_SET_SIGNAL_MASK gives KVM_RUN the thread's mask without
+        SIGALRM, so the signal ends KVM_RUN and only KVM_RUN; back in user
+        space it is blocked again, and the SIGALRM left pending is taken back
+        (``sigtimedwait``) so that it reaches no one.
+        """
         deadline = time.monotonic() + seconds
-        with _alarm(seconds):
-            while True:
-                try:
-                    self._ioctl(self.fd, abi.KVM_RUN, 0)
-                    return
-                except InterruptedError:
-                    if time.monotonic() >= deadline:
-                        raise RunTimeout(seconds) from None
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        blocked = signal.SIGALRM in mask
+        if blocked:
+            self._set_run_mask(mask - {signal.SIGALRM})
+        try:
+            with _alarm(seconds, thread_directed=blocked):
+                while True:
+                    try:
+                        self._ioctl(self.fd, abi.KVM_RUN, 0)
+                        return
+                    except InterruptedError:
+                        if time.monotonic() >= deadline:
+                            raise RunTimeout(seconds) from None
+        finally:
+            if blocked:
+                while signal.sigtimedwait({signal.SIGALRM}, 0) is not None:
+                    pass
+                self._set_run_mask(None)
+
+    def _set_run_mask(self, signals: set[int | signal.Signals] | None) -> None:
+        """KVM_SET_SIGNAL_MASK: the signal mask of this VCPU's thread while in
+        KVM_RUN (``None``: none, the thread's own)."""
+        if signals is None:
+            arg: bytearray | int = 0
+        else:
+            sigset = sum(1 << (s - 1) for s in signals if 0 < s <= 8 * abi.SIGSET_BYTES)
+            arg = bytearray(abi.U32.pack(abi.SIGSET_BYTES) + sigset.to_bytes(abi.SIGSET_BYTES, "little"))
+        try:
+            _retry(self._ioctl, self.fd, abi.KVM_SET_SIGNAL_MASK, arg)
+        except OSError as exc:
+            why = (
+                "cannot bound KVM_RUN: this thread blocks SIGALRM, and KVM_SET_SIGNAL_MASK, which"
+                f" would unblock it inside KVM_RUN only, failed: {os.strerror(exc.errno or 0)}"
+            )
+            raise _fail(exc, "KVM_SET_SIGNAL_MASK", why) from None
 
     def _run_error(self, code: int) -> str:
         """What a KVM_RUN errno means here; blames SPE only when SPE is the cause."""
@@ -1143,8 +1219,7 @@ class Vcpu(_Owned):
     def _guest(self, what: str, **args: Any) -> dict[str, Any]:
         from .shim import guest
 
-        if self.closed:
-            raise _closed(self, f"guest {what}")
+        self._check_open(f"guest {what}")
         return guest.request(self.fd, what, **args)
 
     def enable_buffer(self, base: int, size: int, unmapped: tuple[tuple[int, int], ...] = ()) -> None:
@@ -1180,6 +1255,7 @@ class Vcpu(_Owned):
         run, self._run = self._run, None
         if run is not None:
             run.close()
+        self._ioctl = _closed_ioctl
         self._close_fd()
         if self in self.vm.vcpus:
             self.vm.vcpus.remove(self)

@@ -148,9 +148,10 @@ MAX_VCPUS = 1 << 16
 
 
 def check_case(case: object) -> str:
-    """``case`` when it is one of :data:`PINNING_CASES`, else a one-line ValueError."""
+    """``case`` when it is one of :data:`PINNING_CASES`, else a one-line
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError)."""
     if not isinstance(case, str) or case not in PINNING_CASES:
-        raise ValueError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
+        raise InvalidArgumentError(f"case {case!r} is unknown; accepted: {', '.join(PINNING_CASES)}")
     return case
 
 
@@ -226,11 +227,15 @@ class PlanHost:
         """A shipped sysfs/procfs snapshot (or a directory laid out as one), as ``probe --fixture``.
 
         A snapshot holds no page size: this machine's is used, and the source says so.
+        A snapshot too large to be a host's is refused (InvalidArgumentError).
         """
         from .host import discovery
 
         roots = discovery.fixture_roots(name)
         info = discovery.discover(sysfs_root=roots["sysfs_root"], procfs_root=roots["procfs_root"])
+        reason = info.spe_instances_reason or ""
+        if reason.startswith(discovery.SNAPSHOT_REFUSED):
+            raise InvalidArgumentError(f"fixture {name!r}: {reason}")
         source = f"fixture {name!r} (its SPE units; this machine's {format_size(info.page_size)} pages)"
         return cls.from_info(info, source)
 

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Literal
 from . import abi
 from .affinity import AffinityError, describe_cpus, overcommit, pin_thread, vcpu_affinity
 from .backend import Vcpu
-from .errors import KvmError, KvmspeError
+from .errors import InvalidArgumentError, KvmError, KvmspeError
 from .host.discovery import format_cpulist
 from .units import format_limit, format_size, format_size_hex
+from .validation import U64_MAX, check_int
 
 if TYPE_CHECKING:
     from .arch.registers import FieldValue
@@ -153,21 +154,21 @@ def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> li
     initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
     (no value: ``set_device_attr(group, attr, None)``).
 
-    Returns the steps done, in order. Values that do not fit their C type
-    are refused with ValueError before any call. Raises
+    Returns the steps done, in order. A ``vcpu`` without those two methods,
+    or a value that is not an int of its attribute's C type (``irq`` and
+    ``spu`` a C int, ``max_buffer_size`` a __u64), is refused with
+    :class:`~kvmspe.errors.InvalidArgumentError` naming the argument, before
+    any call. Raises
     :class:`SpeConfigError` at the first failing step: "SPE not supported by
     this host's KVM" when HAS says no, else e.g. ``cannot set
     KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE=0x401000: EDOM: ...``.
     """
-    plan: list[tuple[int, int | None]] = [
-        (abi.KVM_ARM_VCPU_SPE_IRQ, irq),
-        (abi.KVM_ARM_VCPU_SPE_SPU, spu),
-        (abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, max_buffer_size),
-    ]
-    for attr, value in plan:
-        info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
-        assert info is not None and value is not None
-        abi.check_value(info, value)
+    if not all(callable(getattr(vcpu, m, None)) for m in ("has_device_attr", "set_device_attr")):
+        raise InvalidArgumentError(
+            f"vcpu must be a VCPU, got {type(vcpu).__name__}; accepted: a kvmspe.kvm.Vcpu, a"
+            " kvmspe.model.kernel.Vcpu, or any object with has_device_attr and set_device_attr"
+        )
+    plan: list[tuple[int, int | None]] = list(_check_values(irq, spu, max_buffer_size).items())
     plan.append((abi.KVM_ARM_VCPU_SPE_INIT, None))
     done: list[ConfigStep] = []
     for attr, value in plan:
@@ -186,6 +187,24 @@ def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> li
             raise SpeConfigError(f"cannot {put.name}: {exc}", put, exc) from exc
         done.append(put)
     return done
+
+
+def _check_values(irq: object, spu: object, max_buffer_size: object) -> dict[int, int]:
+    """The three values by attribute, each an int of its attribute's C type, else
+    InvalidArgumentError naming the argument."""
+    out: dict[int, int] = {}
+    for name, attr, value in (
+        ("irq", abi.KVM_ARM_VCPU_SPE_IRQ, irq),
+        ("spu", abi.KVM_ARM_VCPU_SPE_SPU, spu),
+        ("max_buffer_size", abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, max_buffer_size),
+    ):
+        info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, attr)
+        assert info is not None
+        if info.value is abi.U64:
+            out[attr] = check_int(f"{name} (a __u64, for {info.name})", value, 0, U64_MAX)
+        else:
+            out[attr] = check_int(f"{name} (a C int, for {info.name})", value, -(1 << 31), (1 << 31) - 1)
+    return out
 
 
 # --- the whole bring-up -----------------------------------------------------------------------
@@ -217,10 +236,22 @@ def choose_backend(
     discovery says it supports SPE, else a model of this host (or of
     ``profile``). ``memlock_limit`` is the model's RLIMIT_MEMLOCK; None reads
     this process's soft limit. ``locked`` is memory the model's VMM has
-    locked already."""
+    locked already. A bad argument (an unknown ``backend`` or ``profile``, a
+    limit that is not None or a byte count) is refused with
+    :class:`~kvmspe.errors.InvalidArgumentError` naming it, before anything
+    is probed."""
     from .host import discovery, memlock
     from .model import profiles
 
+    if not isinstance(backend, str) or backend not in ("auto", "kvm", "model"):
+        raise InvalidArgumentError(f"backend {backend!r} is unknown; accepted: 'auto', 'kvm', 'model'")
+    if profile is not None and (not isinstance(profile, str) or profile not in profiles.PROFILES):
+        raise InvalidArgumentError(
+            f"unknown host profile {profile!r}; accepted: {', '.join(profiles.PROFILES)}"
+        )
+    if memlock_limit is not None:
+        check_int("memlock_limit (None: this process's soft limit)", memlock_limit, 0, U64_MAX)
+    check_int("locked", locked, 0, U64_MAX)
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything is probed
     info = discovery.discover() if backend != "model" or profile is None else None
     if backend == "kvm":
@@ -411,23 +442,41 @@ def bring_up(
 
     ``spu`` None takes the host's first SPU. A refusal of the kernel (real
     or modelled) ends the bring-up with ``ok`` False and the failing step
-    recorded; nothing is raised for it. Raises ValueError for a bad
-    ``enable_buffer`` or a ``vcpus`` below 1 (before anything runs) and
-    :class:`~kvmspe.abi.AssumedNumberError` for a bad ``KVMSPE_*`` number.
+    recorded; nothing is raised for it. Every argument is checked before
+    anything runs: a ``choice`` that is not a :class:`BackendChoice`, a
+    ``vcpus`` that is not an int from 1, a value that is not an int of its
+    attribute's C type, a ``raise_memlock`` that is not a bool, an unknown
+    ``case`` or a bad ``enable_buffer`` raise
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) naming the
+    argument; a bad ``KVMSPE_*`` number :class:`~kvmspe.abi.AssumedNumberError`.
     """
     from . import planner
 
+    if not isinstance(choice, BackendChoice):
+        raise InvalidArgumentError(
+            f"choice must be a kvmspe.vmm.BackendChoice, got {type(choice).__name__};"
+            " accepted: what choose_backend() returns"
+        )
+    check_int("vcpus", vcpus, 1, planner.MAX_VCPUS)
+    _check_values(irq, 0 if spu is None else spu, max_buffer_size)
+    if not isinstance(raise_memlock, bool):
+        raise InvalidArgumentError(
+            f"raise_memlock must be a bool, got {raise_memlock!r}; accepted: True or False"
+        )
     case = planner.check_case(planner.DEFAULT_CASE if case is None else case)
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything runs
     if enable_buffer is not None:
+        check_int("enable_buffer (0: the max buffer size)", enable_buffer, 0, U64_MAX)
         if choice.name != "model" and not _guest_scriptable():
-            raise ValueError(
+            raise InvalidArgumentError(
                 "enable_buffer simulates the guest, which only the model can, or the real backend"
-                " under kvmspe's shim (kvmspe shim run)"
+                " under kvmspe's shim (kvmspe shim run); accepted: None on the real kernel otherwise"
             )
         size = enable_buffer or max_buffer_size
         if size == 0 or size % 4096:
-            raise ValueError(f"--enable-buffer {size:#x}: a buffer is a non-zero multiple of 4 KiB")
+            raise InvalidArgumentError(
+                f"enable_buffer {size:#x} is not a buffer size; accepted: a non-zero multiple of 4 KiB"
+            )
     if choice.host is not None:
         host = choice.host
         spus = [s.id for s in host.spus]
@@ -679,6 +728,7 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
     pinned, then enter the guest once (KVM_RUN, bounded by :meth:`Vcpu.run`)."""
     from .kvm import RunTimeout
 
+    entering = False
     try:
         if out.cpus:
             try:
@@ -695,6 +745,7 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
         except threading.BrokenBarrierError:
             out.not_entered = True  # another thread failed, or they were not all ready in time
             return
+        entering = True
         try:
             out.exit = vcpu.run()
         except RunTimeout as exc:
@@ -703,7 +754,10 @@ def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> N
             out.error = exc
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
         out.crash = exc
-        start.abort()
+        if not entering:
+            # Past the barrier the others are entering: breaking it then could
+            # still stop one that was released but not yet woken.
+            start.abort()
     finally:
         out.finished.set()
 

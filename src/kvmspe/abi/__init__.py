@@ -24,6 +24,7 @@ from .assumed import Assumed as Assumed
 from .assumed import AssumedNumberError as AssumedNumberError
 from .assumed import _collision as _collision
 from .assumed import _parse_env as _parse_env
+from .assumed import accepted_range as accepted_range
 from .assumed import check_assumed as check_assumed
 from .assumed import set_assumed as set_assumed
 from .constants import BAD_ADDRESS as BAD_ADDRESS
@@ -103,6 +104,7 @@ from .ioctl import KVM_SET_DEVICE_ATTR as KVM_SET_DEVICE_ATTR
 from .ioctl import KVM_SET_SIGNAL_MASK as KVM_SET_SIGNAL_MASK
 from .ioctl import KVM_SET_USER_MEMORY_REGION as KVM_SET_USER_MEMORY_REGION
 from .ioctl import KVMIO as KVMIO
+from .ioctl import SIGSET_BYTES as SIGSET_BYTES
 from .structs import CREATE_DEVICE as CREATE_DEVICE
 from .structs import DEVICE_ATTR as DEVICE_ATTR
 from .structs import INT as INT
@@ -141,6 +143,7 @@ __all__ = [
     "Assumed",
     "AssumedNumberError",
     "MODEL_EXIT_RLIMIT",
+    "accepted_range",
     "check_assumed",
     "AttrInfo",
     "DEVICE_ATTR",

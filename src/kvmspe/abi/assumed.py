@@ -69,6 +69,29 @@ def _collision(name: str, value: int) -> str | None:
     return None
 
 
+def accepted_range(name: str) -> tuple[int, int, str]:
+    """The numbers :func:`check_assumed` accepts for ``name``, which are one
+    range: ``(lo, hi, why)``, ``why`` saying in words what lies below ``lo``.
+
+    Below ``lo`` every number is taken upstream (or is the model's idle exit);
+    ``hi`` is the top of the number's field. The exports state this range, so
+    that they accept exactly what kvmspe accepts.
+    """
+    from ..model.assumptions import DEFAULT
+    from . import upstream
+
+    if name not in _ENV:
+        raise AssumedNumberError(f"unknown assumed number {name!r}; accepted: {', '.join(_ENV)}")
+    field_lo, hi = _LIMITS[name]
+    taken, what = {
+        "spe_feature_bit": (set(upstream.ARM64_VCPU_FEATURES), "upstream VCPU features"),
+        "cap_arm_spe": (set(range(upstream.CAP_MAX + 1)), "upstream capabilities"),
+        "exit_rlimit": ({*upstream.EXITS, DEFAULT.idle_exit}, "upstream exits"),
+    }[name]
+    lo = max(field_lo, max(taken) + 1)
+    return lo, hi, f"{field_lo}..{lo - 1} are {what}, and {hi} is the largest its field holds"
+
+
 def check_assumed(name: str, value: object) -> int:
     """``value`` as the assumed number ``name``, or :class:`AssumedNumberError` saying why not."""
     if name not in _ENV:

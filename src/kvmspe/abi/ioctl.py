@@ -49,9 +49,13 @@ KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 #: VM ioctl: the in-kernel irqchip of x86 (PIC, IOAPIC, local APICs) [uapi].
 KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_RUN = _IO(KVMIO, 0x80)
-#: VCPU ioctl: the signal mask while in KVM_RUN; ``struct kvm_signal_mask`` is a
-#: __u32 ``len`` followed by the kernel's sigset (8 bytes on x86_64 and arm64) [uapi].
+#: VCPU ioctl: _IOW(KVMIO, 0x8b, struct kvm_signal_mask), whose size is its
+#: __u32 len alone (the sigset is a flexible array) = 0x4004AE8B [uapi]. The
+#: mask the thread has while in KVM_RUN; a NULL argument drops it.
 KVM_SET_SIGNAL_MASK = _IOW(KVMIO, 0x8B, 4)
+#: kvm_signal_mask.len KVM accepts: the kernel's sigset_t, 64 signals, on
+#: x86_64 and arm64 alike.
+SIGSET_BYTES = 8
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, USERSPACE_MEMORY_REGION.size)
 KVM_ARM_VCPU_INIT = _IOW(KVMIO, 0xAE, VCPU_INIT.size)
 KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xAF, VCPU_INIT.size)

@@ -30,10 +30,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import abi
 from ..arch import maxbuf
@@ -319,31 +318,19 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _temp_copy(folder: Path, name: str, data: bytes, writer: Writer) -> Path:
-    """``data`` in a new temporary file next to ``folder/name``, flushed to disk."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 is for the temporary name only
-        writer(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    return Path(tmp)
-
-
 def write(out_dir: str | Path, *, writer: Writer = _write_all) -> list[Path]:
     """Write both vector files into ``out_dir`` (created if missing); return their paths.
 
-    All or nothing: both documents are built, then written to temporary files
-    in ``out_dir``, and only when both are complete on disk do they replace
-    the files (``os.replace``, atomic per file). A failure (a full disk, an
-    interruption) leaves the files that were there untouched and no
-    temporary file behind. ``out_dir`` must be a non-empty path without NUL
+    All or nothing: both documents are built, then written by
+    :func:`kvmspe.files.replace_whole`: to temporary files in ``out_dir``,
+    renamed over the old ones only when both are complete on disk, with
+    SIGINT, SIGTERM, SIGHUP and SIGQUIT held back meanwhile. A failure (a
+    full disk) or such a signal leaves the old files, or the new ones, both,
+    and no temporary file. ``out_dir`` must be a non-empty path without NUL
     (ValueError); failures of the file system raise OSError.
     """
+    from .. import files
+
     if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip() or "\0" in str(out_dir):
         raise ValueError(f"bad output directory {out_dir!r}; accepted: a non-empty directory path")
     folder = Path(out_dir)
@@ -352,16 +339,9 @@ def write(out_dir: str | Path, *, writer: Writer = _write_all) -> list[Path]:
     docs = ((CODEC_FILE, codec_vectors()), (SCENARIO_FILE, scenario_vectors()))
     blobs = [(name, (json.dumps(doc, indent=1) + "\n").encode("utf-8")) for name, doc in docs]
     folder.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for name, data in blobs:
-            temps.append((_temp_copy(folder, name, data, writer), folder / name))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-    return [path for _, path in temps]
+
+    def filler(data: bytes) -> Callable[[BinaryIO], None]:
+        return lambda f: writer(f.fileno(), data)
+
+    files.replace_whole([(folder / name, filler(data)) for name, data in blobs])
+    return [folder / name for name, _ in blobs]

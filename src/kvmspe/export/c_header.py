@@ -14,7 +14,7 @@ first keeps the kernel's own definitions.
 
 from __future__ import annotations
 
-from .. import __version__
+from .. import __version__, abi
 from . import abidata
 
 __all__ = ["render"]
@@ -33,6 +33,36 @@ def _num(value: int) -> str:
 def _define(name: str, value: int, comment: str = "") -> list[str]:
     tail = f" /* {comment} */" if comment else ""
     return [f"#ifndef {name}", f"#define {name} {_num(value)}{tail}", "#endif"]
+
+
+#: What <linux/kvm.h> declares as enumerators (``enum kvm_device_type``), not as
+#: numeric macros: a number defined under such a name before it breaks it.
+_ENUMERATOR_PREFIX = "KVM_DEV_TYPE_"
+#: The name of this header's own enumerators for them: the compiler's error,
+#: should <linux/kvm.h> come after this header, quotes it.
+_ORDER_HINT = "kvmspe_error_include_linux_kvm_h_before_kvmspe_h_"
+
+
+def _enumerators(constants: list[abidata.Constant]) -> list[str]:
+    """The ``KVM_DEV_TYPE_*`` numbers, such that including <linux/kvm.h> after
+    this header stops with an error that says what to do."""
+    if not constants:
+        return []
+    lines = [
+        "/*",
+        " * <linux/kvm.h> declares KVM_DEV_TYPE_* as enumerators. When it has not",
+        " * been included (yet), this header gives them as enumerators of its own:",
+        " * should <linux/kvm.h> come later, its enum then redeclares them, and the",
+        " * compiler's error says the fix: include <linux/kvm.h> before this header.",
+        " */",
+        "#if " + " && ".join(f"!defined({c.name})" for c in constants),
+        "enum kvmspe_dev_type {",
+    ]
+    lines += [f"    {_ORDER_HINT}{c.name[len(_ENUMERATOR_PREFIX) :]} = {_num(c.value)}," for c in constants]
+    lines.append("};")
+    lines += [f"#define {c.name} {_ORDER_HINT}{c.name[len(_ENUMERATOR_PREFIX) :]}" for c in constants]
+    lines.append("#endif")
+    return lines
 
 
 def _assumed() -> list[str]:
@@ -56,9 +86,15 @@ def _assumed() -> list[str]:
                 f"#define {a.name} {_num(a.value)} /* ASSUMED: given to kvmspe when this header was made */",
                 "#endif",
             ]
+        lo, hi, why = abi.accepted_range(a.field)
         lines += [
+            f"#define KVMSPE_{a.name}_MIN {_num(lo)}",
+            f"#define KVMSPE_{a.name}_MAX {_num(hi)}",
             f"#ifdef {a.name}",
             f"#define KVMSPE_HAVE_{a.name} 1",
+            f"#if ({a.name}) < KVMSPE_{a.name}_MIN || ({a.name}) > KVMSPE_{a.name}_MAX",
+            f'#error "{a.name} is out of range: kvmspe accepts {lo}..{hi} ({why})"',
+            "#endif",
             "#else",
             f"#define KVMSPE_HAVE_{a.name} 0",
             "#if defined(KVMSPE_REQUIRE_ASSUMED)",
@@ -213,7 +249,8 @@ def render() -> str:
         "/*",
         " * KVM arm64 SPE VCPU interface (v6 series, KVM_ARM_VCPU_SPE_CTRL) for VMMs:",
         " * numbers, SPE buffer register fields and the PMBIDR_EL1.MaxBuffSize codec.",
-        " * Include <linux/kvm.h> before this header if you use both.",
+        " * Include <linux/kvm.h> before this header if you use both (the other",
+        " * order stops the build with an error saying so).",
         " */",
         "#ifndef KVMSPE_H",
         "#define KVMSPE_H",
@@ -226,8 +263,11 @@ def render() -> str:
     for c in abidata.spe_constants():
         lines += _define(c.name, c.value, c.comment)
     lines += ["", "/* Upstream uapi numbers kvmspe uses (include/uapi/linux/kvm.h, asm/kvm.h) */"]
-    for c in abidata.uapi_constants():
-        lines += _define(c.name, c.value, c.comment)
+    uapi = abidata.uapi_constants()
+    for c in uapi:
+        if not c.name.startswith(_ENUMERATOR_PREFIX):
+            lines += _define(c.name, c.value, c.comment)
+    lines += _enumerators([c for c in uapi if c.name.startswith(_ENUMERATOR_PREFIX)])
     lines += [""] + _assumed()
     lines += ["", "/* SPE buffer registers (Arm architecture, as arch/arm64/tools/sysreg names them) */"]
     lines += _registers()

@@ -6,13 +6,16 @@ register fields, and the MaxBuffSize codec as ``const fn``. It uses only
 as its own crate or as a module (``#[path = "kvmspe.rs"] mod kvmspe;``).
 
 An assumed number is an ``Option<u32>``: ``None`` unless the environment
-variable of the same name (``KVM_ARM_VCPU_SPE=N``) is set when the crate is
-compiled, read with ``option_env!`` and parsed at compile time.
+variable of the same name (``KVM_ARM_VCPU_SPE=N``, decimal or 0x hex, as
+kvmspe reads its ``KVMSPE_*`` variables) is set when the crate is compiled,
+read with ``option_env!`` and parsed at compile time. A number kvmspe would
+refuse (taken upstream, or beyond its field) fails the build, naming the
+range kvmspe accepts.
 """
 
 from __future__ import annotations
 
-from .. import __version__
+from .. import __version__, abi
 from . import abidata
 
 __all__ = ["render"]
@@ -31,7 +34,7 @@ def _assumed() -> list[str]:
         "// Assumed numbers: the v6 series uses them but does not publish their",
         "// numbers, and those of earlier revisions are taken upstream, so there is",
         "// no default. Set the environment variable of the same name when",
-        "// compiling (KVM_ARM_VCPU_SPE=N cargo build) to give one.",
+        "// compiling (KVM_ARM_VCPU_SPE=N cargo build) to give one: decimal or 0x hex.",
         "",
         "const fn parse_assumed(text: Option<&str>, given: Option<u32>) -> Option<u32> {",
         "    let bytes = match text {",
@@ -41,27 +44,53 @@ def _assumed() -> list[str]:
         "    if bytes.is_empty() {",
         '        panic!("an assumed number is set to an empty string");',
         "    }",
-        "    let mut value: u32 = 0;",
-        "    let mut i = 0;",
+        "    let hex = bytes.len() > 2 && bytes[0] == b'0' && (bytes[1] == b'x' || bytes[1] == b'X');",
+        "    let base: u64 = if hex { 16 } else { 10 };",
+        "    let mut i = if hex { 2 } else { 0 };",
+        "    let mut value: u64 = 0;",
         "    while i < bytes.len() {",
         "        let d = bytes[i];",
-        "        if d < b'0' || d > b'9' || value > (u32::MAX - 9) / 10 {",
-        '            panic!("an assumed number must be a decimal u32");',
+        "        let digit = if d >= b'0' && d <= b'9' {",
+        "            (d - b'0') as u64",
+        "        } else if hex && d >= b'a' && d <= b'f' {",
+        "            (d - b'a' + 10) as u64",
+        "        } else if hex && d >= b'A' && d <= b'F' {",
+        "            (d - b'A' + 10) as u64",
+        "        } else {",
+        '            panic!("an assumed number must be a decimal or 0x-hex u32");',
+        "        };",
+        "        value = value * base + digit;",
+        "        if value > u32::MAX as u64 {",
+        '            panic!("an assumed number must be a decimal or 0x-hex u32");',
         "        }",
-        "        value = value * 10 + (d - b'0') as u32;",
         "        i += 1;",
         "    }",
-        "    Some(value)",
+        "    Some(value as u32)",
+        "}",
+        "",
+        "const fn assumed_in_range(value: Option<u32>, lo: u32, hi: u32) -> bool {",
+        "    match value {",
+        "        Some(v) => v >= lo && v <= hi,",
+        "        None => true,",
+        "    }",
         "}",
     ]
     for a in abidata.assumed_numbers():
         given = "None" if a.value is None else f"Some({a.value})"
         env = f"; kvmspe reads it from {a.env}" if a.env else ""
         note = "" if a.value is None else " Given to kvmspe when this module was made."
+        lo, hi, why = abi.accepted_range(a.field)
         lines += [
             "",
             f"/// ASSUMED: {a.what}{env}.{note}",
             f'pub const {a.name}: Option<u32> = parse_assumed(option_env!("{a.name}"), {given});',
+            f"/// The range kvmspe accepts for it ({why}).",
+            f"pub const KVMSPE_{a.name}_MIN: u32 = {lo};",
+            f"pub const KVMSPE_{a.name}_MAX: u32 = {hi};",
+            "const _: () = assert!(",
+            f"    assumed_in_range({a.name}, KVMSPE_{a.name}_MIN, KVMSPE_{a.name}_MAX),",
+            f'    "{a.name} is out of range: kvmspe accepts {lo}..{hi} ({why})"',
+            ");",
         ]
     return lines
 

@@ -41,6 +41,8 @@ from . import memlock
 
 __all__ = [
     "FIXTURE_HOST",
+    "MAX_SNAPSHOT_BYTES",
+    "SNAPSHOT_REFUSED",
     "HostInfo",
     "SpeGroupProbe",
     "probe_spe_group",
@@ -67,10 +69,21 @@ _SPE_ATTR_NAMES = {attr: info.name for (group, attr), info in abi.ATTRS.items()}
 MAX_FILE_BYTES = 64 << 10
 #: The most entries looked at in one directory (caps/, format/, the PMU list).
 MAX_DIR_ENTRIES = 4096
-#: The most bytes read for all SPE instances together, each file counted as at
-#: least 64 bytes (so at most 65536 files are opened); a real host needs a few KiB.
+#: The budget of all SPE instances together: the bytes read, each file counted
+#: as at least 64 bytes (so at most 65536 files are opened), plus 8 bytes for
+#: each CPU their cpumasks list (a small file may list 8192 CPUs). A real host
+#: needs a few KiB: its SPE units share out its CPUs, at most 8192 of them.
+#: Past it the snapshot is refused whole, in one line.
 MAX_SNAPSHOT_BYTES = 4 << 20
 _MIN_FILE_COST = 64
+_CPU_COST = 8
+#: How ``spe_instances_reason`` starts when the snapshot was refused for its size.
+SNAPSHOT_REFUSED = "not read, not a real host: "
+
+
+class _OverBudget(Exception):
+    """The snapshot went past :data:`MAX_SNAPSHOT_BYTES` (not an OSError: no
+    single file is at fault, and the reading stops)."""
 
 
 class _Budget:
@@ -81,10 +94,13 @@ class _Budget:
 
     def take(self, nbytes: int) -> None:
         self.left -= max(nbytes, _MIN_FILE_COST)
+        if self.left < 0:
+            raise _OverBudget
 
-    def check(self) -> None:
-        if self.left <= 0:
-            raise OSError(f"not read: the snapshot's files exceed {MAX_SNAPSHOT_BYTES} bytes in all")
+    def take_cpus(self, count: int) -> None:
+        self.left -= count * _CPU_COST
+        if self.left < 0:
+            raise _OverBudget
 
 
 #: CPU numbers are below this: CONFIG_NR_CPUS is at most 8192 on every
@@ -243,8 +259,6 @@ def _read(path: Path, budget: _Budget | None = None) -> str:
     (a link to ``/dev/zero``), a directory or an oversized file raises
     OSError with a reason, rather than hang or fill memory.
     """
-    if budget is not None:
-        budget.check()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         mode = os.fstat(fd).st_mode
@@ -321,6 +335,7 @@ def _read_instance(path: Path, budget: _Budget) -> SpeInstance:
     try:
         inst.cpumask = _read(path / "cpumask", budget)
         inst.cpus = parse_cpulist(inst.cpumask)
+        budget.take_cpus(len(inst.cpus))
     except OSError as exc:
         inst.problems.append(f"cpumask: {_why(exc)}")
     except ValueError as exc:
@@ -353,7 +368,13 @@ def read_spe_instances(sysfs_root: str = "/sys") -> tuple[list[SpeInstance], str
         return [], f"no {_SPE_PREFIX}N PMU in {devices}: the host kernel's SPE driver found no SPE unit"
     names.sort(key=lambda n: (len(n), n))
     budget = _Budget()
-    return [_read_instance(devices / n, budget) for n in names], None
+    try:
+        return [_read_instance(devices / n, budget) for n in names], None
+    except _OverBudget:
+        return [], (
+            f"{SNAPSHOT_REFUSED}the {len(names)} {_SPE_PREFIX}N PMUs in {devices} exceed the snapshot"
+            f" budget of {MAX_SNAPSHOT_BYTES >> 20} MiB (bytes read, and 8 per CPU their cpumasks list)"
+        )
 
 
 def read_vm_lck(procfs_root: str = "/proc", pid: int | None = None) -> tuple[int | None, str | None]:

@@ -28,6 +28,10 @@ the enable. Its outcomes are not errnos but guest-visible events and exits:
    KVM_EXIT_RLIMIT with the excess in bytes and pins nothing; the next
    ``run()`` retries [series 32, 33].
 
+Threads: a VMM drives each VCPU from a thread of its own. Every call on a
+host, its VMs and VCPUs takes the host's lock (reentrant), so calls from
+many threads end as if made one after the other, in some order.
+
 Misaligned pointers and limits, empty buffers and when a disable unpins
 follow :class:`kvmspe.model.assumptions.Assumptions`. Disabling unpins; the
 host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
@@ -36,8 +40,11 @@ host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+import functools
+import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .. import abi
 from ..arch import maxbuf
@@ -51,13 +58,28 @@ from ..arch.registers import (
     REGISTERS,
 )
 from ..arch.stage1 import Stage1
-from ..errors import KvmError, RegisterError
+from ..errors import ClosedError, KvmError, RegisterError
 from ..validation import U64_MAX, is_int
 from .assumptions import DEFAULT, Assumptions
 from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, Outcome, RuleSet, first_outcome
 
 __all__ = ["Host", "Spu", "Vcpu", "Vm"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[Any, _P], _R]:
+    """The method under its host's lock: one call at a time per modelled host,
+    so VCPU threads end as some serial order of their calls would."""
+
+    def locked(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(locked, method)
+    return locked
 
 
 class Spu:
@@ -151,6 +173,8 @@ class Host:
         self.rules = rules
         self.assumptions = assumptions
         self.vms: list[Vm] = []
+        #: Serialises the calls of every thread on this host, its VMs and VCPUs.
+        self._lock = threading.RLock()
 
     def spu(self, spu_id: object) -> Spu | None:
         """The SPU with this id, or None."""
@@ -162,19 +186,23 @@ class Host:
             return None
         return max(0, self.memlock_limit - self.locked_bytes)
 
+    @_serialised
     def set_memlock_limit(self, limit: int | None) -> None:
         """Change RLIMIT_MEMLOCK (as setrlimit in the VMM would); None: unlimited."""
         self.memlock_limit = _limit(limit)
 
+    @_serialised
     def lock(self, nbytes: int) -> None:
         """Account ``nbytes`` more locked memory (the caller checked the limit)."""
         self.locked_bytes += nbytes
         self.vm_lck = max(self.vm_lck, self.locked_bytes)
 
+    @_serialised
     def unlock(self, nbytes: int) -> None:
         """Release ``nbytes``; ``vm_lck`` keeps its peak."""
         self.locked_bytes -= nbytes
 
+    @_serialised
     def create_vm(self, *, irqchip: bool = True) -> Vm:
         """KVM_CREATE_VM, with an in-kernel irqchip unless ``irqchip=False``.
 
@@ -208,6 +236,7 @@ class Vm:
 
     def __init__(self, host: Host, *, irqchip: bool = True):
         self.host = host
+        self._lock = host._lock
         self.irqchip = irqchip
         self.vcpus: list[Vcpu] = []
         #: VCPU ids ever created: KVM never frees one (EEXIST on reuse).
@@ -226,6 +255,7 @@ class Vm:
         #: Host pages pinned for the guests' SPE buffers, each page once.
         self.pinned = PinnedPages()
 
+    @_serialised
     def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu:
         """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT, with or without the SPE feature.
 
@@ -237,6 +267,8 @@ class Vm:
         EINVAL at KVM_ARM_VCPU_INIT, and its id stays used (measured on
         Linux 7.2 arm64).
         """
+        if self.closed:
+            raise ClosedError("Vm", "KVM_CREATE_VCPU")
         if index is None:
             index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
         if not is_int(index) or not 0 <= index <= U64_MAX:
@@ -269,12 +301,15 @@ class Vm:
         self.vcpus.append(vcpu)
         return vcpu
 
+    @_serialised
     def close(self) -> None:
-        """Destroy the VM: everything it pinned or holds is released."""
+        """Destroy the VM: everything it pinned or holds is released, and its
+        VCPUs are closed with it. Safe to call twice."""
         if self.closed:
             return
         for vcpu in self.vcpus:
             vcpu.release()
+            vcpu.closed = True
         self.host.unlock(self.held_bytes)
         self.held_bytes = 0
         self.closed = True
@@ -293,13 +328,18 @@ class Vm:
 
 
 class Vcpu:
-    """A modelled VCPU with the real backend's methods."""
+    """A modelled VCPU with the real backend's methods.
+
+    Once it, or its VM, is closed, every method raises
+    :class:`~kvmspe.errors.ClosedError`, as the real backend's VCPU does.
+    """
 
     #: Guest-writable buffer registers.
     GUEST_REGISTERS = ("PMBPTR_EL1", "PMBLIMITR_EL1", "PMBSR_EL1")
 
     def __init__(self, vm: Vm, index: int, spe: bool):
         self.vm = vm
+        self._lock = vm._lock
         self.index = index
         self.spe = spe
         self.irq: int | None = None
@@ -314,6 +354,17 @@ class Vcpu:
         self._pinned_bytes = 0
         #: The outcome of the last check run on this VCPU's calls (see ``_decide``).
         self.decided: Outcome | None = None
+        self.closed = False
+
+    @_serialised
+    def close(self) -> None:
+        """Close this VCPU's handle. Safe to call twice. KVM frees a VCPU only
+        with its VM: what it pinned stays pinned until the VM is closed."""
+        self.closed = True
+
+    def _check_open(self, call: str, group: int | None = None, attr: int | None = None) -> None:
+        if self.closed:
+            raise ClosedError("Vcpu", call, group=group, attr=attr)
 
     # -- device attributes ---------------------------------------------------------
 
@@ -347,6 +398,7 @@ class Vcpu:
         assert info is not None
         return info
 
+    @_serialised
     def set_device_attr(self, group: int, attr: int, value: object) -> None:
         """KVM_SET_DEVICE_ATTR with ``value`` behind ``addr``.
 
@@ -357,6 +409,7 @@ class Vcpu:
         check, as the real backend must.
         """
         ioctl = "KVM_SET_DEVICE_ATTR"
+        self._check_open(ioctl, group, attr)
         info = abi.attr_info(group, attr)
         if info is not None and value is not abi.BAD_ADDRESS:
             abi.check_value(info, value)  # type: ignore[arg-type]
@@ -379,9 +432,11 @@ class Vcpu:
             self.irq = value
             self.vm.irq = value
 
+    @_serialised
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
         """KVM_GET_DEVICE_ATTR; ``addr=BAD_ADDRESS`` makes the write fail (EFAULT)."""
         ioctl = "KVM_GET_DEVICE_ATTR"
+        self._check_open(ioctl, group, attr)
         self._group(group, attr, ioctl)
         self._decide(self.vm.host.rules.get[attr], Call(self, attr), ioctl, group)
         if addr is abi.BAD_ADDRESS:
@@ -401,11 +456,13 @@ class Vcpu:
         assert attr == abi.KVM_ARM_VCPU_SPE_IRQ and self.irq is not None
         return self.irq
 
+    @_serialised
     def has_device_attr(self, group: int, attr: int) -> bool:
         """KVM_HAS_DEVICE_ATTR: True for the SPE attributes where SPE is usable.
 
         A VCPU without the SPE feature answers False [assumed, as the PMU does].
         """
+        self._check_open("KVM_HAS_DEVICE_ATTR", group, attr)
         try:
             self._group(group, attr, "KVM_HAS_DEVICE_ATTR")
         except KvmError:
@@ -424,11 +481,11 @@ class Vcpu:
         value = spu.pmbidr & ~PMBIDR_EL1.field("MaxBuffSize").mask
         return value | PMBIDR_EL1.encode(MaxBuffSize=maxbuf.encode(size))
 
+    @_serialised
     def run(self) -> abi.Exit:
         """KVM_RUN: the first entry fixes the VM's configuration; a pending
         buffer enable is handled (see the module docstring)."""
-        if self.vm.closed:
-            raise KvmError(errno.EIO, "the VM has been destroyed", ioctl="KVM_RUN")
+        self._check_open("KVM_RUN")
         self._decide(self.vm.host.rules.run, Call(self), "KVM_RUN", abi.KVM_ARM_VCPU_SPE_CTRL)
         self.vm.has_run = True
         assumptions = self.vm.host.assumptions
@@ -440,6 +497,7 @@ class Vcpu:
                 return abi.Exit(abi.ASSUMED.exit_rlimit, rlimit_excess=excess)
         return abi.Exit(assumptions.idle_exit)
 
+    @_serialised
     def release(self) -> None:
         """Drop everything this VCPU pinned (VCPU or VM destruction)."""
         self._unpin()
@@ -470,6 +528,7 @@ class Vcpu:
         """
         return self._pinned_bytes
 
+    @_serialised
     def guest_write(self, reg: str, value: int) -> None:
         """The guest writes a buffer register (KVM traps and emulates it).
 
@@ -478,6 +537,7 @@ class Vcpu:
         PMBLIMITR_EL1.E to 1 enables the buffer: the next ``run()`` pins it.
         Disabling it, or moving the buffer, unpins.
         """
+        self._check_open("guest_write")
         if reg not in self.GUEST_REGISTERS:
             raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
         if not is_int(value) or not 0 <= value < 1 << 64:
@@ -501,8 +561,10 @@ class Vcpu:
             self._unpin()
         self.pending = self.enabled and not self._stopped
 
+    @_serialised
     def guest_read(self, reg: str) -> int:
         """The value the guest reads; PMBIDR_EL1 as KVM advertises it."""
+        self._check_open("guest_read")
         if reg == "PMBIDR_EL1":
             pmbidr = self.guest_pmbidr
             if pmbidr is None:
@@ -516,9 +578,11 @@ class Vcpu:
             raise ValueError(f"the guest cannot read {reg!r} here; accepted: {accepted}")
         return self._regs[reg]
 
+    @_serialised
     def guest_map(self, stage1: Stage1 | None) -> None:
         """Describe the guest's stage-1 translation for this VCPU's buffer
         (None: no translation at all)."""
+        self._check_open("guest_map")
         if stage1 is not None and not isinstance(stage1, Stage1):
             raise ValueError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
         if stage1 != self.stage1 and self._pinned:
@@ -526,6 +590,7 @@ class Vcpu:
             self.pending = self.enabled and not self._stopped
         self.stage1 = stage1
 
+    @_serialised
     def enable_buffer(self, base: int, size: int, stage1: Stage1 | None = None) -> None:
         """The guest programs a ``size``-byte buffer at VA ``base`` and enables it.
 
@@ -533,6 +598,7 @@ class Vcpu:
         given, the default :class:`Stage1` is used. PMBLIMITR_EL1 holds the
         limit in bits [63:12], so ``base + size`` must be 4 KiB aligned.
         """
+        self._check_open("enable_buffer")
         for name, v in (("base", base), ("size", size)):
             if not is_int(v) or v < 0:
                 raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
@@ -549,8 +615,10 @@ class Vcpu:
         self.guest_write("PMBPTR_EL1", base)
         self.guest_write("PMBLIMITR_EL1", PMBLIMITR_EL1.encode(LIMIT=end >> 12, E=1))
 
+    @_serialised
     def disable_buffer(self) -> None:
         """The guest clears PMBLIMITR_EL1.E."""
+        self._check_open("disable_buffer")
         self.guest_write("PMBLIMITR_EL1", self._regs["PMBLIMITR_EL1"] & ~1)
 
     @property
