@@ -179,7 +179,12 @@ def test_closed_stdout_and_a_full_device_give_one_line_or_nothing(fmt: list[str]
     assert closed.returncode == 0 and closed.stderr == ""
     script = '"$@" >&-; echo "closed $?" >&2; "$@" >/dev/full'
     r = subprocess.run(["bash", "-c", script, "x", *run], capture_output=True, text=True, env=env)
-    assert r.stderr.splitlines() == ["closed 0", "kvmspe: error: [Errno 28] No space left on device"]
+    # The CLI's convention (docs/cli.md): a lost answer is one line and exit 2.
+    assert r.stderr.splitlines() == [
+        "kvmspe: error: cannot write the answer to standard output: it is closed",
+        "closed 2",
+        "kvmspe: error: cannot write the answer to standard output: No space left on device",
+    ]
     assert r.returncode == 2
 
 

@@ -343,3 +343,27 @@ def test_a_one_shot_timer_that_rings_during_the_models_answer_still_ends_kvm_run
     assert not result.timed_out, "KVM_RUN never returned: the timer's signal was lost to it"
     assert result.status == 0
     assert out.read_text() == "run -1 EINTR\n"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "want"),
+    [(">&-", "it is closed"), (">/dev/full", "No space left on device")],
+)
+def test_a_transcript_that_cannot_be_shown_is_one_line_and_exit_2(
+    lib: Path, redirect: str, want: str
+) -> None:
+    cmd = f"{sys.executable} -m kvmspe shim run --lib {lib} -- true {redirect}"
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"kvmspe: error: cannot write the answer to standard output: {want}"]
+
+
+def test_a_transcript_target_that_is_not_a_file_is_refused_before_the_run(lib: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    for target in ("/dev/null", str(tmp_path), str(tmp_path / "missing" / "t.json")):
+        cmd = [sys.executable, "-m", "kvmspe", "shim", "run", "--lib", str(lib), "--transcript", target]
+        done = subprocess.run(
+            [*cmd, "--", "touch", str(marker)], capture_output=True, text=True, env=ENV, timeout=60
+        )
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert not marker.exists()

@@ -101,6 +101,7 @@ def _numbers(args: argparse.Namespace) -> Any:
     from . import abi
     from .shim.server import Numbers
 
+    abi.ASSUMED.check()  # a bad KVMSPE_* number in this environment is bad input here too
     bit = None if args.feature_bit is None else abi.check_assumed("spe_feature_bit", args.feature_bit)
     cap = None if args.cap is None else abi.check_assumed("cap_arm_spe", args.cap)
     exit_ = abi.MODEL_EXIT_RLIMIT if args.exit is None else abi.check_assumed("exit_rlimit", args.exit)
@@ -123,6 +124,10 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
     if not command:
         raise cli.UsageError("no command to run: give it after --, e.g. kvmspe shim run -- ./my-vmm")
     numbers = _numbers(args)
+    from . import abi
+
+    # The model here reads KVM_EXIT_RLIMIT as the command gets it, whatever this process's environment.
+    abi.set_assumed(exit_rlimit=numbers.exit_rlimit)
     faults = tuple(script.parse_fault(s) for s in args.fail)
     guest = tuple(script.parse_guest(s) for s in args.guest)
     host, what = shim_host(args.profile, args.fixture)
@@ -156,8 +161,7 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
         head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
         lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
         text = "\n".join([*lines, transcript.render(result.transcript)])
-    out(text + "\n")
-    return status
+    return out(text + "\n", status)
 
 
 def _status(code: int, timed_out: bool) -> int:
@@ -166,28 +170,31 @@ def _status(code: int, timed_out: bool) -> int:
     return 128 - code if code < 0 else code
 
 
-def _transcript_target(path: str | None) -> Callable[[str], None]:
-    """Where the transcript goes: stdout, or a file written whole (checked before the run)."""
+def _transcript_target(path: str | None) -> Callable[[str, int], int]:
+    """Where the transcript goes: stdout (as every answer of the CLI), or a
+    file written whole (checked before the run); each returns the status."""
+    from .cli import UsageError, _write
+
     if path is None:
-
-        def show(text: str) -> None:
-            sys.stdout.write(text)
-
-        return show
-    from .cli import UsageError
+        return _write
 
     target = Path(path)
     if not path or "\0" in path or target.is_dir():
         raise UsageError(f"--transcript {path!r}: give the path of a file to write")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"--transcript {path!r} is not a regular file; accepted: a new or regular file")
     if not target.parent.is_dir():
         raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
 
-    def write(text: str) -> None:
-        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            staged.write_text(text, encoding="utf-8")
-            os.replace(staged, target)
-        finally:
-            staged.unlink(missing_ok=True)
+    def write(text: str, status: int) -> int:
+        from .cli import _write_atomically
+
+        _write_atomically(
+            path,
+            lambda f: f.write(text.encode()),
+            option="--transcript",
+            accepted="a new or regular file",
+        )
+        return status
 
     return write
