@@ -571,8 +571,7 @@ def _output(args: Args, command: str, doc: Doc, lines: list[str], families: Any,
         doc = {**doc, "textfile": path}
         lines = [*lines, f"wrote {path}"]
     if args.prometheus:
-        print(text, end="")  # print, not sys.stdout.write: with stdout closed (>&-) it is None
-        return code
+        return _write(text, code)
     return _emit(args, doc, lines, code)
 
 

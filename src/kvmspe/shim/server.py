@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import selectors
+import shutil
 import socket
 import struct
 import tempfile
@@ -192,7 +193,7 @@ class ModelServer:
         self.close()
 
     def close(self) -> None:
-        """Stop the thread, close every socket, remove the directory. Safe twice."""
+        """Stop the thread, close every socket, remove the directory and what it holds. Safe twice."""
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
             if self._thread.is_alive():
@@ -201,15 +202,8 @@ class ModelServer:
             os.close(self._stop_r)
             self._stop_w = -1
         self._sock.close()
-        for name in (self.path,):
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        # The socket, and what a run put beside it (the sysfs view of the SPE units).
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- the loop -----------------------------------------------------------------------
 
