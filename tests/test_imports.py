@@ -63,3 +63,26 @@ def test_every_layer_is_listed() -> None:
     layers = {"kvmspe.arch.maxbuf", "kvmspe.host.discovery", "kvmspe.model.kernel"}
     layers.add("kvmspe.conformance.runner")
     assert layers <= set(MODULES)
+
+
+def test_the_public_names_are_reached_from_the_root_and_imported_only_when_used() -> None:
+    probe = (
+        "import sys, kvmspe\n"
+        "heavy = ('kvmspe.model.kernel', 'kvmspe.kvm', 'kvmspe.vmm', 'kvmspe.arch.maxbuf',"
+        " 'kvmspe.planner')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "from kvmspe.model.kernel import Host\n"
+        "from kvmspe.kvm import Kvm\n"
+        "from kvmspe.vmm import bring_up\n"
+        "assert kvmspe.Host is Host and kvmspe.Kvm is Kvm and kvmspe.bring_up is bring_up\n"
+        "assert kvmspe.maxbuf.encode(4 << 20) == 0x400\n"
+        "assert set(kvmspe.__all__) <= set(dir(kvmspe))\n"
+        "assert all(not n.startswith('_') or n == '__version__' for n in kvmspe.__all__)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "ok"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        kvmspe.nope  # noqa: B018
