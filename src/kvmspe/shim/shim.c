@@ -556,19 +556,24 @@ int close(int fd)
 
 int dup(int old) { return copied(old, REAL(dup)(old)); }
 
-int dup2(int old, int fd)
+/* dup2/dup3 onto FD: what FD was is gone only once the call succeeded (a
+ * failed one leaves FD open, as it was); dup2 of a descriptor onto itself
+ * changes nothing. */
+static int replaced(int old, int fd, int r)
 {
-    if (old != fd)
-        forget(fd);
-    return copied(old, REAL(dup2)(old, fd));
+    int saved = errno;
+
+    if (r < 0 || old == fd)
+        return r;
+    forget(fd);
+    copied(old, fd);
+    errno = saved;
+    return r;
 }
 
-int dup3(int old, int fd, int flags)
-{
-    if (old != fd)
-        forget(fd);
-    return copied(old, REAL(dup3)(old, fd, flags));
-}
+int dup2(int old, int fd) { return replaced(old, fd, REAL(dup2)(old, fd)); }
+
+int dup3(int old, int fd, int flags) { return replaced(old, fd, REAL(dup3)(old, fd, flags)); }
 
 int fcntl(int fd, int cmd, ...)
 {
