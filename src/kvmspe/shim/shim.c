@@ -170,6 +170,8 @@ static int named(int fd, const char *prefix)
     return strncmp(target, prefix, strlen(prefix)) == 0;
 }
 
+static void set_state(int value) { __atomic_store_n(&state, value, __ATOMIC_RELEASE); }
+
 static void child_after_fork(void)
 {
     if (sock >= 0)
@@ -208,13 +210,14 @@ static int connected(void)
 
     if (state)
         return state > 0;
-    state = -1;
+    /* Other threads read state without the lock (enabled()): it is set
+     * once the outcome is known, never to "off" while connecting. */
     path = getenv("KVMSPE_SHIM_SOCKET");
     if (!path || !*path)
-        return 0;
+        return set_state(-1), 0;
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "kvmspe shim: KVMSPE_SHIM_SOCKET is too long; KVM calls go to the kernel unchanged\n");
-        return 0;
+        return set_state(-1), 0;
     }
     strcpy(addr.sun_path, path);
     sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -226,9 +229,9 @@ static int connected(void)
         if (sock >= 0)
             REAL(close)(sock);
         sock = -1;
-        return 0;
+        return set_state(-1), 0;
     }
-    state = 1;
+    set_state(1);
     return 1;
 }
 
@@ -254,7 +257,7 @@ static struct ks_resp ask(struct ks_req req)
                 strerror(errno));
         REAL(close)(sock);
         sock = -1;
-        state = -1;
+        set_state(-1);
         resp.action = ACT_PASS;
     }
     pthread_mutex_unlock(&lock);
@@ -264,10 +267,10 @@ static struct ks_resp ask(struct ks_req req)
 
 static int enabled(void)
 {
-    int on;
+    int on, now = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
 
-    if (state)
-        return state > 0;
+    if (now)
+        return now > 0;
     pthread_mutex_lock(&lock);
     on = connected();
     pthread_mutex_unlock(&lock);
@@ -547,7 +550,7 @@ int close(int fd)
          * process's state by its pid. */
         pthread_mutex_lock(&lock);
         sock = -1;
-        state = 0;
+        set_state(0);
         pthread_mutex_unlock(&lock);
     } else
         forget(fd);
