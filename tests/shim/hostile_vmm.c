@@ -108,16 +108,17 @@ static void close_all(void)
     show("set_spu_after", set_int(vcpu, SPE_SPU, 11));
 }
 
-/* close_range() over everything, then the process's own socket and files take
- * the numbers: the shim must neither write into them nor close them. */
-static void close_range_all(void)
+/* close_range() over everything (the C library's, or the raw system call the
+ * shim cannot see), then the process's own socket and files take the
+ * numbers: the shim must neither write into them nor close them. */
+static void close_range_all(int raw)
 {
     int pair[2], pipes[2];
     char byte;
 
     setup();
     show("set_spu", set_int(vcpu, SPE_SPU, 10));
-    show("close_range", close_range(3, ~0u, 0));
+    show("close_range", raw ? syscall(SYS_close_range, 3, ~0u, 0) : close_range(3, ~0u, 0));
     show("socketpair", socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pair));
     show("pipe", pipe(pipes));
     setup();
@@ -310,7 +311,9 @@ int main(int argc, char **argv)
     else if (!strcmp(what, "close_all"))
         close_all();
     else if (!strcmp(what, "close_range"))
-        close_range_all();
+        close_range_all(0);
+    else if (!strcmp(what, "close_range_raw"))
+        close_range_all(1);
     else if (!strcmp(what, "fork"))
         child_closes(0);
     else if (!strcmp(what, "clone"))

@@ -31,6 +31,8 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -101,6 +103,10 @@ static unsigned char kinds[KS_MAX_FDS];
 static void *run_maps[KS_MAX_FDS];
 static uint64_t cfg[CFG_N];
 static int sock = -1;
+/* The socket's identity: the process may close or replace the number in ways
+ * the shim does not see (a raw system call), so it is checked before use. */
+static dev_t sock_dev;
+static ino_t sock_ino;
 static int state; /* 0: not connected yet, 1: connected, -1: off */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -110,6 +116,8 @@ typedef int (*dup_fn)(int);
 typedef int (*dup2_fn)(int, int);
 typedef int (*dup3_fn)(int, int, int);
 typedef int (*fcntl_fn)(int, int, ...);
+typedef int (*close_range_fn)(unsigned int, unsigned int, int);
+typedef void (*closefrom_fn)(int);
 
 static ioctl_fn real_ioctl_p;
 static close_fn real_close_p;
@@ -117,6 +125,9 @@ static dup_fn real_dup_p;
 static dup2_fn real_dup2_p;
 static dup3_fn real_dup3_p;
 static fcntl_fn real_fcntl_p;
+/* Only in a C library that has them (glibc 2.34 on). */
+static close_range_fn real_close_range_p;
+static closefrom_fn real_closefrom_p;
 
 static void *next_symbol(const char *name)
 {
@@ -140,6 +151,8 @@ static void resolve(void)
     real_dup_p = (dup_fn)next_symbol("dup");
     real_dup2_p = (dup2_fn)next_symbol("dup2");
     real_dup3_p = (dup3_fn)next_symbol("dup3");
+    real_close_range_p = (close_range_fn)dlsym(RTLD_NEXT, "close_range");
+    real_closefrom_p = (closefrom_fn)dlsym(RTLD_NEXT, "closefrom");
     real_fcntl_p = (fcntl_fn)next_symbol("fcntl");
 }
 
@@ -183,6 +196,24 @@ static void child_after_fork(void)
     pthread_mutex_init(&lock, NULL);
 }
 
+/* Whether SOCK is still the socket the shim connected. */
+static int sock_is_ours(void)
+{
+    struct stat st;
+
+    return sock >= 0 && fstat(sock, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == sock_dev &&
+           st.st_ino == sock_ino;
+}
+
+/* The process closed or replaced the shim's socket: connect again when the
+ * model is needed; the server keeps this process's state by its pid. The
+ * number is the process's now: never close it. Called with the lock held. */
+static void sock_gone(void)
+{
+    sock = -1;
+    set_state(0);
+}
+
 static void before_fork(void) { pthread_mutex_lock(&lock); }
 static void parent_after_fork(void) { pthread_mutex_unlock(&lock); }
 
@@ -207,6 +238,7 @@ static int connected(void)
     const char *path;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     struct ks_req hello = {.op = OP_HELLO};
+    struct stat st;
 
     if (state)
         return state > 0;
@@ -222,6 +254,10 @@ static int connected(void)
     strcpy(addr.sun_path, path);
     sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     hello.value = (uint64_t)getpid();
+    if (sock >= 0 && fstat(sock, &st) == 0) {
+        sock_dev = st.st_dev;
+        sock_ino = st.st_ino;
+    }
     if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
         exchange(&hello, cfg, sizeof(cfg)) < 0 || cfg[CFG_VERSION] != KS_VERSION) {
         fprintf(stderr, "kvmspe shim: cannot reach the model at %s (%s); KVM calls go to the kernel unchanged\n",
@@ -252,10 +288,13 @@ static struct ks_resp ask(struct ks_req req)
 
     req.rlimit = memlock_soft();
     pthread_mutex_lock(&lock);
+    if (state > 0 && !sock_is_ours())
+        sock_gone();
     if (connected() && exchange(&req, &resp, sizeof(resp)) < 0) {
         fprintf(stderr, "kvmspe shim: lost the model (%s); KVM calls go to the kernel unchanged\n",
                 strerror(errno));
-        REAL(close)(sock);
+        if (sock_is_ours())
+            REAL(close)(sock);
         sock = -1;
         set_state(-1);
         resp.action = ACT_PASS;
@@ -549,8 +588,7 @@ int close(int fd)
          * reconnect when the model is needed again; the server keeps this
          * process's state by its pid. */
         pthread_mutex_lock(&lock);
-        sock = -1;
-        set_state(0);
+        sock_gone();
         pthread_mutex_unlock(&lock);
     } else
         forget(fd);
@@ -568,6 +606,11 @@ static int replaced(int old, int fd, int r)
 
     if (r < 0 || old == fd)
         return r;
+    if (fd == sock) {
+        pthread_mutex_lock(&lock);
+        sock_gone();
+        pthread_mutex_unlock(&lock);
+    }
     forget(fd);
     copied(old, fd);
     errno = saved;
@@ -577,6 +620,49 @@ static int replaced(int old, int fd, int r)
 int dup2(int old, int fd) { return replaced(old, fd, REAL(dup2)(old, fd)); }
 
 int dup3(int old, int fd, int flags) { return replaced(old, fd, REAL(dup3)(old, fd, flags)); }
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1u << 2)
+#endif
+
+/* Descriptors LO..HI were closed at once (close_range, closefrom). */
+static void closed_range(unsigned int lo, unsigned int hi)
+{
+    int saved = errno;
+
+    if (sock >= 0 && (unsigned int)sock >= lo && (unsigned int)sock <= hi) {
+        pthread_mutex_lock(&lock);
+        sock_gone();
+        pthread_mutex_unlock(&lock);
+    }
+    for (unsigned int fd = lo; fd <= hi && fd < KS_MAX_FDS; fd++)
+        forget((int)fd);
+    errno = saved;
+}
+
+int close_range(unsigned int lo, unsigned int hi, int flags)
+{
+    int r;
+
+    resolve();
+    r = real_close_range_p ? real_close_range_p(lo, hi, flags) : (int)syscall(SYS_close_range, lo, hi, flags);
+    /* With CLOSE_RANGE_CLOEXEC nothing is closed now: exec closes them. */
+    if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC))
+        closed_range(lo, hi);
+    return r;
+}
+
+void closefrom(int lo)
+{
+    unsigned int from = lo < 0 ? 0 : (unsigned int)lo;
+
+    resolve();
+    if (real_closefrom_p)
+        real_closefrom_p(lo);
+    else
+        syscall(SYS_close_range, from, ~0u, 0);
+    closed_range(from, ~0u);
+}
 
 int fcntl(int fd, int cmd, ...)
 {
