@@ -107,6 +107,8 @@ static int sock = -1;
  * the shim does not see (a raw system call), so it is checked before use. */
 static dev_t sock_dev;
 static ino_t sock_ino;
+/* The process that connected. */
+static pid_t owner;
 static int state; /* 0: not connected yet, 1: connected, -1: off */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -267,8 +269,19 @@ static int connected(void)
         sock = -1;
         return set_state(-1), 0;
     }
+    owner = getpid();
     set_state(1);
     return 1;
+}
+
+/* Whether this is a child the fork handlers did not run in (vfork, or a raw
+ * clone): it shares (vfork) or copied (clone) the shim's memory and socket,
+ * and the server would take its calls for its parent's. It leaves both
+ * alone; its calls go to the kernel (which refuses a VM's calls from
+ * another process). */
+static int foreign(void)
+{
+    return __atomic_load_n(&state, __ATOMIC_ACQUIRE) > 0 && getpid() != owner;
 }
 
 static uint64_t memlock_soft(void)
@@ -548,7 +561,7 @@ int ioctl(int fd, unsigned long req, ...)
     va_start(ap, req);
     arg = va_arg(ap, void *);
     va_end(ap);
-    if (KS_TYPE(req) != KS_KVMIO_PRELOAD || !enabled())
+    if (KS_TYPE(req) != KS_KVMIO_PRELOAD || !enabled() || foreign())
         return REAL(ioctl)(fd, req, arg);
     return kvm_ioctl(fd, req, arg);
 }
@@ -570,7 +583,7 @@ static void forget(int fd)
 
 static int copied(int old, int fd)
 {
-    if (fd >= 0 && kind_of(old) != K_NONE) {
+    if (fd >= 0 && kind_of(old) != K_NONE && !foreign()) {
         struct ks_req q = {.op = OP_DUP, .fd = fd, .aux = (uint64_t)old};
         int saved = errno;
 
@@ -583,6 +596,8 @@ static int copied(int old, int fd)
 
 int close(int fd)
 {
+    if (foreign())
+        return REAL(close)(fd);
     if (fd == sock && sock >= 0) {
         /* The process closes every descriptor (closefrom-style): let it, and
          * reconnect when the model is needed again; the server keeps this
@@ -604,7 +619,7 @@ static int replaced(int old, int fd, int r)
 {
     int saved = errno;
 
-    if (r < 0 || old == fd)
+    if (r < 0 || old == fd || foreign())
         return r;
     if (fd == sock) {
         pthread_mutex_lock(&lock);
@@ -630,6 +645,8 @@ static void closed_range(unsigned int lo, unsigned int hi)
 {
     int saved = errno;
 
+    if (foreign())
+        return;
     if (sock >= 0 && (unsigned int)sock >= lo && (unsigned int)sock <= hi) {
         pthread_mutex_lock(&lock);
         sock_gone();
