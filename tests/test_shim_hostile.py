@@ -161,7 +161,6 @@ def test_a_child_cannot_touch_the_parents_vm(lib: Path, vmm: Path, tmp_path: Pat
     assert not _calls(doc, "destroy")
 
 
-@OPEN  # open
 def test_a_vmm_that_execs_itself_starts_afresh(lib: Path, vmm: Path, tmp_path: Path) -> None:
     _kvm_x86()
     done, doc = _run(lib, tmp_path, "--guest", "0@1=enable:2M", "--", str(vmm), "exec")

@@ -268,6 +268,20 @@ class ModelServer:
             proc = self._procs[pid] = _Process(pid, self._new_host())
         return proc
 
+    def _new_program(self, pid: int) -> None:
+        """A program's first connection: a process the server knew under this
+        pid ran a new program (exec closed its KVM descriptors, all O_CLOEXEC)
+        or its pid was reused. Its VMs are gone, and what they pinned with them."""
+        old = self._procs.pop(pid, None)
+        if old is None:
+            return
+        vms = {id(_vm(obj)): _vm(obj) for obj in old.fds.values()}
+        for vm in sorted(vms.values(), key=lambda v: v.number):
+            vm.model.close()
+            self._record(old, call="destroy", target=f"VM {vm.number}", vm=vm.number).answer(
+                "ok", why="the process started a new program (exec): its descriptors are gone"
+            )
+
     def _record(self, proc: _Process, **fields: Any) -> Entry:
         entry = Entry(seq=len(self.transcript) + 1, pid=proc.pid, **fields)
         self.transcript.append(entry)
@@ -278,6 +292,8 @@ class ModelServer:
     def _request(self, pid: int, data: bytes) -> bytes:
         op, fd, flags, _kind, index, group, attr, value, rlimit, aux = REQUEST.unpack(data)
         if op == OP["hello"]:
+            if not flags & protocol.FLAG_RECONNECT:
+                self._new_program(pid)
             self._process(pid)
             self.clients += 1
             return self._config

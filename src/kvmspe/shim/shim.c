@@ -66,6 +66,7 @@ enum ks_cfg {
 #define KS_NONE UINT64_MAX
 #define FLAG_BAD_ADDR 1u
 #define FLAG_SPE 2u
+#define FLAG_RECONNECT 4u
 #define WIDTH_NO_VALUE 0xffu
 
 struct ks_req {
@@ -107,8 +108,11 @@ static int sock = -1;
  * the shim does not see (a raw system call), so it is checked before use. */
 static dev_t sock_dev;
 static ino_t sock_ino;
-/* The process that connected. */
+/* The process that connected; whether this program connected before (it
+ * closed the shim's socket since): the server then keeps its state, where a
+ * program's first connection (after an exec, say) starts afresh. */
 static pid_t owner;
+static int reconnecting;
 static int state; /* 0: not connected yet, 1: connected, -1: off */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -193,6 +197,7 @@ static void child_after_fork(void)
         REAL(close)(sock);
     sock = -1;
     state = 0;
+    reconnecting = 0;
     memset(kinds, 0, sizeof(kinds));
     memset(run_maps, 0, sizeof(run_maps));
     pthread_mutex_init(&lock, NULL);
@@ -212,6 +217,7 @@ static int sock_is_ours(void)
  * number is the process's now: never close it. Called with the lock held. */
 static void sock_gone(void)
 {
+    reconnecting = 1;
     sock = -1;
     set_state(0);
 }
@@ -256,6 +262,7 @@ static int connected(void)
     strcpy(addr.sun_path, path);
     sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     hello.value = (uint64_t)getpid();
+    hello.flags = reconnecting ? FLAG_RECONNECT : 0;
     if (sock >= 0 && fstat(sock, &st) == 0) {
         sock_dev = st.st_dev;
         sock_ino = st.st_ino;
