@@ -352,8 +352,8 @@ def _client(server: ModelServer) -> socket.socket:
 @pytest.mark.parametrize(
     "message",
     [
-        pytest.param(b'{"a": ' + b"[" * 100000, marks=OPEN),
-        pytest.param(b'{"op": "guest", "fd": 1e400, "what": "state"}', marks=OPEN),
+        b'{"a": ' + b"[" * 100000,
+        b'{"op": "guest", "fd": 1e400, "what": "state"}',
         b'{"op": "guest", "fd": [], "what": "state"}',
         b'{"op": "guest", "fd": 3, "what": "state"}',
     ],

@@ -580,9 +580,14 @@ class ModelServer:
     def _json(self, pid: int, data: bytes) -> bytes:
         try:
             msg = json.loads(data)
+            if not isinstance(msg, dict):
+                raise TypeError(f"a request is a JSON object, got {type(msg).__name__}")
             reply = self._guest_request(self._process(pid), msg)
         except (ValueError, KeyError, TypeError, KvmError) as exc:
             reply = {"error": " ".join(str(exc).split())}
+        except Exception as exc:  # noqa: BLE001 - any process may write here: refuse it, keep serving
+            # Too deep a document is a RecursionError, an infinite number an OverflowError.
+            reply = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:500]}
         return json.dumps(reply).encode()
 
     def _guest_request(self, proc: _Process, msg: dict[str, Any]) -> dict[str, Any]:
