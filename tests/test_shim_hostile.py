@@ -258,7 +258,6 @@ def test_the_commands_own_ld_preload_still_works(lib: Path, public: Path, tmp_pa
     assert _calls(doc, "SET")
 
 
-@OPEN  # open
 def test_not_root_the_command_runs_and_sysfs_is_the_hosts(lib: Path) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run as another user")
@@ -292,7 +291,6 @@ def _lingering(tag: str) -> list[int]:
     return found
 
 
-@OPEN  # open
 def test_timeout_ends_the_commands_children_too(lib: Path, tmp_path: Path) -> None:
     tag = "24.321"
     start = time.monotonic()
@@ -326,7 +324,6 @@ def test_a_transcript_through_a_symlink_writes_its_target(lib: Path, tmp_path: P
     assert link.is_symlink() and json.loads(target.read_text())["status"] == 0
 
 
-@OPEN  # open
 def test_a_shim_path_ld_preload_cannot_name_is_refused(lib: Path, tmp_path: Path) -> None:
     odd = tmp_path / "a dir" / "lib.so"
     odd.parent.mkdir()

@@ -148,6 +148,12 @@ def run(
     if not lib.is_file():
         raise ShimRunError(f"no shim at {lib}: build it with 'kvmspe shim build' or give --lib")
     lib = lib.resolve()  # LD_PRELOAD takes a bare name for a library search, not a relative path
+    if any(c in str(lib) for c in _PRELOAD_SEPARATORS):
+        # ld.so splits LD_PRELOAD at these, and has no way to quote them.
+        raise ShimRunError(
+            f"LD_PRELOAD cannot name {str(lib)!r}: its path holds a space or a colon;"
+            " put the shim where the path has neither (kvmspe shim build -o PATH, then --lib PATH)"
+        )
     notes: list[str] = []
 
     def new_host() -> Host:
@@ -179,6 +185,8 @@ def run(
         return ShimRun(status, list(server.transcript), notes, timed_out)
 
 
+#: What ld.so splits LD_PRELOAD at.
+_PRELOAD_SEPARATORS = ": \t\n"
 #: The child's first step under a mount namespace (see :func:`_enter`).
 _ENTER = "import sys; from kvmspe.shim.launch import _enter; _enter(sys.argv[1], sys.argv[2:])"
 #: How the helper hands the command its own LD_PRELOAD and PYTHONPATH.
@@ -200,14 +208,58 @@ def _wait(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bo
     try:
         proc = subprocess.Popen(argv, env=env)
     except OSError as exc:
-        raise ShimRunError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        # As a shell says it, and as the mount-namespace helper does (:func:`_enter`).
+        print(f"kvmspe shim: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
+        return (127 if isinstance(exc, FileNotFoundError) else 126), False
     try:
         return proc.wait(timeout), False
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_tree(proc.pid)
         proc.wait()
         return -signal.SIGKILL, True
     except BaseException:
-        proc.kill()
+        _kill_tree(proc.pid)
         proc.wait()
         raise
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent, from ``/proc/PID/stat`` (the field after the
+    parenthesised command name, which may itself hold spaces and parentheses)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdecimal():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            parents[int(name)] = int(fields[1])
+    return parents
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process descended from it. Each is stopped
+    first, so that none forks or is reparented while the tree is gathered;
+    a child left behind would outlive the run and hold its output open."""
+    stopped: set[int] = set()
+    gone: set[int] = set()  # ended meanwhile, or not ours to signal (a setuid program)
+    frontier = [pid]
+    while frontier:
+        for p in frontier:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except OSError:
+                gone.add(p)
+            else:
+                stopped.add(p)
+        parents = _parents()
+        frontier = [c for c, up in parents.items() if up in stopped and c not in stopped | gone]
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
