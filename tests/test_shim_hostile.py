@@ -30,8 +30,6 @@ from kvmspe.shim.server import ModelServer, Numbers
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 X86 = Numbers(None, None, 0x10000, True)
-#: A defect not fixed yet: the test shows it.
-OPEN = pytest.mark.xfail(strict=True, reason="not handled yet")
 
 
 def _need_cc() -> str:
@@ -305,7 +303,6 @@ def test_timeout_ends_the_commands_children_too(lib: Path, tmp_path: Path) -> No
     assert not left
 
 
-@OPEN  # open
 def test_a_transcript_that_cannot_be_written_is_refused_before_the_run(lib: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     done, _ = _run(lib, tmp_path, "--transcript", "/proc/no-such-dir-entry.json", "--", "touch", str(marker))
@@ -313,7 +310,6 @@ def test_a_transcript_that_cannot_be_written_is_refused_before_the_run(lib: Path
     assert not marker.exists()
 
 
-@OPEN  # open
 def test_a_transcript_through_a_symlink_writes_its_target(lib: Path, tmp_path: Path) -> None:
     target = tmp_path / "real.json"
     link = tmp_path / "link.json"

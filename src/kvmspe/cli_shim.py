@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +129,20 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
     if args.lib is None and not lib.is_file():
         build.build(lib)
         print(f"kvmspe shim: built {lib}", file=sys.stderr)
-    out = _transcript_target(args.transcript)
-    result = launch.run(
-        command, lib=lib, host=host, numbers=numbers, faults=faults, guest=guest, timeout=float(args.timeout)
-    )
+    out = _Transcript(args.transcript)
+    try:
+        result = launch.run(
+            command,
+            lib=lib,
+            host=host,
+            numbers=numbers,
+            faults=faults,
+            guest=guest,
+            timeout=float(args.timeout),
+        )
+    except BaseException:
+        out.close()
+        raise
     status = _status(result.status, result.timed_out)
     facts = {
         "command": command,
@@ -156,7 +165,7 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
         head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
         lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
         text = "\n".join([*lines, transcript.render(result.transcript)])
-    out(text + "\n")
+    out.write(text + "\n")
     return status
 
 
@@ -166,28 +175,46 @@ def _status(code: int, timed_out: bool) -> int:
     return 128 - code if code < 0 else code
 
 
-def _transcript_target(path: str | None) -> Callable[[str], None]:
-    """Where the transcript goes: stdout, or a file written whole (checked before the run)."""
-    if path is None:
+class _Transcript:
+    """Where the transcript goes: stdout, or a file written whole, whose
+    directory is tried before the run (a file staged there), so that a
+    transcript that cannot be written is refused before the command runs."""
 
-        def show(text: str) -> None:
-            sys.stdout.write(text)
+    def __init__(self, path: str | None):
+        self._target: Path | None = None
+        self._staged: Path | None = None
+        if path is None:
+            return
+        from .cli import UsageError
 
-        return show
-    from .cli import UsageError
-
-    target = Path(path)
-    if not path or "\0" in path or target.is_dir():
-        raise UsageError(f"--transcript {path!r}: give the path of a file to write")
-    if not target.parent.is_dir():
-        raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
-
-    def write(text: str) -> None:
+        target = Path(path)
+        if not path or "\0" in path or target.is_dir():
+            raise UsageError(f"--transcript {path!r}: give the path of a file to write")
+        if target.is_symlink():
+            # Write the file the link names; the link stays.
+            target = Path(os.path.realpath(target))
+        if not target.parent.is_dir():
+            raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
         staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            staged.write_text(text, encoding="utf-8")
-            os.replace(staged, target)
-        finally:
-            staged.unlink(missing_ok=True)
+            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        except OSError as exc:
+            raise UsageError(
+                f"--transcript {path!r}: cannot write in {str(target.parent)!r}: {exc.strerror}"
+            ) from None
+        self._target, self._staged = target, staged
 
-    return write
+    def write(self, text: str) -> None:
+        if self._target is None or self._staged is None:
+            sys.stdout.write(text)
+            return
+        try:
+            self._staged.write_text(text, encoding="utf-8")
+            os.replace(self._staged, self._target)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Remove the staged file, if the transcript was not written."""
+        if self._staged is not None:
+            self._staged.unlink(missing_ok=True)
