@@ -392,3 +392,21 @@ def test_the_server_gone_mid_run_leaves_the_vmm_to_the_kernel(lib: Path, vmm: Pa
     assert proc.returncode == 0
     assert out == "set_spu_after -1 ENXIO\n"  # x86's own answer
     assert "lost the model" in err
+
+
+def test_a_client_that_never_reads_its_answers_does_not_stall_the_others() -> None:
+    hello = protocol.REQUEST.pack(protocol.OP["hello"], 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    with _server() as server, _client(server) as flood:
+        flood.setblocking(False)
+        end = time.monotonic() + 2
+        while time.monotonic() < end:  # until the server's answers to it fill its queue
+            try:
+                flood.send(hello)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:  # the server let it go: as good
+                break
+        with _client(server) as c:
+            c.send(hello)
+            assert len(c.recv(65536)) == len(protocol.CONFIG) * 8
+        assert server.error is None

@@ -257,7 +257,10 @@ class ModelServer:
             else:
                 return False
         try:
-            conn.send(reply)
+            # A shim waits for each answer before it asks again, so its queue
+            # holds none: a client whose answers pile up is not reading them,
+            # and must not stall the server for every other process.
+            conn.send(reply, socket.MSG_DONTWAIT)
         except OSError:
             return False
         return True
