@@ -278,13 +278,14 @@ def test_a_command_that_is_not_found_is_127(lib: Path, tmp_path: Path) -> None:
 
 
 def _lingering(tag: str) -> list[int]:
+    """The processes running ``sleep TAG``."""
     found = []
     for pid in os.listdir("/proc"):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if pid.isdecimal() and tag.encode() in cmdline.split(b"\0"):
+        if pid.isdecimal() and cmdline.split(b"\0")[:2] == [b"sleep", tag.encode()]:
             found.append(int(pid))
     return found
 
@@ -301,6 +302,13 @@ def test_timeout_ends_the_commands_children_too(lib: Path, tmp_path: Path) -> No
     assert done.returncode == 124 and doc["timed_out"]
     assert time.monotonic() - start < 15  # nothing held the output pipe open
     assert not left
+
+
+def test_a_run_leaves_no_directory_behind(lib: Path, tmp_path: Path) -> None:
+    done, _ = _run(lib, tmp_path, "--", "true", env=dict(ENV, TMPDIR=str(tmp_path)))
+    assert done.returncode == 0
+    # As root the run also puts the SPE units it shows in sysfs there.
+    assert not list(tmp_path.glob("kvmspe-shim-*"))
 
 
 def test_a_transcript_that_cannot_be_written_is_refused_before_the_run(lib: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import selectors
+import shutil
 import socket
 import struct
 import tempfile
@@ -200,15 +201,9 @@ class ModelServer:
             os.close(self._stop_r)
             self._stop_w = -1
         self._sock.close()
-        for name in (self.path,):
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        # The directory is the server's own (mkdtemp): the socket, and what the
+        # run put next to it (the SPE units shown in sysfs), go with it.
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- the loop -----------------------------------------------------------------------
 
