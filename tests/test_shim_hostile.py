@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -418,3 +419,28 @@ def test_a_client_that_never_reads_its_answers_does_not_stall_the_others() -> No
             c.send(hello)
             assert len(c.recv(65536)) == len(protocol.CONFIG) * 8
         assert server.error is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_run_ended_by_a_signal_ends_the_command_and_leaves_nothing(
+    lib: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    tag = f"25.{int(sig)}17"
+    env = dict(ENV, TMPDIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "kvmspe", "shim", "run", "--lib", str(lib), "--", "sleep", tag]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 30
+        while not _lingering(tag) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _lingering(tag), "the command did not start"
+        run.send_signal(sig)
+        assert run.wait(15) == 128 + int(sig)
+    finally:
+        run.kill()
+        run.wait()
+        left = _lingering(tag)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left  # the command went with the run
+    assert not list(tmp_path.glob("kvmspe-shim-*"))  # and so did the model's socket

@@ -16,12 +16,14 @@ as root, sysfs is left as it is and :attr:`ShimRun.notes` says so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,7 +174,8 @@ def run(
             argv = [sys.executable, "-c", _ENTER, str(tree), *command]
             notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
             env = _helper_env(env)
-        status, timed_out = _wait(argv, env, timeout)
+        with _ended_by_signals():
+            status, timed_out = _wait(argv, env, timeout)
         if not server.clients:
             notes.append(
                 "no process of the command reached the model: it made no KVM call, or the shim was"
@@ -221,6 +224,31 @@ def _wait(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bo
         _kill_tree(proc.pid)
         proc.wait()
         raise
+
+
+@contextlib.contextmanager
+def _ended_by_signals() -> Iterator[None]:
+    """While the command runs, SIGTERM and SIGHUP end the run as SIGINT does:
+    the command's process tree is killed and the model's socket removed (the
+    default action would leave both behind), and the run exits 128+N. A
+    signal the caller ignores (nohup) stays ignored; only the main thread
+    can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ended(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            old[sig] = signal.signal(sig, ended)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _parents() -> dict[int, int]:
