@@ -209,6 +209,9 @@ def test_values_at_the_edges_of_their_c_types(lib: Path, vmm: Path, tmp_path: Pa
     assert values == [-1, -(1 << 31), -1]  # an int, read as the C type holds it
     rules = {c["rule"] for c in _calls(doc, "HAS")}
     assert rules == {"known-attribute"}
+    # An attribute the group does not have: the shim read no value, so none is shown.
+    unknown = [c for c in _calls(doc, "SET") if c["target"].startswith("KVM_ARM_VCPU_SPE_CTRL attribute")]
+    assert [(c["value"], c["result"], c["rule"]) for c in unknown] == [(None, "ENXIO", "known-attribute")]
 
 
 # -- the environment ------------------------------------------------------------------------

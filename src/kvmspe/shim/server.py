@@ -415,7 +415,10 @@ class ModelServer:
         bad = bool(c.flags & protocol.FLAG_BAD_ADDR)
         value: object = None
         info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, c.attr)
-        if call == "set" and (info is None or info.value is not None):
+        # The shim reads a value only for an attribute that has one: for an
+        # attribute the group does not have (the kernel reads nothing either)
+        # there is no value to show or to give the model.
+        if call == "set" and info is not None and info.value is not None:
             value = abi.BAD_ADDRESS if bad else _signed(c.attr, c.value)
         entry = self._record(
             proc,
