@@ -188,6 +188,38 @@ def test_timer_signals_during_every_exchange(lib: Path, vmm: Path, tmp_path: Pat
     assert len(_calls(doc, "GET")) == 3000
 
 
+def test_timer_signals_while_the_shim_waits_to_connect(vmm: Path, lib: Path) -> None:
+    _kvm_x86()
+    server = _server()
+    # The model's listen backlog is full: the shim's connect() waits, and the
+    # timer interrupts it, until the server starts accepting.
+    waiting = []
+    try:
+        while True:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            c.setblocking(False)
+            try:
+                c.connect(server.path)
+            except BlockingIOError:
+                c.close()
+                break
+            waiting.append(c)
+        env = dict(ENV, LD_PRELOAD=str(lib), KVMSPE_SHIM_SOCKET=server.path)
+        proc = subprocess.Popen(
+            [str(vmm), "signals"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        time.sleep(0.5)
+        with server:
+            out, err = proc.communicate(timeout=60)
+    finally:
+        for c in waiting:
+            c.close()
+        server.close()
+    assert proc.returncode == 0, err
+    assert _steps(out) == {"set_spu": "0 -", "wrong_answers": "0 -", "interrupted": "0 -"}, err
+    assert not err
+
+
 # -- pointers and values --------------------------------------------------------------------
 
 

@@ -48,12 +48,23 @@ static int set_u64(int fd, uint64_t a, uint64_t v) { return attr(fd, KVM_SET_DEV
 
 static int kvm, vm, vcpu;
 
+/* The kernel's own KVM_CREATE_VM can answer EINTR when a signal is pending
+ * (mm_take_all_locks): a VMM under timer signals tries again. */
+#define RETRY(call)                                                                                 \
+    ({                                                                                              \
+        long r_;                                                                                    \
+        do                                                                                          \
+            r_ = (call);                                                                            \
+        while (r_ < 0 && errno == EINTR);                                                           \
+        (int)r_;                                                                                    \
+    })
+
 static void setup(void)
 {
-    kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    vm = ioctl(kvm, KVM_CREATE_VM, 0);
-    ioctl(vm, KVM_CREATE_IRQCHIP, 0);
-    vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    kvm = RETRY(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    vm = RETRY(ioctl(kvm, KVM_CREATE_VM, 0));
+    RETRY(ioctl(vm, KVM_CREATE_IRQCHIP, 0));
+    vcpu = RETRY(ioctl(vm, KVM_CREATE_VCPU, 0));
 }
 
 /* The SPE setup of VCPU fd FD (the VM's SPU and size given once, by VCPU 0). */
@@ -216,7 +227,8 @@ static void server_gone(void)
     show("set_spu_after", set_int(vcpu, SPE_SPU, 10));
 }
 
-/* A timer signal every 200 us, without SA_RESTART, during every exchange. */
+/* A timer signal every 200 us, without SA_RESTART, during every exchange
+ * (and the connection: the test may hold the model's backlog full). */
 static volatile sig_atomic_t ticks;
 static void tick(int sig) { (void)sig; ticks++; }
 
@@ -227,10 +239,11 @@ static void signals(void)
     int bad = 0;
     uint64_t got;
 
+    /* From the first KVM call on: the shim connects to its model under them too. */
     sigaction(SIGALRM, &sa, NULL);
+    setitimer(ITIMER_REAL, &it, NULL);
     setup();
     show("set_spu", set_int(vcpu, SPE_SPU, 10));
-    setitimer(ITIMER_REAL, &it, NULL);
     for (int n = 0; n < 3000; n++) {
         got = 0;
         if (set_u64(vcpu, SPE_MAX_BUFFER_SIZE, 4 << 20) ||

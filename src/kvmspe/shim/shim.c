@@ -240,6 +240,18 @@ static int exchange(const struct ks_req *req, void *out, size_t out_size)
     return n == (ssize_t)out_size ? 0 : -1;
 }
 
+/* connect() waits while the server's listen backlog is full, and a signal
+ * (a VMM's timer, say) interrupts it: try again, as exchange() does. */
+static int connect_retrying(int fd, const struct sockaddr_un *addr)
+{
+    int r;
+
+    do
+        r = connect(fd, (const struct sockaddr *)addr, sizeof(*addr));
+    while (r < 0 && errno == EINTR);
+    return r < 0 && errno == EISCONN ? 0 : r;
+}
+
 /* Connect once per process; called with the lock held. */
 static int connected(void)
 {
@@ -267,7 +279,7 @@ static int connected(void)
         sock_dev = st.st_dev;
         sock_ino = st.st_ino;
     }
-    if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+    if (sock < 0 || connect_retrying(sock, &addr) < 0 ||
         exchange(&hello, cfg, sizeof(cfg)) < 0 || cfg[CFG_VERSION] != KS_VERSION) {
         fprintf(stderr, "kvmspe shim: cannot reach the model at %s (%s); KVM calls go to the kernel unchanged\n",
                 path, strerror(errno));
