@@ -188,6 +188,17 @@ def test_timer_signals_during_every_exchange(lib: Path, vmm: Path, tmp_path: Pat
     assert len(_calls(doc, "GET")) == 3000
 
 
+def test_a_signal_handler_that_copies_and_closes_a_vcpu(lib: Path, vmm: Path, tmp_path: Path) -> None:
+    _kvm_x86()
+    # dup and close are async-signal-safe: a handler may call them while its
+    # thread is inside the shim's exchange with the model (a deadlock, once).
+    done, doc = _run(lib, tmp_path, "--timeout", "30", "--", str(vmm), "handler_closes")
+    assert done.returncode == 0, (done.returncode, done.stdout)
+    steps = _steps(done.stdout)
+    assert steps["wrong_answers"] == "0 -" and steps["interrupted"] == "0 -"
+    assert not _calls(doc, "destroy")
+
+
 def test_timer_signals_while_the_shim_waits_to_connect(vmm: Path, lib: Path) -> None:
     _kvm_x86()
     server = _server()

@@ -256,6 +256,41 @@ static void signals(void)
     show("interrupted", ticks > 10 ? 0 : -1);
 }
 
+/* A signal handler that copies and closes a VCPU descriptor (dup and close
+ * are async-signal-safe), landing while the shim talks to its model. */
+static void copy_and_close(int sig)
+{
+    int saved = errno;
+
+    (void)sig;
+    ticks++;
+    close(dup(vcpu));
+    errno = saved;
+}
+
+static void handler_closes(void)
+{
+    struct sigaction sa = {.sa_handler = copy_and_close};
+    struct itimerval it = {{0, 200}, {0, 200}};
+    int bad = 0;
+    uint64_t got;
+
+    setup();
+    show("set_spu", set_int(vcpu, SPE_SPU, 10));
+    sigaction(SIGALRM, &sa, NULL);
+    setitimer(ITIMER_REAL, &it, NULL);
+    for (int n = 0; n < 3000; n++) {
+        got = 0;
+        if (set_u64(vcpu, SPE_MAX_BUFFER_SIZE, 4 << 20) ||
+            attr(vcpu, KVM_GET_DEVICE_ATTR, SPE_MAX_BUFFER_SIZE, &got) || got != 4 << 20)
+            bad++;
+    }
+    memset(&it, 0, sizeof(it));
+    setitimer(ITIMER_REAL, &it, NULL);
+    show("wrong_answers", -bad);
+    show("interrupted", ticks > 10 ? 0 : -1);
+}
+
 /* A bad pointer for the struct kvm_device_attr itself, and at a page's end. */
 static void bad_arg(void)
 {
@@ -337,6 +372,8 @@ int main(int argc, char **argv)
         threads();
     else if (!strcmp(what, "server_gone"))
         server_gone();
+    else if (!strcmp(what, "handler_closes"))
+        handler_closes();
     else if (!strcmp(what, "signals"))
         signals();
     else if (!strcmp(what, "bad_arg"))

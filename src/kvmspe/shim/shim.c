@@ -115,6 +115,10 @@ static pid_t owner;
 static int reconnecting;
 static int state; /* 0: not connected yet, 1: connected, -1: off */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* Whether this thread holds the lock: a signal handler that closes or copies
+ * a descriptor (both async-signal-safe) may land while it does, and must not
+ * wait for the lock its own thread holds. */
+static __thread volatile int holding;
 
 typedef int (*ioctl_fn)(int, unsigned long, ...);
 typedef int (*close_fn)(int);
@@ -222,6 +226,27 @@ static void sock_gone(void)
     set_state(0);
 }
 
+/* Take the lock; 0 (and nothing taken) in a signal handler that interrupted
+ * this thread while it held the lock: the caller then leaves the model alone.
+ * HOLDING is set before the lock is taken and cleared after it is given back,
+ * so that a handler landing in between never waits for it either. */
+static int take(void)
+{
+    if (holding)
+        return 0;
+    holding = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&lock);
+    return 1;
+}
+
+static void give(void)
+{
+    pthread_mutex_unlock(&lock);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    holding = 0;
+}
+
 static void before_fork(void) { pthread_mutex_lock(&lock); }
 static void parent_after_fork(void) { pthread_mutex_unlock(&lock); }
 
@@ -319,7 +344,8 @@ static struct ks_resp ask(struct ks_req req)
     int saved = errno;
 
     req.rlimit = memlock_soft();
-    pthread_mutex_lock(&lock);
+    if (!take())
+        return resp;
     if (state > 0 && !sock_is_ours())
         sock_gone();
     if (connected() && exchange(&req, &resp, sizeof(resp)) < 0) {
@@ -331,7 +357,7 @@ static struct ks_resp ask(struct ks_req req)
         set_state(-1);
         resp.action = ACT_PASS;
     }
-    pthread_mutex_unlock(&lock);
+    give();
     errno = saved;
     return resp;
 }
@@ -342,9 +368,10 @@ static int enabled(void)
 
     if (now)
         return now > 0;
-    pthread_mutex_lock(&lock);
+    if (!take())
+        return 0;
     on = connected();
-    pthread_mutex_unlock(&lock);
+    give();
     return on;
 }
 
@@ -621,9 +648,10 @@ int close(int fd)
         /* The process closes every descriptor (closefrom-style): let it, and
          * reconnect when the model is needed again; the server keeps this
          * process's state by its pid. */
-        pthread_mutex_lock(&lock);
-        sock_gone();
-        pthread_mutex_unlock(&lock);
+        if (take()) {
+            sock_gone();
+            give();
+        }
     } else
         forget(fd);
     return REAL(close)(fd);
@@ -641,9 +669,10 @@ static int replaced(int old, int fd, int r)
     if (r < 0 || old == fd || foreign())
         return r;
     if (fd == sock) {
-        pthread_mutex_lock(&lock);
-        sock_gone();
-        pthread_mutex_unlock(&lock);
+        if (take()) {
+            sock_gone();
+            give();
+        }
     }
     forget(fd);
     copied(old, fd);
@@ -667,9 +696,10 @@ static void closed_range(unsigned int lo, unsigned int hi)
     if (foreign())
         return;
     if (sock >= 0 && (unsigned int)sock >= lo && (unsigned int)sock <= hi) {
-        pthread_mutex_lock(&lock);
-        sock_gone();
-        pthread_mutex_unlock(&lock);
+        if (take()) {
+            sock_gone();
+            give();
+        }
     }
     for (unsigned int fd = lo; fd <= hi && fd < KS_MAX_FDS; fd++)
         forget((int)fd);
