@@ -14,7 +14,11 @@
  * KVM_CREATE_VM (a VM fd, named anon_inode:kvm-vm), KVM_CREATE_VCPU on such
  * a VM fd (a VCPU fd, anon_inode:kvm-vcpu:N), KVM_CREATE_DEVICE of a vGIC.
  * The table is per process; a child after fork starts with none (KVM refuses
- * a VM's ioctls from another process anyway).
+ * a VM's ioctls from another process anyway), and a child made by vfork or a
+ * raw clone leaves the parent's table and socket alone. close, dup*, fcntl
+ * (F_DUPFD*), close_range and closefrom are followed; the socket's identity
+ * is checked before each use, since the process may close or reuse its
+ * number by means the shim does not see.
  *
  * The op codes and table indices below mirror kvmspe/shim/protocol.py.
  */
