@@ -319,6 +319,19 @@ def test_not_root_the_command_runs_and_sysfs_is_the_hosts(lib: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_root_without_cap_sys_admin_still_runs_the_command(lib: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN (as in a container)")
+    marker = tmp_path / "ran"
+    base = [sys.executable, "-m", "kvmspe", "shim", "run", "--lib", str(lib), "--json"]
+    cmd = ["setpriv", "--bounding-set", "-sys_admin", *base, "--", "touch", str(marker)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()
+    notes = json.loads(done.stdout)["notes"]
+    assert any("is the host's own (unshare failed: Operation not permitted)" in n for n in notes), notes
+
+
 def test_a_command_that_is_not_found_is_127(lib: Path, tmp_path: Path) -> None:
     done, doc = _run(lib, tmp_path, "--", "/nonexistent/vmm")
     assert done.returncode == 127

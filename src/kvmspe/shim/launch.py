@@ -84,16 +84,9 @@ def sysfs_tree(host: Host, root: Path, real: str = EVENT_SOURCES) -> Path:
     return tree
 
 
-def _enter(tree: str, command: Sequence[str]) -> None:
-    """In the child (a fresh Python): a private mount namespace, the tree over
-    the event sources, then exec ``command`` with its own environment back.
-    Exit 126/127 as a shell does."""
-    env = dict(os.environ)
-    for name in _HANDED:
-        env.pop(name, None)
-        handed = env.pop(f"KVMSPE_SHIM_{name}", None)
-        if handed is not None:
-            env[name] = handed
+def _private_mounts(tree: str) -> str | None:
+    """In this process: a private mount namespace with ``tree`` over the event
+    sources; what failed (None: done)."""
     libc = ctypes.CDLL(None, use_errno=True)
     private = _MS_REC | _MS_PRIVATE
     calls: tuple[tuple[str, Callable[[], int]], ...] = (
@@ -106,9 +99,45 @@ def _enter(tree: str, command: Sequence[str]) -> None:
     )
     for what, call in calls:
         if call() != 0:
-            code = ctypes.get_errno()
-            print(f"kvmspe shim: {what} failed: {os.strerror(code)}", file=sys.stderr)
-            os._exit(126)
+            return f"{what} failed: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+def _probe(tree: str) -> None:
+    """In a throwaway child: whether :func:`_private_mounts` can be done here
+    (root in a container often lacks CAP_SYS_ADMIN); exit 0, or 1 saying why."""
+    failed = _private_mounts(tree)
+    if failed is not None:
+        print(failed, flush=True)
+    os._exit(0 if failed is None else 1)
+
+
+def _can_show(tree: Path, env: dict[str, str]) -> str | None:
+    """Why the model's SPE units cannot be shown in sysfs (None: they can)."""
+    probe = [sys.executable, "-c", _PROBE, str(tree)]
+    try:
+        done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no private mount namespace: {exc}"
+    if done.returncode == 0:
+        return None
+    return done.stdout.strip() or done.stderr.strip()[-300:] or f"the probe exited {done.returncode}"
+
+
+def _enter(tree: str, command: Sequence[str]) -> None:
+    """In the child (a fresh Python): a private mount namespace, the tree over
+    the event sources, then exec ``command`` with its own environment back.
+    Exit 126/127 as a shell does."""
+    env = dict(os.environ)
+    for name in _HANDED:
+        env.pop(name, None)
+        handed = env.pop(f"KVMSPE_SHIM_{name}", None)
+        if handed is not None:
+            env[name] = handed
+    failed = _private_mounts(tree)
+    if failed is not None:
+        print(f"kvmspe shim: {failed}", file=sys.stderr)
+        os._exit(126)
     try:
         os.execvpe(command[0], list(command), env)
     except OSError as exc:
@@ -171,9 +200,17 @@ def run(
             )
         else:
             tree = sysfs_tree(host, Path(server.path).parent)
-            argv = [sys.executable, "-c", _ENTER, str(tree), *command]
-            notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
-            env = _helper_env(env)
+            helper = _helper_env(env)
+            failed = _can_show(tree, helper)
+            if failed is None:
+                argv = [sys.executable, "-c", _ENTER, str(tree), *command]
+                notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
+                env = helper
+            else:
+                # The command runs all the same, as for a user that is not root.
+                notes.append(
+                    f"{EVENT_SOURCES} is the host's own ({failed}): the model's SPE units are not shown there"
+                )
         with _ended_by_signals():
             status, timed_out = _wait(argv, env, timeout)
         if not server.clients:
@@ -192,6 +229,8 @@ def run(
 _PRELOAD_SEPARATORS = ": \t\n"
 #: The child's first step under a mount namespace (see :func:`_enter`).
 _ENTER = "import sys; from kvmspe.shim.launch import _enter; _enter(sys.argv[1], sys.argv[2:])"
+#: Whether the helper can set its namespace up (see :func:`_probe`).
+_PROBE = "import sys; from kvmspe.shim.launch import _probe; _probe(sys.argv[1])"
 #: How the helper hands the command its own LD_PRELOAD and PYTHONPATH.
 _HANDED = ("LD_PRELOAD", "PYTHONPATH")
 
