@@ -231,6 +231,18 @@ def test_timer_signals_while_the_shim_waits_to_connect(vmm: Path, lib: Path) -> 
     assert not err
 
 
+def test_the_spe_capability_is_answered_on_kvm_and_vm_fds_only(lib: Path, vmm: Path, tmp_path: Path) -> None:
+    _kvm_x86()
+    done, doc = _run(lib, tmp_path, "--cap", "1000", "--", str(vmm), "check_extension", "1000")
+    assert done.returncode == 0, done.stderr
+    steps = _steps(done.stdout)
+    assert steps["on_kvm"] == "1 -" and steps["on_vm"] == "1 -"
+    # The kernel's own answers: KVM_CHECK_EXTENSION is not a VCPU's ioctl, nor /dev/null's.
+    assert steps["on_vcpu"] == "-1 EINVAL" and steps["on_null"] == "-1 ENOTTY"
+    assert steps["on_closed"] == "-1 EBADF"
+    assert len(_calls(doc, "KVM_CHECK_EXTENSION")) == 2
+
+
 # -- pointers and values --------------------------------------------------------------------
 
 

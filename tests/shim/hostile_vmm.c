@@ -291,6 +291,21 @@ static void handler_closes(void)
     show("interrupted", ticks > 10 ? 0 : -1);
 }
 
+/* KVM_CHECK_EXTENSION of the SPE capability (argv[2]) on each kind of fd:
+ * /dev/kvm and a VM answer it; a VCPU and a file that is not KVM's do not. */
+static void check_extension(const char *cap_text)
+{
+    unsigned long cap = strtoul(cap_text, NULL, 0);
+    int null = open("/dev/null", O_RDONLY);
+
+    setup();
+    show("on_kvm", ioctl(kvm, KVM_CHECK_EXTENSION, cap));
+    show("on_vm", ioctl(vm, KVM_CHECK_EXTENSION, cap));
+    show("on_vcpu", ioctl(vcpu, KVM_CHECK_EXTENSION, cap));
+    show("on_null", ioctl(null, KVM_CHECK_EXTENSION, cap));
+    show("on_closed", ioctl(900, KVM_CHECK_EXTENSION, cap));
+}
+
 /* A bad pointer for the struct kvm_device_attr itself, and at a page's end. */
 static void bad_arg(void)
 {
@@ -374,6 +389,8 @@ int main(int argc, char **argv)
         server_gone();
     else if (!strcmp(what, "handler_closes"))
         handler_closes();
+    else if (!strcmp(what, "check_extension") && argc > 2)
+        check_extension(argv[2]);
     else if (!strcmp(what, "signals"))
         signals();
     else if (!strcmp(what, "bad_arg"))

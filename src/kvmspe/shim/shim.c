@@ -567,8 +567,15 @@ static int kvm_ioctl(int fd, unsigned long req, void *arg)
     if (req == cfg[CFG_CHECK_EXTENSION] && cfg[CFG_CAP_ARM_SPE] != KS_NONE &&
         (uint64_t)(uintptr_t)arg == cfg[CFG_CAP_ARM_SPE]) {
         struct ks_req q = {.op = OP_CHECK_EXTENSION, .fd = fd, .value = cfg[CFG_CAP_ARM_SPE]};
-        struct ks_resp resp = ask(q);
+        struct ks_resp resp;
+        /* Only a descriptor that answers KVM_CHECK_EXTENSION (/dev/kvm, a VM)
+         * has the capability: the kernel says which (a VCPU: EINVAL, a file
+         * that is not KVM's: ENOTTY, a closed one: EBADF). */
+        int r = REAL(ioctl)(fd, req, arg);
 
+        if (r < 0)
+            return r;
+        resp = ask(q);
         if (resp.action == ACT_ANSWER)
             return resp.err ? fail(resp.err) : (int)resp.value;
         return REAL(ioctl)(fd, req, arg);
