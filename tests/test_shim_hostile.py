@@ -134,6 +134,13 @@ def test_closing_every_descriptor_then_going_on(lib: Path, vmm: Path, tmp_path: 
     assert len(_calls(doc, "destroy")) == 1
 
 
+def test_closing_the_shims_socket_keeps_the_vms(lib: Path, vmm: Path, tmp_path: Path) -> None:
+    steps, doc = _scenario(lib, vmm, tmp_path, "close_socket")
+    # The shim connects again; the model keeps this program's VM and its SPU.
+    assert steps["get_spu"] == "0 -" and steps["spu"] == "10"
+    assert not _calls(doc, "destroy")
+
+
 @pytest.mark.parametrize("how", ["close_range", "close_range_raw"])
 def test_close_range_then_the_processs_own_socket_and_pipe(
     lib: Path, vmm: Path, tmp_path: Path, how: str

@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -117,6 +118,23 @@ static void close_all(void)
         close(fd);
     setup();
     show("set_spu_after", set_int(vcpu, SPE_SPU, 11));
+}
+
+/* close() of every socket the process has (the shim's among them), its VM
+ * and VCPU kept: the VCPU is still the model's, with what was set on it. */
+static void close_socket(void)
+{
+    struct stat st;
+    int spu = 0;
+
+    setup();
+    show("set_spu", set_int(vcpu, SPE_SPU, 10));
+    for (int fd = 3; fd < 1024; fd++)
+        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+            close(fd);
+    show("get_spu", attr(vcpu, KVM_GET_DEVICE_ATTR, SPE_SPU, &spu));
+    printf("spu %d\n", spu);
+    fflush(stdout);
 }
 
 /* close_range() over everything (the C library's, or the raw system call the
@@ -373,6 +391,8 @@ int main(int argc, char **argv)
         dup_over();
     else if (!strcmp(what, "close_all"))
         close_all();
+    else if (!strcmp(what, "close_socket"))
+        close_socket();
     else if (!strcmp(what, "close_range"))
         close_range_all(0);
     else if (!strcmp(what, "close_range_raw"))
