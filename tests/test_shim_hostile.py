@@ -14,9 +14,11 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,6 +407,33 @@ def test_a_transcript_through_a_symlink_writes_its_target(lib: Path, tmp_path: P
     done = subprocess.run([*cmd, "--transcript", str(link), "--", "true"], env=ENV, timeout=120)
     assert done.returncode == 0
     assert link.is_symlink() and json.loads(target.read_text())["status"] == 0
+
+
+@pytest.mark.parametrize("through_a_link", [False, True], ids=["fifo", "link-to-fifo"])
+def test_a_transcript_to_a_fifo_is_written_into_it_not_over_it(
+    lib: Path, tmp_path: Path, through_a_link: bool
+) -> None:
+    # As a device (/dev/stderr, /dev/null) is: a file renamed over it would replace the node.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    given = fifo
+    if through_a_link:
+        given = tmp_path / "link"
+        given.symlink_to(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    cmd = [sys.executable, "-m", "kvmspe", "shim", "run", "--lib", str(lib), "--json"]
+    try:
+        done = subprocess.run([*cmd, "--transcript", str(given), "--", "true"], env=ENV, timeout=60)
+    finally:
+        if reader.is_alive():  # nothing opened it for writing: let the reader go
+            with open(fifo, "w"):
+                pass
+        reader.join(10)
+    assert done.returncode == 0
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and given.exists()
+    assert got and json.loads(got[0])["status"] == 0
 
 
 def test_a_shim_path_ld_preload_cannot_name_is_refused(lib: Path, tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ class _Transcript:
     def __init__(self, path: str | None):
         self._target: Path | None = None
         self._staged: Path | None = None
+        self._direct: Path | None = None
         if path is None:
             return
         from .cli import UsageError
@@ -190,6 +191,14 @@ class _Transcript:
         target = Path(path)
         if not path or "\0" in path or target.is_dir():
             raise UsageError(f"--transcript {path!r}: give the path of a file to write")
+        if target.exists() and not target.is_file():
+            # A device, a FIFO, /dev/stderr: written in place, as tee does.
+            # Staging a file next to it and renaming it over would replace
+            # the device node itself (as root: /dev/null for everyone).
+            if not os.access(target, os.W_OK):
+                raise UsageError(f"--transcript {path!r}: not writable")
+            self._direct = target
+            return
         if target.is_symlink():
             # Write the file the link names; the link stays.
             target = Path(os.path.realpath(target))
@@ -205,6 +214,10 @@ class _Transcript:
         self._target, self._staged = target, staged
 
     def write(self, text: str) -> None:
+        if self._direct is not None:
+            with open(self._direct, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
         if self._target is None or self._staged is None:
             sys.stdout.write(text)
             return
