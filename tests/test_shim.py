@@ -361,7 +361,7 @@ def test_a_transcript_that_cannot_be_shown_is_one_line_and_exit_2(
 
 def test_a_transcript_target_that_is_not_a_file_is_refused_before_the_run(lib: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    for target in ("/dev/null", str(tmp_path), str(tmp_path / "missing" / "t.json")):
+    for target in (str(tmp_path), str(tmp_path / "missing" / "t.json"), "/proc/t.json"):
         cmd = [sys.executable, "-m", "kvmspe", "shim", "run", "--lib", str(lib), "--transcript", target]
         done = subprocess.run(
             [*cmd, "--", "touch", str(marker)], capture_output=True, text=True, env=ENV, timeout=60

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +123,6 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
     if not command:
         raise cli.UsageError("no command to run: give it after --, e.g. kvmspe shim run -- ./my-vmm")
     numbers = _numbers(args)
-    from . import abi
-
-    # The model here reads KVM_EXIT_RLIMIT as the command gets it, whatever this process's environment.
-    abi.set_assumed(exit_rlimit=numbers.exit_rlimit)
     faults = tuple(script.parse_fault(s) for s in args.fail)
     guest = tuple(script.parse_guest(s) for s in args.guest)
     host, what = shim_host(args.profile, args.fixture)
@@ -135,9 +130,19 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
     if args.lib is None and not lib.is_file():
         build.build(lib)
         print(f"kvmspe shim: built {lib}", file=sys.stderr)
-    out = _transcript_target(args.transcript)
+    from . import abi
+
+    # The model here reads KVM_EXIT_RLIMIT as the command gets it, whatever this process's environment.
+    abi.set_assumed(exit_rlimit=numbers.exit_rlimit)
+    out = _Transcript(args.transcript)
     result = launch.run(
-        command, lib=lib, host=host, numbers=numbers, faults=faults, guest=guest, timeout=float(args.timeout)
+        command,
+        lib=lib,
+        host=host,
+        numbers=numbers,
+        faults=faults,
+        guest=guest,
+        timeout=float(args.timeout),
     )
     status = _status(result.status, result.timed_out)
     facts = {
@@ -161,7 +166,7 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
         head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
         lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
         text = "\n".join([*lines, transcript.render(result.transcript)])
-    return out(text + "\n", status)
+    return out.write(text + "\n", status)
 
 
 def _status(code: int, timed_out: bool) -> int:
@@ -170,31 +175,59 @@ def _status(code: int, timed_out: bool) -> int:
     return 128 - code if code < 0 else code
 
 
-def _transcript_target(path: str | None) -> Callable[[str, int], int]:
-    """Where the transcript goes: stdout (as every answer of the CLI), or a
-    file written whole (checked before the run); each returns the status."""
-    from .cli import UsageError, _write
+class _Transcript:
+    """Where the transcript goes: stdout, as every answer of the CLI; a file,
+    written whole by :func:`kvmspe.files.replace_whole`, whose directory is
+    tried before the run so that a transcript that cannot be written is
+    refused before the command runs; or a FIFO or device, written in place."""
 
-    if path is None:
-        return _write
+    def __init__(self, path: str | None):
+        self._target: Path | None = None
+        self._direct: Path | None = None
+        if path is None:
+            return
+        from .cli import UsageError
 
-    target = Path(path)
-    if not path or "\0" in path or target.is_dir():
-        raise UsageError(f"--transcript {path!r}: give the path of a file to write")
-    if target.exists() and not target.is_file():
-        raise UsageError(f"--transcript {path!r} is not a regular file; accepted: a new or regular file")
-    if not target.parent.is_dir():
-        raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
+        target = Path(path)
+        if not path or "\0" in path or target.is_dir():
+            raise UsageError(f"--transcript {path!r}: give the path of a file to write")
+        if target.exists() and not target.is_file():
+            # A device, a FIFO, /dev/stderr: written in place, as tee does.
+            # Replacing it by a file would replace the device node itself
+            # (as root: /dev/null for everyone).
+            if not os.access(target, os.W_OK):
+                raise UsageError(f"--transcript {path!r}: not writable")
+            self._direct = target
+            return
+        if target.is_symlink():
+            # Write the file the link names; the link stays.
+            target = Path(os.path.realpath(target))
+        if not target.parent.is_dir():
+            raise UsageError(f"--transcript {path!r}: directory {str(target.parent)!r} does not exist")
+        probe = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(
+                f"--transcript {path!r}: cannot write in {str(target.parent)!r}: {exc.strerror}"
+            ) from None
+        self._target = target
 
-    def write(text: str, status: int) -> int:
-        from .cli import _write_atomically
+    def write(self, text: str, status: int) -> int:
+        """Write ``text``; return ``status`` (or the CLI's status for a lost answer)."""
+        from . import files
+        from .cli import UsageError, _write
 
-        _write_atomically(
-            path,
-            lambda f: f.write(text.encode()),
-            option="--transcript",
-            accepted="a new or regular file",
-        )
+        if self._direct is not None:
+            with open(self._direct, "w", encoding="utf-8") as f:
+                f.write(text)
+            return status
+        if self._target is None:
+            return _write(text, status)
+        try:
+            files.replace_whole([(self._target, lambda f: f.write(text.encode()))])
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise UsageError(f"--transcript {str(self._target)!r}: cannot write it: {why}") from None
         return status
-
-    return write

@@ -16,12 +16,14 @@ as root, sysfs is left as it is and :attr:`ShimRun.notes` says so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,16 +84,9 @@ def sysfs_tree(host: Host, root: Path, real: str = EVENT_SOURCES) -> Path:
     return tree
 
 
-def _enter(tree: str, command: Sequence[str]) -> None:
-    """In the child (a fresh Python): a private mount namespace, the tree over
-    the event sources, then exec ``command`` with its own environment back.
-    Exit 126/127 as a shell does."""
-    env = dict(os.environ)
-    for name in _HANDED:
-        env.pop(name, None)
-        handed = env.pop(f"KVMSPE_SHIM_{name}", None)
-        if handed is not None:
-            env[name] = handed
+def _private_mounts(tree: str) -> str | None:
+    """In this process: a private mount namespace with ``tree`` over the event
+    sources; what failed (None: done)."""
     libc = ctypes.CDLL(None, use_errno=True)
     private = _MS_REC | _MS_PRIVATE
     calls: tuple[tuple[str, Callable[[], int]], ...] = (
@@ -104,9 +99,45 @@ def _enter(tree: str, command: Sequence[str]) -> None:
     )
     for what, call in calls:
         if call() != 0:
-            code = ctypes.get_errno()
-            print(f"kvmspe shim: {what} failed: {os.strerror(code)}", file=sys.stderr)
-            os._exit(126)
+            return f"{what} failed: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+def _probe(tree: str) -> None:
+    """In a throwaway child: whether :func:`_private_mounts` can be done here
+    (root in a container often lacks CAP_SYS_ADMIN); exit 0, or 1 saying why."""
+    failed = _private_mounts(tree)
+    if failed is not None:
+        print(failed, flush=True)
+    os._exit(0 if failed is None else 1)
+
+
+def _can_show(tree: Path, env: dict[str, str]) -> str | None:
+    """Why the model's SPE units cannot be shown in sysfs (None: they can)."""
+    probe = [sys.executable, "-c", _PROBE, str(tree)]
+    try:
+        done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no private mount namespace: {exc}"
+    if done.returncode == 0:
+        return None
+    return done.stdout.strip() or done.stderr.strip()[-300:] or f"the probe exited {done.returncode}"
+
+
+def _enter(tree: str, command: Sequence[str]) -> None:
+    """In the child (a fresh Python): a private mount namespace, the tree over
+    the event sources, then exec ``command`` with its own environment back.
+    Exit 126/127 as a shell does."""
+    env = dict(os.environ)
+    for name in _HANDED:
+        env.pop(name, None)
+        handed = env.pop(f"KVMSPE_SHIM_{name}", None)
+        if handed is not None:
+            env[name] = handed
+    failed = _private_mounts(tree)
+    if failed is not None:
+        print(f"kvmspe shim: {failed}", file=sys.stderr)
+        os._exit(126)
     try:
         os.execvpe(command[0], list(command), env)
     except OSError as exc:
@@ -148,6 +179,12 @@ def run(
     if not lib.is_file():
         raise ShimRunError(f"no shim at {lib}: build it with 'kvmspe shim build' or give --lib")
     lib = lib.resolve()  # LD_PRELOAD takes a bare name for a library search, not a relative path
+    if any(c in str(lib) for c in _PRELOAD_SEPARATORS):
+        # ld.so splits LD_PRELOAD at these, and has no way to quote them.
+        raise ShimRunError(
+            f"LD_PRELOAD cannot name {str(lib)!r}: its path holds a space or a colon;"
+            " put the shim where the path has neither (kvmspe shim build -o PATH, then --lib PATH)"
+        )
     notes: list[str] = []
 
     def new_host() -> Host:
@@ -163,10 +200,19 @@ def run(
             )
         else:
             tree = sysfs_tree(host, Path(server.path).parent)
-            argv = [sys.executable, "-c", _ENTER, str(tree), *command]
-            notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
-            env = _helper_env(env)
-        status, timed_out = _wait(argv, env, timeout)
+            helper = _helper_env(env)
+            failed = _can_show(tree, helper)
+            if failed is None:
+                argv = [sys.executable, "-c", _ENTER, str(tree), *command]
+                notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
+                env = helper
+            else:
+                # The command runs all the same, as for a user that is not root.
+                notes.append(
+                    f"{EVENT_SOURCES} is the host's own ({failed}): the model's SPE units are not shown there"
+                )
+        with _ended_by_signals():
+            status, timed_out = _wait(argv, env, timeout)
         if not server.clients:
             notes.append(
                 "no process of the command reached the model: it made no KVM call, or the shim was"
@@ -179,8 +225,12 @@ def run(
         return ShimRun(status, list(server.transcript), notes, timed_out)
 
 
+#: What ld.so splits LD_PRELOAD at.
+_PRELOAD_SEPARATORS = ": \t\n"
 #: The child's first step under a mount namespace (see :func:`_enter`).
 _ENTER = "import sys; from kvmspe.shim.launch import _enter; _enter(sys.argv[1], sys.argv[2:])"
+#: Whether the helper can set its namespace up (see :func:`_probe`).
+_PROBE = "import sys; from kvmspe.shim.launch import _probe; _probe(sys.argv[1])"
 #: How the helper hands the command its own LD_PRELOAD and PYTHONPATH.
 _HANDED = ("LD_PRELOAD", "PYTHONPATH")
 
@@ -200,14 +250,83 @@ def _wait(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bo
     try:
         proc = subprocess.Popen(argv, env=env)
     except OSError as exc:
-        raise ShimRunError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        # As a shell says it, and as the mount-namespace helper does (:func:`_enter`).
+        print(f"kvmspe shim: cannot run {argv[0]!r}: {exc.strerror}", file=sys.stderr)
+        return (127 if isinstance(exc, FileNotFoundError) else 126), False
     try:
         return proc.wait(timeout), False
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_tree(proc.pid)
         proc.wait()
         return -signal.SIGKILL, True
     except BaseException:
-        proc.kill()
+        _kill_tree(proc.pid)
         proc.wait()
         raise
+
+
+@contextlib.contextmanager
+def _ended_by_signals() -> Iterator[None]:
+    """While the command runs, SIGTERM and SIGHUP end the run as SIGINT does:
+    the command's process tree is killed and the model's socket removed (the
+    default action would leave both behind), and the run exits 128+N. A
+    signal the caller ignores (nohup) stays ignored; only the main thread
+    can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ended(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            old[sig] = signal.signal(sig, ended)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent, from ``/proc/PID/stat`` (the field after the
+    parenthesised command name, which may itself hold spaces and parentheses)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdecimal():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            parents[int(name)] = int(fields[1])
+    return parents
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process descended from it. Each is stopped
+    first, so that none forks or is reparented while the tree is gathered;
+    a child left behind would outlive the run and hold its output open."""
+    stopped: set[int] = set()
+    gone: set[int] = set()  # ended meanwhile, or not ours to signal (a setuid program)
+    frontier = [pid]
+    while frontier:
+        for p in frontier:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except OSError:
+                gone.add(p)
+            else:
+                stopped.add(p)
+        parents = _parents()
+        frontier = [c for c, up in parents.items() if up in stopped and c not in stopped | gone]
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass

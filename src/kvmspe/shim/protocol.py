@@ -22,6 +22,7 @@ __all__ = [
     "ACTIONS",
     "CONFIG",
     "FLAG_BAD_ADDR",
+    "FLAG_RECONNECT",
     "FLAG_SPE",
     "NO_NUMBER",
     "OPS",
@@ -37,7 +38,7 @@ RESPONSE = struct.Struct("=iIQQQ")
 
 #: Op codes: what the shim saw. The order is the C enum ``ks_op``.
 OPS = (
-    "hello",  # value: pid; answered with the CONFIG table
+    "hello",  # value: pid, flags: FLAG_RECONNECT; answered with the CONFIG table
     "check_extension",  # value: capability (only the SPE capability is sent)
     "create_vm",  # fd: the new VM fd
     "create_vcpu",  # fd: the new VCPU fd, aux: the VM fd, index: the VCPU id
@@ -66,6 +67,9 @@ ACTION = {name: i for i, name in enumerate(ACTIONS)}
 
 FLAG_BAD_ADDR = 1
 FLAG_SPE = 2
+#: hello: the same program connects again (it had closed the shim's socket);
+#: without it, a pid the server knows is a new program (exec): a fresh start.
+FLAG_RECONNECT = 4
 
 #: "No such number" in the CONFIG table (a capability nobody gave, say).
 NO_NUMBER = (1 << 64) - 1

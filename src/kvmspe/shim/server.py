@@ -202,7 +202,8 @@ class ModelServer:
             os.close(self._stop_r)
             self._stop_w = -1
         self._sock.close()
-        # The socket, and what a run put beside it (the sysfs view of the SPE units).
+        # The directory is the server's own (mkdtemp): the socket, and what the
+        # run put next to it (the SPE units shown in sysfs), go with it.
         shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- the loop -----------------------------------------------------------------------
@@ -252,7 +253,10 @@ class ModelServer:
             else:
                 return False
         try:
-            conn.send(reply)
+            # A shim waits for each answer before it asks again, so its queue
+            # holds none: a client whose answers pile up is not reading them,
+            # and must not stall the server for every other process.
+            conn.send(reply, socket.MSG_DONTWAIT)
         except OSError:
             return False
         return True
@@ -262,6 +266,20 @@ class ModelServer:
         if proc is None:
             proc = self._procs[pid] = _Process(pid, self._new_host())
         return proc
+
+    def _new_program(self, pid: int) -> None:
+        """A program's first connection: a process the server knew under this
+        pid ran a new program (exec closed its KVM descriptors, all O_CLOEXEC)
+        or its pid was reused. Its VMs are gone, and what they pinned with them."""
+        old = self._procs.pop(pid, None)
+        if old is None:
+            return
+        vms = {id(_vm(obj)): _vm(obj) for obj in old.fds.values()}
+        for vm in sorted(vms.values(), key=lambda v: v.number):
+            vm.model.close()
+            self._record(old, call="destroy", target=f"VM {vm.number}", vm=vm.number).answer(
+                "ok", why="the process started a new program (exec): its descriptors are gone"
+            )
 
     def _record(self, proc: _Process, **fields: Any) -> Entry:
         entry = Entry(seq=len(self.transcript) + 1, pid=proc.pid, **fields)
@@ -273,6 +291,8 @@ class ModelServer:
     def _request(self, pid: int, data: bytes) -> bytes:
         op, fd, flags, _kind, index, group, attr, value, rlimit, aux = REQUEST.unpack(data)
         if op == OP["hello"]:
+            if not flags & protocol.FLAG_RECONNECT:
+                self._new_program(pid)
             self._process(pid)
             self.clients += 1
             return self._config
@@ -396,7 +416,10 @@ class ModelServer:
         bad = bool(c.flags & protocol.FLAG_BAD_ADDR)
         value: object = None
         info = abi.attr_info(abi.KVM_ARM_VCPU_SPE_CTRL, c.attr)
-        if call == "set" and (info is None or info.value is not None):
+        # The shim reads a value only for an attribute that has one: for an
+        # attribute the group does not have (the kernel reads nothing either)
+        # there is no value to show or to give the model.
+        if call == "set" and info is not None and info.value is not None:
             value = abi.BAD_ADDRESS if bad else _signed(c.attr, c.value)
         entry = self._record(
             proc,
@@ -559,9 +582,14 @@ class ModelServer:
     def _json(self, pid: int, data: bytes) -> bytes:
         try:
             msg = json.loads(data)
+            if not isinstance(msg, dict):
+                raise TypeError(f"a request is a JSON object, got {type(msg).__name__}")
             reply = self._guest_request(self._process(pid), msg)
         except (ValueError, KeyError, TypeError, KvmError) as exc:
             reply = {"error": " ".join(str(exc).split())}
+        except Exception as exc:  # noqa: BLE001 - any process may write here: refuse it, keep serving
+            # Too deep a document is a RecursionError, an infinite number an OverflowError.
+            reply = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:500]}
         return json.dumps(reply).encode()
 
     def _guest_request(self, proc: _Process, msg: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,11 @@
  * KVM_CREATE_VM (a VM fd, named anon_inode:kvm-vm), KVM_CREATE_VCPU on such
  * a VM fd (a VCPU fd, anon_inode:kvm-vcpu:N), KVM_CREATE_DEVICE of a vGIC.
  * The table is per process; a child after fork starts with none (KVM refuses
- * a VM's ioctls from another process anyway).
+ * a VM's ioctls from another process anyway), and a child made by vfork or a
+ * raw clone leaves the parent's table and socket alone. close, dup*, fcntl
+ * (F_DUPFD*), close_range and closefrom are followed; the socket's identity
+ * is checked before each use, since the process may close or reuse its
+ * number by means the shim does not see.
  *
  * The op codes and table indices below mirror kvmspe/shim/protocol.py.
  */
@@ -32,6 +36,8 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -65,6 +71,7 @@ enum ks_cfg {
 #define KS_NONE UINT64_MAX
 #define FLAG_BAD_ADDR 1u
 #define FLAG_SPE 2u
+#define FLAG_RECONNECT 4u
 #define WIDTH_NO_VALUE 0xffu
 
 struct ks_req {
@@ -104,8 +111,21 @@ static unsigned char own_sigmask[KS_MAX_FDS];
 static void *run_maps[KS_MAX_FDS];
 static uint64_t cfg[CFG_N];
 static int sock = -1;
+/* The socket's identity: the process may close or replace the number in ways
+ * the shim does not see (a raw system call), so it is checked before use. */
+static dev_t sock_dev;
+static ino_t sock_ino;
+/* The process that connected; whether this program connected before (it
+ * closed the shim's socket since): the server then keeps its state, where a
+ * program's first connection (after an exec, say) starts afresh. */
+static pid_t owner;
+static int reconnecting;
 static int state; /* 0: not connected yet, 1: connected, -1: off */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* Whether this thread holds the lock: a signal handler that closes or copies
+ * a descriptor (both async-signal-safe) may land while it does, and must not
+ * wait for the lock its own thread holds. */
+static __thread volatile int holding;
 
 typedef int (*ioctl_fn)(int, unsigned long, ...);
 typedef int (*close_fn)(int);
@@ -113,6 +133,8 @@ typedef int (*dup_fn)(int);
 typedef int (*dup2_fn)(int, int);
 typedef int (*dup3_fn)(int, int, int);
 typedef int (*fcntl_fn)(int, int, ...);
+typedef int (*close_range_fn)(unsigned int, unsigned int, int);
+typedef void (*closefrom_fn)(int);
 
 static ioctl_fn real_ioctl_p;
 static close_fn real_close_p;
@@ -120,6 +142,9 @@ static dup_fn real_dup_p;
 static dup2_fn real_dup2_p;
 static dup3_fn real_dup3_p;
 static fcntl_fn real_fcntl_p;
+/* Only in a C library that has them (glibc 2.34 on). */
+static close_range_fn real_close_range_p;
+static closefrom_fn real_closefrom_p;
 
 static void *next_symbol(const char *name)
 {
@@ -143,6 +168,8 @@ static void resolve(void)
     real_dup_p = (dup_fn)next_symbol("dup");
     real_dup2_p = (dup2_fn)next_symbol("dup2");
     real_dup3_p = (dup3_fn)next_symbol("dup3");
+    real_close_range_p = (close_range_fn)dlsym(RTLD_NEXT, "close_range");
+    real_closefrom_p = (closefrom_fn)dlsym(RTLD_NEXT, "closefrom");
     real_fcntl_p = (fcntl_fn)next_symbol("fcntl");
 }
 
@@ -173,16 +200,59 @@ static int named(int fd, const char *prefix)
     return strncmp(target, prefix, strlen(prefix)) == 0;
 }
 
+static void set_state(int value) { __atomic_store_n(&state, value, __ATOMIC_RELEASE); }
+
 static void child_after_fork(void)
 {
     if (sock >= 0)
         REAL(close)(sock);
     sock = -1;
     state = 0;
+    reconnecting = 0;
     memset(kinds, 0, sizeof(kinds));
     memset(own_sigmask, 0, sizeof(own_sigmask));
     memset(run_maps, 0, sizeof(run_maps));
     pthread_mutex_init(&lock, NULL);
+}
+
+/* Whether SOCK is still the socket the shim connected. */
+static int sock_is_ours(void)
+{
+    struct stat st;
+
+    return sock >= 0 && fstat(sock, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == sock_dev &&
+           st.st_ino == sock_ino;
+}
+
+/* The process closed or replaced the shim's socket: connect again when the
+ * model is needed; the server keeps this process's state by its pid. The
+ * number is the process's now: never close it. Called with the lock held. */
+static void sock_gone(void)
+{
+    reconnecting = 1;
+    sock = -1;
+    set_state(0);
+}
+
+/* Take the lock; 0 (and nothing taken) in a signal handler that interrupted
+ * this thread while it held the lock: the caller then leaves the model alone.
+ * HOLDING is set before the lock is taken and cleared after it is given back,
+ * so that a handler landing in between never waits for it either. */
+static int take(void)
+{
+    if (holding)
+        return 0;
+    holding = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&lock);
+    return 1;
+}
+
+static void give(void)
+{
+    pthread_mutex_unlock(&lock);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    holding = 0;
 }
 
 static void before_fork(void) { pthread_mutex_lock(&lock); }
@@ -203,37 +273,67 @@ static int exchange(const struct ks_req *req, void *out, size_t out_size)
     return n == (ssize_t)out_size ? 0 : -1;
 }
 
+/* connect() waits while the server's listen backlog is full, and a signal
+ * (a VMM's timer, say) interrupts it: try again, as exchange() does. */
+static int connect_retrying(int fd, const struct sockaddr_un *addr)
+{
+    int r;
+
+    do
+        r = connect(fd, (const struct sockaddr *)addr, sizeof(*addr));
+    while (r < 0 && errno == EINTR);
+    return r < 0 && errno == EISCONN ? 0 : r;
+}
+
 /* Connect once per process; called with the lock held. */
 static int connected(void)
 {
     const char *path;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     struct ks_req hello = {.op = OP_HELLO};
+    struct stat st;
 
     if (state)
         return state > 0;
-    state = -1;
+    /* Other threads read state without the lock (enabled()): it is set
+     * once the outcome is known, never to "off" while connecting. */
     path = getenv("KVMSPE_SHIM_SOCKET");
     if (!path || !*path)
-        return 0;
+        return set_state(-1), 0;
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "kvmspe shim: KVMSPE_SHIM_SOCKET is too long; KVM calls go to the kernel unchanged\n");
-        return 0;
+        return set_state(-1), 0;
     }
     strcpy(addr.sun_path, path);
     sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     hello.value = (uint64_t)getpid();
-    if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+    hello.flags = reconnecting ? FLAG_RECONNECT : 0;
+    if (sock >= 0 && fstat(sock, &st) == 0) {
+        sock_dev = st.st_dev;
+        sock_ino = st.st_ino;
+    }
+    if (sock < 0 || connect_retrying(sock, &addr) < 0 ||
         exchange(&hello, cfg, sizeof(cfg)) < 0 || cfg[CFG_VERSION] != KS_VERSION) {
         fprintf(stderr, "kvmspe shim: cannot reach the model at %s (%s); KVM calls go to the kernel unchanged\n",
                 path, strerror(errno));
         if (sock >= 0)
             REAL(close)(sock);
         sock = -1;
-        return 0;
+        return set_state(-1), 0;
     }
-    state = 1;
+    owner = getpid();
+    set_state(1);
     return 1;
+}
+
+/* Whether this is a child the fork handlers did not run in (vfork, or a raw
+ * clone): it shares (vfork) or copied (clone) the shim's memory and socket,
+ * and the server would take its calls for its parent's. It leaves both
+ * alone; its calls go to the kernel (which refuses a VM's calls from
+ * another process). */
+static int foreign(void)
+{
+    return __atomic_load_n(&state, __ATOMIC_ACQUIRE) > 0 && getpid() != owner;
 }
 
 static uint64_t memlock_soft(void)
@@ -252,29 +352,34 @@ static struct ks_resp ask(struct ks_req req)
     int saved = errno;
 
     req.rlimit = memlock_soft();
-    pthread_mutex_lock(&lock);
+    if (!take())
+        return resp;
+    if (state > 0 && !sock_is_ours())
+        sock_gone();
     if (connected() && exchange(&req, &resp, sizeof(resp)) < 0) {
         fprintf(stderr, "kvmspe shim: lost the model (%s); KVM calls go to the kernel unchanged\n",
                 strerror(errno));
-        REAL(close)(sock);
+        if (sock_is_ours())
+            REAL(close)(sock);
         sock = -1;
-        state = -1;
+        set_state(-1);
         resp.action = ACT_PASS;
     }
-    pthread_mutex_unlock(&lock);
+    give();
     errno = saved;
     return resp;
 }
 
 static int enabled(void)
 {
-    int on;
+    int on, now = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
 
-    if (state)
-        return state > 0;
-    pthread_mutex_lock(&lock);
+    if (now)
+        return now > 0;
+    if (!take())
+        return 0;
     on = connected();
-    pthread_mutex_unlock(&lock);
+    give();
     return on;
 }
 
@@ -509,8 +614,15 @@ static int kvm_ioctl(int fd, unsigned long req, void *arg)
     if (req == cfg[CFG_CHECK_EXTENSION] && cfg[CFG_CAP_ARM_SPE] != KS_NONE &&
         (uint64_t)(uintptr_t)arg == cfg[CFG_CAP_ARM_SPE]) {
         struct ks_req q = {.op = OP_CHECK_EXTENSION, .fd = fd, .value = cfg[CFG_CAP_ARM_SPE]};
-        struct ks_resp resp = ask(q);
+        struct ks_resp resp;
+        /* Only a descriptor that answers KVM_CHECK_EXTENSION (/dev/kvm, a VM)
+         * has the capability: the kernel says which (a VCPU: EINVAL, a file
+         * that is not KVM's: ENOTTY, a closed one: EBADF). */
+        int r = REAL(ioctl)(fd, req, arg);
 
+        if (r < 0)
+            return r;
+        resp = ask(q);
         if (resp.action == ACT_ANSWER)
             return resp.err ? fail(resp.err) : (int)resp.value;
         return REAL(ioctl)(fd, req, arg);
@@ -560,7 +672,7 @@ int ioctl(int fd, unsigned long req, ...)
     va_start(ap, req);
     arg = va_arg(ap, void *);
     va_end(ap);
-    if (KS_TYPE(req) != KS_KVMIO_PRELOAD || !enabled())
+    if (KS_TYPE(req) != KS_KVMIO_PRELOAD || !enabled() || foreign())
         return REAL(ioctl)(fd, req, arg);
     return kvm_ioctl(fd, req, arg);
 }
@@ -583,7 +695,7 @@ static void forget(int fd)
 
 static int copied(int old, int fd)
 {
-    if (fd >= 0 && kind_of(old) != K_NONE) {
+    if (fd >= 0 && kind_of(old) != K_NONE && !foreign()) {
         struct ks_req q = {.op = OP_DUP, .fd = fd, .aux = (uint64_t)old};
         int saved = errno;
 
@@ -596,14 +708,16 @@ static int copied(int old, int fd)
 
 int close(int fd)
 {
+    if (foreign())
+        return REAL(close)(fd);
     if (fd == sock && sock >= 0) {
         /* The process closes every descriptor (closefrom-style): let it, and
          * reconnect when the model is needed again; the server keeps this
          * process's state by its pid. */
-        pthread_mutex_lock(&lock);
-        sock = -1;
-        state = 0;
-        pthread_mutex_unlock(&lock);
+        if (take()) {
+            sock_gone();
+            give();
+        }
     } else
         forget(fd);
     return REAL(close)(fd);
@@ -611,18 +725,75 @@ int close(int fd)
 
 int dup(int old) { return copied(old, REAL(dup)(old)); }
 
-int dup2(int old, int fd)
+/* dup2/dup3 onto FD: what FD was is gone only once the call succeeded (a
+ * failed one leaves FD open, as it was); dup2 of a descriptor onto itself
+ * changes nothing. */
+static int replaced(int old, int fd, int r)
 {
-    if (old != fd)
-        forget(fd);
-    return copied(old, REAL(dup2)(old, fd));
+    int saved = errno;
+
+    if (r < 0 || old == fd || foreign())
+        return r;
+    if (fd == sock) {
+        if (take()) {
+            sock_gone();
+            give();
+        }
+    }
+    forget(fd);
+    copied(old, fd);
+    errno = saved;
+    return r;
 }
 
-int dup3(int old, int fd, int flags)
+int dup2(int old, int fd) { return replaced(old, fd, REAL(dup2)(old, fd)); }
+
+int dup3(int old, int fd, int flags) { return replaced(old, fd, REAL(dup3)(old, fd, flags)); }
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1u << 2)
+#endif
+
+/* Descriptors LO..HI were closed at once (close_range, closefrom). */
+static void closed_range(unsigned int lo, unsigned int hi)
 {
-    if (old != fd)
-        forget(fd);
-    return copied(old, REAL(dup3)(old, fd, flags));
+    int saved = errno;
+
+    if (foreign())
+        return;
+    if (sock >= 0 && (unsigned int)sock >= lo && (unsigned int)sock <= hi) {
+        if (take()) {
+            sock_gone();
+            give();
+        }
+    }
+    for (unsigned int fd = lo; fd <= hi && fd < KS_MAX_FDS; fd++)
+        forget((int)fd);
+    errno = saved;
+}
+
+int close_range(unsigned int lo, unsigned int hi, int flags)
+{
+    int r;
+
+    resolve();
+    r = real_close_range_p ? real_close_range_p(lo, hi, flags) : (int)syscall(SYS_close_range, lo, hi, flags);
+    /* With CLOSE_RANGE_CLOEXEC nothing is closed now: exec closes them. */
+    if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC))
+        closed_range(lo, hi);
+    return r;
+}
+
+void closefrom(int lo)
+{
+    unsigned int from = lo < 0 ? 0 : (unsigned int)lo;
+
+    resolve();
+    if (real_closefrom_p)
+        real_closefrom_p(lo);
+    else
+        syscall(SYS_close_range, from, ~0u, 0);
+    closed_range(from, ~0u);
 }
 
 int fcntl(int fd, int cmd, ...)
