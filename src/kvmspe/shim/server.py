@@ -480,22 +480,22 @@ class ModelServer:
         proc.fds[c.fd] = ("vgic", vm)
         raise _Answer(action="track")
 
+    def _irqchip_ready(self, proc: _Process, vm: _Vm, call: str, target: str, why: str) -> None:
+        """The model's VM has its in-kernel irqchip from now on (the kernel said yes)."""
+        vm.model.irqchip = True
+        self._record(proc, call=call, target=target, vm=vm.number).answer("ok", why=why)
+        raise _Answer()
+
     def _device_init(self, proc: _Process, c: _Call) -> None:
         obj = proc.fds.get(c.fd)
         if not isinstance(obj, tuple):
             raise _Answer(action="pass")
-        vm = obj[1]
-        vm.model.irqchip = True
-        entry = self._record(proc, call="KVM_DEV_ARM_VGIC_CTRL_INIT", target="vGIC", vm=vm.number)
-        entry.answer("ok", why="the VM has its in-kernel irqchip")
-        raise _Answer()
+        why = "the VM has its in-kernel irqchip"
+        self._irqchip_ready(proc, obj[1], "KVM_DEV_ARM_VGIC_CTRL_INIT", "vGIC", why)
 
     def _create_irqchip(self, proc: _Process, c: _Call) -> None:
-        vm = self._vm_of(proc, c.fd)
-        vm.model.irqchip = True
-        entry = self._record(proc, call="KVM_CREATE_IRQCHIP", target="irqchip", vm=vm.number)
-        entry.answer("ok", why="the VM has its in-kernel irqchip (x86's, standing in for a vGIC)")
-        raise _Answer()
+        why = "the VM has its in-kernel irqchip (x86's, standing in for a vGIC)"
+        self._irqchip_ready(proc, self._vm_of(proc, c.fd), "KVM_CREATE_IRQCHIP", "irqchip", why)
 
     def _run(self, proc: _Process, c: _Call) -> None:
         vcpu = self._vcpu(proc, c.fd)

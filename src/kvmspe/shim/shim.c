@@ -796,6 +796,14 @@ void closefrom(int lo)
     closed_range(from, ~0u);
 }
 
+/* fcntl's third argument, whichever type the command takes, fits an unsigned long. */
+static int fcntl_with(int fd, int cmd, unsigned long arg)
+{
+    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+        return copied(fd, REAL(fcntl)(fd, cmd, arg));
+    return REAL(fcntl)(fd, cmd, arg);
+}
+
 int fcntl(int fd, int cmd, ...)
 {
     va_list ap;
@@ -804,11 +812,10 @@ int fcntl(int fd, int cmd, ...)
     va_start(ap, cmd);
     arg = va_arg(ap, unsigned long);
     va_end(ap);
-    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
-        return copied(fd, REAL(fcntl)(fd, cmd, arg));
-    return REAL(fcntl)(fd, cmd, arg);
+    return fcntl_with(fd, cmd, arg);
 }
 
+/* glibc's name for fcntl with 64-bit offsets, which some programs call. */
 int fcntl64(int fd, int cmd, ...)
 {
     va_list ap;
@@ -817,9 +824,7 @@ int fcntl64(int fd, int cmd, ...)
     va_start(ap, cmd);
     arg = va_arg(ap, unsigned long);
     va_end(ap);
-    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
-        return copied(fd, REAL(fcntl)(fd, cmd, arg));
-    return REAL(fcntl)(fd, cmd, arg);
+    return fcntl_with(fd, cmd, arg);
 }
 
 __attribute__((constructor)) static void shim_loaded(void)
