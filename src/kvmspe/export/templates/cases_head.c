@@ -295,3 +295,15 @@ static void set_room(uint64_t room, const struct rlimit *saved)
 	setrlimit(RLIMIT_MEMLOCK, &r);
 }
 
+/* RLIMIT_MEMLOCK for a case without a limit of its own: unlimited where the
+ * process may (CAP_SYS_RESOURCE), else the soft limit at the hard one. */
+static void as_high_as_allowed(const struct rlimit *saved)
+{
+	struct rlimit r = { RLIM_INFINITY, RLIM_INFINITY };
+
+	if (setrlimit(RLIMIT_MEMLOCK, &r)) {
+		r.rlim_cur = saved->rlim_max;
+		r.rlim_max = saved->rlim_max;
+		setrlimit(RLIMIT_MEMLOCK, &r);
+	}
+}
