@@ -163,6 +163,16 @@ def test_builds_without_a_warning_in_debians_6_12_tree(tmp_path: Path, defines: 
     assert makefile.count("TEST_GEN_PROGS_aarch64 += aarch64/spe_conformance\n") == 1  # added once
 
 
+def test_a_warning_fails_the_build(tmp_path: Path) -> None:
+    """-Wunused-macros (not among the tree's flags) warns about the header's macros the test
+    does not use: the script refuses the build."""
+    _can_build()
+    proc = _script(str(tmp_path / "t"), extra_cflags=f"{DEFINES} -Wunused-macros")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "warning:" in proc.stderr and "the build gave the warnings above" in proc.stderr
+    assert not (tmp_path / "t").exists()
+
+
 def test_the_patch_applies_with_git_am(tmp_path: Path) -> None:
     _can_build()
     if not shutil.which("git"):
@@ -182,3 +192,53 @@ def test_the_patch_applies_with_git_am(tmp_path: Path) -> None:
         assert done.returncode == 0, (cmd, done.stderr)
     assert (repo / "tools/testing/selftests/kvm/aarch64/spe_conformance.c").read_text() == render("kselftest")
     assert line in mk.read_text()
+
+
+DOC = (ROOT / "docs" / "export.md").read_text()
+SECTION = DOC[DOC.index("## The KVM selftest (`kselftest`)") :]
+
+
+def test_the_docs_generate_command_writes_the_test(tmp_path: Path) -> None:
+    """Step 1 of docs/export.md's path, run in a stand-in tree."""
+    line = next(ln.strip() for ln in SECTION.splitlines() if ln.strip().startswith("kvmspe export --lang k"))
+    (tmp_path / "tools/testing/selftests/kvm/arm64").mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    script = f'kvmspe() {{ "{sys.executable}" -m kvmspe "$@"; }}\n{line}\n'
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, timeout=120, check=True)
+    written = (tmp_path / "tools/testing/selftests/kvm/arm64/spe_conformance.c").read_text()
+    assert written == render("kselftest")
+
+
+def _console_after(marker: str) -> list[str]:
+    rest = SECTION[SECTION.index(marker) :]
+    block = rest[
+        rest.index("```console") + len("```console") : rest.index("   ```\n", rest.index("```console"))
+    ]
+    return [ln.strip() for ln in block.strip("\n").splitlines()]
+
+
+def test_the_docs_build_example_prints_what_the_page_shows() -> None:
+    """Step 2's console block, replayed where Debian's tree is cached (the figure in seconds
+    and the cache's place may differ)."""
+    _can_build()
+    lines = _console_after("2. **Build it**")
+    assert lines[0].startswith("$ ")
+    command = lines[0][2:]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.pop("EXTRA_CFLAGS", None)
+    proc = subprocess.run(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    def stable(text: str) -> str:
+        return re.sub(r" in \S+linux-source-6\.12", " in TREE", re.sub(r"\d+ s\)", "N s)", text))
+
+    assert stable(proc.stdout.strip()) == stable("\n".join(lines[1:]))

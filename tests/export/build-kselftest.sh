@@ -84,8 +84,8 @@ timeout 600 make -s -C "$tree" ARCH=arm64 CROSS_COMPILE="$cross" headers_install
 timeout 900 make -C "$kvm" ARCH=arm64 CROSS_COMPILE="$cross" EXTRA_CFLAGS="${EXTRA_CFLAGS:-}" \
     "$kvm/$sub/$name" > "$tmp/build.log" 2>&1 \
     || { cat "$tmp/build.log" >&2; fail "the build failed"; }
-if grep -n "$name\.c:[0-9]*:[0-9]*: warning:" "$tmp/build.log" >&2; then
-    fail "the test built with the warnings above"
+if grep -n -B3 "warning:" "$tmp/build.log" >&2; then
+    fail "the build gave the warnings above"
 fi
 seconds=$(( $(date +%s) - start ))
 mkdir -p "$(dirname "$out")"
