@@ -155,6 +155,31 @@ def test_conformance_needs_fifteen_passes_and_honest_skips() -> None:
     assert checks.judge(checks.by_name("conformance-json"), _step("conformance-json", 0, fine)) == []
 
 
+def test_kselftest_on_a_kvm_without_spe_must_skip_with_the_reason_and_status_4() -> None:
+    # As the test printed on Debian's 7.2 cloud kernel in the testbed.
+    out = (
+        "Random seed: 0x6b8b4567\nTAP version 13\n"
+        "1..0 # SKIP - KVM has no SPE: a VCPU with the SPE feature (bit 16): ENOENT\n"
+    )
+    check = checks.by_name("kselftest")
+    assert checks.judge(check, _step("kselftest", 4, out)) == []
+    assert checks.judge(check, _step("kselftest", 0, out))[0].startswith("exit status 0, expected 4")
+    unreasoned = "TAP version 13\n1..0 # SKIP - Requirement not met: H.spe\n"
+    assert len(checks.judge(check, _step("kselftest", 4, unreasoned))) == 1
+
+
+def test_shim_kselftest_needs_every_case_to_agree_and_the_spe_cases_to_run() -> None:
+    check = checks.by_name("shim-kselftest")
+    ok = (
+        "C exit status 0\nC selftest   kvmspe kvm   cases\npassed       passed       128\n"
+        "skipped      skipped      33\nagree: 161 of 161 cases agree\n"
+    )
+    assert checks.judge(check, _step("shim-kselftest", 0, ok)) == []
+    differ = ok.replace("C exit status 0", "C exit status 1")
+    differ = differ.replace("agree: 161 of 161", "differ: 159 of 161")
+    assert len(checks.judge(check, _step("shim-kselftest", 1, differ))) == 2
+
+
 def test_a_traceback_fails_any_check() -> None:
     out = "Traceback (most recent call last):\n  File x\nValueError\n"
     assert any("traceback" in p for p in checks.judge(checks.by_name("cli-bad-input"), _step("c", 2, out)))

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Run the C conformance program and kvmspe's kvm runner on this kernel; compare them case by case.
 
-    python3 tests/export/compare_selftest.py BINARY [SELFTEST-OPTIONS...]
+    python3 tests/export/compare_selftest.py [--kselftest] BINARY [SELFTEST-OPTIONS...]
 
 BINARY is a build of ``kvmspe export --lang c-selftest`` (see
-tests/export/build-selftest.sh); it is copied to a temporary executable first,
+tests/export/build-selftest.sh) or, with ``--kselftest``, of ``kvmspe export
+--lang kselftest`` (tests/export/build-kselftest.sh), whose TAP is kselftest's:
+``ok N NAME: rule R [SOURCE]``, ``ok N # SKIP NAME: reason``, and kvm_util's
+own ``Random seed:`` line. It is copied to a temporary executable first,
 so a copy without the execute bit (e.g. in an initramfs) works. kvmspe must be
 importable (PYTHONPATH=src). Prints a table of (C status, Python status)
 counts and every case where they differ; exit 0 when every case agrees, 1
@@ -23,29 +26,40 @@ import tempfile
 
 TIMEOUT = 900
 _TAP = re.compile(r"^(ok|not ok) (\d+) (\S+)(?: # SKIP (.*))?$")
+#: kselftest's result lines: the SKIP directive comes before the message (ksft_test_result_skip).
+_KSFT = re.compile(r"^(ok|not ok) (\d+) (# SKIP )?([^\s:]+)(?::.*)?$")
 _PLAN = re.compile(r"^1\.\.(\d+)$")
+#: Lines kvm_util prints outside TAP (its random seed, at start-up).
+_KVM_UTIL = ("Random seed: ",)
 
 
 class Unreadable(Exception):
     """Output that is not what the programs print."""
 
 
-def parse_tap(text: str) -> dict[str, str]:
-    """TAP -> {case: passed|failed|skipped}, checking the plan and the numbering."""
+def parse_tap(text: str, kselftest: bool = False) -> dict[str, str]:
+    """TAP -> {case: passed|failed|skipped}, checking the plan and the numbering;
+    ``kselftest``: the kselftest form of the result lines (see the module docstring)."""
     plans = [int(m.group(1)) for m in map(_PLAN.match, text.splitlines()) if m]
     if len(plans) != 1:
         raise Unreadable(f"expected one TAP plan line 1..N, found {len(plans)}")
     results: dict[str, str] = {}
     for line in text.splitlines():
-        m = _TAP.match(line)
+        m = (_KSFT if kselftest else _TAP).match(line)
         if not m:
-            if not line.startswith(("#", "TAP version", "1..")):
+            if not line.startswith(("#", "TAP version", "1..")) and not (
+                kselftest and line.startswith(_KVM_UTIL)
+            ):
                 raise Unreadable(f"not a TAP line: {line!r}")
             continue
         if int(m.group(2)) != len(results) + 1:
             raise Unreadable(f"test number out of order: {line!r}")
-        skipped = m.group(4) is not None
-        results[m.group(3)] = "failed" if m.group(1) == "not ok" else "skipped" if skipped else "passed"
+        name, skipped = (
+            (m.group(4), m.group(3) is not None) if kselftest else (m.group(3), m.group(4) is not None)
+        )
+        if name in results:
+            raise Unreadable(f"case {name} reported twice: {line!r}")
+        results[name] = "failed" if m.group(1) == "not ok" else "skipped" if skipped else "passed"
     if len(results) != plans[0]:
         raise Unreadable(f"the plan says {plans[0]} tests, the output has {len(results)}")
     return results
@@ -91,9 +105,15 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
+    kselftest = argv[0] == "--kselftest"
+    if kselftest:
+        argv = argv[1:]
+    if not argv:
+        print(__doc__.strip())
+        return 2
     try:
         code, tap = run_selftest(argv[0], argv[1:])
-        c = parse_tap(tap)
+        c = parse_tap(tap, kselftest)
         py = run_python()
     except (OSError, Unreadable, ValueError, subprocess.TimeoutExpired) as exc:
         print(f"compare_selftest: {exc}", file=sys.stderr)
