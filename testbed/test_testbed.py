@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import shlex
 import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -195,3 +196,19 @@ def test_pytest_counts_and_the_running_test() -> None:
         checks.by_name("pytest-kvm"), _step("pytest-kvm", 0, "== 2 passed, 1 error in 1s ==")
     )
     assert any("errors" in p for p in problems)
+
+
+def test_a_check_for_one_page_size_runs_there_and_says_why_elsewhere() -> None:
+    check = checks.by_name("shim-kselftest")
+    assert check.page_size == 4096 and check.command in check.guest_command
+    for page, ran in ((4096, True), (16384, False)):
+        script = check.guest_command.replace(check.command, "echo RAN").replace(
+            'os.sysconf(\\"SC_PAGE_SIZE\\")', str(page)
+        )
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+        step = StepResult(check.name, check.limit, started=True, rc=out.returncode, output=out.stdout)
+        assert (checks.skipped(check, step) is None) is ran, out.stdout
+        if not ran:
+            assert checks.skipped(check, step) == checks.KSELFTEST_4K_ONLY
+    plain = checks.by_name("shim-conformance")
+    assert plain.page_size is None and plain.guest_command == plain.command
