@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -115,7 +116,7 @@ class Check:
         if self.page_size is None:
             return self.command
         test = f"python3 -c 'import os, sys; sys.exit(os.sysconf(\"SC_PAGE_SIZE\") != {self.page_size})'"
-        return f"if {test}; then {self.command}; else echo '{SKIPPED_MARK} {self.only_why}'; fi"
+        return f"if {test}; then {self.command}; else echo {shlex.quote(f'{SKIPPED_MARK} {self.only_why}')}; fi"
 
 
 #: What a step prints when its check does not apply to this kernel.

@@ -203,7 +203,7 @@ def test_a_check_for_one_page_size_runs_there_and_says_why_elsewhere() -> None:
     assert check.page_size == 4096 and check.command in check.guest_command
     for page, ran in ((4096, True), (16384, False)):
         script = check.guest_command.replace(check.command, "echo RAN").replace(
-            'os.sysconf(\\"SC_PAGE_SIZE\\")', str(page)
+            'os.sysconf("SC_PAGE_SIZE")', str(page)
         )
         out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
         step = StepResult(check.name, check.limit, started=True, rc=out.returncode, output=out.stdout)
