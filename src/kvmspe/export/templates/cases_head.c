@@ -104,8 +104,8 @@ struct host {
 	int spu_id[MAX_SPUS];
 	int spu_limit_known[MAX_SPUS];
 	uint64_t spu_limit[MAX_SPUS];
-	long feature_bit; /* -1: unknown */
-	long exit_rlimit; /* -1: unknown */
+	long long feature_bit; /* -1: unknown */
+	long long exit_rlimit; /* -1: unknown */
 	char no_spe_why[200];
 };
 

@@ -251,7 +251,7 @@ static int probe_spe_with(int spe_feature, char *why, size_t len)
 	}
 	r = ks_vcpu_add(&vm, spe_feature);
 	if (r < 0) {
-		snprintf(why, len, "a VCPU with the SPE feature (bit %ld): %s", H.feature_bit,
+		snprintf(why, len, "a VCPU with the SPE feature (bit %lld): %s", H.feature_bit,
 			 errname(-r));
 	} else {
 		r = ks_device_attr(&vm, 0, OP_HAS, KVM_ARM_VCPU_SPE_CTRL, KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE, 0);

@@ -150,7 +150,7 @@ int main(void)
 	H.spe = probe_spe_with(1, why, sizeof(why));
 	__TEST_REQUIRE(H.spe, "KVM has no SPE: %s", why);
 	read_spus();
-	ksft_print_msg("SPE feature bit %ld, KVM_EXIT_RLIMIT %ld, page size %llu, %d SPE units in sysfs\n",
+	ksft_print_msg("SPE feature bit %lld, KVM_EXIT_RLIMIT %lld, page size %llu, %d SPE units in sysfs\n",
 		       H.feature_bit, H.exit_rlimit, (unsigned long long)H.page, H.nspu);
 
 	ksft_set_plan(n);

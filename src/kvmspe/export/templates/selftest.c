@@ -204,7 +204,7 @@ static void probe_host(void)
 #if KS_ARM64
 	if (H.feature_bit < 0) {
 		/* Probe, do not guess: only a bit that makes the SPE group answer HAS. */
-		for (long bit = 0; bit < 7 * 32 && H.feature_bit < 0; bit++) {
+		for (long long bit = 0; bit < 7 * 32 && H.feature_bit < 0; bit++) {
 			H.feature_bit = bit;
 			if (!probe_spe_with(1, why, sizeof(why)))
 				H.feature_bit = -1;
@@ -225,15 +225,28 @@ static void probe_host(void)
 		read_spus();
 }
 
-static long number_arg(const char *opt, const char *text)
+static long long number_arg(const char *opt, const char *text)
 {
 	char *end;
-	long v;
+	long long v;
 
 	errno = 0;
-	v = strtol(text, &end, 0);
+	v = strtoll(text, &end, 0);
 	if (errno || end == text || *end || v < 0) {
 		fprintf(stderr, "kvmspe-selftest: %s takes a non-negative number, got '%s'\n", opt, text);
+		exit(2);
+	}
+	return v;
+}
+
+/* An assumed number given at run time: only what kvmspe accepts for it (the header's range). */
+static long long assumed_arg(const char *opt, const char *text, long long lo, long long hi)
+{
+	long long v = number_arg(opt, text);
+
+	if (v < lo || v > hi) {
+		fprintf(stderr, "kvmspe-selftest: %s takes %lld..%lld (below, the numbers are taken"
+				" upstream), got '%s'\n", opt, lo, hi, text);
 		exit(2);
 	}
 	return v;
@@ -266,10 +279,12 @@ int main(int argc, char **argv)
 #endif
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--spe-feature-bit") && i + 1 < argc) {
-			H.feature_bit = number_arg(argv[i], argv[i + 1]);
+			H.feature_bit = assumed_arg(argv[i], argv[i + 1], KVMSPE_KVM_ARM_VCPU_SPE_MIN,
+						    KVMSPE_KVM_ARM_VCPU_SPE_MAX);
 			i++;
 		} else if (!strcmp(argv[i], "--exit-rlimit") && i + 1 < argc) {
-			H.exit_rlimit = number_arg(argv[i], argv[i + 1]);
+			H.exit_rlimit = assumed_arg(argv[i], argv[i + 1], KVMSPE_KVM_EXIT_RLIMIT_MIN,
+						    KVMSPE_KVM_EXIT_RLIMIT_MAX);
 			i++;
 		} else if (!strcmp(argv[i], "--eval") && i + 4 < argc) {
 			/* Print every case expression on a host given as PAGE SPU SPU2 LIMIT. */
