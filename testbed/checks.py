@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from guest import StepResult
@@ -319,7 +319,14 @@ CHECKS: tuple[Check, ...] = (
     ),
     # The tests that need SPE on a real kernel: the conformance cases one by one
     # (the tests about a kernel without SPE run plain, below).
-    _pytest("shim-pytest", "tests/test_conformance.py -k kvm", 300, prefix=f"{SHIM} "),
+    replace(
+        _pytest("shim-pytest", "tests/test_conformance.py -k kvm", 300, prefix=f"{SHIM} "),
+        page_size=4096,
+        only_why=(
+            "the same cases as shim-conformance, which runs on every kernel; here only where they run"
+            " fast enough to keep the testbed's time down (16 KiB pages under TCG are the slow kernel)"
+        ),
+    ),
     _pytest("pytest-kvm", "tests/test_kvm.py", 180),
     _pytest(
         "pytest-kvm-parts",
