@@ -155,6 +155,10 @@ KVMSPE = "python3 -m kvmspe"
 SELFTEST_BUILD = "tests/export/build-selftest.sh"
 SELFTEST_BINARY = "build/kvmspe-selftest-arm64"
 #: The same, linked dynamically: the shim (LD_PRELOAD) reaches only a dynamically linked program.
+#: No check runs it under the shim now: on Debian's 7.2 kernel under TCG the guest kernel
+#: reported a hard lockup on its second CPU during that comparison (twice in three runs), and the
+#: step never ended; shim-kselftest compares the same shared case code through kvm_util.
+#: ``testbed/run --cmd`` still ships it when a command names it.
 SELFTEST_DYNAMIC = "build/kvmspe-selftest-arm64-dynamic"
 SELFTEST_COMPARE = "tests/export/compare_selftest.py"
 #: The same cases as a KVM selftest (``kvmspe export --lang kselftest``), built on the host in
@@ -275,18 +279,6 @@ CHECKS: tuple[Check, ...] = (
             Count(r"^kvm: (\d+) passed", 130, None, "the SPE cases run: far more than the no-SPE ones"),
             Count(r"^kvm: \d+ passed, (\d+) failed", None, 0, "no case fails"),
             Never(r"^SKIPPED .*(host has no SPE|needs guest code|cannot create)", "no case lacks SPE here"),
-        ),
-    ),
-    Check(
-        "shim-c-selftest",
-        f"{SHIM} python3 {SELFTEST_COMPARE} {SELFTEST_DYNAMIC} --spe-feature-bit 16 --exit-rlimit 65536",
-        300,
-        (
-            Exit(0, "under the shim the generated C program agrees with the Python kvm runner on every case"),
-            Shows(r"^agree: (\d+) of \1 cases agree$", "the comparison ran over every case"),
-            Count(
-                r"^passed\s+passed\s+(\d+)$", 100, None, "both ran the SPE cases, not only the no-SPE ones"
-            ),
         ),
     ),
     Check(
