@@ -175,8 +175,7 @@ KSELFTEST_RUN = (
 #: Why the kselftest checks run on the 4 KiB kernels only.
 KSELFTEST_4K_ONLY = (
     "kvm_util's VMs take minutes under TCG on 16 KiB pages (the plain skip 542 s, the comparison 439 s,"
-    " measured); the 16 KiB kernel runs the same cases through the shim in shim-conformance and"
-    " shim-c-selftest"
+    " measured); the 16 KiB kernel runs the same cases through the shim in shim-conformance"
 )
 ERRNO_NOT_ENXIO = r"\bE(?!NXIO\b)[A-Z0-9]{3,}\b"
 #: kvmspe's shim (``kvmspe shim build --cc aarch64-linux-gnu-gcc``), built on the host, shipped here.
