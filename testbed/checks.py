@@ -120,7 +120,8 @@ class Check:
 
 
 #: What a step prints when its check does not apply to this kernel.
-SKIPPED_MARK = "@@TB SKIPPED"
+#: Not an "@@TB" line: the host reads those as the steps' own framing.
+SKIPPED_MARK = "testbed-skip:"
 
 
 def skipped(check: Check, step: StepResult) -> str | None:
