@@ -307,3 +307,16 @@ static void as_high_as_allowed(const struct rlimit *saved)
 		setrlimit(RLIMIT_MEMLOCK, &r);
 	}
 }
+
+/* The numbers the series does not publish, as the build gave them (-1: not given). */
+static void built_in_numbers(void)
+{
+	H.feature_bit = -1;
+	H.exit_rlimit = -1;
+#if KVMSPE_HAVE_KVM_ARM_VCPU_SPE
+	H.feature_bit = KVM_ARM_VCPU_SPE;
+#endif
+#if KVMSPE_HAVE_KVM_EXIT_RLIMIT
+	H.exit_rlimit = KVM_EXIT_RLIMIT;
+#endif
+}

@@ -132,14 +132,7 @@ int main(void)
 	char why[200];
 
 	ksft_print_header();
-	H.feature_bit = -1;
-	H.exit_rlimit = -1;
-#if KVMSPE_HAVE_KVM_ARM_VCPU_SPE
-	H.feature_bit = KVM_ARM_VCPU_SPE;
-#endif
-#if KVMSPE_HAVE_KVM_EXIT_RLIMIT
-	H.exit_rlimit = KVM_EXIT_RLIMIT;
-#endif
+	built_in_numbers();
 	__TEST_REQUIRE(H.feature_bit >= 0,
 		       "KVM_ARM_VCPU_SPE is not defined: this tree's uapi has no SPE series;"
 		       " build with EXTRA_CFLAGS=-DKVM_ARM_VCPU_SPE=N");

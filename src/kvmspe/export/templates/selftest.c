@@ -269,14 +269,7 @@ int main(int argc, char **argv)
 	const char *no_kvm = NULL;
 	char why[512];
 
-	H.feature_bit = -1;
-	H.exit_rlimit = -1;
-#if KVMSPE_HAVE_KVM_ARM_VCPU_SPE
-	H.feature_bit = KVM_ARM_VCPU_SPE;
-#endif
-#if KVMSPE_HAVE_KVM_EXIT_RLIMIT
-	H.exit_rlimit = KVM_EXIT_RLIMIT;
-#endif
+	built_in_numbers();
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--spe-feature-bit") && i + 1 < argc) {
 			H.feature_bit = assumed_arg(argv[i], argv[i + 1], KVMSPE_KVM_ARM_VCPU_SPE_MIN,
