@@ -286,18 +286,21 @@ static void copy_and_close(int sig)
     errno = saved;
 }
 
+/* The timer is one-shot, armed again at each turn of the loop: a periodic
+ * one shorter than the handler's own two exchanges with the model (on a
+ * loaded machine) would run the handler back to back and starve the loop. */
 static void handler_closes(void)
 {
     struct sigaction sa = {.sa_handler = copy_and_close};
-    struct itimerval it = {{0, 200}, {0, 200}};
+    struct itimerval it = {{0, 0}, {0, 200}};
     int bad = 0;
     uint64_t got;
 
     setup();
     show("set_spu", set_int(vcpu, SPE_SPU, 10));
     sigaction(SIGALRM, &sa, NULL);
-    setitimer(ITIMER_REAL, &it, NULL);
     for (int n = 0; n < 3000; n++) {
+        setitimer(ITIMER_REAL, &it, NULL);
         got = 0;
         if (set_u64(vcpu, SPE_MAX_BUFFER_SIZE, 4 << 20) ||
             attr(vcpu, KVM_GET_DEVICE_ATTR, SPE_MAX_BUFFER_SIZE, &got) || got != 4 << 20)
