@@ -14,7 +14,7 @@ import pytest
 
 from kvmspe import abi
 from kvmspe.abi import structs, upstream
-from kvmspe.model.assumptions import DEFAULT
+from kvmspe.assumptions import DEFAULT
 
 SPE = abi.KVM_ARM_VCPU_SPE_CTRL
 MAX = abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from kvmspe.model.assumptions import Assumptions
+from kvmspe.assumptions import Assumptions
 from kvmspe.model.rules import RULES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from test_cli import assert_bad_input, kvmspe
 
 from kvmspe import abi
+from kvmspe.assumptions import DEFAULT
 from kvmspe.errors import InvalidArgumentError, KvmError
 from kvmspe.firmware import acpi, devicetree
 from kvmspe.firmware.interrupt import check_spe_ppi, ppi_range
-from kvmspe.model.assumptions import DEFAULT
 from kvmspe.model.kernel import Host, Spu
 
 TIMEOUT = 60

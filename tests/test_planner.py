@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from kvmspe import abi
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1
+from kvmspe.assumptions import DEFAULT, Assumptions
 from kvmspe.errors import InvalidArgumentError
-from kvmspe.model.assumptions import DEFAULT, Assumptions
 from kvmspe.model.kernel import Host, Spu
 from kvmspe.planner import (
     CONTAINER_ULIMIT_MAX,

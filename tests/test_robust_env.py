@@ -746,7 +746,7 @@ def samples(name: str) -> tuple[list[int], list[int]]:
 def test_the_numbers_kvmspe_accepts_form_one_range() -> None:
     """So that an export can state them as one: nothing refused between the extremes."""
     from kvmspe.abi import upstream
-    from kvmspe.model.assumptions import DEFAULT
+    from kvmspe.assumptions import DEFAULT
 
     taken = {
         "spe_feature_bit": set(upstream.ARM64_VCPU_FEATURES),

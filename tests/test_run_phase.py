@@ -17,7 +17,7 @@ from kvmspe.arch.registers import (
     PMBSR_EL1,
 )
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.model.assumptions import DEFAULT
+from kvmspe.assumptions import DEFAULT
 from kvmspe.model.kernel import Host, Spu, Vcpu, Vm
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

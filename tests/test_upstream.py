@@ -18,8 +18,8 @@ import pytest
 
 from kvmspe import abi
 from kvmspe.abi import upstream
+from kvmspe.assumptions import DEFAULT
 from kvmspe.kvm import SPE_FEATURE_CANDIDATES
-from kvmspe.model.assumptions import DEFAULT
 
 
 def _release(text: str) -> tuple[int, ...]:

@@ -93,7 +93,7 @@ from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
 from .arch.stage1 import Footprint, Stage1, check_granule
 from .errors import InvalidArgumentError
-from .model.assumptions import DEFAULT, Assumptions
+from .assumptions import DEFAULT, Assumptions
 from .units import format_size
 from .validation import U64_MAX, check_int
 

@@ -62,7 +62,7 @@ def _collision(name: str, value: int) -> str | None:
         taken = upstream.EXITS.get(value)
         if taken is not None:
             return f"{value} is {taken[0]} upstream (since Linux {taken[1]}), not KVM_EXIT_RLIMIT"
-        from ..model.assumptions import DEFAULT
+        from ..assumptions import DEFAULT
 
         if value == DEFAULT.idle_exit:
             return f"{value} is the exit the model returns when its guest is idle"
@@ -77,7 +77,7 @@ def accepted_range(name: str) -> tuple[int, int, str]:
     ``hi`` is the top of the number's field. The exports state this range, so
     that they accept exactly what kvmspe accepts.
     """
-    from ..model.assumptions import DEFAULT
+    from ..assumptions import DEFAULT
     from . import upstream
 
     if name not in _ENV:

@@ -4,7 +4,7 @@ The VMM gives KVM an INTID with ``KVM_ARM_VCPU_SPE_IRQ`` and must describe the
 same interrupt to the guest. KVM takes only a PPI (RFC v4/v5 of the series; the
 PMU's interrupt, measured on Linux 7.2, refuses anything else), so the firmware
 description accepts exactly the INTIDs the model's check accepts: the range is
-read from :data:`kvmspe.model.assumptions.DEFAULT`, one place for both.
+read from :data:`kvmspe.assumptions.DEFAULT`, one place for both.
 
 The GIC numbers PPIs from INTID 16 (INTIDs 16..31 are PPIs 0..15): the device
 tree's interrupt specifier carries the PPI number (INTID - 16), ACPI carries the
@@ -15,7 +15,7 @@ INTID 23 as the PMU's "Performance Interrupt" GSIV).
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
-from ..model.assumptions import DEFAULT
+from ..assumptions import DEFAULT
 from ..validation import is_int
 
 __all__ = ["PPI_INTID_BASE", "check_spe_ppi", "ppi_range"]

@@ -33,7 +33,7 @@ host, its VMs and VCPUs takes the host's lock (reentrant), so calls from
 many threads end as if made one after the other, in some order.
 
 Misaligned pointers and limits, empty buffers and when a disable unpins
-follow :class:`kvmspe.model.assumptions.Assumptions`. Disabling unpins; the
+follow :class:`kvmspe.assumptions.Assumptions`. Disabling unpins; the
 host's ``vm_lck`` (VmLck) keeps its peak until the last VM is destroyed.
 """
 
@@ -60,7 +60,7 @@ from ..arch.registers import (
 from ..arch.stage1 import Stage1
 from ..errors import ClosedError, KvmError, RegisterError
 from ..validation import U64_MAX, is_int
-from .assumptions import DEFAULT, Assumptions
+from ..assumptions import DEFAULT, Assumptions
 from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, Outcome, RuleSet, first_outcome
 
@@ -165,7 +165,7 @@ class Host:
             raise ValueError(f"rules must be a kvmspe.model.rules.RuleSet, got {type(rules).__name__}")
         if not isinstance(assumptions, Assumptions):
             raise ValueError(
-                "assumptions must be a kvmspe.model.assumptions.Assumptions,"
+                "assumptions must be a kvmspe.assumptions.Assumptions,"
                 f" got {type(assumptions).__name__}"
             )
         #: Historical maximum of locked memory (VmLck as KVM keeps it).

@@ -21,7 +21,7 @@ Each check names its source class:
 ``uapi``
     the upstream headers;
 ``assumed``
-    none of these (see :mod:`kvmspe.model.assumptions` and ``docs/rules.md``).
+    none of these (see :mod:`kvmspe.assumptions` and ``docs/rules.md``).
 """
 
 from __future__ import annotations
