@@ -14,6 +14,15 @@
 * :class:`ClosedError` (a :class:`KvmError`, errno EBADF) is raised by every
   call on a ``/dev/kvm``, VM, VCPU or device object that has been closed (or
   whose parent has), in both backends, before anything else is done.
+
+The tree is closed: the other exceptions kvmspe defines live next to what
+raises them, and each is a :class:`KvmspeError` (tests/test_errors.py checks
+every module), e.g. ``abi.assumed.AssumedNumberError`` and
+``shim.script.ScriptError`` (also :class:`ValueError`), ``kvm.RunTimeout``
+(a :class:`KvmError`), ``host.memlock.MemlockPermissionError`` (also
+:class:`PermissionError`). A bad argument is an :class:`InvalidArgumentError`
+or another subclass of :class:`ValueError`, so code that catches the built-in
+kind goes on working.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ from typing import TYPE_CHECKING, Any
 from .arch import maxbuf
 from .arch.registers import PMBIDR_EL1
 from .arch.stage1 import Footprint, Stage1, check_granule
-from .errors import InvalidArgumentError
 from .assumptions import DEFAULT, Assumptions
+from .errors import InvalidArgumentError
 from .units import format_size
 from .validation import U64_MAX, check_int
 
@@ -196,7 +196,7 @@ class PlanHost:
             if s.id == spu_id:
                 return s
         there = ", ".join(str(s.id) for s in self.spus) or "none (this host has no SPE unit)"
-        raise ValueError(f"SPU {spu_id} is not on this host ({self.source}); accepted: {there}")
+        raise InvalidArgumentError(f"SPU {spu_id} is not on this host ({self.source}); accepted: {there}")
 
     @classmethod
     def from_model(cls, host: Host, source: str) -> PlanHost:
@@ -211,7 +211,7 @@ class PlanHost:
 
         if not isinstance(name, str):
             known = ", ".join(profiles.PROFILES)
-            raise ValueError(f"profile {name!r} is not a profile name; accepted: {known}")
+            raise InvalidArgumentError(f"profile {name!r} is not a profile name; accepted: {known}")
 
         return cls.from_model(profiles.model_host(name), f"profile {name!r}")
 
@@ -554,7 +554,7 @@ def _int(name: str, value: object, lo: int, hi: int = U64_MAX) -> int:
 def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: list[str]) -> int:
     cap = maxbuf.round_down(spu_limit, page) if spu_limit else 0
     if spu_limit and cap == 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the SPU limit {format_size(spu_limit)} is below the host page size {format_size(page)}:"
             " no max buffer size is accepted on this host"
         )
@@ -603,7 +603,7 @@ def _host_inputs(
     notes: list[str] = []
     if host is None:
         if spu is not None:
-            raise ValueError("an SPU is chosen on a host; accepted: spu=None without a host")
+            raise InvalidArgumentError("an SPU is chosen on a host; accepted: spu=None without a host")
         return (4096 if page_size is None else page_size), (spu_limit or 0), None, None, notes
     chosen = host.spu(spu)
     page = host.page_size if page_size is None else page_size
@@ -660,11 +660,11 @@ def plan(
     if spu is not None:
         _int("spu", spu, 0, (1 << 31) - 1)  # an int perf type: True is not SPU 1
     if host is not None and not isinstance(host, PlanHost):
-        raise ValueError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
+        raise InvalidArgumentError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
     maxbuf.check_page_size(page)
     if not maxbuf.is_representable(limit):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the SPU limit {format_size(limit)} is not a MaxBuffSize size; accepted: representable"
             " sizes (kvmspe sizes lists them)"
         )
@@ -676,7 +676,7 @@ def plan(
     pinned: dict[str, dict[str, Any]] = {}
     if size:
         if vcpus * size > shape.region_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{vcpus} buffers of {format_size(size)} do not fit a {shape.va_bits}-bit guest VA space;"
                 " accepted: more levels, or a smaller size"
             )
@@ -709,7 +709,7 @@ def plan(
     chosen_pinned = pinned[case]["per_vm"]
     memlock = None if chosen_pinned is None else locked_already + held + chosen_pinned
     if memlock is not None and memlock > RLIM_FINITE_MAX:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the RLIMIT_MEMLOCK needed, {format_size(locked_already)} locked already +"
             f" {format_size(held + chosen_pinned)} for SPE, is more than the kernel can hold (a finite"
             f" limit is at most {format_size(RLIM_FINITE_MAX)});"

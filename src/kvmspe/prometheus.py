@@ -17,6 +17,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .errors import InvalidArgumentError
+
 __all__ = ["MetricFamily", "Sample", "TYPES", "escape_help", "escape_label_value", "format_value", "render"]
 
 #: The metric types this module writes (no histograms or summaries: nothing here needs them).
@@ -30,9 +32,9 @@ def _check_name(kind: str, name: str, colon: bool) -> str:
     start = _NAME_START + (":" if colon else "")
     rest = _NAME_REST + (":" if colon else "")
     if not isinstance(name, str) or not name or name[0] not in start or name.strip(rest):
-        raise ValueError(f"bad Prometheus {kind} name {name!r}: accepted: [a-zA-Z_][a-zA-Z0-9_]*")
+        raise InvalidArgumentError(f"bad Prometheus {kind} name {name!r}: accepted: [a-zA-Z_][a-zA-Z0-9_]*")
     if kind == "label" and name.startswith("__"):
-        raise ValueError(f"bad Prometheus label name {name!r}: names starting with __ are reserved")
+        raise InvalidArgumentError(f"bad Prometheus label name {name!r}: names starting with __ are reserved")
     return name
 
 
@@ -80,7 +82,7 @@ class MetricFamily:
     def __post_init__(self) -> None:
         _check_name("metric", self.name, colon=True)
         if self.type not in TYPES:
-            raise ValueError(f"bad metric type {self.type!r}; accepted: {', '.join(TYPES)}")
+            raise InvalidArgumentError(f"bad metric type {self.type!r}; accepted: {', '.join(TYPES)}")
 
     def add(self, value: float, labels: Sequence[tuple[str, str]] = ()) -> None:
         """Append a sample with ``labels`` (name, value) pairs."""

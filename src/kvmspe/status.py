@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InvalidArgumentError
 from .host.kvmprocs import KvmProcess, KvmScan
 from .units import ACCEPTED, format_size, parse_size
 
@@ -68,22 +69,22 @@ _PERCENT_ACCEPTED = "accepted: a size (" + ACCEPTED.removeprefix("accepted: ") +
 def parse_threshold(text: str) -> Threshold:
     """``10%``, ``2.5%`` (of the soft limit) or a size (``64M``). ValueError for anything else."""
     if not isinstance(text, str):
-        raise ValueError(f"invalid threshold {text!r}: not a string; {_PERCENT_ACCEPTED}")
+        raise InvalidArgumentError(f"invalid threshold {text!r}: not a string; {_PERCENT_ACCEPTED}")
     s = text.strip()
     if s.endswith("%"):
         number = s[:-1].strip()
         whole, dot, frac = number.partition(".")
         ok = whole.isascii() and whole.isdigit() and (not dot or (frac.isascii() and frac.isdigit()))
         if not ok or len(number) > 12:
-            raise ValueError(f"invalid threshold {text!r}: not a percentage; {_PERCENT_ACCEPTED}")
+            raise InvalidArgumentError(f"invalid threshold {text!r}: not a percentage; {_PERCENT_ACCEPTED}")
         percent = float(number)
         if percent > 100:
-            raise ValueError(f"invalid threshold {text!r}: above 100%; {_PERCENT_ACCEPTED}")
+            raise InvalidArgumentError(f"invalid threshold {text!r}: above 100%; {_PERCENT_ACCEPTED}")
         return Threshold(percent=percent)
     try:
         return Threshold(nbytes=parse_size(text))
     except ValueError as exc:
-        raise ValueError(f"{exc}; or a percentage 0%..100%") from None
+        raise InvalidArgumentError(f"{exc}; or a percentage 0%..100%") from None
 
 
 @dataclass(frozen=True)

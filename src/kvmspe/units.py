@@ -12,6 +12,7 @@ exact, so ``1.5M`` is refused rather than guessed.
 
 from __future__ import annotations
 
+from .errors import InvalidArgumentError
 from .validation import U64_MAX, is_int
 
 __all__ = [
@@ -92,11 +93,11 @@ def _unit(suffix: str, text: str) -> int:
     letter, tail = suffix[:1], suffix[1:]
     if letter in _UNIT_LETTERS and tail in ("", "b", "B", "ib", "iB", "Ib", "IB"):
         return UNITS[letter.upper()]
-    raise ValueError(f"invalid size {_show(text)}: unknown unit {_show(suffix)}; {ACCEPTED}")
+    raise InvalidArgumentError(f"invalid size {_show(text)}: unknown unit {_show(suffix)}; {ACCEPTED}")
 
 
-def _too_large(text: str) -> ValueError:
-    return ValueError(f"invalid size {_show(text)}: larger than 2**64 - 1 (a u64); {ACCEPTED}")
+def _too_large(text: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"invalid size {_show(text)}: larger than 2**64 - 1 (a u64); {ACCEPTED}")
 
 
 def parse_size(text: str) -> int:
@@ -105,13 +106,13 @@ def parse_size(text: str) -> int:
     Raises :class:`ValueError` (and nothing else) for any other string.
     """
     if not isinstance(text, str):
-        raise ValueError(f"invalid size {text!r}: not a string; {ACCEPTED}")
+        raise InvalidArgumentError(f"invalid size {text!r}: not a string; {ACCEPTED}")
     s = text.strip()
     if not s:
-        raise ValueError(f"invalid size {_show(text)}: empty; {ACCEPTED}")
+        raise InvalidArgumentError(f"invalid size {_show(text)}: empty; {ACCEPTED}")
     if s[0] in "+-":
         what = "negative sizes are not accepted" if s[0] == "-" else "a sign is not accepted"
-        raise ValueError(f"invalid size {_show(text)}: {what}; {ACCEPTED}")
+        raise InvalidArgumentError(f"invalid size {_show(text)}: {what}; {ACCEPTED}")
     hex_digits = _hex_digits(s)
     if hex_digits is not None:
         value = int(hex_digits, 16)
@@ -126,7 +127,7 @@ def parse_size(text: str) -> int:
                 why = "a hexadecimal size takes only hex digits and no unit"
             else:
                 why = "not a size"
-            raise ValueError(f"invalid size {_show(text)}: {why}; {ACCEPTED}")
+            raise InvalidArgumentError(f"invalid size {_show(text)}: {why}; {ACCEPTED}")
         digits, suffix = dec
         unit = _unit(suffix, text)
         if len(digits.lstrip("0")) > _U64_DIGITS:
@@ -152,7 +153,7 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX, minimu
     """
     accepted = f"accepted: decimal or 0x hex, {_range(minimum, maximum)}"
     if not isinstance(text, str):
-        raise ValueError(f"invalid {what} {text!r}: not a string; {accepted}")
+        raise InvalidArgumentError(f"invalid {what} {text!r}: not a string; {accepted}")
     s = text.strip()
     hex_digits = _hex_digits(s)
     decimal = s.isascii() and s.isdigit()
@@ -161,7 +162,7 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX, minimu
             why = "negative values are not accepted"
         else:
             why = "not an unsigned integer"
-        raise ValueError(f"invalid {what} {_show(text)}: {why}; {accepted}")
+        raise InvalidArgumentError(f"invalid {what} {_show(text)}: {why}; {accepted}")
     if hex_digits is not None:
         value = int(hex_digits, 16)
     elif len(s.lstrip("0")) > _U64_DIGITS:
@@ -170,9 +171,9 @@ def parse_uint(text: str, *, what: str = "value", maximum: int = U64_MAX, minimu
         value = _int(s)
     if value > maximum:
         top = _range(minimum, maximum).partition("..")[2]
-        raise ValueError(f"invalid {what} {_show(text)}: larger than {top}; {accepted}")
+        raise InvalidArgumentError(f"invalid {what} {_show(text)}: larger than {top}; {accepted}")
     if value < minimum:
-        raise ValueError(f"invalid {what} {_show(text)}: smaller than {minimum}; {accepted}")
+        raise InvalidArgumentError(f"invalid {what} {_show(text)}: smaller than {minimum}; {accepted}")
     return value
 
 
@@ -182,7 +183,7 @@ def format_size(nbytes: int) -> str:
     The result is exact, so :func:`parse_size` reads it back to the same number.
     """
     if not is_int(nbytes) or nbytes < 0:
-        raise ValueError(f"size {nbytes!r} is not a non-negative integer")
+        raise InvalidArgumentError(f"size {nbytes!r} is not a non-negative integer")
     for letter in "TGMK":
         unit = UNITS[letter]
         if nbytes and nbytes % unit == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import KvmspeError
 from ..validation import is_int
 
 # --- assumed numbers -------------------------------------------------------------
@@ -37,7 +38,7 @@ ASSUMED_ENV: dict[str, str] = dict(_ENV)
 _MAX_DIGITS = 12
 
 
-class AssumedNumberError(ValueError):
+class AssumedNumberError(KvmspeError, ValueError):
     """An assumed number (given to :func:`set_assumed` or in a ``KVMSPE_*``
     environment variable) is not acceptable: out of its field's range, or a
     number upstream Linux already uses for something else."""

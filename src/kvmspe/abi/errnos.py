@@ -7,6 +7,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from ..errors import InvalidArgumentError
 from ..validation import is_int
 from .constants import (
     KVM_ARM_VCPU_SPE_CTRL,
@@ -203,9 +204,9 @@ def check_value(info: AttrInfo, value: int | None) -> None:
     """
     if info.value is None:
         if value is not None:
-            raise ValueError(f"{info.name} takes no value (pass None), got {value!r}")
+            raise InvalidArgumentError(f"{info.name} takes no value (pass None), got {value!r}")
         return
     lo, hi = (0, (1 << 64) - 1) if info.value is U64 else (-(1 << 31), (1 << 31) - 1)
     if not is_int(value) or not lo <= value <= hi:
         ctype = "__u64" if info.value is U64 else "int"
-        raise ValueError(f"{info.name} takes a {ctype} ({lo}..{hi}), got {value!r}")
+        raise InvalidArgumentError(f"{info.name} takes a {ctype} ({lo}..{hi}), got {value!r}")

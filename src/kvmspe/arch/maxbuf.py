@@ -52,7 +52,7 @@ PAGE_SIZES = (4096, 16384, 65536)
 def decode(field: int) -> int:
     """Size in bytes of a MaxBuffSize field value (0 means no limit)."""
     if not is_int(field) or not 0 <= field <= FIELD_MAX:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"MaxBuffSize field {field!r} is out of range: accepted 0..{FIELD_MAX:#x}"
             " (bits [15:14] are reserved and must be zero)"
         )

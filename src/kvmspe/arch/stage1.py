@@ -139,7 +139,7 @@ class Stage1:
     def __post_init__(self) -> None:
         check_granule(self.granule)
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r} is unknown; accepted: contiguous, scattered")
+            raise InvalidArgumentError(f"layout {self.layout!r} is unknown; accepted: contiguous, scattered")
         shift = self.granule.bit_length() - 1
         bits = shift - 3
         levels, va_bits = self.levels, self.va_bits
@@ -171,10 +171,12 @@ class Stage1:
         holes = []
         for hole in self.unmapped:
             if not (isinstance(hole, tuple) and len(hole) == 2 and all(type(x) is int for x in hole)):
-                raise ValueError(f"unmapped entries are (va, size) int pairs, got {hole!r}")
+                raise InvalidArgumentError(f"unmapped entries are (va, size) int pairs, got {hole!r}")
             va, size = hole
             if not (0 <= va < _U64 and 0 < size <= _U64 - va):
-                raise ValueError(f"unmapped range {hole!r} is not inside the 64-bit VA space with size > 0")
+                raise InvalidArgumentError(
+                    f"unmapped range {hole!r} is not inside the 64-bit VA space with size > 0"
+                )
             holes.append((va, size))
         object.__setattr__(self, "unmapped", tuple(sorted(holes)))
         check_int("tree", self.tree, None, None)
@@ -280,7 +282,7 @@ class Stage1:
         check_page_size(page_size)
         region = self.region(lo, hi)
         if region is None or not self.translates(lo, hi):
-            raise ValueError(f"[{lo:#x}, {hi:#x}) has no stage-1 translation in this guest")
+            raise InvalidArgumentError(f"[{lo:#x}, {hi:#x}) has no stage-1 translation in this guest")
         base = 0 if region == 0 else _U64 - self.region_size
         a, b = lo - base, hi - base
         spaces: list[tuple[Hashable, int, int]] = []

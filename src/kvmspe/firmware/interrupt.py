@@ -14,8 +14,8 @@ INTID 23 as the PMU's "Performance Interrupt" GSIV).
 
 from __future__ import annotations
 
-from ..errors import InvalidArgumentError
 from ..assumptions import DEFAULT
+from ..errors import InvalidArgumentError
 from ..validation import is_int
 
 __all__ = ["PPI_INTID_BASE", "check_spe_ppi", "ppi_range"]

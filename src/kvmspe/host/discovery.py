@@ -33,7 +33,7 @@ from typing import Any, TypedDict
 
 from .. import abi
 from ..arch import maxbuf
-from ..errors import KvmError
+from ..errors import InvalidArgumentError, KvmError
 from ..kvm import Kvm, SpeFeature, normalise_arch
 from ..units import parse_uint
 from ..validation import check_int
@@ -129,18 +129,20 @@ def fixture_roots(name: str = FIXTURE_HOST) -> FixtureRoots:
     shipped = sorted(p.name for p in _FIXTURES.iterdir() if p.is_dir())
     accepted = f"accepted: a shipped snapshot ({', '.join(shipped)}) or a directory path with sys/ and proc/"
     if not isinstance(name, str) or not name.strip() or "\0" in name:
-        raise ValueError(f"bad fixture {name!r}; {accepted}")
+        raise InvalidArgumentError(f"bad fixture {name!r}; {accepted}")
     if "/" in name or name in (".", ".."):
         base = Path(name)
         if not base.is_dir():
-            raise ValueError(f"fixture {_show(name)} is not a directory; {accepted}")
+            raise InvalidArgumentError(f"fixture {_show(name)} is not a directory; {accepted}")
         missing = [sub for sub in ("sys", "proc") if not (base / sub).is_dir()]
         if missing:
-            raise ValueError(f"fixture {_show(name)} has no {' or '.join(missing)}/ directory; {accepted}")
+            raise InvalidArgumentError(
+                f"fixture {_show(name)} has no {' or '.join(missing)}/ directory; {accepted}"
+            )
     elif name in shipped:
         base = _FIXTURES / name
     else:
-        raise ValueError(f"no fixture host {_show(name)}; {accepted}")
+        raise InvalidArgumentError(f"no fixture host {_show(name)}; {accepted}")
     return {"sysfs_root": str(base / "sys"), "procfs_root": str(base / "proc")}
 
 
@@ -152,7 +154,7 @@ def parse_cpulist(text: str) -> list[int]:
     ``0-400000000`` costs nothing).
     """
     if not isinstance(text, str):
-        raise ValueError(f"bad CPU list {text!r}: not a string")
+        raise InvalidArgumentError(f"bad CPU list {text!r}: not a string")
     cpus: set[int] = set()
     shown = _show(text.strip())
     for part in text.strip().split(","):
@@ -163,13 +165,19 @@ def parse_cpulist(text: str) -> list[int]:
         lo, hi = lo.strip(), hi.strip()
         numbers = (lo, hi) if sep else (lo,)
         if not all(n.isascii() and n.isdigit() and len(n) <= 5 for n in numbers):
-            raise ValueError(f"bad CPU list {shown}: expected ranges like '0-3,8' of CPUs 0..{MAX_CPUS - 1}")
+            raise InvalidArgumentError(
+                f"bad CPU list {shown}: expected ranges like '0-3,8' of CPUs 0..{MAX_CPUS - 1}"
+            )
         first = int(lo)
         last = int(hi) if sep else first
         if last < first:
-            raise ValueError(f"bad CPU range {_show(part)} in {shown}: expected low-high, low <= high")
+            raise InvalidArgumentError(
+                f"bad CPU range {_show(part)} in {shown}: expected low-high, low <= high"
+            )
         if last >= MAX_CPUS:
-            raise ValueError(f"bad CPU list {shown}: CPU {last} is beyond {MAX_CPUS - 1}, the most Linux has")
+            raise InvalidArgumentError(
+                f"bad CPU list {shown}: CPU {last} is beyond {MAX_CPUS - 1}, the most Linux has"
+            )
         cpus.update(range(first, last + 1))
     return sorted(cpus)
 
@@ -290,7 +298,7 @@ _KINDS = {
 
 def _check_root(name: str, root: object) -> None:
     if not isinstance(root, (str, os.PathLike)) or not str(root) or "\0" in str(root):
-        raise ValueError(f"{name} must be a directory path, got {root!r}")
+        raise InvalidArgumentError(f"{name} must be a directory path, got {root!r}")
 
 
 def _why(exc: OSError) -> str:

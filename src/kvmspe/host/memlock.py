@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import KvmspeError
+from ..errors import InvalidArgumentError, KvmspeError
 from ..validation import check_int
 
 __all__ = [
@@ -132,7 +132,7 @@ def raise_limit(nbytes: int, pid: int | None = None, *, hard: bool = False) -> M
     """
     check_int("nbytes", nbytes, 0, LIMIT_MAX)
     if not isinstance(hard, bool):
-        raise ValueError(f"hard must be True or False, got {hard!r}")
+        raise InvalidArgumentError(f"hard must be True or False, got {hard!r}")
     pid = _pid(pid)
     target = 0 if pid == os.getpid() else pid
     try:

@@ -58,9 +58,9 @@ from ..arch.registers import (
     REGISTERS,
 )
 from ..arch.stage1 import Stage1
-from ..errors import ClosedError, KvmError, RegisterError
-from ..validation import U64_MAX, is_int
 from ..assumptions import DEFAULT, Assumptions
+from ..errors import ClosedError, InvalidArgumentError, KvmError, RegisterError
+from ..validation import U64_MAX, is_int
 from .pinning import Interval, PinnedPages
 from .rules import RULES, Call, Check, Outcome, RuleSet, first_outcome
 
@@ -101,14 +101,14 @@ class Spu:
         cpus: Iterable[int] = (),
     ):
         if not is_int(id) or not 0 <= id < 1 << 31:
-            raise ValueError(f"SPU id must be a non-negative int, got {id!r}")
+            raise InvalidArgumentError(f"SPU id must be a non-negative int, got {id!r}")
         if pmbidr is not None and max_buffer_size is not None:
-            raise ValueError("give max_buffer_size or pmbidr, not both")
+            raise InvalidArgumentError("give max_buffer_size or pmbidr, not both")
         if pmbidr is None:
             pmbidr = PMBIDR_EL1.encode(ALIGN=align, MaxBuffSize=maxbuf.encode(max_buffer_size or 0))
         fields = PMBIDR_EL1.decode(pmbidr)
         if fields["P"]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"PMBIDR_EL1 {pmbidr:#x} has P=1: the buffer is owned by a higher exception"
                 " level, and Linux's SPE driver does not use such a unit"
             )
@@ -155,18 +155,19 @@ class Host:
         self.spus = tuple(spus)
         odd = [s for s in self.spus if not isinstance(s, Spu)]
         if odd:
-            raise ValueError(f"spus takes kvmspe.model.kernel.Spu objects, got {odd[0]!r}")
+            raise InvalidArgumentError(f"spus takes kvmspe.model.kernel.Spu objects, got {odd[0]!r}")
         ids = [s.id for s in self.spus]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"SPU ids must be unique, got {ids}")
+            raise InvalidArgumentError(f"SPU ids must be unique, got {ids}")
         self.memlock_limit = _limit(memlock_limit)
         self.locked_bytes = _bytes("locked", locked)
         if not isinstance(rules, RuleSet):
-            raise ValueError(f"rules must be a kvmspe.model.rules.RuleSet, got {type(rules).__name__}")
+            raise InvalidArgumentError(
+                f"rules must be a kvmspe.model.rules.RuleSet, got {type(rules).__name__}"
+            )
         if not isinstance(assumptions, Assumptions):
-            raise ValueError(
-                "assumptions must be a kvmspe.assumptions.Assumptions,"
-                f" got {type(assumptions).__name__}"
+            raise InvalidArgumentError(
+                f"assumptions must be a kvmspe.assumptions.Assumptions, got {type(assumptions).__name__}"
             )
         #: Historical maximum of locked memory (VmLck as KVM keeps it).
         self.vm_lck = locked
@@ -212,7 +213,7 @@ class Host:
         without one, where the SPE interrupt and INIT answer ENXIO.
         """
         if not isinstance(irqchip, bool):
-            raise ValueError(f"irqchip must be True or False, got {irqchip!r}")
+            raise InvalidArgumentError(f"irqchip must be True or False, got {irqchip!r}")
         vm = Vm(self, irqchip=irqchip)
         self.vms.append(vm)
         return vm
@@ -221,7 +222,9 @@ class Host:
 def _bytes(name: str, value: object, accepted: str = "") -> int:
     """``value`` as a byte count the kernel can hold (0..2**64-1), or ValueError."""
     if not is_int(value) or not 0 <= value <= U64_MAX:
-        raise ValueError(f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}")
+        raise InvalidArgumentError(
+            f"{name} takes {accepted}a number of bytes from 0 to 2**64-1, got {value!r}"
+        )
     return value
 
 
@@ -272,9 +275,9 @@ class Vm:
         if index is None:
             index = next(i for i in range(len(self.used_ids) + 1) if i not in self.used_ids)
         if not is_int(index) or not 0 <= index <= U64_MAX:
-            raise ValueError(f"VCPU index takes an int from 0 to 2**64-1, got {index!r}")
+            raise InvalidArgumentError(f"VCPU index takes an int from 0 to 2**64-1, got {index!r}")
         if not isinstance(spe, bool):
-            raise ValueError(f"spe must be True or False, got {spe!r}")
+            raise InvalidArgumentError(f"spe must be True or False, got {spe!r}")
         limit = self.host.assumptions.max_vcpu_ids
         if index >= limit:
             raise KvmError(
@@ -539,9 +542,11 @@ class Vcpu:
         """
         self._check_open("guest_write")
         if reg not in self.GUEST_REGISTERS:
-            raise ValueError(f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}")
+            raise InvalidArgumentError(
+                f"the guest cannot write {reg!r}; accepted: {', '.join(self.GUEST_REGISTERS)}"
+            )
         if not is_int(value) or not 0 <= value < 1 << 64:
-            raise ValueError(f"{reg} takes a 64-bit value (0..2**64-1), got {value!r}")
+            raise InvalidArgumentError(f"{reg} takes a 64-bit value (0..2**64-1), got {value!r}")
         assumptions = self.vm.host.assumptions
         register = REGISTERS[reg]
         value &= ~register.res0_mask
@@ -575,7 +580,7 @@ class Vcpu:
             return pmbidr
         if reg not in self.GUEST_REGISTERS:
             accepted = ", ".join(("PMBIDR_EL1", *self.GUEST_REGISTERS))
-            raise ValueError(f"the guest cannot read {reg!r} here; accepted: {accepted}")
+            raise InvalidArgumentError(f"the guest cannot read {reg!r} here; accepted: {accepted}")
         return self._regs[reg]
 
     @_serialised
@@ -584,7 +589,7 @@ class Vcpu:
         (None: no translation at all)."""
         self._check_open("guest_map")
         if stage1 is not None and not isinstance(stage1, Stage1):
-            raise ValueError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
+            raise InvalidArgumentError(f"guest_map takes a kvmspe.arch.stage1.Stage1 or None, got {stage1!r}")
         if stage1 != self.stage1 and self._pinned:
             self._unpin()
             self.pending = self.enabled and not self._stopped
@@ -601,10 +606,10 @@ class Vcpu:
         self._check_open("enable_buffer")
         for name, v in (("base", base), ("size", size)):
             if not is_int(v) or v < 0:
-                raise ValueError(f"buffer {name} must be a non-negative int, got {v!r}")
+                raise InvalidArgumentError(f"buffer {name} must be a non-negative int, got {v!r}")
         end = base + size
         if end >= 1 << 64 or end % 4096:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"buffer end {end:#x} cannot be a PMBLIMITR_EL1.LIMIT: it must be 4 KiB aligned and"
                 " below 2**64"
             )

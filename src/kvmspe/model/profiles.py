@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch import maxbuf
+from ..errors import InvalidArgumentError
 from ..host.discovery import HostInfo
 from .kernel import Host, Spu
 
@@ -153,7 +154,7 @@ def model_host(
         return Host(source.page_size, spus_from_info(source), memlock_limit, locked=locked)
     profile = PROFILES.get(source)
     if profile is None:
-        raise ValueError(f"unknown host profile {source!r}; known: {', '.join(PROFILES)}")
+        raise InvalidArgumentError(f"unknown host profile {source!r}; known: {', '.join(PROFILES)}")
     return profile.host(memlock_limit, locked)
 
 
@@ -164,7 +165,7 @@ def profile_for_page_size(page_size: int) -> str:
         if PROFILES[name].page_size == page_size:
             return name
     accepted = ", ".join(str(p) for p in maxbuf.PAGE_SIZES)
-    raise ValueError(f"no profile for a {page_size}-byte page size; accepted: {accepted}")
+    raise InvalidArgumentError(f"no profile for a {page_size}-byte page size; accepted: {accepted}")
 
 
 def fallback_host(

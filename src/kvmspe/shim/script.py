@@ -31,6 +31,7 @@ import errno
 from dataclasses import dataclass
 
 from .. import abi
+from ..errors import KvmspeError
 from ..units import parse_size
 
 __all__ = ["Fault", "GuestAction", "parse_fault", "parse_guest"]
@@ -44,7 +45,7 @@ _SHORT_ATTRS = {
 }
 
 
-class ScriptError(ValueError):
+class ScriptError(KvmspeError, ValueError):
     """A ``--fail`` or ``--guest`` spec that cannot be read; the message says what is accepted."""
 
 
