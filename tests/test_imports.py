@@ -3,10 +3,12 @@ opens nothing under /proc, /sys or /dev, issues no ioctl and raises nothing."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pkgutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,30 @@ def test_the_public_names_are_reached_from_the_root_and_imported_only_when_used(
     assert done.stdout.splitlines() == ["[]", "ok"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         kvmspe.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_exports_only_its_public_names_that_exist(module: str) -> None:
+    """``__all__`` is what ``from M import *`` and the docs take as M's API: every name in
+    it is bound in M, listed once, and public (the package's ``__version__`` aside)."""
+    mod = importlib.import_module(module)
+    names = getattr(mod, "__all__", None)
+    if names is None:
+        assert mod.__file__ is not None and mod.__file__.endswith("__init__.py"), f"{module} has no __all__"
+        kinds = (types.ModuleType,)
+        own = [n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, kinds)]
+            n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        ]
+        assert [n for n in own if n != "annotations"] == [], module
+        return
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert [n for n in names if n.startswith("_") and n != "__version__"] == []
+    assert [n for n in names if not hasattr(mod, n)] == []
+
+
+def test_abi_re_exports_each_submodule_api_once() -> None:
+    from kvmspe import abi
+
+    parts = [abi.assumed, abi.constants, abi.errnos, abi.exits, abi.ioctl, abi.structs]
+    assert abi.__all__ == [n for p in parts for n in p.__all__]
+    assert all(getattr(abi, n) is getattr(p, n) for p in parts for n in p.__all__)

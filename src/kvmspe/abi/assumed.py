@@ -7,6 +7,17 @@ import os
 from ..errors import KvmspeError
 from ..validation import is_int
 
+__all__ = [
+    "ASSUMED",
+    "ASSUMED_ENV",
+    "Assumed",
+    "AssumedNumberError",
+    "MODEL_EXIT_RLIMIT",
+    "accepted_range",
+    "check_assumed",
+    "set_assumed",
+]
+
 # --- assumed numbers -------------------------------------------------------------
 
 #: kvmspe's own number for KVM_EXIT_RLIMIT while the user gives none: the

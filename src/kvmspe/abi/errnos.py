@@ -18,6 +18,18 @@ from .constants import (
 )
 from .structs import INT, U64
 
+__all__ = [
+    "ATTRS",
+    "ATTR_BY_NAME",
+    "AttrInfo",
+    "ERRNO_TABLE",
+    "RUN_ERRNOS",
+    "VGIC_ERRNOS",
+    "attr_info",
+    "check_value",
+    "explain",
+]
+
 VGIC_ERRNOS: dict[str, dict[int, str]] = {
     "create": {
         errno.ENODEV: "this host's KVM cannot emulate a GICv3 (the host has no GICv3,"

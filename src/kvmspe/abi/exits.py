@@ -17,6 +17,11 @@ from .constants import (
     KVM_EXIT_UNKNOWN,
 )
 
+__all__ = [
+    "Exit",
+    "exit_name",
+]
+
 # --- KVM_RUN exits -----------------------------------------------------------------
 
 _EXIT_NAMES = {

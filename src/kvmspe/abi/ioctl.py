@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from .structs import CREATE_DEVICE, DEVICE_ATTR, USERSPACE_MEMORY_REGION, VCPU_INIT
 
+__all__ = [
+    "KVMIO",
+    "KVM_ARM_PREFERRED_TARGET",
+    "KVM_ARM_VCPU_INIT",
+    "KVM_CHECK_EXTENSION",
+    "KVM_CREATE_DEVICE",
+    "KVM_CREATE_DEVICE_TEST",
+    "KVM_CREATE_IRQCHIP",
+    "KVM_CREATE_VCPU",
+    "KVM_CREATE_VM",
+    "KVM_GET_API_VERSION",
+    "KVM_GET_DEVICE_ATTR",
+    "KVM_GET_VCPU_MMAP_SIZE",
+    "KVM_HAS_DEVICE_ATTR",
+    "KVM_RUN",
+    "KVM_SET_DEVICE_ATTR",
+    "KVM_SET_SIGNAL_MASK",
+    "KVM_SET_USER_MEMORY_REGION",
+    "SIGSET_BYTES",
+]
+
 # --- ioctl number encoding (asm-generic/ioctl.h) -----------------------------
 
 _IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
