@@ -100,8 +100,6 @@ def test_each_module_exports_only_its_public_names_that_exist(module: str) -> No
         assert mod.__file__ is not None and mod.__file__.endswith("__init__.py"), f"{module} has no __all__"
         kinds = (types.ModuleType,)
         own = [n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, kinds)]
-            n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
-        ]
         assert [n for n in own if n != "annotations"] == [], module
         return
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
