@@ -27,25 +27,91 @@ Each check names its source class:
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import abi
 from ..arch import maxbuf
+from ..assumptions import Assumptions
 from ..errors import NotRepresentableError
 
-if TYPE_CHECKING:
-    from .kernel import Vcpu
+__all__ = [
+    "Call",
+    "Check",
+    "HostState",
+    "Outcome",
+    "RuleSet",
+    "RULES",
+    "SpuState",
+    "VcpuState",
+    "VmState",
+    "first_outcome",
+]
 
-__all__ = ["Call", "Check", "Outcome", "RuleSet", "RULES", "first_outcome"]
+# What the checks read of the kernel's state: the model's Host, Vm, Vcpu and Spu
+# (kvmspe.model.kernel) satisfy these, and the rules need nothing else of them.
+
+
+class SpuState(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def max_buffer_size(self) -> int:
+        """The SPU's own limit in bytes; 0: none."""
+
+
+class HostState(Protocol):
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def spus(self) -> Sequence[SpuState]: ...
+    @property
+    def assumptions(self) -> Assumptions: ...
+    @property
+    def memlock_limit(self) -> int | None: ...
+    @property
+    def locked_bytes(self) -> int: ...
+    def memlock_room(self) -> int | None:
+        """Bytes that may still be locked under RLIMIT_MEMLOCK; None: no limit."""
+
+    def spu(self, spu_id: object) -> SpuState | None:
+        """The host's SPU with this id, or None."""
+
+
+class VmState(Protocol):
+    @property
+    def host(self) -> HostState: ...
+    @property
+    def has_run(self) -> bool: ...
+    @property
+    def irqchip(self) -> bool: ...
+    @property
+    def spu(self) -> SpuState | None: ...
+    @property
+    def max_buffer_size(self) -> int | None: ...
+    @property
+    def irq(self) -> int | None: ...
+
+
+class VcpuState(Protocol):
+    @property
+    def vm(self) -> VmState: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def spe(self) -> bool: ...
+    @property
+    def initialised(self) -> bool: ...
+    @property
+    def irq(self) -> int | None: ...
 
 
 @dataclass
 class Call:
     """One ioctl as the checks see it: the VCPU, and the value read from addr."""
 
-    vcpu: Vcpu
+    vcpu: VcpuState
     attr: int = 0
     value: object = None
 
