@@ -21,7 +21,6 @@ from kvmspe.planner import (
     RLIM_FINITE_MAX,
     ULIMIT_KIB_MAX,
     PlanHost,
-    PlanSpu,
     memlock_settings,
     placements,
     plan,
@@ -261,7 +260,7 @@ def test_defaults_are_one_vcpu_4_mib_and_the_worst_case() -> None:
 
 
 def test_the_default_size_is_clamped_to_the_spu_limit_with_a_warning() -> None:
-    p = plan(1, host=PlanHost("test", 4096, (PlanSpu(7, 2 * MiB, (0, 1)),)))
+    p = plan(1, host=PlanHost("test", 4096, (Spu(7, 2 * MiB, cpus=(0, 1)),)))
     assert p.size == 2 * MiB and p.spu_limit == 2 * MiB
     assert any("above the SPU limit; clamped to 2 MiB" in w for w in p.warnings)
 
@@ -617,7 +616,7 @@ def test_why_says_a_misaligned_buffer_pins_a_host_page_more_on_large_granules() 
 
 @pytest.mark.parametrize("spu", [True, 1.0, "1", -1])
 def test_an_spu_that_is_not_an_int_id_is_refused_even_where_it_compares_equal(spu: object) -> None:
-    host = PlanHost("a host with SPU 1", 4096, (PlanSpu(1, 0, (0, 1)),))
+    host = PlanHost("a host with SPU 1", 4096, (Spu(1, 0, cpus=(0, 1)),))
     assert plan(1, MiB, host=host, spu=1).spu == 1
     with pytest.raises(ValueError, match=r"^spu .*accepted: ") as info:
         plan(1, MiB, host=host, spu=spu)  # type: ignore[arg-type]

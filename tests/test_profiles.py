@@ -10,7 +10,7 @@ import pytest
 from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.host.discovery import HostInfo, discover, fixture_roots
-from kvmspe.model.kernel import Host, Vcpu
+from kvmspe.model.kernel import Host, Spu, Vcpu
 from kvmspe.model.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -165,3 +165,19 @@ def test_a_host_with_spe_units_is_modelled_from_them() -> None:
 def test_elsewhere_the_default_profile_is_modelled(info: HostInfo | None) -> None:
     host, why = fallback_host(info)
     assert host.page_size == 4096 and repr(DEFAULT_PROFILE) in why
+
+
+def test_an_spu_is_one_value_type_shared_by_profiles_planner_and_model() -> None:
+    from kvmspe.planner import PlanHost
+
+    a = Spu(10, 4 << 20, cpus=(3, 1, 2))
+    b = Spu(10, pmbidr=a.pmbidr, cpus=[1, 2, 3])
+    assert a == b and hash(a) == hash(b) and a.cpus == (1, 2, 3)
+    assert a != Spu(10, 4 << 20, cpus=(1, 2)) and a != Spu(11, 4 << 20, cpus=(1, 2, 3))
+    assert a.to_dict() == {"id": 10, "max_buffer_size": 4 << 20, "cpus": [1, 2, 3]}
+    with pytest.raises(AttributeError, match="immutable"):
+        a.id = 11
+    profile = PROFILES["big-little"]
+    assert all(type(s) is Spu for s in profile.spus)
+    assert profile.host().spus == profile.spus
+    assert PlanHost.from_profile("big-little").spus == profile.spus

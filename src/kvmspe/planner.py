@@ -99,7 +99,7 @@ from .validation import U64_MAX, check_int
 
 if TYPE_CHECKING:
     from .host.discovery import HostInfo
-    from .model.kernel import Host
+    from .model.kernel import Host, Spu
 
 __all__ = [
     "DEFAULT_CASE",
@@ -113,7 +113,6 @@ __all__ = [
     "USER_PLACEHOLDER",
     "Plan",
     "PlanHost",
-    "PlanSpu",
     "Placement",
     "Sweep",
     "check_case",
@@ -159,18 +158,6 @@ def check_case(case: object) -> str:
 
 
 @dataclass(frozen=True)
-class PlanSpu:
-    """An SPE unit of the host: id (perf type), limit in bytes (0: none), its CPUs."""
-
-    id: int  # noqa: A003 - the kernel's name
-    max_buffer_size: int
-    cpus: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "max_buffer_size": self.max_buffer_size, "cpus": list(self.cpus)}
-
-
-@dataclass(frozen=True)
 class PlanHost:
     """The host a plan is for: where it comes from (one phrase), page size, SPE units.
 
@@ -180,12 +167,12 @@ class PlanHost:
 
     source: str
     page_size: int
-    spus: tuple[PlanSpu, ...]
+    spus: tuple[Spu, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "page_size": self.page_size, "spus": [s.to_dict() for s in self.spus]}
 
-    def spu(self, spu_id: int | None) -> PlanSpu | None:
+    def spu(self, spu_id: int | None) -> Spu | None:
         """SPU ``spu_id`` (None: the first, as configure takes), None on a host without SPE.
 
         Raises ValueError naming the SPUs there are when ``spu_id`` is not one of them.
@@ -201,8 +188,7 @@ class PlanHost:
     @classmethod
     def from_model(cls, host: Host, source: str) -> PlanHost:
         """The page size and SPUs of a model host."""
-        spus = tuple(PlanSpu(s.id, s.max_buffer_size, tuple(s.cpus)) for s in host.spus)
-        return cls(source, host.page_size, spus)
+        return cls(source, host.page_size, tuple(host.spus))
 
     @classmethod
     def from_profile(cls, name: str) -> PlanHost:
@@ -598,7 +584,7 @@ def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: lis
 
 def _host_inputs(
     host: PlanHost | None, spu: int | None, vcpus: int, page_size: int | None, spu_limit: int | None
-) -> tuple[int, int, PlanSpu | None, list[tuple[int, ...]] | None, list[str]]:
+) -> tuple[int, int, Spu | None, list[tuple[int, ...]] | None, list[str]]:
     """Page size, SPU limit, the SPU and each VCPU's CPUs, from ``host`` unless given."""
     notes: list[str] = []
     if host is None:

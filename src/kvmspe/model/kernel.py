@@ -83,13 +83,19 @@ def _serialised(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concaten
 
 
 class Spu:
-    """One SPE instance of the host, as KVM sees it.
+    """One SPE instance of the host, as KVM sees it: the one SPU type of kvmspe.
 
     ``id`` is the number userspace passes to KVM_ARM_VCPU_SPE_SPU (the perf
     PMU type, an assumption). Give either ``max_buffer_size`` (bytes, must be
     representable; 0 = no limit) or a raw ``pmbidr``. ``cpus`` are the CPUs
-    that have this SPU.
+    that have this SPU. A value: immutable, equal to another with the same
+    id, PMBIDR_EL1 and CPUs, so profiles, the planner and the model share it.
     """
+
+    __slots__ = ("cpus", "id", "pmbidr")
+    id: int  # noqa: A003 - the kernel's name
+    pmbidr: int
+    cpus: tuple[int, ...]
 
     def __init__(
         self,
@@ -112,9 +118,24 @@ class Spu:
                 f"PMBIDR_EL1 {pmbidr:#x} has P=1: the buffer is owned by a higher exception"
                 " level, and Linux's SPE driver does not use such a unit"
             )
-        self.id = id
-        self.pmbidr = pmbidr
-        self.cpus = tuple(sorted(set(cpus)))
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "pmbidr", pmbidr)
+        object.__setattr__(self, "cpus", tuple(sorted(set(cpus))))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"an Spu is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Spu):
+            return NotImplemented
+        return (self.id, self.pmbidr, self.cpus) == (other.id, other.pmbidr, other.cpus)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.pmbidr, self.cpus))
+
+    def to_dict(self) -> dict[str, Any]:
+        """id, max_buffer_size (bytes; 0: no limit) and cpus, as JSON reports show an SPU."""
+        return {"id": self.id, "max_buffer_size": self.max_buffer_size, "cpus": list(self.cpus)}
 
     @property
     def max_buffer_size(self) -> int:

@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULT_PROFILE",
     "PROFILES",
     "Profile",
-    "SpuProfile",
     "TYPICAL_SPE_TYPE",
     "fallback_host",
     "model_host",
@@ -44,27 +43,17 @@ TYPICAL_SPE_TYPE = 10
 
 
 @dataclass(frozen=True)
-class SpuProfile:
-    """An SPU of a profile: id (perf type), limit in bytes (0: none), CPUs."""
-
-    id: int  # noqa: A003 - the kernel's name
-    max_buffer_size: int = 0
-    cpus: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
 class Profile:
     """A named model host: page size and SPUs, with a one-line description."""
 
     name: str
     description: str
     page_size: int
-    spus: tuple[SpuProfile, ...]
+    spus: tuple[Spu, ...]
 
     def host(self, memlock_limit: int | None = None, locked: int = 0) -> Host:
         """A fresh :class:`kvmspe.model.kernel.Host` with this profile."""
-        spus = [Spu(s.id, s.max_buffer_size, cpus=s.cpus) for s in self.spus]
-        return Host(self.page_size, spus, memlock_limit, locked=locked)
+        return Host(self.page_size, self.spus, memlock_limit, locked=locked)
 
 
 _CPUS_0_3 = (0, 1, 2, 3)
@@ -76,40 +65,40 @@ PROFILES: dict[str, Profile] = {
             "default-4k",
             "4 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
             4096,
-            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+            (Spu(TYPICAL_SPE_TYPE, 0, cpus=_CPUS_0_3),),
         ),
         Profile(
             "16k",
             "16 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
             16384,
-            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+            (Spu(TYPICAL_SPE_TYPE, 0, cpus=_CPUS_0_3),),
         ),
         Profile(
             "64k",
             "64 KiB pages, one SPE unit (perf type 10, CPUs 0-3) with no buffer size limit",
             65536,
-            (SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),),
+            (Spu(TYPICAL_SPE_TYPE, 0, cpus=_CPUS_0_3),),
         ),
         Profile(
             "limited-spu",
             "4 KiB pages, one SPE unit (perf type 10, CPUs 0-3) whose MaxBuffSize limits buffers to 4 MiB",
             4096,
-            (SpuProfile(TYPICAL_SPE_TYPE, 4 << 20, _CPUS_0_3),),
+            (Spu(TYPICAL_SPE_TYPE, 4 << 20, cpus=_CPUS_0_3),),
         ),
         Profile(
             "server-128",
             "4 KiB pages, one SPE unit (perf type 10) on all 128 CPUs (0-127) with no buffer size limit,"
             " as a homogeneous two-socket server shows one arm_spe_0 for every core",
             4096,
-            (SpuProfile(TYPICAL_SPE_TYPE, 0, tuple(range(128))),),
+            (Spu(TYPICAL_SPE_TYPE, 0, cpus=range(128)),),
         ),
         Profile(
             "big-little",
             "4 KiB pages, two SPE units: type 10 on CPUs 0-3 unlimited, type 11 on CPUs 4-7 limited to 4 MiB",
             4096,
             (
-                SpuProfile(TYPICAL_SPE_TYPE, 0, _CPUS_0_3),
-                SpuProfile(TYPICAL_SPE_TYPE + 1, 4 << 20, (4, 5, 6, 7)),
+                Spu(TYPICAL_SPE_TYPE, 0, cpus=_CPUS_0_3),
+                Spu(TYPICAL_SPE_TYPE + 1, 4 << 20, cpus=(4, 5, 6, 7)),
             ),
         ),
     )
