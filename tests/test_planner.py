@@ -122,15 +122,15 @@ def test_none_with_unlimited_spu_is_no_limit_and_unbounded() -> None:
 
 def test_memlock_adds_locked_already_and_held_charge() -> None:
     base = plan(2, MiB, locked_already=8 * MiB)
-    assert base.memlock_limit == 8 * MiB + base.pinned["worst"]["per_vm"]
+    assert base.memlock_limit == 8 * MiB + base.pinned["worst"].per_vm
     held = plan(2, MiB, assumptions=dataclasses.replace(DEFAULT, set_time_charge_mode="held"))
     assert held.held_at_set == MiB
-    assert held.memlock_limit == MiB + held.pinned["worst"]["per_vm"]
+    assert held.memlock_limit == MiB + held.pinned["worst"].per_vm
 
 
 def test_cases_are_ordered() -> None:
     p = plan(8, 64 * MiB, page_size=65536)
-    best, typical, worst = (p.pinned[c]["per_vm"] for c in PINNING_CASES)
+    best, typical, worst = (p.pinned[c].per_vm for c in PINNING_CASES)
     assert 8 * 64 * MiB <= best <= typical <= worst
 
 
@@ -221,8 +221,8 @@ def test_planner_and_model_agree_to_the_byte(
     )
     for case in PINNING_CASES:
         per_vcpu, _, host = _model_pinned(case, vcpus, p.size, page, granule, levels, assumptions, None)
-        assert per_vcpu == p.pinned[case]["per_vcpu"], case
-        assert host.locked_bytes - p.held_at_set == p.pinned[case]["per_vm"], case
+        assert per_vcpu == p.pinned[case].per_vcpu, case
+        assert host.locked_bytes - p.held_at_set == p.pinned[case].per_vm, case
     # The recommended limit is exactly enough: the worst case runs with no KVM_EXIT_RLIMIT,
     # counting what was locked before, and leaves no room.
     assert p.memlock_limit is not None
@@ -240,7 +240,7 @@ def test_sweep_is_the_plan_at_each_power_of_two_size() -> None:
     for i, size in enumerate(s.sizes):
         p = planner.plan(3, size, page_size=16384)
         assert {case: s.per_vm[case][i] for case in planner.PINNING_CASES} == {
-            case: p.pinned[case]["per_vm"] for case in planner.PINNING_CASES
+            case: p.pinned[case].per_vm for case in planner.PINNING_CASES
         }
     with pytest.raises(ValueError, match="vcpus"):
         planner.sweep(0)
@@ -256,7 +256,7 @@ def test_defaults_are_one_vcpu_4_mib_and_the_worst_case() -> None:
     assert (p.vcpus, p.size, p.case) == (1, 4 * MiB, "worst")
     shared = (planner.DEFAULT_VCPUS, planner.DEFAULT_MAX_BUFFER_SIZE, planner.DEFAULT_CASE)
     assert shared == (1, 4 * MiB, "worst")
-    assert p.memlock_limit == p.pinned["worst"]["per_vm"]
+    assert p.memlock_limit == p.pinned["worst"].per_vm
 
 
 def test_the_default_size_is_clamped_to_the_spu_limit_with_a_warning() -> None:
@@ -268,7 +268,7 @@ def test_the_default_size_is_clamped_to_the_spu_limit_with_a_warning() -> None:
 @pytest.mark.parametrize("case", PINNING_CASES)
 def test_case_picks_the_figure_of_memlock_limit(case: str) -> None:
     p = plan(8, 16 * MiB, page_size=65536, locked_already=MiB, case=case)
-    assert p.case == case and p.memlock_limit == MiB + p.pinned[case]["per_vm"]
+    assert p.case == case and p.memlock_limit == MiB + p.pinned[case].per_vm
     assert p.to_dict()["case"] == case
 
 
@@ -293,14 +293,14 @@ def test_data_plus_tables_is_per_vm_and_one_more_vcpu_is_the_next_plan(
     nxt = plan(vcpus + 1, p.size, page_size=page, granule=granule)
     for case in PINNING_CASES:
         c = p.pinned[case]
-        assert c["data"] + c["tables"] == c["per_vm"], case
-        assert c["data"] >= vcpus * p.size and c["tables"] > 0 and c["table_pages"] > 0
-        assert c["amplification"] == c["per_vm"] / (vcpus * p.size)
-        assert c["one_more_vcpu"] == nxt.pinned[case]["per_vm"] - c["per_vm"], case
+        assert c.data + c.tables == c.per_vm, case
+        assert c.data >= vcpus * p.size and c.tables > 0 and c.table_pages > 0
+        assert c.amplification == c.per_vm / (vcpus * p.size)
+        assert c.one_more_vcpu == nxt.pinned[case].per_vm - c.per_vm, case
         # The limit for the next plan in this case grows by exactly that.
         here = plan(vcpus, p.size, page_size=page, granule=granule, case=case).memlock_limit
         more = plan(vcpus + 1, p.size, page_size=page, granule=granule, case=case).memlock_limit
-        assert here is not None and more == here + c["one_more_vcpu"]
+        assert here is not None and more == here + c.one_more_vcpu
 
 
 def test_the_split_is_the_model_hosts_data_and_table_pages() -> None:
@@ -309,39 +309,41 @@ def test_the_split_is_the_model_hosts_data_and_table_pages() -> None:
     p = plan(3, 16 * MiB, page_size=65536, granule=4096)
     worst = p.pinned["worst"]
     # Scattered 4 KiB data pages on 64 KiB host pages: each data page pins a whole host page.
-    assert worst["data"] == 3 * (16 * MiB // 4096) * 65536
+    assert worst.data == 3 * (16 * MiB // 4096) * 65536
     # Each table page, scattered too, pins a host page of its own.
-    assert worst["tables"] == worst["table_pages"] * 65536
+    assert worst.tables == worst.table_pages * 65536
     typical = p.pinned["typical"]
-    assert typical["data"] == 3 * 16 * MiB  # contiguous: the buffers' bytes exactly
+    assert typical.data == 3 * 16 * MiB  # contiguous: the buffers' bytes exactly
 
 
 def test_the_issue_example_says_x16_and_why() -> None:
     """64 VCPUs, 16 MiB buffers, 64 KiB host pages, 4 KiB granule: 16440 MiB worst case."""
     p = plan(64, 16 * MiB, page_size=65536, granule=4096)
     worst = p.pinned["worst"]
-    assert p.memlock_limit == worst["per_vm"] == 16440 * MiB
-    assert worst["data"] == 16 * GiB and worst["tables"] == 56 * MiB
-    assert worst["amplification"] == 16440 / 1024
-    why = worst["why"]
+    assert p.memlock_limit == worst.per_vm == 16440 * MiB
+    assert worst.data == 16 * GiB and worst.tables == 56 * MiB
+    assert worst.amplification == 16440 / 1024
+    why = worst.why
     assert why.startswith("x16.0547 (16440 MiB for 1 GiB of buffers)")
     assert "4 KiB guest page" in why and "64 KiB host page" in why and "(x16 for data)" in why
     assert "each VCPU's own 14 stage-1 table pages (levels 0-3) pin 896 KiB more" in why
-    assert worst["one_more_vcpu"] == worst["per_vcpu"] == 263040 * KiB
+    assert worst.one_more_vcpu == worst.per_vcpu == 263040 * KiB
 
 
 def test_why_follows_the_inputs() -> None:
     """The same granule as the host page: no x16, and the sentence says so."""
-    why = plan(64, 16 * MiB, page_size=4096, granule=4096).pinned["worst"]["why"]
+    why = plan(64, 16 * MiB, page_size=4096, granule=4096).pinned["worst"].why
     assert "(x1 for data)" in why and "host page of its own" not in why
-    why = plan(2, 16 * MiB, page_size=16384, granule=4096).pinned["worst"]["why"]
+    why = plan(2, 16 * MiB, page_size=16384, granule=4096).pinned["worst"].why
     assert "16 KiB host page" in why and "(x4 for data)" in why
 
 
 def test_no_limit_leaves_every_figure_none() -> None:
     p = plan(2, 0)
+    assert p.pinned == {}
     for case in PINNING_CASES:
-        c = p.pinned[case]
+        c = p.to_dict()["pinned"][case]
+        assert set(c) == CASE_KEYS
         assert all(c[k] is None for k in CASE_KEYS - {"assumptions"}) and c["assumptions"]
     assert p.memlock_limit is None and p.memlock_limit_kib is None
 
@@ -349,7 +351,7 @@ def test_no_limit_leaves_every_figure_none() -> None:
 def test_one_more_vcpu_is_none_when_no_more_fit() -> None:
     # A 39-bit VA (3 levels of 4 KiB) holds 512 GiB: 2 buffers of 256 GiB and no third.
     p = plan(2, 256 * GiB, levels=3)
-    assert all(p.pinned[c]["one_more_vcpu"] is None for c in PINNING_CASES)
+    assert all(p.pinned[c].one_more_vcpu is None for c in PINNING_CASES)
 
 
 # --- the host planned for ----------------------------------------------------------------------
@@ -570,7 +572,7 @@ def test_a_plan_near_the_top_says_which_lines_have_no_value() -> None:
 
     from kvmspe import cli
 
-    pinned = plan(1, 4 * MiB, page_size=4096).pinned["worst"]["per_vm"]
+    pinned = plan(1, 4 * MiB, page_size=4096).pinned["worst"].per_vm
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the plan's limit is the largest finite RLIMIT_MEMLOCK
         code = cli.main(["plan", "--profile", "default-4k", "--locked", str(RLIM_FINITE_MAX - pinned)])
@@ -592,7 +594,7 @@ def test_worst_is_not_below_any_buffer_placement_a_guest_can_make(granule: int, 
     for size in sorted({page, 2 * page, granule, 2 * granule, 4 * max(page, granule)}):
         if size % page:
             continue
-        worst = plan(1, size, page_size=page, granule=granule, spu_limit=0).pinned["worst"]["per_vcpu"]
+        worst = plan(1, size, page_size=page, granule=granule, spu_limit=0).pinned["worst"].per_vcpu
         seen = 0
         for depth in range(1, s1.depth):
             boundary = s1.span(depth)
@@ -605,12 +607,10 @@ def test_worst_is_not_below_any_buffer_placement_a_guest_can_make(granule: int, 
 def test_why_says_a_misaligned_buffer_pins_a_host_page_more_on_large_granules() -> None:
     p = plan(1, 32 * 1024, page_size=16384, granule=65536, spu_limit=0)
     worst = p.pinned["worst"]
-    assert worst["data"] == 32 * 1024 + 16384
-    assert (
-        "a buffer starting 4 KiB below a host page boundary touches one 16 KiB host page more" in worst["why"]
-    )
-    assert "guest page of a scattered buffer" not in worst["why"]
-    small = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    assert worst.data == 32 * 1024 + 16384
+    assert "a buffer starting 4 KiB below a host page boundary touches one 16 KiB host page more" in worst.why
+    assert "guest page of a scattered buffer" not in worst.why
+    small = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"].why
     assert "each 4 KiB guest page of a scattered buffer can sit in a 64 KiB host page" in small
 
 
@@ -632,7 +632,7 @@ def test_errors_give_sizes_in_the_units_the_output_uses() -> None:
         plan(1, MiB, spu_limit=0, locked_already=RLIM_FINITE_MAX)
     message = str(info.value)
     assert "0x" not in message
-    pinned = plan(1, MiB, spu_limit=0).pinned["worst"]["per_vm"] // 1024
+    pinned = plan(1, MiB, spu_limit=0).pinned["worst"].per_vm // 1024
     head = f"the RLIMIT_MEMLOCK needed, {RLIM_FINITE_MAX} B locked already + {pinned} KiB for SPE"
     assert message.startswith(head), message
 
@@ -641,12 +641,12 @@ def test_why_counts_the_extra_guest_page_a_misaligned_buffer_touches() -> None:
     """16 KiB guest pages on 64 KiB host pages: a 64 KiB buffer 4 KiB below a boundary
     touches 5 guest pages, hence x5 for data, and the sentence says so."""
     worst = plan(1, 64 * 1024, page_size=65536, granule=16384, spu_limit=0).pinned["worst"]
-    assert worst["data"] == 5 * 65536
+    assert worst.data == 5 * 65536
     assert (
         "(x5 for data); starting 4 KiB below a guest page boundary, a buffer touches 5 guest pages, not 4"
-        in (worst["why"])
+        in (worst.why)
     )
-    aligned = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"]["why"]
+    aligned = plan(1, 64 * 1024, page_size=65536, granule=4096, spu_limit=0).pinned["worst"].why
     assert "guest pages, not" not in aligned
 
 

@@ -46,7 +46,7 @@ def _legend(fig: object) -> list[str]:
 
 def test_best_and_typical_read_differently_in_the_legend(tmp_path: Path) -> None:
     fig, plan, _ = _draw(tmp_path, 4, 4 << 20)
-    best, typical = plan.pinned["best"]["amplification"], plan.pinned["typical"]["amplification"]
+    best, typical = plan.pinned["best"].amplification, plan.pinned["typical"].amplification
     assert f"{best:.2f}" == f"{typical:.2f}"  # the case this is for: two decimals do not tell them apart
     labels = _legend(fig)
     shown = {label.split()[0]: label.split()[1].strip("(") for label in labels[:3]}

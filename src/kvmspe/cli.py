@@ -823,7 +823,7 @@ def _plot_labels(plan: Any) -> dict[str, str]:
 
     if not plan.size:
         return {case: case for case in planner.PINNING_CASES}
-    ratios = _distinct_ratios({case: plan.pinned[case]["amplification"] for case in planner.PINNING_CASES})
+    ratios = _distinct_ratios({case: plan.pinned[case].amplification for case in planner.PINNING_CASES})
     return {case: f"{case} ({ratios[case]} at the chosen size)" for case in planner.PINNING_CASES}
 
 
@@ -875,7 +875,7 @@ def _draw_plot(figure_class: Any, path: str, plan: Any) -> Any:
         for case in planner.PINNING_CASES:
             ax.plot(
                 [plan.size],
-                [plan.pinned[case]["per_vm"]],
+                [plan.pinned[case].per_vm],
                 marker="D",
                 markersize=7,
                 color=PLOT_COLOURS["chosen"],
@@ -974,16 +974,16 @@ def _pinned_rows(plan: Any) -> list[tuple[str, str]]:
     head = ("per VM", "per VCPU", "data", "tables", "amplification", "one more VCPU")
     cells: dict[str, tuple[str, ...]] = {}
     for case in planner.PINNING_CASES:
-        c = plan.pinned[case]
-        if c["per_vm"] is None:
+        c = plan.pinned.get(case)
+        if c is None:
             continue
-        more = "none fits" if c["one_more_vcpu"] is None else "+" + format_size(c["one_more_vcpu"])
+        more = "none fits" if c.one_more_vcpu is None else "+" + format_size(c.one_more_vcpu)
         cells[case] = (
-            format_size(c["per_vm"]),
-            format_size(c["per_vcpu"]),
-            format_size(c["data"]),
-            format_size(c["tables"]),
-            f"x{c['amplification']:.4f}",
+            format_size(c.per_vm),
+            format_size(c.per_vcpu),
+            format_size(c.data),
+            format_size(c.tables),
+            f"x{c.amplification:.4f}",
             more,
         )
     if not cells:
@@ -1058,16 +1058,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     )
     rows += _pinned_rows(plan)
-    for case in planner.PINNING_CASES:
-        if plan.pinned[case]["why"] is not None:
-            rows += _wrapped(f"why, {case}", plan.pinned[case]["why"])
+    for case, figures in plan.pinned.items():
+        rows += _wrapped(f"why, {case}", figures.why)
     if plan.memlock_limit is None:
         rows.append(("RLIMIT_MEMLOCK", "unlimited (nothing bounds what the guest pins)"))
     else:
         parts = [f"{format_size(plan.locked_already)} locked already"]
         if plan.held_at_set:
             parts.append(f"{format_size(plan.held_at_set)} held from the set")
-        parts.append(f"{format_size(plan.pinned[plan.case]['per_vm'])} pinned in the {plan.case} case")
+        parts.append(f"{format_size(plan.pinned[plan.case].per_vm)} pinned in the {plan.case} case")
         rows.append(("RLIMIT_MEMLOCK", f"{format_size(plan.memlock_limit)} = {' + '.join(parts)}"))
     if plan.memlock_limit is None:
         missing = {"libvirt": "no finite <hard_limit>: the limit is unbounded"}

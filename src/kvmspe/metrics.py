@@ -109,10 +109,14 @@ def probe_families(info: HostInfo) -> list[MetricFamily]:
 def plan_families(plan: Plan) -> list[MetricFamily]:
     """The families of ``plan --prometheus``: labels ``vcpus`` and ``spu`` (empty without a
     host), and ``case`` for the pinned memory of each pinning case."""
+    from .planner import PINNING_CASES
+
     fams = {name: MetricFamily(name, text) for name, text in PLAN_METRICS.items()}
     labels = (("vcpus", str(plan.vcpus)), ("spu", "" if plan.spu is None else str(plan.spu)))
     fams["kvmspe_plan_max_buffer_size_bytes"].add(plan.size, labels)
-    for case, figures in plan.pinned.items():
-        fams["kvmspe_plan_pinned_bytes"].add(_limit(figures["per_vm"]), (*labels, ("case", case)))
+    for case in PINNING_CASES:
+        figures = plan.pinned.get(case)
+        pinned = None if figures is None else figures.per_vm
+        fams["kvmspe_plan_pinned_bytes"].add(_limit(pinned), (*labels, ("case", case)))
     fams["kvmspe_plan_memlock_limit_bytes"].add(_limit(plan.memlock_limit), (*labels, ("case", plan.case)))
     return list(fams.values())

@@ -85,6 +85,7 @@ many bytes for them (tested):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -386,7 +387,56 @@ def _why(case: str, vcpus: int, size: int, page: int, granule: int, p: _Pinned) 
     return f"{head}: {data}, and {tables}"
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class CasePinning:
+    """What the VM's buffers pin in one placement case.
+
+    ``per_vcpu`` is one VCPU's buffer alone, ``per_vm`` all of them (``data`` + ``tables``
+    bytes, ``table_pages`` stage-1 table pages), ``amplification`` ``per_vm`` over the
+    buffers' bytes, ``one_more_vcpu`` what a VCPU more would add (None where it would not
+    fit), ``why`` the sentence behind the figure and ``assumptions`` the case's own.
+    """
+
+    per_vcpu: int
+    per_vm: int
+    data: int
+    tables: int
+    table_pages: int
+    amplification: float
+    one_more_vcpu: int | None
+    why: str
+    assumptions: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _unbounded_case(case: str) -> dict[str, Any]:
+    """A case's entry in :meth:`Plan.to_dict` when no size bounds the buffers: no figures."""
+    return {**dict.fromkeys(f.name for f in dataclasses.fields(CasePinning)), "assumptions": _CASE_TEXT[case]}
+
+
+def _case_pinning(case: str, vcpus: int, size: int, page: int, granule: int, shape: Stage1) -> CasePinning:
+    """``case``'s figures for ``vcpus`` buffers of ``size`` bytes (size > 0) in guest tables ``shape``."""
+    one = placements(case, 1, size, granule=granule, levels=shape.levels)[0]
+    vm = _pinned(case, vcpus, size, page, granule, shape.levels)
+    more = None
+    if vcpus < MAX_VCPUS and (vcpus + 1) * size <= shape.region_size:
+        more = _pinned(case, vcpus + 1, size, page, granule, shape.levels).total - vm.total
+    return CasePinning(
+        per_vcpu=one.stage1.footprint(one.base, one.base + size, page).bytes,
+        per_vm=vm.total,
+        data=vm.data,
+        tables=vm.tables,
+        table_pages=vm.table_pages,
+        amplification=vm.total / (vcpus * size),
+        one_more_vcpu=more,
+        why=_why(case, vcpus, size, page, granule, vm),
+        assumptions=_CASE_TEXT[case],
+    )
+
+
+@dataclass(kw_only=True)
 class Plan:
     """The result of :func:`plan`; see the module docstring for the keys of :meth:`to_dict`."""
 
@@ -400,7 +450,8 @@ class Plan:
     va_bits: int
     locked_already: int
     held_at_set: int
-    pinned: dict[str, dict[str, Any]]
+    #: Each case's figures, in PINNING_CASES order; empty when no size bounds the buffers.
+    pinned: dict[str, CasePinning]
     memlock_limit: int | None
     warnings: list[str] = field(default_factory=list)
     case: str = DEFAULT_CASE
@@ -442,7 +493,10 @@ class Plan:
             "levels": self.levels,
             "va_bits": self.va_bits,
             "warnings": list(self.warnings),
-            "pinned": {case: dict(v) for case, v in self.pinned.items()},
+            "pinned": {
+                case: self.pinned[case].to_dict() if case in self.pinned else _unbounded_case(case)
+                for case in PINNING_CASES
+            },
             "case": self.case,
             "locked_already": self.locked_already,
             "held_at_set": self.held_at_set,
@@ -608,6 +662,50 @@ def _host_inputs(
     return page, limit, chosen, cpus, notes
 
 
+def _check_plan_arguments(
+    vcpus: object,
+    max_buffer_size: object,
+    page_size: object,
+    spu_limit: object,
+    granule: object,
+    levels: object,
+    locked_already: object,
+    case: object,
+    host: object,
+    spu: object,
+) -> None:
+    """:func:`plan`'s arguments, each checked on its own (InvalidArgumentError naming it)."""
+    _int("vcpus", vcpus, 1, MAX_VCPUS)
+    check_case(case)
+    if max_buffer_size is not None:
+        _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
+    if page_size is not None:
+        maxbuf.check_page_size(page_size)
+    check_granule(granule)
+    if spu_limit is not None:
+        _int("spu_limit", spu_limit, 0)
+    if levels is not None:
+        _int("levels", levels, 1, 5)
+    _int("locked_already", locked_already, 0)
+    if spu is not None:
+        _int("spu", spu, 0, (1 << 31) - 1)  # an int perf type: True is not SPU 1
+    if host is not None and not isinstance(host, PlanHost):
+        raise InvalidArgumentError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
+
+
+def _memlock_needed(locked_already: int, held: int, pinned: int) -> int:
+    """The RLIMIT_MEMLOCK a VM needs: what is locked already, what the set holds, what its buffers pin."""
+    needed = locked_already + held + pinned
+    if needed > RLIM_FINITE_MAX:
+        raise InvalidArgumentError(
+            f"the RLIMIT_MEMLOCK needed, {format_size(locked_already)} locked already +"
+            f" {format_size(held + pinned)} for SPE, is more than the kernel can hold (a finite"
+            f" limit is at most {format_size(RLIM_FINITE_MAX)});"
+            " accepted: less memory locked already, fewer VCPUs or a smaller size"
+        )
+    return needed
+
+
 def plan(
     vcpus: int = DEFAULT_VCPUS,
     max_buffer_size: int | None = DEFAULT_MAX_BUFFER_SIZE,
@@ -631,22 +729,9 @@ def plan(
 
     Raises ValueError with a one-line message for input outside what is accepted.
     """
-    _int("vcpus", vcpus, 1, MAX_VCPUS)
-    check_case(case)
-    if max_buffer_size is not None:
-        _int("max_buffer_size", max_buffer_size, 0, U64_MAX)
-    if page_size is not None:
-        maxbuf.check_page_size(page_size)
-    check_granule(granule)
-    if spu_limit is not None:
-        _int("spu_limit", spu_limit, 0)
-    if levels is not None:
-        _int("levels", levels, 1, 5)
-    _int("locked_already", locked_already, 0)
-    if spu is not None:
-        _int("spu", spu, 0, (1 << 31) - 1)  # an int perf type: True is not SPU 1
-    if host is not None and not isinstance(host, PlanHost):
-        raise InvalidArgumentError(f"host {host!r} is not a PlanHost; accepted: a PlanHost, or None")
+    _check_plan_arguments(
+        vcpus, max_buffer_size, page_size, spu_limit, granule, levels, locked_already, case, host, spu
+    )
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
     maxbuf.check_page_size(page)
     if not maxbuf.is_representable(limit):
@@ -659,66 +744,33 @@ def plan(
     warnings: list[str] = []
     size = _choose_size(max_buffer_size, page, limit, warnings)
     warnings += notes
-    pinned: dict[str, dict[str, Any]] = {}
-    if size:
-        if vcpus * size > shape.region_size:
-            raise InvalidArgumentError(
-                f"{vcpus} buffers of {format_size(size)} do not fit a {shape.va_bits}-bit guest VA space;"
-                " accepted: more levels, or a smaller size"
-            )
-        for name in PINNING_CASES:
-            one = placements(name, 1, size, granule=granule, levels=levels)[0]
-            per_vcpu = one.stage1.footprint(one.base, one.base + size, page).bytes
-            vm = _pinned(name, vcpus, size, page, granule, levels)
-            more = None
-            if vcpus < MAX_VCPUS and (vcpus + 1) * size <= shape.region_size:
-                more = _pinned(name, vcpus + 1, size, page, granule, levels).total - vm.total
-            pinned[name] = {
-                "per_vcpu": per_vcpu,
-                "per_vm": vm.total,
-                "data": vm.data,
-                "tables": vm.tables,
-                "table_pages": vm.table_pages,
-                "amplification": vm.total / (vcpus * size),
-                "one_more_vcpu": more,
-                "why": _why(name, vcpus, size, page, granule, vm),
-                "assumptions": _CASE_TEXT[name],
-            }
-    else:
-        for name in PINNING_CASES:
-            pinned[name] = dict.fromkeys(
-                ("per_vcpu", "per_vm", "data", "tables", "table_pages", "amplification", "one_more_vcpu")
-            )
-            pinned[name]["why"] = None
-            pinned[name]["assumptions"] = _CASE_TEXT[name]
-    held = size if assumptions.set_time_charge_mode == "held" else 0
-    chosen_pinned = pinned[case]["per_vm"]
-    memlock = None if chosen_pinned is None else locked_already + held + chosen_pinned
-    if memlock is not None and memlock > RLIM_FINITE_MAX:
+    if size and vcpus * size > shape.region_size:
         raise InvalidArgumentError(
-            f"the RLIMIT_MEMLOCK needed, {format_size(locked_already)} locked already +"
-            f" {format_size(held + chosen_pinned)} for SPE, is more than the kernel can hold (a finite"
-            f" limit is at most {format_size(RLIM_FINITE_MAX)});"
-            " accepted: less memory locked already, fewer VCPUs or a smaller size"
+            f"{vcpus} buffers of {format_size(size)} do not fit a {shape.va_bits}-bit guest VA space;"
+            " accepted: more levels, or a smaller size"
         )
+    # No size (0: no limit) bounds nothing: no case has figures.
+    pinned = {name: _case_pinning(name, vcpus, size, page, granule, shape) for name in PINNING_CASES if size}
+    held = size if assumptions.set_time_charge_mode == "held" else 0
+    memlock = _memlock_needed(locked_already, held, pinned[case].per_vm) if size else None
     return Plan(
-        vcpus,
-        max_buffer_size,
-        size,
-        page,
-        limit,
-        granule,
-        shape.levels,
-        shape.va_bits,
-        locked_already,
-        held,
-        pinned,
-        memlock,
-        warnings,
-        case,
-        host,
-        None if chosen is None else chosen.id,
-        vcpu_cpus,
+        vcpus=vcpus,
+        requested=max_buffer_size,
+        size=size,
+        page_size=page,
+        spu_limit=limit,
+        granule=granule,
+        levels=shape.levels,
+        va_bits=shape.va_bits,
+        locked_already=locked_already,
+        held_at_set=held,
+        pinned=pinned,
+        memlock_limit=memlock,
+        warnings=warnings,
+        case=case,
+        host=host,
+        spu=None if chosen is None else chosen.id,
+        vcpu_cpus=vcpu_cpus,
     )
 
 
@@ -765,5 +817,5 @@ def sweep(
             assumptions=assumptions,
         )
         for case in PINNING_CASES:
-            per_vm[case].append(p.pinned[case]["per_vm"])
+            per_vm[case].append(p.pinned[case].per_vm)
     return Sweep(sizes, per_vm)
