@@ -109,6 +109,15 @@ class Check:
     #: step says so (SKIPPED_MARK) and the check counts as skipped.
     page_size: int | None = None
     only_why: str = ""
+    #: Only on these Debian kernels (labels; None: every kernel), and why; elsewhere the guest
+    #: is told to skip it (``testbed.skip=`` on the kernel command line) and it counts as
+    #: skipped. A kernel of one's own (``--kernel``) runs every check.
+    kernels: tuple[str, ...] | None = None
+    kernels_why: str = ""
+
+    def runs_on(self, label: str, debian: bool) -> bool:
+        """Whether this check runs on the kernel LABEL (a Debian kernel of the testbed or not)."""
+        return self.kernels is None or not debian or label in self.kernels
 
     @property
     def guest_command(self) -> str:
@@ -124,12 +133,15 @@ class Check:
 SKIPPED_MARK = "testbed-skip:"
 
 
-def skipped(check: Check, step: StepResult) -> str | None:
-    """Why CHECK did not apply to this kernel (its step said so), or None."""
-    if check.page_size is None or not step.started or step.rc != 0:
+def skipped(check: Check, step: StepResult, told: bool = False) -> str | None:
+    """Why CHECK did not apply to this kernel (its step said so), or None. TOLD: the guest
+    was told to skip it on this kernel (``Check.kernels``)."""
+    if (check.page_size is None and not told) or not step.started or step.rc != 0:
         return None
     line = next((ln for ln in step.output.splitlines() if ln.startswith(SKIPPED_MARK)), None)
-    return None if line is None else line[len(SKIPPED_MARK) :].strip()
+    if line is None:
+        return None
+    return check.kernels_why if told else line[len(SKIPPED_MARK) :].strip()
 
 
 NO_TRACEBACK = Never(r"Traceback \(most recent call last\)", "kvmspe never answers with a traceback")

@@ -212,3 +212,25 @@ def test_a_check_for_one_page_size_runs_there_and_says_why_elsewhere() -> None:
             assert checks.skipped(check, step) == checks.KSELFTEST_4K_ONLY
     plain = checks.by_name("shim-conformance")
     assert plain.page_size is None and plain.guest_command == plain.command
+
+
+def test_init_skips_the_steps_the_command_line_names_and_runs_the_others(tmp_path: Path) -> None:
+    """init.sh's own step runner, with /proc/cmdline replaced by a file: a step named in
+    testbed.skip= prints the skip mark and ends 0 without running; the others run."""
+    init = (HERE / "init.sh").read_text()
+    body = init[init.index("now() {") : init.index('echo "@@TB BOOTED')]
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyAMA0 quiet testbed.skip=b,c\n")
+    script = body.replace("/proc/cmdline", str(cmdline)).replace("/proc/uptime", str(cmdline))
+    script += "step a 10 'echo ran a'\nstep b 10 'echo ran b'\nstep c 10 'echo ran c; exit 3'\n"
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "ran a" in out.stdout and "ran b" not in out.stdout and "ran c" not in out.stdout
+    assert out.stdout.count(checks.SKIPPED_MARK) == 2
+    check = checks.Check("b", "true", 10, (), kernels=("6.1",), kernels_why="only on 6.1: why")
+    assert check.runs_on("6.1", debian=True) and not check.runs_on("7.2", debian=True)
+    assert check.runs_on("mine", debian=False), "a kernel of one's own runs every check"
+    skipped_step = StepResult("b", 10, started=True, rc=0, output=f"{checks.SKIPPED_MARK} not on this kernel")
+    assert checks.skipped(check, skipped_step, told=True) == "only on 6.1: why"
+    ran_step = StepResult("b", 10, started=True, rc=0, output="ran b")
+    assert checks.skipped(check, ran_step, told=True) is None, "told to skip but ran: judged as a run"
