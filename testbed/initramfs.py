@@ -176,9 +176,10 @@ def build_base(cache: Path, runtime_debs: list[Path], wheels: list[Path]) -> Pat
 
 
 def _checkout_files(src_root: Path) -> list[tuple[str, Path]]:
-    """The parts of a kvmspe checkout the guest needs: src/, tests/, pyproject.toml."""
+    """The parts of a kvmspe checkout the guest needs: src/, tests/, pyproject.toml, and the
+    docs (README.md, docs/), whose examples for arm64 KVM the guest runs."""
     files: list[tuple[str, Path]] = []
-    for top in ("src", "tests"):
+    for top in ("src", "tests", "docs"):
         for dirpath, dirnames, filenames in os.walk(src_root / top):
             dirnames[:] = sorted(
                 d for d in dirnames if d not in ("__pycache__", ".hypothesis") and not d.endswith(".egg-info")
@@ -189,6 +190,7 @@ def _checkout_files(src_root: Path) -> list[tuple[str, Path]]:
                 p = Path(dirpath) / name
                 files.append((str(p.relative_to(src_root)), p))
     files.append(("pyproject.toml", src_root / "pyproject.toml"))
+    files.append(("README.md", src_root / "README.md"))
     return files
 
 

@@ -227,10 +227,17 @@ def test_init_skips_the_steps_the_command_line_names_and_runs_the_others(tmp_pat
     assert out.returncode == 0, out.stderr
     assert "ran a" in out.stdout and "ran b" not in out.stdout and "ran c" not in out.stdout
     assert out.stdout.count(checks.SKIPPED_MARK) == 2
-    check = checks.Check("b", "true", 10, (), kernels=("6.1",), kernels_why="only on 6.1: why")
-    assert check.runs_on("6.1", debian=True) and not check.runs_on("7.2", debian=True)
-    assert check.runs_on("mine", debian=False), "a kernel of one's own runs every check"
+    check = checks.Check("b", "true", 10, (), kernels=("bookworm",), kernels_why="only on bookworm: why")
+    assert check.runs_on(("6.1", "bookworm"), debian=True) and not check.runs_on(("7.2", "sid"), debian=True)
+    assert check.runs_on(("mine",), debian=False), "a kernel of one's own runs every check"
     skipped_step = StepResult("b", 10, started=True, rc=0, output=f"{checks.SKIPPED_MARK} not on this kernel")
-    assert checks.skipped(check, skipped_step, told=True) == "only on 6.1: why"
+    assert checks.skipped(check, skipped_step, told=True) == "only on bookworm: why"
     ran_step = StepResult("b", 10, started=True, rc=0, output="ran b")
     assert checks.skipped(check, ran_step, told=True) is None, "told to skip but ran: judged as a run"
+
+
+def test_the_readme_shows_every_check_as_checks_py_has_it() -> None:
+    text = (HERE / "README.md").read_text()
+    shown = text[text.index(checks.TABLE_BEGIN) + len(checks.TABLE_BEGIN) : text.index(checks.TABLE_END)]
+    assert shown.strip() == checks.markdown_table(), "regenerate it: python3 -c 'import checks; ...'"
+    assert all(f"| {c.name} |" in shown for c in checks.CHECKS)
