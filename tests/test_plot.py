@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from kvmspe import cli
-from kvmspe.cli import UsageError
+from kvmspe import plot as plotting
+from kvmspe.cli import UsageError, output
+from kvmspe.cli.plot import ACCEPTED
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -46,6 +48,11 @@ def plot(tmp_path: Path, *args: str, name: str = "pinned.png") -> tuple[int, Pat
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["plan", "--profile", "default-4k", *args, "--plot", str(target)])
     return code, target, out.getvalue(), err.getvalue()
+
+
+def write_whole(path: str, write: Any) -> None:
+    """Write ``path`` whole as ``--plot`` does, its errors those of ``--plot``."""
+    output.write_atomically(path, write, option="--plot", accepted=ACCEPTED)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -78,15 +85,15 @@ def test_the_plot_is_a_png_of_the_stated_size_and_not_blank(tmp_path: Path) -> N
     assert code == 0, err
     assert out.splitlines()[-1] == f"plot written to {target}"
     data = target.read_bytes()
-    assert png_size(data) == cli.PLOT_PIXELS
+    assert png_size(data) == plotting.PIXELS
     img = pixels(target)
-    assert img.shape[:2] == (cli.PLOT_PIXELS[1], cli.PLOT_PIXELS[0])
+    assert img.shape[:2] == (plotting.PIXELS[1], plotting.PIXELS[0])
     colours = {tuple(c) for c in img.reshape(-1, 3)[::7].tolist()}
     assert len(colours) > 50, len(colours)  # curves, text, antialiasing: not a flat image
     background = (img == 255).all(axis=2)
     assert 1 - background.mean() > 0.05  # a sizable part of the image is drawn on
     for case in ("best", "typical", "worst"):  # each curve is in the picture
-        assert colour_columns(target, cli.PLOT_COLOURS[case], rows=1), case
+        assert colour_columns(target, plotting.COLOURS[case], rows=1), case
 
 
 def test_the_chosen_size_is_marked_where_it_is_on_the_log_axis(tmp_path: Path) -> None:
@@ -99,17 +106,17 @@ def test_the_chosen_size_is_marked_where_it_is_on_the_log_axis(tmp_path: Path) -
     for size, nbytes in (("1M", 1 << 20), ("4M", 4 << 20), ("16M", 16 << 20)):
         code, target, _, err = plot(tmp_path, "--vcpus", "4", "--max-buffer-size", size, name=f"{size}.png")
         assert code == 0, err
-        columns = colour_columns(target, cli.PLOT_COLOURS["chosen"])
+        columns = colour_columns(target, plotting.COLOURS["chosen"])
         assert columns and columns[-1] - columns[0] <= 4, (size, columns)  # one thin line
         spines = colour_columns(target, "#000000", rows=300)  # the axes' left and right edges
         left, right = spines[0], spines[-1]
-        assert right - left > cli.PLOT_PIXELS[0] // 2
+        assert right - left > plotting.PIXELS[0] // 2
         expected = left + (math.log2(nbytes) - lo) / (hi - lo) * (right - left)
         assert abs(sum(columns) / len(columns) - expected) <= 3, (size, columns, expected)
     # With no limit chosen (size 0) there is no marker, so the colour is the marker's alone.
     code, target, _, err = plot(tmp_path, "--max-buffer-size", "max", name="none.png")
     assert code == 0, err
-    assert colour_columns(target, cli.PLOT_COLOURS["chosen"], rows=1) == []
+    assert colour_columns(target, plotting.COLOURS["chosen"], rows=1) == []
 
 
 def test_an_existing_file_is_replaced_whole_with_a_plain_files_mode(tmp_path: Path) -> None:
@@ -128,7 +135,7 @@ def test_an_existing_file_keeps_its_permission_bits(tmp_path: Path) -> None:
     target = tmp_path / "private.png"
     target.write_bytes(b"old")
     target.chmod(0o600)
-    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    write_whole(str(target), lambda f: f.write(PNG_SIGNATURE))
     assert target.read_bytes() == PNG_SIGNATURE
     assert target.stat().st_mode & 0o777 == 0o600
 
@@ -139,7 +146,7 @@ def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path: Path) -> 
     real.write_bytes(b"old")
     link = tmp_path / "pinned.png"
     link.symlink_to(Path("shared") / "pinned.png")
-    cli._write_atomically(str(link), lambda f: f.write(PNG_SIGNATURE))
+    write_whole(str(link), lambda f: f.write(PNG_SIGNATURE))
     assert link.is_symlink() and real.read_bytes() == PNG_SIGNATURE
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["pinned.png"]
 
@@ -168,7 +175,7 @@ def test_a_special_file_is_never_replaced(tmp_path: Path) -> None:
         refusal = f"--plot {str(target)!r} is not a regular file; accepted: a new or regular .png file"
         assert err.splitlines() == [f"kvmspe: error: {refusal}"]
         with pytest.raises(UsageError, match="is not a regular file"):
-            cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+            write_whole(str(target), lambda f: f.write(PNG_SIGNATURE))
     assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.png", "link.png"]
 
@@ -203,14 +210,14 @@ def test_any_failure_while_writing_removes_the_temporary(tmp_path: Path) -> None
         raise RuntimeError("drawing failed")
 
     with pytest.raises(RuntimeError, match="drawing failed"):
-        cli._write_atomically(str(tmp_path / "x.png"), boom)
+        write_whole(str(tmp_path / "x.png"), boom)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_name_as_long_as_the_file_system_allows_is_written(tmp_path: Path) -> None:
     """A 255-byte name (NAME_MAX) is a valid target: the temporary file's name must fit too."""
     target = tmp_path / ("p" * 251 + ".png")
-    cli._write_atomically(str(target), lambda f: f.write(PNG_SIGNATURE))
+    write_whole(str(target), lambda f: f.write(PNG_SIGNATURE))
     assert target.read_bytes() == PNG_SIGNATURE
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
@@ -221,7 +228,7 @@ def test_a_keyboard_interrupt_while_writing_removes_the_temporary(tmp_path: Path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cli._write_atomically(str(tmp_path / "x.png"), interrupted)
+        write_whole(str(tmp_path / "x.png"), interrupted)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -237,7 +244,7 @@ def test_a_directory_that_cannot_be_written_is_refused_before_drawing(
     def must_not_draw(*args: Any) -> None:
         raise AssertionError("drawn before the directory was checked")
 
-    monkeypatch.setattr(cli, "_draw_plot", must_not_draw)
+    monkeypatch.setattr(plotting, "draw", must_not_draw)
     code, target, out, err = plot(tmp_path, "--vcpus", "2", name=name)
     assert code == 2 and out == ""
     directory = str(target.parent)

@@ -14,20 +14,21 @@ from pathlib import Path
 import pytest
 from test_plot import need_matplotlib, pixels
 
-from kvmspe import cli, planner
+from kvmspe import planner
+from kvmspe import plot as plotting
 
 
 def test_ratios_get_more_decimals_only_where_two_would_read_alike() -> None:
-    assert cli._distinct_ratios({"best": 1.0001, "typical": 1.0021, "worst": 1.0078}) == {
+    assert plotting.distinct_ratios({"best": 1.0001, "typical": 1.0021, "worst": 1.0078}) == {
         "best": "x1.000",
         "typical": "x1.002",
         "worst": "x1.01",
     }
-    assert cli._distinct_ratios({"a": 1.25, "b": 16.0547}) == {"a": "x1.25", "b": "x16.05"}
+    assert plotting.distinct_ratios({"a": 1.25, "b": 16.0547}) == {"a": "x1.25", "b": "x16.05"}
     # Equal values are no clash: they keep two decimals.
-    assert cli._distinct_ratios({"a": 1.0, "b": 1.0}) == {"a": "x1.00", "b": "x1.00"}
+    assert plotting.distinct_ratios({"a": 1.0, "b": 1.0}) == {"a": "x1.00", "b": "x1.00"}
     # Values that differ below the last decimal allowed stop there rather than loop.
-    assert cli._distinct_ratios({"a": 1.0, "b": 1.0 + 1e-12}, most=4) == {"a": "x1.0000", "b": "x1.0000"}
+    assert plotting.distinct_ratios({"a": 1.0, "b": 1.0 + 1e-12}, most=4) == {"a": "x1.0000", "b": "x1.0000"}
 
 
 def _draw(tmp_path: Path, vcpus: int, size: int) -> tuple[object, planner.Plan, Path]:
@@ -35,7 +36,8 @@ def _draw(tmp_path: Path, vcpus: int, size: int) -> tuple[object, planner.Plan, 
     host = planner.PlanHost.from_profile("default-4k")
     plan = planner.plan(vcpus, size, host=host)
     target = tmp_path / "pinned.png"
-    fig = cli._draw_plot(cli._plot_module(), str(target), plan)
+    fig = plotting.draw(plotting.figure_class(), plan, plotting.sweep(plan))
+    plotting.save(fig, str(target))
     return fig, plan, target
 
 
@@ -57,7 +59,7 @@ def test_best_and_typical_read_differently_in_the_legend(tmp_path: Path) -> None
 
 def _note_rows(target: Path) -> int:
     """Pixel rows of the PNG's lower fifth holding the notes' colour."""
-    rgb = [int(cli.PLOT_NOTE_COLOUR[i : i + 2], 16) for i in (1, 3, 5)]
+    rgb = [int(plotting.NOTE_COLOUR[i : i + 2], 16) for i in (1, 3, 5)]
     img = pixels(target)
     low = img[img.shape[0] * 4 // 5 :]
     return int((abs(low - rgb) <= 24).all(axis=2).any(axis=1).sum())

@@ -23,6 +23,7 @@ and what the VM ended with.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import threading
@@ -55,6 +56,7 @@ __all__ = [
     "BackendChoice",
     "BringUpResult",
     "BringUpStep",
+    "StepKind",
     "SpeConfigError",
     "ConfigStep",
     "bring_up",
@@ -272,12 +274,22 @@ def choose_backend(
     return BackendChoice("model", f"{why}; {modelling}", host, info)
 
 
+class StepKind(enum.Enum):
+    """What a bring-up step is: a HAS or a SET of the SPE configuration
+    (:class:`ConfigStep`), or any other step."""
+
+    HAS = "has"
+    SET = "set"
+    OTHER = "other"
+
+
 @dataclass(frozen=True)
 class BringUpStep:
     """One step of :func:`bring_up` as it happened.
 
     ``vcpu`` is the VCPU's index for per-VCPU steps. ``errno_name`` is the
     kernel's errno (e.g. ``"EDOM"``) when a configuration step was refused.
+    ``kind`` tells the configuration's HAS and SET steps from the others.
     """
 
     step: str
@@ -285,6 +297,7 @@ class BringUpStep:
     detail: str = ""
     vcpu: int | None = None
     errno_name: str | None = None
+    kind: StepKind = StepKind.OTHER
 
 
 #: How many times a VCPU is re-entered after KVM_EXIT_RLIMIT, each time with the
@@ -360,9 +373,15 @@ class BringUpResult:
         return maxbuf.decode(PMBIDR_EL1.get(self.guest_pmbidr, "MaxBuffSize"))
 
     def add(
-        self, step: str, ok: bool, detail: str = "", vcpu: int | None = None, errno_name: str | None = None
+        self,
+        step: str,
+        ok: bool,
+        detail: str = "",
+        vcpu: int | None = None,
+        errno_name: str | None = None,
+        kind: StepKind = StepKind.OTHER,
     ) -> None:
-        self.steps.append(BringUpStep(step, ok, detail, vcpu, errno_name))
+        self.steps.append(BringUpStep(step, ok, detail, vcpu, errno_name, kind))
 
     def _stop(self, error: str, stop: Literal["rlimit"] | None = None) -> BringUpResult:
         self.ok, self.error, self.stop = False, " ".join(error.split()), stop
@@ -611,12 +630,13 @@ def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
         except SpeConfigError as exc:
             planned = planned_steps(result.irq, result.spu, result.max_buffer_size)
             for step in planned[: planned.index(exc.step)] if exc.step in planned else []:
-                result.add(step.name, True, vcpu=index)
-            result.add(exc.step.name, False, str(exc.error), vcpu=index, errno_name=exc.error.name)
+                result.add(step.name, True, vcpu=index, kind=StepKind(step.call))
+            kind = StepKind(exc.step.call)
+            result.add(exc.step.name, False, str(exc.error), vcpu=index, errno_name=exc.error.name, kind=kind)
             result._stop(str(exc))
             return False
         for step in done:
-            result.add(step.name, True, vcpu=index)
+            result.add(step.name, True, vcpu=index, kind=StepKind(step.call))
     return True
 
 

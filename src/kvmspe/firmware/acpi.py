@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 from dataclasses import dataclass
+from typing import Any
 
 from ..validation import check_int
 from .interrupt import check_spe_ppi
@@ -53,6 +54,7 @@ __all__ = [
     "GiccSpeField",
     "acpi_madt_generic_interrupt",
     "gicc_spe_fields",
+    "madt_document",
 ]
 
 
@@ -137,3 +139,33 @@ def gicc_spe_fields(irq: int, vcpus: int = 1) -> list[GiccSpeField]:
     check_spe_ppi(irq)
     check_int("VCPU count", vcpus, 1, MAX_VCPUS)
     return [GiccSpeField(gicc=i, value=irq) for i in range(vcpus)]
+
+
+def madt_document(irq: int, vcpus: int = 1) -> dict[str, Any]:
+    """The field of every GICC as a JSON-ready document: where it is (table, structure,
+    offset, width, the GICC lengths that hold it), the value and its bytes, how Linux
+    takes the interrupt, and each GICC's own entry. Raises as :func:`gicc_spe_fields`."""
+    fields = gicc_spe_fields(irq, vcpus)
+    first = fields[0]
+    return {
+        "description": "acpi",
+        "irq": irq,
+        "vcpus": vcpus,
+        "table": "APIC",
+        "structure": "GICC",
+        "structure_type": ACPI_MADT_TYPE_GENERIC_INTERRUPT,
+        "field": FIELD_NAME,
+        "since": FIELD_SINCE,
+        "offset": first.offset,
+        "width": first.width,
+        "min_gicc_length": ACPI_MADT_GICC_SPE,
+        "gicc_length_with_trbe": ACPI_MADT_GICC_TRBE,
+        "value": first.value,
+        "bytes": list(first.to_bytes()),
+        "trigger": "level",
+        "polarity": "active-high",
+        "gicc": [
+            {"gicc": f.gicc, "offset": f.offset, "value": f.value, "bytes": list(f.to_bytes())}
+            for f in fields
+        ],
+    }

@@ -35,7 +35,7 @@ def add_parser(
     sub: Any, common: argparse.ArgumentParser, fmt: type[argparse.HelpFormatter], parser_class: type[Any]
 ) -> None:
     """The ``shim`` command and its ``build`` and ``run`` subcommands."""
-    from . import cli
+    from .args import uint
 
     help_ = "run a program against kvmspe's model in front of this host's real KVM (LD_PRELOAD)"
     shim = sub.add_parser("shim", help=help_, description=help_, epilog=EPILOG, formatter_class=fmt)
@@ -52,32 +52,32 @@ def add_parser(
         "--profile", metavar="NAME", default=None, help=f"model host (default {DEFAULT_PROFILE})"
     )
     where.add_argument("--fixture", metavar="NAME", default=None, help="model the SPE units of a snapshot")
-    number = cli._uint("number", (1 << 32) - 1)
+    number = uint("number", (1 << 32) - 1)
     p.add_argument("--feature-bit", metavar="N", type=number, default=None, help="the SPE VCPU feature bit")
     p.add_argument("--cap", metavar="N", type=number, default=None, help="KVM_CAP_ARM_SPE's number")
     p.add_argument("--exit", metavar="N", type=number, default=None, help="KVM_EXIT_RLIMIT's number")
     p.add_argument("--guest", metavar="SPEC", action="append", default=[], help="script the guest's buffer")
     p.add_argument("--fail", metavar="SPEC", action="append", default=[], help="inject a result")
-    p.add_argument("--timeout", metavar="S", type=cli._uint("timeout", 86400, 1), default=600)
+    p.add_argument("--timeout", metavar="S", type=uint("timeout", 86400, 1), default=600)
     p.add_argument("--transcript", metavar="FILE", default=None, help="write the transcript there")
     p.add_argument("command", metavar="COMMAND", nargs=argparse.REMAINDER, help="after --")
     p.set_defaults(func=cmd_shim_run)
 
 
 def cmd_shim_build(args: argparse.Namespace) -> int:
-    from . import cli
-    from .shim import build
+    from ..shim import build
+    from .output import emit
 
     path = build.build(args.out, args.cc)
-    return cli._emit(args, {"path": str(path)}, [f"shim built: {path}"])
+    return emit(args, {"path": str(path)}, [f"shim built: {path}"])
 
 
 def shim_host(profile: str | None, fixture: str | None) -> tuple[Any, str]:
     """The model host of a shim run, and what it is: the profile's (or the
     snapshot's) SPUs on this host's page size, their CPUs those of this host."""
-    from .host import discovery
-    from .model import profiles
-    from .model.kernel import Host, Spu
+    from ..host import discovery
+    from ..model import profiles
+    from ..model.kernel import Host, Spu
 
     if fixture is not None:
         source: Any = discovery.discover(**discovery.fixture_roots(fixture))
@@ -97,8 +97,8 @@ def shim_host(profile: str | None, fixture: str | None) -> tuple[Any, str]:
 
 
 def _numbers(args: argparse.Namespace) -> Any:
-    from . import abi
-    from .shim.server import Numbers
+    from .. import abi
+    from ..shim.server import Numbers
 
     abi.ASSUMED.check()  # a bad KVMSPE_* number in this environment is bad input here too
     bit = None if args.feature_bit is None else abi.check_assumed("spe_feature_bit", args.feature_bit)
@@ -106,7 +106,7 @@ def _numbers(args: argparse.Namespace) -> Any:
     exit_ = abi.MODEL_EXIT_RLIMIT if args.exit is None else abi.check_assumed("exit_rlimit", args.exit)
     arm64 = os.uname().machine in ("aarch64", "arm64")
     if arm64 and bit is None:
-        from .cli import UsageError
+        from .args import UsageError
 
         raise UsageError(
             "--feature-bit N is needed on arm64: the v6 series does not publish the SPE VCPU feature bit;"
@@ -116,12 +116,12 @@ def _numbers(args: argparse.Namespace) -> Any:
 
 
 def cmd_shim_run(args: argparse.Namespace) -> int:
-    from . import cli
-    from .shim import build, launch, script, transcript
+    from ..shim import build, launch, script
+    from .args import UsageError
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise cli.UsageError("no command to run: give it after --, e.g. kvmspe shim run -- ./my-vmm")
+        raise UsageError("no command to run: give it after --, e.g. kvmspe shim run -- ./my-vmm")
     numbers = _numbers(args)
     faults = tuple(script.parse_fault(s) for s in args.fail)
     guest = tuple(script.parse_guest(s) for s in args.guest)
@@ -130,7 +130,7 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
     if args.lib is None and not lib.is_file():
         build.build(lib)
         print(f"kvmspe shim: built {lib}", file=sys.stderr)
-    from . import abi
+    from .. import abi
 
     # The model here reads KVM_EXIT_RLIMIT as the command gets it, whatever this process's environment.
     abi.set_assumed(exit_rlimit=numbers.exit_rlimit)
@@ -145,28 +145,35 @@ def cmd_shim_run(args: argparse.Namespace) -> int:
         timeout=float(args.timeout),
     )
     status = _status(result.status, result.timed_out)
-    facts = {
-        "command": command,
-        "status": status,
-        "timed_out": result.timed_out,
-        "model": what,
-        "numbers": {
-            "spe_feature_bit": numbers.spe_feature_bit,
-            "cap_arm_spe": numbers.cap_arm_spe,
-            "exit_rlimit": numbers.exit_rlimit,
-        },
-        "notes": result.notes,
-    }
+    return out.write(_answer(args, command, numbers, what, result, status) + "\n", status)
+
+
+def _answer(
+    args: argparse.Namespace, command: list[str], numbers: Any, what: str, result: Any, status: int
+) -> str:
+    """The run's transcript, in JSON or for people, with the facts of the run."""
+    from ..shim import transcript
+
     if args.json:
         import json
 
-        text = json.dumps(transcript.to_dict(result.transcript, **facts), indent=2)
-    else:
-        ended = "ran past --timeout and was killed" if result.timed_out else f"exit status {status}"
-        head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
-        lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
-        text = "\n".join([*lines, transcript.render(result.transcript)])
-    return out.write(text + "\n", status)
+        facts = {
+            "command": command,
+            "status": status,
+            "timed_out": result.timed_out,
+            "model": what,
+            "numbers": {
+                "spe_feature_bit": numbers.spe_feature_bit,
+                "cap_arm_spe": numbers.cap_arm_spe,
+                "exit_rlimit": numbers.exit_rlimit,
+            },
+            "notes": result.notes,
+        }
+        return json.dumps(transcript.to_dict(result.transcript, **facts), indent=2)
+    ended = "ran past --timeout and was killed" if result.timed_out else f"exit status {status}"
+    head = f"kvmspe shim: {len(result.transcript)} call(s) seen; the command's {ended}"
+    lines = [head, f"  model: {what}", *(f"  note: {n}" for n in result.notes)]
+    return "\n".join([*lines, transcript.render(result.transcript)])
 
 
 def _status(code: int, timed_out: bool) -> int:
@@ -186,7 +193,7 @@ class _Transcript:
         self._direct: Path | None = None
         if path is None:
             return
-        from .cli import UsageError
+        from .args import UsageError
 
         target = Path(path)
         if not path or "\0" in path or target.is_dir():
@@ -216,15 +223,16 @@ class _Transcript:
 
     def write(self, text: str, status: int) -> int:
         """Write ``text``; return ``status`` (or the CLI's status for a lost answer)."""
-        from . import files
-        from .cli import UsageError, _write
+        from .. import files
+        from .args import UsageError
+        from .output import write
 
         if self._direct is not None:
             with open(self._direct, "w", encoding="utf-8") as f:
                 f.write(text)
             return status
         if self._target is None:
-            return _write(text, status)
+            return write(text, status)
         try:
             files.replace_whole([(self._target, lambda f: f.write(text.encode()))])
         except OSError as exc:
