@@ -64,6 +64,8 @@ from .constants import KVM_VGIC_V3_ADDR_TYPE_REDIST as KVM_VGIC_V3_ADDR_TYPE_RED
 from .constants import KVM_VGIC_V3_DIST_SIZE as KVM_VGIC_V3_DIST_SIZE
 from .constants import KVM_VGIC_V3_REDIST_SIZE as KVM_VGIC_V3_REDIST_SIZE
 from .constants import UNMAPPED_ADDRESS as UNMAPPED_ADDRESS
+from .constants import VGIC_V3_DIST_BASE as VGIC_V3_DIST_BASE
+from .constants import VGIC_V3_REDIST_BASE as VGIC_V3_REDIST_BASE
 from .constants import _BadAddress as _BadAddress
 from .errnos import _GROUP_ERRNOS as _GROUP_ERRNOS
 from .errnos import ATTR_BY_NAME as ATTR_BY_NAME
@@ -140,6 +142,8 @@ __all__ = [
     "KVM_VGIC_V3_ADDR_TYPE_DIST",
     "KVM_VGIC_V3_ADDR_TYPE_REDIST",
     "VGIC_ERRNOS",
+    "VGIC_V3_DIST_BASE",
+    "VGIC_V3_REDIST_BASE",
     "Assumed",
     "AssumedNumberError",
     "MODEL_EXIT_RLIMIT",

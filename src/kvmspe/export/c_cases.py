@@ -32,7 +32,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from .. import __version__, abi, kvm
+from .. import __version__, abi
 from ..conformance import runner as conformance
 from . import c_header
 
@@ -209,8 +209,8 @@ def numbers() -> dict[str, int]:
         "KS_RUN_TIMEOUT_US": int(conformance.RUN_TIMEOUT * 1_000_000),
         "KS_EXIT_REASON_OFFSET": abi.KVM_RUN_EXIT_REASON_OFFSET,
         "KS_RLIMIT_EXCESS_OFFSET": abi.KVM_RUN_RLIMIT_EXCESS_OFFSET,
-        "KS_VGIC_DIST_BASE": kvm.VGIC_V3_DIST_BASE,
-        "KS_VGIC_REDIST_BASE": kvm.VGIC_V3_REDIST_BASE,
+        "KS_VGIC_DIST_BASE": abi.VGIC_V3_DIST_BASE,
+        "KS_VGIC_REDIST_BASE": abi.VGIC_V3_REDIST_BASE,
         "KS_NOSPU_OFFSET": 1000,
     }
 
