@@ -17,9 +17,8 @@ import pytest
 
 from kvmspe import abi
 from kvmspe.arch import maxbuf
-from kvmspe.conformance import vectors
 from kvmspe.errors import NotRepresentableError
-from kvmspe.export import abidata, c_header, render, rust_module
+from kvmspe.export import abidata, c_header, render, rust_module, vectors
 
 HERE = Path(__file__).resolve().parent / "export"
 ROOT = Path(__file__).resolve().parent.parent

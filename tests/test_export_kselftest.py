@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from kvmspe.conformance.cases import CASES
-from kvmspe.conformance.vectors import scenario_vectors
 from kvmspe.export import c_cases, c_selftest, kselftest, render
+from kvmspe.export.vectors import scenario_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "export"))

@@ -18,9 +18,8 @@ import pytest
 
 from kvmspe.arch import maxbuf
 from kvmspe.conformance import runner as conformance
-from kvmspe.conformance import vectors
 from kvmspe.conformance.cases import CASES
-from kvmspe.export import c_selftest
+from kvmspe.export import c_selftest, vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "export"))

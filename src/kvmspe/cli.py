@@ -1282,7 +1282,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from .conformance import vectors
+    from .export import vectors
 
     if not args.out.strip():
         raise UsageError("--out needs a directory, e.g. --out vectors/ (an empty name is refused)")

@@ -6,7 +6,7 @@ revision of the SPE series; ``measured``: the real kernel's nearest interface,
 measured on Linux 7.2 arm64; ``arch``; ``uapi``; ``assumed``) and where in that
 source it is; its :class:`Case` objects are
 the call sequences that show the rule holds. :mod:`kvmspe.conformance.runner` runs
-them against the model or a real kernel, and :mod:`kvmspe.conformance.vectors` writes
+them against the model or a real kernel, and :mod:`kvmspe.export.vectors` writes
 them out for other languages.
 
 A case is a :class:`Setup` (what the host must have, what VCPUs to create)

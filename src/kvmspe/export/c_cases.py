@@ -179,7 +179,7 @@ def _case(s: dict[str, Any], index: int, exprs: _Exprs) -> tuple[list[str], str]
 
 def case_table(doc: dict[str, Any]) -> str:
     """The C of every case of a scenario vectors document
-    (:func:`kvmspe.conformance.vectors.scenario_vectors`): ``eval_expr``,
+    (:func:`kvmspe.export.vectors.scenario_vectors`): ``eval_expr``,
     ``expr_texts``, the steps and ``cases[]``, in the document's order."""
     exprs = _Exprs()
     tables: list[str] = []

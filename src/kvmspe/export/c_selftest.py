@@ -2,7 +2,7 @@
 the kernel selftests' style.
 
 The program is generated from the scenario vectors
-(:func:`kvmspe.conformance.vectors.scenario_vectors`, which come from
+(:func:`kvmspe.export.vectors.scenario_vectors`, which come from
 :data:`kvmspe.conformance.cases.CASES`), and does on ``/dev/kvm`` what
 ``kvmspe conformance --backend kvm`` does: it probes the host (SPE or not,
 page size, SPE units from sysfs), skips a case whose needs the host cannot
@@ -28,8 +28,8 @@ SPE bit), and without one the SPE cases skip with "no SPE VCPU feature".
 from __future__ import annotations
 
 from .. import abi
-from ..conformance.vectors import scenario_vectors
 from . import c_cases
+from .vectors import scenario_vectors
 
 __all__ = ["render"]
 

@@ -18,8 +18,8 @@ test skips, with the reason, as a whole. No number is built in.
 
 from __future__ import annotations
 
-from ..conformance.vectors import scenario_vectors
 from . import c_cases
+from .vectors import scenario_vectors
 
 __all__ = ["NAME", "render"]
 

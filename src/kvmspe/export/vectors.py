@@ -37,12 +37,12 @@ from typing import Any, BinaryIO
 from .. import abi
 from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1
+from ..conformance.cases import CASES, Case, Step
+from ..conformance.runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from ..errors import NotRepresentableError
-from ..export.abidata import assumed_numbers
 from ..model.rules import RULES
 from ..validation import U64_MAX
-from .cases import CASES, Case, Step
-from .runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
+from .abidata import assumed_numbers
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
