@@ -13,7 +13,10 @@ A case is a :class:`Setup` (what the host must have, what VCPUs to create)
 and a tuple of :class:`Step` calls, each with the result it must give. Values
 are integers or small expressions over names the host defines, so that a case
 means the same on a model host and on a real one whose page size, SPU ids
-and SPU limit are whatever they are:
+and SPU limit are whatever they are. Each is parsed into a
+:class:`kvmspe.conformance.expr.Expr` when the case is defined (a bad one stops
+the import of this module), which the runner evaluates and the C exporter
+renders:
 
 ``PAGE``
     the host page size; ``LIMIT`` the first SPU's own max buffer size;
@@ -43,6 +46,8 @@ import errno
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from .expr import Expr, parse
 
 __all__ = [
     "CASES",
@@ -101,14 +106,14 @@ class Expectation:
     ``flag``), ``"errno"`` (the call fails with ``errno_name``), ``"exit"``
     (KVM_RUN returned: any exit when ``exit_name`` is None, else that exit,
     with ``expr`` the KVM_EXIT_RLIMIT excess when given) or ``"value"`` (a GET
-    or a read gives ``expr``, an int or an expression over the host's names).
+    or a read gives ``expr``, an expression over the host's names).
     """
 
     kind: Literal["ok", "has", "errno", "exit", "value"]
     flag: bool = False
     errno_name: str = ""
     exit_name: str | None = None
-    expr: int | str | None = None
+    expr: Expr | None = None
 
     @classmethod
     def parse(cls, written: Expect) -> Expectation:
@@ -116,7 +121,7 @@ class Expectation:
         if isinstance(written, bool):
             return cls("has", flag=written)
         if isinstance(written, int):
-            return cls("value", expr=written)
+            return cls("value", expr=parse(written))
         if written == "ok":
             return cls("ok")
         if written == "exit":
@@ -125,8 +130,8 @@ class Expectation:
             return cls("errno", errno_name=written)
         if written.startswith("KVM_EXIT_"):
             name, _, excess = written.partition(" excess=")
-            return cls("exit", exit_name=name, expr=excess or None)
-        return cls("value", expr=written)
+            return cls("exit", exit_name=name, expr=parse(excess) if excess else None)
+        return cls("value", expr=parse(written))
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ class Setup:
     irqchip (the real backend then creates no vGIC for it). ``memlock`` is the room left under RLIMIT_MEMLOCK
     (the limit is set to what is locked already plus this); ``None`` leaves
     the limit alone (the model: unlimited). ``locked`` is memory the model's
-    VMM has locked already (a real process has its own).
+    VMM has locked already (a real process has its own). ``room`` is
+    ``memlock`` parsed.
     """
 
     spus: tuple[SpuSpec, ...] = (SpuSpec(),)
@@ -161,6 +167,10 @@ class Setup:
     irqchip: bool = True
     memlock: Value = None
     locked: int = 0
+    room: Expr | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "room", None if self.memlock is None else parse(self.memlock))
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,8 @@ class Step:
     ``target`` is the attribute name (either spelling of the max buffer size,
     or ``UNKNOWN``) for set/get/has, "REG.FIELD" for ``guest_read``.
     ``value`` is the SET value, the GET address (``"BAD"`` or None), the
-    new limit for ``setrlimit`` or the buffer size for ``enable``.
+    new room under the limit for ``setrlimit`` or the buffer size for
+    ``enable``; ``amount`` is that value parsed (None for ``"BAD"`` or None).
     """
 
     op: str
@@ -179,9 +190,12 @@ class Step:
     expect: Expect = "ok"
     vcpu: int = 0
     expectation: Expectation = field(init=False, repr=False, compare=False)
+    amount: Expr | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expectation", Expectation.parse(self.expect))
+        amount = None if self.value is None or self.value == "BAD" else parse(self.value)
+        object.__setattr__(self, "amount", amount)
 
     def describe(self) -> str:
         """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
@@ -204,21 +218,41 @@ class Step:
 
 @dataclass(frozen=True)
 class Case:
-    """A named call sequence on a fresh VM that shows one rule."""
+    """A named call sequence on a fresh VM that shows one rule.
+
+    What the case needs of a host, computed once from its calls:
+    ``needs_guest``, guest code that programs SPE (the model, or the real
+    backend under kvmspe's shim); ``needs_plain_vcpu``, a VCPU without the SPE
+    feature; ``needs_irqchip``, an in-kernel irqchip where there is SPE: it sets
+    the SPE interrupt (KVM refuses a PMU interrupt without an irqchip, and the
+    SPE one is modelled on it) or INIT, or runs a VCPU (the interrupt must be
+    set first). Without SPE every such call answers ENXIO (or the VCPU runs
+    bare), with or without an irqchip.
+    """
 
     name: str
     setup: Setup
     calls: tuple[Step, ...]
     rule: Requirement | None = field(default=None, repr=False, compare=False)
+    needs_guest: bool = field(init=False, repr=False, compare=False)
+    needs_plain_vcpu: bool = field(init=False, repr=False, compare=False)
+    needs_irqchip: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        calls = self.calls
+        facts = {
+            "needs_guest": any(s.op in GUEST_OPS for s in calls),
+            "needs_plain_vcpu": not all(self.setup.vcpus)
+            or any(s.op == "create_vcpu" and s.target != "spe" for s in calls),
+            "needs_irqchip": any(s.op == "run" or (s.op == "set" and s.target in (IRQ, INIT)) for s in calls),
+        }
+        for name, value in facts.items():
+            object.__setattr__(self, name, value)
 
     @property
     def expected(self) -> Expect:
         """The result of the last call: what the case is about."""
         return self.calls[-1].expect
-
-    @property
-    def needs_guest(self) -> bool:
-        return any(s.op in GUEST_OPS for s in self.calls)
 
 
 @dataclass(frozen=True)

@@ -27,21 +27,18 @@ how a VM, a VCPU, an attribute call and a run are made, and how results are prin
 
 from __future__ import annotations
 
-import ast
 import json
 from importlib import resources
 from typing import Any
 
 from .. import __version__, abi
 from ..conformance import runner as conformance
+from ..conformance.cases import Case, by_name
+from ..conformance.expr import NAMES, NOSPU_OFFSET, parse
 from . import c_header
 
-__all__ = ["NAMES", "c_expr", "case_table", "numbers", "program", "template"]
+__all__ = ["case_table", "numbers", "program", "template"]
 
-#: The names a case expression may use, in the order of the C ``ENV_*`` enum.
-NAMES = ("PAGE", "SPU", "SPU2", "NOSPU", "LIMIT", "LARGEST", "KiB", "MiB", "GiB")
-_FUNCS = {"next_size": "ks_next_size", "unrep": "ks_unrep", "enc": "ks_enc"}
-_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "/"}
 _OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu")
 _ADDR = {"valid": "ADDR_VALID", "bad-address": "ADDR_BAD", "null": "ADDR_NULL"}
 
@@ -49,36 +46,6 @@ _ADDR = {"valid": "ADDR_VALID", "bad-address": "ADDR_BAD", "null": "ADDR_NULL"}
 def template(name: str) -> str:
     """The text of ``templates/NAME``, shipped with the package."""
     return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def c_expr(text: str) -> str:
-    """A case expression as C over ``struct env *e``: u64 arithmetic, wrapping mod 2**64
-    (as +, - and * are exact mod 2**64, a result that fits a u64 is the Python value)."""
-
-    def tr(node: ast.AST) -> str:
-        if isinstance(node, ast.Expression):
-            return tr(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            if not 0 <= node.value < 1 << 64:
-                raise ValueError(f"case expression {text!r}: constant {node.value} does not fit a u64")
-            return f"UINT64_C({node.value:#x})"
-        if isinstance(node, ast.Name) and node.id in NAMES:
-            return f"env_get(e, ENV_{node.id})"
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return f"({tr(node.left)} {_BINOPS[type(node.op)]} {tr(node.right)})"
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            return f"ks_pow({tr(node.left)}, {tr(node.right)})"
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS
-            and len(node.args) == 1
-            and not node.keywords
-        ):
-            return f"{_FUNCS[node.func.id]}(e, {tr(node.args[0])})"
-        raise ValueError(f"case expression {text!r}: {ast.dump(node)} has no C translation")
-
-    return tr(ast.parse(text, mode="eval"))
 
 
 def _cstr(text: str) -> str:
@@ -96,24 +63,17 @@ class _Exprs:
             return -1
         text = value["expr"]
         if text not in self.texts:
-            c_expr(text)  # refuse what cannot be translated, at generation time
             self.texts.append(text)
         return self.texts.index(text)
 
     def render(self) -> list[str]:
         lines = ["static uint64_t eval_expr(int id, struct env *e)", "{", "\tswitch (id) {"]
         for i, text in enumerate(self.texts):
-            lines += [f"\tcase {i}: /* {text} */", f"\t\treturn {c_expr(text)};"]
+            lines += [f"\tcase {i}: /* {text} */", f"\t\treturn {parse(text).to_c()};"]
         lines += ["\t}", '\te->error = "unknown expression";', "\treturn 0;", "}", ""]
         lines += ["static const char *const expr_texts[] = {"]
         lines += [f"\t{_cstr(t)}," for t in self.texts] + ["};"]
         return lines
-
-
-def _needs_irqchip(s: dict[str, Any]) -> bool:
-    """As the Python runner: a case that sets the SPE interrupt or INIT, or runs a VCPU."""
-    names = {"KVM_ARM_VCPU_SPE_IRQ", "KVM_ARM_VCPU_SPE_INIT"}
-    return any(c["op"] == "run" or (c["op"] == "set" and c["attr_name"] in names) for c in s["calls"])
 
 
 def _expect(exp: dict[str, Any], exprs: _Exprs) -> tuple[str, int, int, int]:
@@ -161,7 +121,7 @@ def _describe(c: dict[str, Any]) -> str:
     return f"{who}{c['op']}"
 
 
-def _case(s: dict[str, Any], index: int, exprs: _Exprs) -> tuple[list[str], str]:
+def _case(s: dict[str, Any], case: Case, index: int, exprs: _Exprs) -> tuple[list[str], str]:
     req = s["requires"]
     limit = {"any": "LIM_ANY", "none": "LIM_NONE", "some": "LIM_SOME"}[req.get("spu_limit", "any")]
     steps = [_step(c, exprs) for c in s["calls"]]
@@ -171,7 +131,7 @@ def _case(s: dict[str, Any], index: int, exprs: _Exprs) -> tuple[list[str], str]
     entry = (
         f"\t{{ {_cstr(s['name'])}, {_cstr(s['rule'])}, {_cstr(s['source'])}, {int(req['spe'])},"
         f" {req.get('spus', 0)}, {limit}, {req.get('page_size', 0)}, {int(req['guest'])},"
-        f" {int(req.get('irqchip', True))}, {int(_needs_irqchip(s))}, {_cstr(vcpus)},"
+        f" {int(req.get('irqchip', True))}, {int(case.needs_irqchip)}, {_cstr(vcpus)},"
         f" {exprs.id(s.get('memlock_room'))}, {arr}, {len(steps)} }},"
     )
     return lines, entry
@@ -184,8 +144,9 @@ def case_table(doc: dict[str, Any]) -> str:
     exprs = _Exprs()
     tables: list[str] = []
     entries: list[str] = []
-    for i, s in enumerate(doc["scenarios"]):
-        lines, entry = _case(s, i, exprs)
+    scenarios = doc["scenarios"]
+    for i, (s, case) in enumerate(zip(scenarios, by_name(s["name"] for s in scenarios), strict=True)):
+        lines, entry = _case(s, case, i, exprs)
         tables += lines
         entries.append(entry)
     out = exprs.render() + [""] + tables + ["", "static const struct kcase cases[] = {"] + entries + ["};"]
@@ -211,7 +172,7 @@ def numbers() -> dict[str, int]:
         "KS_RLIMIT_EXCESS_OFFSET": abi.KVM_RUN_RLIMIT_EXCESS_OFFSET,
         "KS_VGIC_DIST_BASE": abi.VGIC_V3_DIST_BASE,
         "KS_VGIC_REDIST_BASE": abi.VGIC_V3_REDIST_BASE,
-        "KS_NOSPU_OFFSET": 1000,
+        "KS_NOSPU_OFFSET": NOSPU_OFFSET,
     }
 
 

@@ -38,6 +38,7 @@ from .. import abi
 from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1
 from ..conformance.cases import CASES, Case, Step
+from ..conformance.expr import Expr, parse
 from ..conformance.runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from ..errors import NotRepresentableError
 from ..model.rules import RULES
@@ -182,11 +183,11 @@ def _typed(value: int, ctype: str) -> int | str:
     return value if ctype == "int" else _hex(value % (1 << 64))
 
 
-def _both(runner: ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
-    """A case value: its expression over the host's names, and its value on the model host."""
-    value = runner.value(expr)
-    assert isinstance(value, int)
-    return {"expr": str(expr), "model": _typed(value, ctype)}
+def _both(runner: ModelRunner, expr: Expr | None, ctype: str = "__u64") -> dict[str, Any]:
+    """A case value: its expression over the host's names, and its value on the model
+    host; a value the case does not give is 0."""
+    expr = parse(0) if expr is None else expr
+    return {"expr": expr.text, "model": _typed(runner.value(expr), ctype)}
 
 
 def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
@@ -227,17 +228,17 @@ def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
                 call["addr"] = "valid" if step.op == "get" else "null"
             else:
                 call["addr"] = "valid"
-                call["value"] = _both(runner, step.value, ctype)
+                call["value"] = _both(runner, step.amount, ctype)
     elif step.op == "run":
         call.update(ioctl="KVM_RUN", timeout_ms=int(RUN_TIMEOUT * 1000))
     elif step.op == "create_vcpu":
         call.update(ioctl="KVM_CREATE_VCPU", spe=step.target == "spe")
     elif step.op == "setrlimit":
-        call["memlock_room"] = _both(runner, step.value if step.value is not None else 0)
+        call["memlock_room"] = _both(runner, step.amount)
     elif step.op == "enable":
         call.update(
             base=_hex(GUEST_BUFFER_BASE),
-            size=_both(runner, step.value if step.value is not None else 0),
+            size=_both(runner, step.amount),
             stage1="unmapped" if step.target else "mapped",
         )
     elif step.op == "guest_read":
@@ -286,8 +287,8 @@ def _scenario(case: Case) -> dict[str, Any]:
         "requires": _requires(case),
         "vcpus": [{"index": i, "spe": spe} for i, spe in enumerate(case.setup.vcpus)],
     }
-    if case.setup.memlock is not None:
-        out["memlock_room"] = _both(runner, case.setup.memlock)
+    if case.setup.room is not None:
+        out["memlock_room"] = _both(runner, case.setup.room)
     out["model_host"] = model_host
     out["calls"] = [_call(runner, s) for s in case.calls]
     return out
