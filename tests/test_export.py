@@ -18,7 +18,7 @@ import pytest
 from kvmspe import abi
 from kvmspe.arch import maxbuf
 from kvmspe.errors import NotRepresentableError
-from kvmspe.export import abidata, c_header, render, rust_module, vectors
+from kvmspe.export import abidata, c_header, render, rust_module, template, vectors
 
 HERE = Path(__file__).resolve().parent / "export"
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,3 +392,40 @@ def test_cli_refuses_an_unknown_language(capsys: pytest.CaptureFixture[str]) -> 
     assert len(err.splitlines()) == 1 and "invalid choice: 'cobol'" in err
     with pytest.raises(ValueError, match="accepted: c, rust, c-selftest"):
         render("cobol")
+
+
+# --- the templates ---------------------------------------------------------------------------------
+
+
+def test_a_template_is_filled_with_exactly_its_placeholders() -> None:
+    given = ("@GENERATED@", "@SPE_NUMBERS@", "@UAPI_NUMBERS@", "@ASSUMED_NUMBERS@", "@REGISTER_FIELDS@")
+    lines: dict[str, str | list[str]] = {name: ["x"] for name in given}
+    with pytest.raises(ValueError, match="nothing given for its line @CODEC_NUMBERS@"):
+        template.fill("kvmspe.h", lines)
+    with pytest.raises(ValueError, match="lacks the lines @NOT_THERE@"):
+        template.fill("kvmspe.h", {**lines, "@CODEC_NUMBERS@": "", "@NOT_THERE@": "y"})
+    filled = template.fill("kvmspe.h", {**lines, "@GENERATED@": "/* a\nb */", "@CODEC_NUMBERS@": []})
+    assert filled.startswith("/* a\nb */\n/*\n") and filled.endswith("#endif /* KVMSPE_H */\n")
+    assert not [line for line in filled.splitlines() if line.startswith("@") and line.endswith("@")]
+
+
+@pytest.mark.parametrize(
+    ("module", "code"),
+    [(c_header, "bool kvmspe_maxbuffsize_decode("), (rust_module, "fn maxbuffsize_decode(")],
+)
+def test_the_codec_text_is_in_the_template_not_in_python(module: object, code: str) -> None:
+    source = Path(str(getattr(module, "__file__", ""))).read_text()
+    assert code not in source
+    name = "kvmspe.h" if module is c_header else "kvmspe.rs"
+    assert code in template.text(name)
+
+
+def test_the_templates_are_package_data() -> None:
+    """pyproject ships every file of templates/ (a wheel without one would fail at export)."""
+    import tomllib
+
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = [p.removeprefix("export/templates/") for p in shipped["kvmspe"] if p.startswith("export/")]
+    folder = ROOT / "src" / "kvmspe" / "export" / "templates"
+    for path in folder.iterdir():
+        assert any(path.match(p) for p in patterns), path.name
