@@ -116,6 +116,10 @@ def test_a_bad_expression_stops_the_definition_of_its_case() -> None:
         Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE +")
     with pytest.raises(ValueError, match="os"):
         Setup(memlock="os")
+    with pytest.raises(ValueError, match="not an attribute"):
+        Step("has", "KVM_ARM_VCPU_SPE_NOTHING", expect=False)
+    assert Step("has", "255", expect=False).attribute == (abi.KVM_ARM_VCPU_SPE_CTRL, 255)
+    assert Step("run").attribute is None
     # What every case wrote is parsed already: the values are the ones the runner evaluates.
     step = next(s for c in CASES for s in c.calls if s.value == "PAGE * 2")
     assert step.amount is expr.parse("PAGE * 2")
@@ -682,4 +686,4 @@ def test_expectations_are_parsed_once_into_their_kind() -> None:
     )
     assert Expectation.parse("KVM_EXIT_INTR") == Expectation("exit", exit_name="KVM_EXIT_INTR")
     assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr=expr.parse("enc(LIMIT)"))
-    assert Step("get", "X", expect="EINVAL").expectation.kind == "errno"
+    assert Step("get", MAX_NAME, expect="EINVAL").expectation.kind == "errno"

@@ -429,3 +429,26 @@ def test_the_templates_are_package_data() -> None:
     folder = ROOT / "src" / "kvmspe" / "export" / "templates"
     for path in folder.iterdir():
         assert any(path.match(p) for p in patterns), path.name
+
+
+def _imported(package: str) -> set[str]:
+    """The kvmspe modules the modules of ``kvmspe.PACKAGE`` import (``from .. import x`` as ``x``)."""
+    import ast
+
+    out: set[str] = set()
+    for path in (ROOT / "src" / "kvmspe" / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                base = node.module or ""
+                out |= {f"{base}.{a.name}".strip(".") for a in node.names} if not base else {base}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kvmspe."):
+                out.add((node.module or "").removeprefix("kvmspe."))
+    return out
+
+
+def test_imports_run_down_the_layers() -> None:
+    """The conformance suite uses nothing of the exporters, and the exporters reach
+    the real backend only through its ABI numbers (kvmspe.abi)."""
+    assert not {m for m in _imported("conformance") if m.split(".")[0] == "export"}
+    assert not {m for m in _imported("export") if m.split(".")[0] == "kvm"}
+    assert "conformance.cases" in _imported("export")  # the check sees the imports it must see

@@ -47,6 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .. import abi
 from .expr import Expr, parse
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "Setup",
     "SpuSpec",
     "Step",
+    "attribute_of",
     "by_name",
 ]
 
@@ -93,6 +95,12 @@ SOURCES = ("seed", "series", "measured", "arch", "uapi", "assumed")
 OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu", "enable", "disable", "guest_read", "vm_lck")
 #: The operations that need guest code (model only).
 GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
+#: The operations on a device attribute (``target`` names it).
+ATTR_OPS = frozenset({"set", "get", "has"})
+#: The attributes whose SET needs an in-kernel irqchip on an SPE host.
+_IRQCHIP_ATTRS = frozenset(
+    (abi.KVM_ARM_VCPU_SPE_CTRL, a) for a in (abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_INIT)
+)
 
 Value = int | str | None
 Expect = int | str | bool
@@ -182,6 +190,8 @@ class Step:
     ``value`` is the SET value, the GET address (``"BAD"`` or None), the
     new room under the limit for ``setrlimit`` or the buffer size for
     ``enable``; ``amount`` is that value parsed (None for ``"BAD"`` or None).
+    ``attribute`` is the (group, attr) ``target`` names for set/get/has
+    (None for the other operations).
     """
 
     op: str
@@ -191,11 +201,13 @@ class Step:
     vcpu: int = 0
     expectation: Expectation = field(init=False, repr=False, compare=False)
     amount: Expr | None = field(init=False, repr=False, compare=False)
+    attribute: tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expectation", Expectation.parse(self.expect))
         amount = None if self.value is None or self.value == "BAD" else parse(self.value)
         object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "attribute", attribute_of(self.target) if self.op in ATTR_OPS else None)
 
     def describe(self) -> str:
         """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
@@ -214,6 +226,16 @@ class Step:
         if self.op in ("setrlimit", "enable"):
             return f"{who}{self.op} {self.value}"
         return f"{who}{self.op}"
+
+
+def attribute_of(target: str) -> tuple[int, int]:
+    """The (group, attr) a step's ``target`` names: a name of :data:`kvmspe.abi.ATTR_BY_NAME`,
+    or a number of KVM_ARM_VCPU_SPE_CTRL (as ``UNKNOWN``); ValueError for another name."""
+    if target.isdigit():
+        return abi.KVM_ARM_VCPU_SPE_CTRL, int(target)
+    if target not in abi.ATTR_BY_NAME:
+        raise ValueError(f"{target!r} is not an attribute kvmspe knows")
+    return abi.ATTR_BY_NAME[target]
 
 
 @dataclass(frozen=True)
@@ -244,7 +266,9 @@ class Case:
             "needs_guest": any(s.op in GUEST_OPS for s in calls),
             "needs_plain_vcpu": not all(self.setup.vcpus)
             or any(s.op == "create_vcpu" and s.target != "spe" for s in calls),
-            "needs_irqchip": any(s.op == "run" or (s.op == "set" and s.target in (IRQ, INIT)) for s in calls),
+            "needs_irqchip": any(
+                s.op == "run" or (s.op == "set" and s.attribute in _IRQCHIP_ATTRS) for s in calls
+            ),
         }
         for name, value in facts.items():
             object.__setattr__(self, name, value)

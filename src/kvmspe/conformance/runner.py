@@ -115,10 +115,9 @@ class Result:
         }
 
 
-def _attr(target: str) -> tuple[int, int]:
-    if target.isdigit():
-        return abi.KVM_ARM_VCPU_SPE_CTRL, int(target)
-    return abi.ATTR_BY_NAME[target]
+def _attr(step: Step) -> tuple[int, int]:
+    assert step.attribute is not None, step
+    return step.attribute
 
 
 def _show(v: object) -> str:
@@ -171,14 +170,14 @@ class _Runner:
     def perform(self, step: Step) -> object:
         vcpu: Vcpu = self.vcpus[step.vcpu]
         if step.op == "set":
-            group, attr = _attr(step.target)
+            group, attr = _attr(step)
             vcpu.set_device_attr(group, attr, self.argument(step))
             return "ok"
         if step.op == "get":
-            group, attr = _attr(step.target)
+            group, attr = _attr(step)
             return vcpu.get_device_attr(group, attr, self.argument(step))
         if step.op == "has":
-            return vcpu.has_device_attr(*_attr(step.target))
+            return vcpu.has_device_attr(*_attr(step))
         if step.op == "run":
             return vcpu.run()
         if step.op == "create_vcpu":

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 from .. import abi
 from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1
-from ..conformance.cases import CASES, Case, Step
+from ..conformance.cases import CASES, Case, Step, attribute_of
 from ..conformance.expr import Expr, parse
 from ..conformance.runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from ..errors import NotRepresentableError
@@ -171,8 +171,7 @@ def codec_vectors() -> dict[str, Any]:
 
 def _value_type(target: str) -> str:
     """The C type behind ``addr`` for an attribute: ``__u64``, ``int`` or ``none``."""
-    key = (abi.KVM_ARM_VCPU_SPE_CTRL, int(target)) if target.isdigit() else abi.ATTR_BY_NAME[target]
-    info = abi.attr_info(*key)
+    info = abi.attr_info(*attribute_of(target))
     if info is None:
         return "__u64"  # an attribute the interface does not have: the backends pass a __u64
     fmt = getattr(info, "value", None)
@@ -212,12 +211,8 @@ def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
 def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
     call: dict[str, Any] = {"vcpu": step.vcpu, "op": step.op}
     ctype = "__u64"
-    if step.op in ("set", "get", "has"):
-        group, attr = (
-            (abi.KVM_ARM_VCPU_SPE_CTRL, int(step.target))
-            if step.target.isdigit()
-            else abi.ATTR_BY_NAME[step.target]
-        )
+    if step.attribute is not None:
+        group, attr = step.attribute
         ioctl = {"set": "KVM_SET_DEVICE_ATTR", "get": "KVM_GET_DEVICE_ATTR", "has": "KVM_HAS_DEVICE_ATTR"}
         ctype = _value_type(step.target)
         call.update(ioctl=ioctl[step.op], group=group, attr=attr, attr_name=step.target, value_type=ctype)
