@@ -16,7 +16,6 @@ import pytest
 
 from kvmspe.conformance.cases import CASES
 from kvmspe.export import c_cases, c_selftest, kselftest, render, template
-from kvmspe.export.vectors import scenario_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "export"))
@@ -35,7 +34,7 @@ DEFINES = "-DKVM_ARM_VCPU_SPE=16 -DKVM_EXIT_RLIMIT=65536"
 def test_both_harnesses_hold_the_same_case_table_and_the_shared_c() -> None:
     """One renderer: the case table and the two shared files appear, byte for byte, in the
     kselftest and in the standalone program; neither harness template holds case logic."""
-    table = c_cases.case_table(scenario_vectors())
+    table = c_cases.case_table()
     k, s = kselftest.render(), c_selftest.render()
     for shared in (table, template.text("cases_head.c"), template.text("cases_run.c")):
         assert shared.strip() in k and shared.strip() in s

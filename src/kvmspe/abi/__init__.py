@@ -77,6 +77,7 @@ from .errnos import AttrInfo as AttrInfo
 from .errnos import attr_info as attr_info
 from .errnos import check_value as check_value
 from .errnos import explain as explain
+from .errnos import value_type as value_type
 from .exits import _EXIT_NAMES as _EXIT_NAMES
 from .exits import Exit as Exit
 from .exits import exit_name as exit_name
@@ -161,6 +162,7 @@ __all__ = [
     "KVM_ARM_VCPU_SPE_INIT",
     "VCPU_INIT",
     "attr_info",
+    "value_type",
     "explain",
     "set_assumed",
 ]

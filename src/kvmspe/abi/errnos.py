@@ -181,6 +181,16 @@ def attr_info(group: int, attr: int) -> AttrInfo | None:
     return ATTRS.get((group, attr))
 
 
+def value_type(group: int, attr: int) -> str:
+    """The C type behind ``addr`` for ``(group, attr)``: ``"__u64"``, ``"int"``, or
+    ``"none"`` (no value); ``"__u64"`` for an attribute the interface does not have,
+    which kvmspe's backends pass as one."""
+    info = attr_info(group, attr)
+    if info is None:
+        return "__u64"
+    return "none" if info.value is None else "int" if info.value is INT else "__u64"
+
+
 def explain(call: str, group: int, attr: int, code: int) -> str:
     """Our sentence for errno ``code`` answered by ``call`` ('set', 'get', 'has')."""
     info = attr_info(group, attr)

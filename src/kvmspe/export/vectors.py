@@ -171,11 +171,7 @@ def codec_vectors() -> dict[str, Any]:
 
 def _value_type(target: str) -> str:
     """The C type behind ``addr`` for an attribute: ``__u64``, ``int`` or ``none``."""
-    info = abi.attr_info(*attribute_of(target))
-    if info is None:
-        return "__u64"  # an attribute the interface does not have: the backends pass a __u64
-    fmt = getattr(info, "value", None)
-    return "none" if fmt is None else "int" if fmt is abi.INT else "__u64"
+    return abi.value_type(*attribute_of(target))
 
 
 def _typed(value: int, ctype: str) -> int | str:
