@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..arch import maxbuf
 
-__all__ = ["FUNCTIONS", "NAMES", "NOSPU_OFFSET", "OPERATORS", "Env", "Expr", "parse"]
+__all__ = ["FUNCTIONS", "NAMES", "NOSPU_OFFSET", "OPERATORS", "Env", "Expr", "Function", "Operator", "parse"]
 
 #: The names an expression may use, in the order of the C ``ENV_*`` enum:
 #: ``PAGE`` the host page size, ``SPU``/``SPU2`` the first and second SPU's
