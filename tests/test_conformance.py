@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 
 from kvmspe import abi
+from kvmspe.conformance import expr
 from kvmspe.conformance import runner as conformance
-from kvmspe.conformance.cases import CASES, RULE_LIST, SOURCES, Case, Setup, by_name
-from kvmspe.conformance.runner import HostFacts, Report, resolve
+from kvmspe.conformance.cases import CASES, RULE_LIST, SOURCES, Case, Expectation, Setup, Step, by_name
+from kvmspe.conformance.cases import INIT as INIT_NAME
+from kvmspe.conformance.cases import IRQ as IRQ_NAME
+from kvmspe.conformance.cases import MAX as MAX_NAME
+from kvmspe.conformance.runner import HostFacts, Report
 from kvmspe.errors import KvmError
 from kvmspe.model import kernel as model
 from kvmspe.model.rules import RULES, Check, RuleSet
@@ -74,15 +78,64 @@ def test_by_name_keeps_order_and_refuses_unknown_names() -> None:
     assert [c.name for c in by_name(iter(["has-irq"]))] == ["has-irq"]
 
 
-def test_resolve_evaluates_case_expressions_and_nothing_else() -> None:
-    env = conformance._env(16384, [10, 11], 1 << 20)
-    assert resolve("PAGE * 2 + 4 * KiB", env) == 36864
-    assert resolve("LIMIT", env) == 1 << 20
-    assert resolve("unrep(PAGE)", env) % 16384 == 0
-    with pytest.raises(ValueError):
-        resolve("__import__('os').getpid()", env)
-    with pytest.raises(ValueError):
-        resolve("PAGE.bit_length()", env)
+def test_an_expression_evaluates_on_its_host_and_the_language_is_nothing_more() -> None:
+    env = expr.Env(16384, (10, 11), 1 << 20)
+    assert expr.parse("PAGE * 2 + 4 * KiB").evaluate(env) == 36864
+    assert expr.parse("LIMIT").evaluate(env) == 1 << 20
+    assert expr.parse("unrep(PAGE)").evaluate(env) % 16384 == 0
+    assert expr.parse("NOSPU").evaluate(env) == 11 + expr.NOSPU_OFFSET
+    assert expr.parse(4096).evaluate(env) == 4096
+    for text in ("__import__('os').getpid()", "PAGE.bit_length()", "PAGE / 2", "-1", "enc(1, 2)", "PAGE +"):
+        with pytest.raises(ValueError, match="case expression"):
+            expr.parse(text)
+    with pytest.raises(ValueError, match="fit a u64"):
+        expr.parse(1 << 64)
+
+
+def test_a_name_the_host_lacks_is_an_error_when_evaluated() -> None:
+    env = expr.Env(4096, (10,), None)
+    for text in ("SPU2", "LIMIT * 2"):
+        with pytest.raises(ValueError, match="no value on this host"):
+            expr.parse(text).evaluate(env)
+
+
+def test_an_expression_is_parsed_once_and_renders_to_c() -> None:
+    assert expr.parse("PAGE * 2") is expr.parse("PAGE * 2")
+    assert expr.parse("enc(PAGE ** 2 - 1)").to_c() == (
+        "ks_enc(e, (ks_pow(env_get(e, ENV_PAGE), UINT64_C(0x2)) - UINT64_C(0x1)))"
+    )
+    assert str(expr.parse("GiB // MiB")) == "GiB // MiB"
+
+
+def test_a_bad_expression_stops_the_definition_of_its_case() -> None:
+    with pytest.raises(ValueError, match="PAGE.bit_length"):
+        Step("set", MAX_NAME, "PAGE.bit_length()")
+    with pytest.raises(ValueError, match="PAGES"):
+        Step("get", MAX_NAME, expect="PAGES")
+    with pytest.raises(ValueError, match="PAGE \\+"):
+        Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE +")
+    with pytest.raises(ValueError, match="os"):
+        Setup(memlock="os")
+    with pytest.raises(ValueError, match="not an attribute"):
+        Step("has", "KVM_ARM_VCPU_SPE_NOTHING", expect=False)
+    assert Step("has", "255", expect=False).attribute == (abi.KVM_ARM_VCPU_SPE_CTRL, 255)
+    assert Step("run").attribute is None
+    # What every case wrote is parsed already: the values are the ones the runner evaluates.
+    step = next(s for c in CASES for s in c.calls if s.value == "PAGE * 2")
+    assert step.amount is expr.parse("PAGE * 2")
+
+
+def test_the_facts_of_a_case_are_computed_from_its_calls() -> None:
+    by = {c.name: c for c in CASES}
+    assert not by["no-spe-has-irq"].needs_irqchip and not by["no-spe-has-irq"].needs_guest
+    for c in CASES:
+        runs = any(s.op == "run" for s in c.calls)
+        sets_irq = any(s.op == "set" and s.target in (IRQ_NAME, INIT_NAME) for s in c.calls)
+        assert c.needs_irqchip == (runs or sets_irq), c.name
+        assert c.needs_plain_vcpu == (
+            not all(c.setup.vcpus) or any(s.op == "create_vcpu" and s.target == "plain" for s in c.calls)
+        ), c.name
+    assert any(c.needs_guest for c in CASES) and any(c.needs_plain_vcpu for c in CASES)
 
 
 # --- the model passes every case ------------------------------------------------------------------
@@ -623,16 +676,14 @@ def test_a_timed_out_real_run_is_the_kernels_signal_exit(tmp_path: Path) -> None
 
 
 def test_expectations_are_parsed_once_into_their_kind() -> None:
-    from kvmspe.conformance.cases import Expectation, Step
-
     assert Expectation.parse(True) == Expectation("has", flag=True)
-    assert Expectation.parse(0x400) == Expectation("value", expr=0x400)
+    assert Expectation.parse(0x400) == Expectation("value", expr=expr.parse(0x400))
     assert Expectation.parse("ok") == Expectation("ok")
     assert Expectation.parse("exit") == Expectation("exit")
     assert Expectation.parse("EDOM") == Expectation("errno", errno_name="EDOM")
     assert Expectation.parse("KVM_EXIT_RLIMIT excess=PAGE * 4") == Expectation(
-        "exit", exit_name="KVM_EXIT_RLIMIT", expr="PAGE * 4"
+        "exit", exit_name="KVM_EXIT_RLIMIT", expr=expr.parse("PAGE * 4")
     )
     assert Expectation.parse("KVM_EXIT_INTR") == Expectation("exit", exit_name="KVM_EXIT_INTR")
-    assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr="enc(LIMIT)")
-    assert Step("get", "X", expect="EINVAL").expectation.kind == "errno"
+    assert Expectation.parse("enc(LIMIT)") == Expectation("value", expr=expr.parse("enc(LIMIT)"))
+    assert Step("get", MAX_NAME, expect="EINVAL").expectation.kind == "errno"

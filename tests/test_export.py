@@ -17,9 +17,8 @@ import pytest
 
 from kvmspe import abi
 from kvmspe.arch import maxbuf
-from kvmspe.conformance import vectors
 from kvmspe.errors import NotRepresentableError
-from kvmspe.export import abidata, c_header, render, rust_module
+from kvmspe.export import abidata, c_header, render, rust_module, template, vectors
 
 HERE = Path(__file__).resolve().parent / "export"
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,3 +392,63 @@ def test_cli_refuses_an_unknown_language(capsys: pytest.CaptureFixture[str]) -> 
     assert len(err.splitlines()) == 1 and "invalid choice: 'cobol'" in err
     with pytest.raises(ValueError, match="accepted: c, rust, c-selftest"):
         render("cobol")
+
+
+# --- the templates ---------------------------------------------------------------------------------
+
+
+def test_a_template_is_filled_with_exactly_its_placeholders() -> None:
+    given = ("@GENERATED@", "@SPE_NUMBERS@", "@UAPI_NUMBERS@", "@ASSUMED_NUMBERS@", "@REGISTER_FIELDS@")
+    lines: dict[str, str | list[str]] = {name: ["x"] for name in given}
+    with pytest.raises(ValueError, match="nothing given for its line @CODEC_NUMBERS@"):
+        template.fill("kvmspe.h", lines)
+    with pytest.raises(ValueError, match="lacks the lines @NOT_THERE@"):
+        template.fill("kvmspe.h", {**lines, "@CODEC_NUMBERS@": "", "@NOT_THERE@": "y"})
+    filled = template.fill("kvmspe.h", {**lines, "@GENERATED@": "/* a\nb */", "@CODEC_NUMBERS@": []})
+    assert filled.startswith("/* a\nb */\n/*\n") and filled.endswith("#endif /* KVMSPE_H */\n")
+    assert not [line for line in filled.splitlines() if line.startswith("@") and line.endswith("@")]
+
+
+@pytest.mark.parametrize(
+    ("module", "code"),
+    [(c_header, "bool kvmspe_maxbuffsize_decode("), (rust_module, "fn maxbuffsize_decode(")],
+)
+def test_the_codec_text_is_in_the_template_not_in_python(module: object, code: str) -> None:
+    source = Path(str(getattr(module, "__file__", ""))).read_text()
+    assert code not in source
+    name = "kvmspe.h" if module is c_header else "kvmspe.rs"
+    assert code in template.text(name)
+
+
+def test_the_templates_are_package_data() -> None:
+    """pyproject ships every file of templates/ (a wheel without one would fail at export)."""
+    import tomllib
+
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = [p.removeprefix("export/templates/") for p in shipped["kvmspe"] if p.startswith("export/")]
+    folder = ROOT / "src" / "kvmspe" / "export" / "templates"
+    for path in folder.iterdir():
+        assert any(path.match(p) for p in patterns), path.name
+
+
+def _imported(package: str) -> set[str]:
+    """The kvmspe modules the modules of ``kvmspe.PACKAGE`` import (``from .. import x`` as ``x``)."""
+    import ast
+
+    out: set[str] = set()
+    for path in (ROOT / "src" / "kvmspe" / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                base = node.module or ""
+                out |= {f"{base}.{a.name}".strip(".") for a in node.names} if not base else {base}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kvmspe."):
+                out.add((node.module or "").removeprefix("kvmspe."))
+    return out
+
+
+def test_imports_run_down_the_layers() -> None:
+    """The conformance suite uses nothing of the exporters, and the exporters reach
+    the real backend only through its ABI numbers (kvmspe.abi)."""
+    assert not {m for m in _imported("conformance") if m.split(".")[0] == "export"}
+    assert not {m for m in _imported("export") if m.split(".")[0] == "kvm"}
+    assert "conformance.cases" in _imported("export")  # the check sees the imports it must see

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvmspe.conformance.cases import CASES
-from kvmspe.conformance.vectors import scenario_vectors
-from kvmspe.export import c_cases, c_selftest, kselftest, render
+from kvmspe.export import c_cases, c_selftest, kselftest, render, template
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "export"))
@@ -35,12 +34,12 @@ DEFINES = "-DKVM_ARM_VCPU_SPE=16 -DKVM_EXIT_RLIMIT=65536"
 def test_both_harnesses_hold_the_same_case_table_and_the_shared_c() -> None:
     """One renderer: the case table and the two shared files appear, byte for byte, in the
     kselftest and in the standalone program; neither harness template holds case logic."""
-    table = c_cases.case_table(scenario_vectors())
+    table = c_cases.case_table()
     k, s = kselftest.render(), c_selftest.render()
-    for shared in (table, c_cases.template("cases_head.c"), c_cases.template("cases_run.c")):
+    for shared in (table, template.text("cases_head.c"), template.text("cases_run.c")):
         assert shared.strip() in k and shared.strip() in s
     for harness in ("kselftest.c", "selftest.c"):
-        text = c_cases.template(harness)
+        text = template.text(harness)
         for logic in ("uint64_t eval_expr(", "*skip_reason(", "int execute(", "case EXP_ERRNO", "ks_unrep("):
             assert logic not in text, (harness, logic)
     names = re.findall(r'^\t\{ "([^"]+)", "([^"]+)", "([^"]+)",', table, re.M)

@@ -554,7 +554,7 @@ def test_a_signal_while_vectors_are_written_leaves_all_old_or_all_new_and_no_tem
 ) -> None:
     import signal
 
-    from kvmspe.conformance import vectors
+    from kvmspe.export import vectors
 
     out = tmp_path / "v"
     out.mkdir()
@@ -1075,7 +1075,7 @@ def test_the_c_header_before_linux_kvm_h_stops_with_an_error_that_says_what_to_d
 
 
 def test_explain_says_init_takes_no_value_as_every_other_source_does() -> None:
-    from kvmspe.conformance import vectors
+    from kvmspe.export import vectors
 
     code, out, err = run_cli("explain", "KVM_ARM_VCPU_SPE_INIT")
     assert code == 0 and err == ""

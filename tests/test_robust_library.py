@@ -29,8 +29,8 @@ from kvmspe import planner, units, validation
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1, REGISTERS
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.export import vectors
 from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
 

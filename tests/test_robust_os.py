@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmspe import cli
-from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.export import vectors
 from kvmspe.host import discovery
 from kvmspe.kvm import Kvm
 

@@ -27,8 +27,8 @@ import pytest
 from kvmspe import abi, cli, planner
 from kvmspe.arch import maxbuf
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.conformance import vectors
 from kvmspe.errors import KvmError
+from kvmspe.export import vectors
 from kvmspe.host import discovery, memlock
 from kvmspe.kvm import Kvm
 

@@ -15,9 +15,9 @@ from kvmspe import abi
 from kvmspe.arch import maxbuf
 from kvmspe.arch.registers import PMBIDR_EL1, PMBSR_EL1
 from kvmspe.arch.stage1 import Stage1
-from kvmspe.conformance import vectors
 from kvmspe.conformance.cases import CASES, SOURCES
 from kvmspe.errors import KvmError, NotRepresentableError
+from kvmspe.export import vectors
 from kvmspe.model import kernel as model
 
 

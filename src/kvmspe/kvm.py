@@ -123,8 +123,8 @@ _NAMES = {_HAS: "KVM_HAS_DEVICE_ATTR", _GET: "KVM_GET_DEVICE_ATTR", _SET: "KVM_S
 #: and far below the smallest guest physical address size arm64 KVM offers
 #: (32 bits), so any VM can take them. The conformance VMs have no memory for
 #: them to collide with; a VMM with guest RAM there passes other bases.
-VGIC_V3_DIST_BASE = 0x0800_0000
-VGIC_V3_REDIST_BASE = 0x080A_0000
+VGIC_V3_DIST_BASE = abi.VGIC_V3_DIST_BASE
+VGIC_V3_REDIST_BASE = abi.VGIC_V3_REDIST_BASE
 _VGIC_ALIGN = 64 << 10
 #: The largest number ``fcntl.ioctl`` passes as an integer argument (a C int).
 _IOCTL_INT_MAX = (1 << 31) - 1

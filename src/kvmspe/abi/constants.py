@@ -40,6 +40,8 @@ __all__ = [
     "KVM_VGIC_V3_DIST_SIZE",
     "KVM_VGIC_V3_REDIST_SIZE",
     "UNMAPPED_ADDRESS",
+    "VGIC_V3_DIST_BASE",
+    "VGIC_V3_REDIST_BASE",
 ]
 
 KVM_API_VERSION = 12
@@ -73,6 +75,15 @@ KVM_DEV_ARM_VGIC_CTRL_INIT = 0
 #: distributor, 2 * SZ_64K per VCPU for the redistributors [uapi: asm/kvm.h].
 KVM_VGIC_V3_DIST_SIZE = 64 << 10
 KVM_VGIC_V3_REDIST_SIZE = 128 << 10
+#: Where kvmspe places the GICv3 frames of a VM unless told otherwise (kvmspe's
+#: choice, not a uapi number; the C self-tests use the same): the distributor
+#: (64 KiB) at 128 MiB and the redistributors (128 KiB per VCPU) from 128 MiB +
+#: 640 KiB up. Both are 64 KiB aligned, as KVM requires, and far below the
+#: smallest guest physical address size arm64 KVM offers (32 bits), so any VM
+#: can take them. The conformance VMs have no memory for them to collide with;
+#: a VMM with guest RAM there passes other bases.
+VGIC_V3_DIST_BASE = 0x0800_0000
+VGIC_V3_REDIST_BASE = 0x080A_0000
 
 #: What the vGIC calls' errnos mean (Documentation/virt/kvm/devices/arm-vgic-v3.rst,
 #: kvm_ioctl_create_device): per call, errno -> sentence.

@@ -28,6 +28,7 @@ __all__ = [
     "attr_info",
     "check_value",
     "explain",
+    "value_type",
 ]
 
 VGIC_ERRNOS: dict[str, dict[int, str]] = {
@@ -192,6 +193,16 @@ ERRNO_TABLE["KVM_RUN"] = {"run": RUN_ERRNOS}
 def attr_info(group: int, attr: int) -> AttrInfo | None:
     """The SPE attribute ``(group, attr)``, or ``None`` for any other."""
     return ATTRS.get((group, attr))
+
+
+def value_type(group: int, attr: int) -> str:
+    """The C type behind ``addr`` for ``(group, attr)``: ``"__u64"``, ``"int"``, or
+    ``"none"`` (no value); ``"__u64"`` for an attribute the interface does not have,
+    which kvmspe's backends pass as one."""
+    info = attr_info(group, attr)
+    if info is None:
+        return "__u64"
+    return "none" if info.value is None else "int" if info.value is INT else "__u64"
 
 
 def explain(call: str, group: int, attr: int, code: int) -> str:

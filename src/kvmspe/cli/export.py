@@ -1,4 +1,4 @@
-"""``kvmspe vectors`` and ``kvmspe export``: the test vectors (:mod:`kvmspe.conformance.vectors`)
+"""``kvmspe vectors`` and ``kvmspe export``: the test vectors (:mod:`kvmspe.export.vectors`)
 and the generated C and Rust (:mod:`kvmspe.export`), written or printed."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["cmd_export", "cmd_vectors"]
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from ..conformance import vectors
+    from ..export import vectors
 
     if not args.out.strip():
         raise UsageError("--out needs a directory, e.g. --out vectors/ (an empty name is refused)")

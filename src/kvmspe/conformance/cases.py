@@ -6,14 +6,17 @@ revision of the SPE series; ``measured``: the real kernel's nearest interface,
 measured on Linux 7.2 arm64; ``arch``; ``uapi``; ``assumed``) and where in that
 source it is; its :class:`Case` objects are
 the call sequences that show the rule holds. :mod:`kvmspe.conformance.runner` runs
-them against the model or a real kernel, and :mod:`kvmspe.conformance.vectors` writes
+them against the model or a real kernel, and :mod:`kvmspe.export.vectors` writes
 them out for other languages.
 
 A case is a :class:`Setup` (what the host must have, what VCPUs to create)
 and a tuple of :class:`Step` calls, each with the result it must give. Values
 are integers or small expressions over names the host defines, so that a case
 means the same on a model host and on a real one whose page size, SPU ids
-and SPU limit are whatever they are:
+and SPU limit are whatever they are. Each is parsed into a
+:class:`kvmspe.conformance.expr.Expr` when the case is defined (a bad one stops
+the import of this module), which the runner evaluates and the C exporter
+renders:
 
 ``PAGE``
     the host page size; ``LIMIT`` the first SPU's own max buffer size;
@@ -44,6 +47,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .. import abi
+from .expr import Expr, parse
+
 __all__ = [
     "CASES",
     "INIT",
@@ -61,6 +67,7 @@ __all__ = [
     "Setup",
     "SpuSpec",
     "Step",
+    "attribute_of",
     "by_name",
 ]
 
@@ -88,6 +95,12 @@ SOURCES = ("seed", "series", "measured", "arch", "uapi", "assumed")
 OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu", "enable", "disable", "guest_read", "vm_lck")
 #: The operations that need guest code (model only).
 GUEST_OPS = frozenset({"enable", "disable", "guest_read", "vm_lck"})
+#: The operations on a device attribute (``target`` names it).
+ATTR_OPS = frozenset({"set", "get", "has"})
+#: The attributes whose SET needs an in-kernel irqchip on an SPE host.
+_IRQCHIP_ATTRS = frozenset(
+    (abi.KVM_ARM_VCPU_SPE_CTRL, a) for a in (abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_INIT)
+)
 
 Value = int | str | None
 Expect = int | str | bool
@@ -101,14 +114,14 @@ class Expectation:
     ``flag``), ``"errno"`` (the call fails with ``errno_name``), ``"exit"``
     (KVM_RUN returned: any exit when ``exit_name`` is None, else that exit,
     with ``expr`` the KVM_EXIT_RLIMIT excess when given) or ``"value"`` (a GET
-    or a read gives ``expr``, an int or an expression over the host's names).
+    or a read gives ``expr``, an expression over the host's names).
     """
 
     kind: Literal["ok", "has", "errno", "exit", "value"]
     flag: bool = False
     errno_name: str = ""
     exit_name: str | None = None
-    expr: int | str | None = None
+    expr: Expr | None = None
 
     @classmethod
     def parse(cls, written: Expect) -> Expectation:
@@ -116,7 +129,7 @@ class Expectation:
         if isinstance(written, bool):
             return cls("has", flag=written)
         if isinstance(written, int):
-            return cls("value", expr=written)
+            return cls("value", expr=parse(written))
         if written == "ok":
             return cls("ok")
         if written == "exit":
@@ -125,8 +138,8 @@ class Expectation:
             return cls("errno", errno_name=written)
         if written.startswith("KVM_EXIT_"):
             name, _, excess = written.partition(" excess=")
-            return cls("exit", exit_name=name, expr=excess or None)
-        return cls("value", expr=written)
+            return cls("exit", exit_name=name, expr=parse(excess) if excess else None)
+        return cls("value", expr=parse(written))
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,8 @@ class Setup:
     irqchip (the real backend then creates no vGIC for it). ``memlock`` is the room left under RLIMIT_MEMLOCK
     (the limit is set to what is locked already plus this); ``None`` leaves
     the limit alone (the model: unlimited). ``locked`` is memory the model's
-    VMM has locked already (a real process has its own).
+    VMM has locked already (a real process has its own). ``room`` is
+    ``memlock`` parsed.
     """
 
     spus: tuple[SpuSpec, ...] = (SpuSpec(),)
@@ -161,6 +175,10 @@ class Setup:
     irqchip: bool = True
     memlock: Value = None
     locked: int = 0
+    room: Expr | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "room", None if self.memlock is None else parse(self.memlock))
 
 
 @dataclass(frozen=True)
@@ -170,7 +188,10 @@ class Step:
     ``target`` is the attribute name (either spelling of the max buffer size,
     or ``UNKNOWN``) for set/get/has, "REG.FIELD" for ``guest_read``.
     ``value`` is the SET value, the GET address (``"BAD"`` or None), the
-    new limit for ``setrlimit`` or the buffer size for ``enable``.
+    new room under the limit for ``setrlimit`` or the buffer size for
+    ``enable``; ``amount`` is that value parsed (None for ``"BAD"`` or None).
+    ``attribute`` is the (group, attr) ``target`` names for set/get/has
+    (None for the other operations).
     """
 
     op: str
@@ -179,9 +200,14 @@ class Step:
     expect: Expect = "ok"
     vcpu: int = 0
     expectation: Expectation = field(init=False, repr=False, compare=False)
+    amount: Expr | None = field(init=False, repr=False, compare=False)
+    attribute: tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expectation", Expectation.parse(self.expect))
+        amount = None if self.value is None or self.value == "BAD" else parse(self.value)
+        object.__setattr__(self, "amount", amount)
+        object.__setattr__(self, "attribute", attribute_of(self.target) if self.op in ATTR_OPS else None)
 
     def describe(self) -> str:
         """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
@@ -202,23 +228,55 @@ class Step:
         return f"{who}{self.op}"
 
 
+def attribute_of(target: str) -> tuple[int, int]:
+    """The (group, attr) a step's ``target`` names: a name of :data:`kvmspe.abi.ATTR_BY_NAME`,
+    or a number of KVM_ARM_VCPU_SPE_CTRL (as ``UNKNOWN``); ValueError for another name."""
+    if target.isdigit():
+        return abi.KVM_ARM_VCPU_SPE_CTRL, int(target)
+    if target not in abi.ATTR_BY_NAME:
+        raise ValueError(f"{target!r} is not an attribute kvmspe knows")
+    return abi.ATTR_BY_NAME[target]
+
+
 @dataclass(frozen=True)
 class Case:
-    """A named call sequence on a fresh VM that shows one rule."""
+    """A named call sequence on a fresh VM that shows one rule.
+
+    What the case needs of a host, computed once from its calls:
+    ``needs_guest``, guest code that programs SPE (the model, or the real
+    backend under kvmspe's shim); ``needs_plain_vcpu``, a VCPU without the SPE
+    feature; ``needs_irqchip``, an in-kernel irqchip where there is SPE: it sets
+    the SPE interrupt (KVM refuses a PMU interrupt without an irqchip, and the
+    SPE one is modelled on it) or INIT, or runs a VCPU (the interrupt must be
+    set first). Without SPE every such call answers ENXIO (or the VCPU runs
+    bare), with or without an irqchip.
+    """
 
     name: str
     setup: Setup
     calls: tuple[Step, ...]
     rule: Requirement | None = field(default=None, repr=False, compare=False)
+    needs_guest: bool = field(init=False, repr=False, compare=False)
+    needs_plain_vcpu: bool = field(init=False, repr=False, compare=False)
+    needs_irqchip: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        calls = self.calls
+        facts = {
+            "needs_guest": any(s.op in GUEST_OPS for s in calls),
+            "needs_plain_vcpu": not all(self.setup.vcpus)
+            or any(s.op == "create_vcpu" and s.target != "spe" for s in calls),
+            "needs_irqchip": any(
+                s.op == "run" or (s.op == "set" and s.attribute in _IRQCHIP_ATTRS) for s in calls
+            ),
+        }
+        for name, value in facts.items():
+            object.__setattr__(self, name, value)
 
     @property
     def expected(self) -> Expect:
         """The result of the last call: what the case is about."""
         return self.calls[-1].expect
-
-    @property
-    def needs_guest(self) -> bool:
-        return any(s.op in GUEST_OPS for s in self.calls)
 
 
 @dataclass(frozen=True)

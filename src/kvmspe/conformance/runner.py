@@ -16,8 +16,6 @@ the JSON form documented in ``docs/conformance.md``.
 
 from __future__ import annotations
 
-import ast
-import operator
 import os
 import signal
 import threading
@@ -28,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .. import abi
-from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
 from ..arch.stage1 import Stage1
 from ..backend import Vcpu, Vm
@@ -36,6 +33,7 @@ from ..errors import InvalidArgumentError, KvmError, errno_name
 from ..model.rules import RULES, RuleSet
 from ..validation import is_int
 from .cases import CASES, Case, Expect, Setup, Step
+from .expr import Env, Expr
 
 __all__ = [
     "BACKENDS",
@@ -44,7 +42,6 @@ __all__ = [
     "ModelRunner",
     "Report",
     "Result",
-    "resolve",
     "run",
     "run_bounded",
 ]
@@ -60,67 +57,6 @@ RUN_TIMEOUT = 0.5
 #: Where the modelled guest puts its buffer (any page-aligned address will do).
 GUEST_BUFFER_BASE = 0x8000_0000
 _REGISTERS: dict[str, Register] = {"PMBIDR_EL1": PMBIDR_EL1, "PMBSR_EL1": PMBSR_EL1}
-
-# --- values: the small expression language of the cases ----------------------------------
-
-
-def _next_size(page: int) -> Callable[[int], int]:
-    def next_size(x: int) -> int:
-        return maxbuf.round_up(x + 1, page)
-
-    return next_size
-
-
-def _unrep(page: int) -> Callable[[int], int]:
-    def unrep(x: int) -> int:
-        size = (x // page + 1) * page
-        while maxbuf.is_representable(size):
-            if maxbuf.step_at(size) <= page:
-                # Every page multiple of this band is representable: try the next band.
-                size = (1 << size.bit_length()) + page
-            else:
-                size += page
-        return size
-
-    return unrep
-
-
-_BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.FloorDiv: operator.floordiv,
-    ast.Pow: operator.pow,
-}
-
-
-def resolve(value: int | str, env: dict[str, Any]) -> int:
-    """The integer a case value stands for on a host described by ``env``.
-
-    ``value`` is an int or an expression of ints, names in ``env``, ``+ - *
-    // **`` and calls of the functions in ``env`` (see :mod:`kvmspe.conformance.cases`).
-    """
-    if isinstance(value, int):
-        return value
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in env:
-            return env[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
-            return ev(node.func)(*(ev(a) for a in node.args))
-        raise ValueError(f"case value {value!r}: {ast.dump(node)} is not allowed here")
-
-    result = ev(ast.parse(value, mode="eval"))
-    if not isinstance(result, int):
-        raise ValueError(f"case value {value!r} does not give an integer")
-    return result
-
 
 # --- the host a case runs on --------------------------------------------------------------------
 
@@ -148,25 +84,6 @@ class HostFacts:
             "scripted_guest": self.scripted_guest,
             "spus": [{"id": i, "max_buffer_size": lim} for i, lim in self.spu_limits.items()],
         }
-
-
-def _env(page: int, spu_ids: list[int], limit: int | None) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "PAGE": page,
-        "LARGEST": maxbuf.LARGEST,
-        "KiB": 1 << 10,
-        "MiB": 1 << 20,
-        "GiB": 1 << 30,
-        "NOSPU": max(spu_ids, default=0) + 1000,
-        "next_size": _next_size(page),
-        "unrep": _unrep(page),
-        "enc": maxbuf.encode,
-    }
-    for name, spu_id in zip(("SPU", "SPU2"), spu_ids, strict=False):
-        env[name] = spu_id
-    if limit is not None:
-        env["LIMIT"] = limit
-    return env
 
 
 # --- running one case -------------------------------------------------------------------------
@@ -198,10 +115,9 @@ class Result:
         }
 
 
-def _attr(target: str) -> tuple[int, int]:
-    if target.isdigit():
-        return abi.KVM_ARM_VCPU_SPE_CTRL, int(target)
-    return abi.ATTR_BY_NAME[target]
+def _attr(step: Step) -> tuple[int, int]:
+    assert step.attribute is not None, step
+    return step.attribute
 
 
 def _show(v: object) -> str:
@@ -213,14 +129,20 @@ def _show(v: object) -> str:
 class _Runner:
     """Runs the calls of a case on VCPUs; subclasses supply the host."""
 
-    env: dict[str, Any]
+    env: Env
     vm: Vm
     vcpus: list[Vcpu]
 
-    def value(self, v: int | str | None) -> object:
-        if v == "BAD":
+    def value(self, expr: Expr) -> int:
+        """What ``expr`` stands for on this host."""
+        return expr.evaluate(self.env)
+
+    def argument(self, step: Step) -> object:
+        """The SET value or GET address of ``step``: a pointer the kernel cannot
+        use for ``"BAD"``, None where the case gives none."""
+        if step.value == "BAD":
             return abi.BAD_ADDRESS
-        return None if v is None else resolve(v, self.env)
+        return None if step.amount is None else self.value(step.amount)
 
     def expected(self, step: Step) -> Expect:
         """What ``step`` must give on this host, in the form :func:`_matches` compares."""
@@ -232,11 +154,11 @@ class _Runner:
         if exp.kind == "exit" and exp.exit_name is not None:
             if exp.expr is None:
                 return exp.exit_name
-            return f"{exp.exit_name} excess={_show(resolve(exp.expr, self.env))}"
+            return f"{exp.exit_name} excess={_show(self.value(exp.expr))}"
         if exp.kind in ("ok", "exit"):
             return exp.kind
         assert exp.expr is not None
-        return resolve(exp.expr, self.env)
+        return self.value(exp.expr)
 
     def call(self, step: Step) -> object:
         """Perform one call; return what it gave, an errno name on KvmError."""
@@ -248,23 +170,27 @@ class _Runner:
     def perform(self, step: Step) -> object:
         vcpu: Vcpu = self.vcpus[step.vcpu]
         if step.op == "set":
-            group, attr = _attr(step.target)
-            vcpu.set_device_attr(group, attr, self.value(step.value))
+            group, attr = _attr(step)
+            vcpu.set_device_attr(group, attr, self.argument(step))
             return "ok"
         if step.op == "get":
-            group, attr = _attr(step.target)
-            return vcpu.get_device_attr(group, attr, None if step.value is None else self.value(step.value))
+            group, attr = _attr(step)
+            return vcpu.get_device_attr(group, attr, self.argument(step))
         if step.op == "has":
-            return vcpu.has_device_attr(*_attr(step.target))
+            return vcpu.has_device_attr(*_attr(step))
         if step.op == "run":
             return vcpu.run()
         if step.op == "create_vcpu":
             self.vcpus.append(self.vm.create_vcpu(spe=step.target == "spe"))
             return "ok"
         if step.op == "setrlimit":
-            self.set_room(resolve(step.value or 0, self.env))
+            self.set_room(self.size(step))
             return "ok"
         return self.guest(step)
+
+    def size(self, step: Step) -> int:
+        """The room of a ``setrlimit``, the buffer size of an ``enable`` (0 when not given)."""
+        return 0 if step.amount is None else self.value(step.amount)
 
     def set_room(self, room: int) -> None:
         raise NotImplementedError
@@ -318,8 +244,8 @@ class ModelRunner(_Runner):
         page = setup.page_size or 4096
         spus = [Spu(i, spec.limit or 0) for i, spec in zip(MODEL_SPU_IDS, setup.spus, strict=False)]
         limit = spus[0].max_buffer_size if spus else None
-        self.env = _env(page, [s.id for s in spus], limit or None)
-        room = None if setup.memlock is None else resolve(setup.memlock, self.env)
+        self.env = Env(page, tuple(s.id for s in spus), limit or None)
+        room = None if setup.room is None else self.value(setup.room)
         self.host = Host(
             page, spus, None if room is None else setup.locked + room, locked=setup.locked, rules=rules
         )
@@ -341,7 +267,7 @@ class ModelRunner(_Runner):
                 return "no value"
             return _REGISTERS[reg].get(raw, name) if name else raw
         if step.op == "enable":
-            size = resolve(step.value or 0, self.env)
+            size = self.size(step)
             hole = ((GUEST_BUFFER_BASE, size),) if step.target == "unmapped" else ()
             vcpu.enable_buffer(GUEST_BUFFER_BASE, size, Stage1(unmapped=hole))
             return "ok"
@@ -404,9 +330,7 @@ def _skip_reason(case: Case, facts: HostFacts) -> str | None:
         return "host has SPE: the no-SPE cases do not apply" if facts.spe else None
     if not facts.spe:
         return "host has no SPE: only the ENXIO cases apply"
-    if facts.arch != "aarch64" and (
-        not all(setup.vcpus) or any(s.op == "create_vcpu" and s.target != "spe" for s in case.calls)
-    ):
+    if facts.arch != "aarch64" and case.needs_plain_vcpu:
         return (
             f"needs a VCPU without the SPE feature; on {facts.arch} (no KVM_ARM_VCPU_INIT) every VCPU"
             " has it where the SPE group answers"
@@ -450,7 +374,8 @@ class _KvmRunner(_Runner):
         want = case.setup.spus[0].limit if case.setup.spus else None
         first = next((i for i, lim in facts.spu_limits.items() if _spu_fits(want, lim)), None)
         ids = [] if first is None else [first] + [i for i in facts.spu_limits if i != first]
-        self.env = _env(facts.page_size, ids, facts.spu_limits.get(first) if first is not None else None)
+        limit = facts.spu_limits.get(first) if first is not None else None
+        self.env = Env(facts.page_size, tuple(ids), limit)
         self._set_room = set_room
         self.vm = vm
         self.vcpus = [self._create(vm, f, facts) for f in case.setup.vcpus]
@@ -486,7 +411,7 @@ class _KvmRunner(_Runner):
             raw = vcpu.guest_read(reg)
             return _REGISTERS[reg].get(raw, name) if name else raw
         if step.op == "enable":
-            size = resolve(step.value or 0, self.env)
+            size = self.size(step)
             hole = ((GUEST_BUFFER_BASE, size),) if step.target == "unmapped" else ()
             vcpu.enable_buffer(GUEST_BUFFER_BASE, size, hole)
             return "ok"
@@ -582,8 +507,8 @@ def _run_kvm(
 def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) -> Result:
     rule = case.rule
     key, source = (rule.key, rule.source) if rule else ("", "")
-    env = _env(facts.page_size, list(facts.spu_limits), None)
-    room = None if case.setup.memlock is None else resolve(case.setup.memlock, env)
+    env = Env(facts.page_size, tuple(facts.spu_limits))
+    room = None if case.setup.room is None else case.setup.room.evaluate(env)
     with ExitStack() as stack:
         set_room = stack.enter_context(memlock(room))
         vm = stack.enter_context(kvm.create_vm())
@@ -608,7 +533,7 @@ def _run_kvm_case(kvm: Any, facts: HostFacts, case: Case, memlock: MemlockFn) ->
         try:
             # The VCPUs exist: now the vGIC, before any call sets an interrupt.
             refused = _add_vgic(vm) if facts.arch == "aarch64" and case.setup.irqchip else None
-            if refused is not None and _needs_irqchip(case, facts):
+            if refused is not None and facts.spe and case.needs_irqchip:
                 return _skipped(case, refused)
             status, exp, got, why = runner.execute(case)
         except Exception as exc:  # noqa: BLE001 - report it against the case and go on
@@ -636,18 +561,6 @@ def _unlimited_or_skip(case: Case, result: Result) -> Result:
         f"needs RLIMIT_MEMLOCK unlimited (the case has no limit); this process's hard limit is"
         f" {hard} bytes and it may not raise it (CAP_SYS_RESOURCE)",
     )
-
-
-def _needs_irqchip(case: Case, facts: HostFacts) -> bool:
-    """Whether the case depends on its VM having an in-kernel irqchip: on an
-    SPE host, one that sets the SPE interrupt (KVM refuses a PMU interrupt
-    without one, and the SPE one is modelled on it) or runs a VCPU (the
-    interrupt must be set first). Without SPE every such call answers ENXIO
-    (or the VCPU runs bare), with or without an irqchip."""
-    if not facts.spe:
-        return False
-    needs = {(abi.KVM_ARM_VCPU_SPE_CTRL, a) for a in (abi.KVM_ARM_VCPU_SPE_IRQ, abi.KVM_ARM_VCPU_SPE_INIT)}
-    return any(s.op == "run" or (s.op == "set" and _attr(s.target) in needs) for s in case.calls)
 
 
 def _add_vgic(vm: Any) -> str | None:

@@ -2,7 +2,8 @@
 shared by the C harnesses (``c-selftest``: raw ioctls; ``kselftest``: the kernel's kvm_util).
 
 A harness is a C template in ``templates/`` (package data) with placeholder lines
-that :func:`program` fills:
+that :func:`program` fills through :func:`kvmspe.export.template.fill`, the driver
+of every export's template:
 
 ``@GENERATED@``
     the line saying what generated the file;
@@ -27,58 +28,21 @@ how a VM, a VCPU, an attribute call and a run are made, and how results are prin
 
 from __future__ import annotations
 
-import ast
+import errno
 import json
-from importlib import resources
-from typing import Any
+from collections.abc import Iterable
 
-from .. import __version__, abi, kvm
+from .. import __version__, abi
 from ..conformance import runner as conformance
-from . import c_header
+from ..conformance.cases import CASES, Case, Step
+from ..conformance.expr import NAMES, NOSPU_OFFSET, Expr, parse
+from . import c_header, template
 
-__all__ = ["NAMES", "c_expr", "case_table", "numbers", "program", "template"]
+__all__ = ["case_table", "numbers", "program"]
 
-#: The names a case expression may use, in the order of the C ``ENV_*`` enum.
-NAMES = ("PAGE", "SPU", "SPU2", "NOSPU", "LIMIT", "LARGEST", "KiB", "MiB", "GiB")
-_FUNCS = {"next_size": "ks_next_size", "unrep": "ks_unrep", "enc": "ks_enc"}
-_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "/"}
 _OPS = ("set", "get", "has", "run", "setrlimit", "create_vcpu")
-_ADDR = {"valid": "ADDR_VALID", "bad-address": "ADDR_BAD", "null": "ADDR_NULL"}
-
-
-def template(name: str) -> str:
-    """The text of ``templates/NAME``, shipped with the package."""
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def c_expr(text: str) -> str:
-    """A case expression as C over ``struct env *e``: u64 arithmetic, wrapping mod 2**64
-    (as +, - and * are exact mod 2**64, a result that fits a u64 is the Python value)."""
-
-    def tr(node: ast.AST) -> str:
-        if isinstance(node, ast.Expression):
-            return tr(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            if not 0 <= node.value < 1 << 64:
-                raise ValueError(f"case expression {text!r}: constant {node.value} does not fit a u64")
-            return f"UINT64_C({node.value:#x})"
-        if isinstance(node, ast.Name) and node.id in NAMES:
-            return f"env_get(e, ENV_{node.id})"
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return f"({tr(node.left)} {_BINOPS[type(node.op)]} {tr(node.right)})"
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            return f"ks_pow({tr(node.left)}, {tr(node.right)})"
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS
-            and len(node.args) == 1
-            and not node.keywords
-        ):
-            return f"{_FUNCS[node.func.id]}(e, {tr(node.args[0])})"
-        raise ValueError(f"case expression {text!r}: {ast.dump(node)} has no C translation")
-
-    return tr(ast.parse(text, mode="eval"))
+_VALUE_TYPES = {"int": "VT_INT", "none": "VT_NONE", "__u64": "VT_U64"}
+_LIMITS = {None: "LIM_ANY", 0: "LIM_NONE"}
 
 
 def _cstr(text: str) -> str:
@@ -86,106 +50,111 @@ def _cstr(text: str) -> str:
 
 
 class _Exprs:
-    """Every distinct expression, numbered; ``-1`` is "no expression"."""
+    """Every distinct expression, numbered in the order first met; ``-1`` is "no expression"."""
 
     def __init__(self) -> None:
-        self.texts: list[str] = []
+        self.exprs: dict[str, tuple[int, Expr]] = {}
 
-    def id(self, value: dict[str, Any] | None) -> int:
-        if value is None:
+    def id(self, expr: Expr | None) -> int:
+        if expr is None:
             return -1
-        text = value["expr"]
-        if text not in self.texts:
-            c_expr(text)  # refuse what cannot be translated, at generation time
-            self.texts.append(text)
-        return self.texts.index(text)
+        return self.exprs.setdefault(expr.text, (len(self.exprs), expr))[0]
 
     def render(self) -> list[str]:
         lines = ["static uint64_t eval_expr(int id, struct env *e)", "{", "\tswitch (id) {"]
-        for i, text in enumerate(self.texts):
-            lines += [f"\tcase {i}: /* {text} */", f"\t\treturn {c_expr(text)};"]
+        for i, expr in self.exprs.values():
+            lines += [f"\tcase {i}: /* {expr.text} */", f"\t\treturn {expr.to_c()};"]
         lines += ["\t}", '\te->error = "unknown expression";', "\treturn 0;", "}", ""]
         lines += ["static const char *const expr_texts[] = {"]
-        lines += [f"\t{_cstr(t)}," for t in self.texts] + ["};"]
+        lines += [f"\t{_cstr(t)}," for t in self.exprs] + ["};"]
         return lines
 
 
-def _needs_irqchip(s: dict[str, Any]) -> bool:
-    """As the Python runner: a case that sets the SPE interrupt or INIT, or runs a VCPU."""
-    names = {"KVM_ARM_VCPU_SPE_IRQ", "KVM_ARM_VCPU_SPE_INIT"}
-    return any(c["op"] == "run" or (c["op"] == "set" and c["attr_name"] in names) for c in s["calls"])
-
-
-def _expect(exp: dict[str, Any], exprs: _Exprs) -> tuple[str, int, int, int]:
-    """(kind, errno, has, expression id) of an expected result."""
-    if "errno" in exp:
-        return "EXP_ERRNO", exp["errno"], 0, -1
-    if "has" in exp:
-        return "EXP_HAS", 0, int(exp["has"]), -1
-    if "value" in exp:
-        return "EXP_VALUE", 0, 0, exprs.id(exp["value"])
-    if "exit" in exp and exp["exit"] == "any":
+def _expect(step: Step, exprs: _Exprs) -> tuple[str, int, int, int]:
+    """(kind, errno, has, expression id) of a step's expected result."""
+    exp = step.expectation
+    if exp.kind == "errno":
+        return "EXP_ERRNO", getattr(errno, exp.errno_name), 0, -1
+    if exp.kind == "has":
+        return "EXP_HAS", 0, int(exp.flag), -1
+    if exp.kind == "value":
+        return "EXP_VALUE", 0, 0, exprs.id(exp.expr)
+    if exp.kind == "exit" and exp.exit_name is None:
         return "EXP_EXIT_ANY", 0, 0, -1
-    if "exit" in exp:
-        return "EXP_EXIT_RLIMIT", 0, 0, exprs.id(exp.get("rlimit_excess"))
+    if exp.kind == "exit":
+        return "EXP_EXIT_RLIMIT", 0, 0, exprs.id(exp.expr)
     return "EXP_OK", 0, 0, -1
 
 
-def _step(c: dict[str, Any], exprs: _Exprs) -> str:
-    op = c["op"]
-    kind = f"OP_{op.upper()}" if op in _OPS else "OP_GUEST"
-    value = c.get("value") or c.get("memlock_room")
-    ek, eerr, ehas, eexpr = _expect(c["expect"], exprs)
-    vtype = {"int": "VT_INT", "none": "VT_NONE"}.get(c.get("value_type", "__u64"), "VT_U64")
-    addr = _ADDR.get(c.get("addr", "valid"), "ADDR_VALID")
-    spe = int(bool(c.get("spe", False)))
+def _value(step: Step) -> Expr | None:
+    """The expression a step passes: a SET value, a setrlimit room (0 when not given)."""
+    if step.op == "setrlimit":
+        return step.amount or parse(0)
+    return step.amount if step.op in ("set", "get") else None
+
+
+def _addr(step: Step) -> str:
+    if step.op not in ("set", "get") or step.amount is not None:
+        return "ADDR_VALID"
+    if step.value == "BAD":
+        return "ADDR_BAD"
+    return "ADDR_VALID" if step.op == "get" else "ADDR_NULL"
+
+
+def _step(step: Step, exprs: _Exprs) -> str:
+    kind = f"OP_{step.op.upper()}" if step.op in _OPS else "OP_GUEST"
+    ek, eerr, ehas, eexpr = _expect(step, exprs)
+    group, attr = step.attribute or (0, 0)
+    vtype = _VALUE_TYPES[abi.value_type(*step.attribute)] if step.attribute else "VT_U64"
+    spe = int(step.op == "create_vcpu" and step.target == "spe")
     return (
-        f"{{ {kind}, {c['vcpu']}, {c.get('group', 0)}, {c.get('attr', 0)}, {vtype}, {addr},"
-        f" {exprs.id(value)}, {spe}, {ek}, {eerr}, {ehas}, {eexpr}, {_cstr(_describe(c))} }}"
+        f"{{ {kind}, {step.vcpu}, {group}, {attr}, {vtype}, {_addr(step)},"
+        f" {exprs.id(_value(step))}, {spe}, {ek}, {eerr}, {ehas}, {eexpr}, {_cstr(_describe(step))} }}"
     )
 
 
-def _describe(c: dict[str, Any]) -> str:
-    who = f"vcpu{c['vcpu']} " if c["vcpu"] else ""
-    name = c.get("attr_name", "").removeprefix("KVM_ARM_VCPU_")
-    if c["op"] == "set":
-        v = c.get("value")
-        shown = v["expr"] if v else {"bad-address": "BAD", "null": "(no value)"}.get(c.get("addr", ""), "")
+def _describe(step: Step) -> str:
+    """The call as the C program names it in a failure's reason."""
+    who = f"vcpu{step.vcpu} " if step.vcpu else ""
+    name = step.target.removeprefix("KVM_ARM_VCPU_") if step.attribute else ""
+    if step.op == "set":
+        shown = step.amount.text if step.amount else "BAD" if step.value == "BAD" else "(no value)"
         return f"{who}SET {name}={shown}"
-    if c["op"] == "get":
-        return f"{who}GET {name}" + (" addr=BAD" if c.get("addr") == "bad-address" else "")
-    if c["op"] == "has":
+    if step.op == "get":
+        return f"{who}GET {name}" + (" addr=BAD" if step.value == "BAD" else "")
+    if step.op == "has":
         return f"{who}HAS {name}"
-    if c["op"] == "setrlimit":
-        return f"setrlimit room={c['memlock_room']['expr']}"
-    return f"{who}{c['op']}"
+    if step.op == "setrlimit":
+        return f"setrlimit room={_value(step)}"
+    return f"{who}{step.op}"
 
 
-def _case(s: dict[str, Any], index: int, exprs: _Exprs) -> tuple[list[str], str]:
-    req = s["requires"]
-    limit = {"any": "LIM_ANY", "none": "LIM_NONE", "some": "LIM_SOME"}[req.get("spu_limit", "any")]
-    steps = [_step(c, exprs) for c in s["calls"]]
+def _case(case: Case, index: int, exprs: _Exprs) -> tuple[list[str], str]:
+    setup, rule = case.setup, case.rule
+    assert rule is not None, case.name
+    spus = setup.spus
+    limit = _LIMITS.get(spus[0].limit, "LIM_SOME") if spus else "LIM_ANY"
+    steps = [_step(s, exprs) for s in case.calls]
     arr = f"steps_{index}"
     lines = [f"static const struct step {arr}[] = {{"] + [f"\t{x}," for x in steps] + ["};"]
-    vcpus = "".join("1" if v["spe"] else "0" for v in s["vcpus"])
+    vcpus = "".join("1" if spe else "0" for spe in setup.vcpus)
     entry = (
-        f"\t{{ {_cstr(s['name'])}, {_cstr(s['rule'])}, {_cstr(s['source'])}, {int(req['spe'])},"
-        f" {req.get('spus', 0)}, {limit}, {req.get('page_size', 0)}, {int(req['guest'])},"
-        f" {int(req.get('irqchip', True))}, {int(_needs_irqchip(s))}, {_cstr(vcpus)},"
-        f" {exprs.id(s.get('memlock_room'))}, {arr}, {len(steps)} }},"
+        f"\t{{ {_cstr(case.name)}, {_cstr(rule.key)}, {_cstr(rule.source)}, {int(bool(spus))},"
+        f" {len(spus)}, {limit}, {setup.page_size or 0}, {int(case.needs_guest)},"
+        f" {int(setup.irqchip)}, {int(case.needs_irqchip)}, {_cstr(vcpus)},"
+        f" {exprs.id(setup.room)}, {arr}, {len(steps)} }},"
     )
     return lines, entry
 
 
-def case_table(doc: dict[str, Any]) -> str:
-    """The C of every case of a scenario vectors document
-    (:func:`kvmspe.conformance.vectors.scenario_vectors`): ``eval_expr``,
-    ``expr_texts``, the steps and ``cases[]``, in the document's order."""
+def case_table(cases: Iterable[Case] = CASES) -> str:
+    """The C of ``cases`` (by default every case of :mod:`kvmspe.conformance.cases`):
+    ``eval_expr``, ``expr_texts``, the steps and ``cases[]``, in their order."""
     exprs = _Exprs()
     tables: list[str] = []
     entries: list[str] = []
-    for i, s in enumerate(doc["scenarios"]):
-        lines, entry = _case(s, i, exprs)
+    for i, case in enumerate(cases):
+        lines, entry = _case(case, i, exprs)
         tables += lines
         entries.append(entry)
     out = exprs.render() + [""] + tables + ["", "static const struct kcase cases[] = {"] + entries + ["};"]
@@ -209,28 +178,25 @@ def numbers() -> dict[str, int]:
         "KS_RUN_TIMEOUT_US": int(conformance.RUN_TIMEOUT * 1_000_000),
         "KS_EXIT_REASON_OFFSET": abi.KVM_RUN_EXIT_REASON_OFFSET,
         "KS_RLIMIT_EXCESS_OFFSET": abi.KVM_RUN_RLIMIT_EXCESS_OFFSET,
-        "KS_VGIC_DIST_BASE": kvm.VGIC_V3_DIST_BASE,
-        "KS_VGIC_REDIST_BASE": kvm.VGIC_V3_REDIST_BASE,
-        "KS_NOSPU_OFFSET": 1000,
+        "KS_VGIC_DIST_BASE": abi.VGIC_V3_DIST_BASE,
+        "KS_VGIC_REDIST_BASE": abi.VGIC_V3_REDIST_BASE,
+        "KS_NOSPU_OFFSET": NOSPU_OFFSET,
     }
 
 
-def program(harness: str, doc: dict[str, Any], lang: str, extra: dict[str, int] | None = None) -> str:
-    """The harness template ``harness`` filled with the cases of ``doc`` (see the module
-    docstring); ``lang`` names the export in the generated line, ``extra`` adds numbers."""
+def program(
+    harness: str, lang: str, extra: dict[str, int] | None = None, cases: Iterable[Case] = CASES
+) -> str:
+    """The harness template ``harness`` filled with ``cases`` (see the module docstring);
+    ``lang`` names the export in the generated line, ``extra`` adds numbers."""
     defined = {**numbers(), **(extra or {})}
-    parts = {
+    parts: dict[str, str | list[str]] = {
         "@GENERATED@": f"// Generated by kvmspe {__version__} (kvmspe export --lang {lang})."
         " Do not edit: regenerate.",
-        "@KVMSPE_H@": c_header.render().rstrip("\n"),
-        "@NUMBERS@": "\n".join(f"#define {k} UINT64_C({v:#x})" for k, v in defined.items()),
-        "@CASES_HEAD@": _names() + "\n" + template("cases_head.c").rstrip("\n"),
-        "@CASE_TABLE@": case_table(doc),
-        "@CASES_RUN@": template("cases_run.c").rstrip("\n"),
+        "@KVMSPE_H@": c_header.render(),
+        "@NUMBERS@": [f"#define {k} UINT64_C({v:#x})" for k, v in defined.items()],
+        "@CASES_HEAD@": _names() + "\n" + template.text("cases_head.c"),
+        "@CASE_TABLE@": case_table(cases),
+        "@CASES_RUN@": template.text("cases_run.c"),
     }
-    out = []
-    for line in template(harness).splitlines():
-        out.append(parts.pop(line) if line in parts else line)
-    if parts:
-        raise ValueError(f"template {harness} lacks the lines {', '.join(parts)}")
-    return "\n".join(out) + "\n"
+    return template.fill(harness, parts)

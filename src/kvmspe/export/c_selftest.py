@@ -1,9 +1,9 @@
 """``kvmspe export --lang c-selftest``: the conformance cases as a C program, in
 the kernel selftests' style.
 
-The program is generated from the scenario vectors
-(:func:`kvmspe.conformance.vectors.scenario_vectors`, which come from
-:data:`kvmspe.conformance.cases.CASES`), and does on ``/dev/kvm`` what
+The program is generated from the cases
+(:data:`kvmspe.conformance.cases.CASES`, as the scenario vectors are), and does
+on ``/dev/kvm`` what
 ``kvmspe conformance --backend kvm`` does: it probes the host (SPE or not,
 page size, SPE units from sysfs), skips a case whose needs the host cannot
 meet with the same reason, gives each case a fresh VM (on arm64 with its VCPUs
@@ -27,18 +27,20 @@ SPE bit), and without one the SPE cases skip with "no SPE VCPU feature".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .. import abi
-from ..conformance.vectors import scenario_vectors
+from ..conformance.cases import CASES, Case
 from . import c_cases
 
 __all__ = ["render"]
 
 
-def render() -> str:
-    """The program's text: ``templates/selftest.c`` around the shared case table."""
+def render(cases: Iterable[Case] = CASES) -> str:
+    """The program's text: ``templates/selftest.c`` around the shared table of ``cases``."""
     sizes = {
         "KS_DEVICE_ATTR_SIZE": abi.DEVICE_ATTR.size,
         "KS_VCPU_INIT_SIZE": abi.VCPU_INIT.size,
         "KS_CREATE_DEVICE_SIZE": abi.CREATE_DEVICE.size,
     }
-    return c_cases.program("selftest.c", scenario_vectors(), "c-selftest", sizes)
+    return c_cases.program("selftest.c", "c-selftest", sizes, cases)

@@ -18,7 +18,9 @@ test skips, with the reason, as a whole. No number is built in.
 
 from __future__ import annotations
 
-from ..conformance.vectors import scenario_vectors
+from collections.abc import Iterable
+
+from ..conformance.cases import CASES, Case
 from . import c_cases
 
 __all__ = ["NAME", "render"]
@@ -27,6 +29,6 @@ __all__ = ["NAME", "render"]
 NAME = "spe_conformance"
 
 
-def render() -> str:
-    """The test's C text: ``templates/kselftest.c`` around the shared case table."""
-    return c_cases.program("kselftest.c", scenario_vectors(), "kselftest")
+def render(cases: Iterable[Case] = CASES) -> str:
+    """The test's C text: ``templates/kselftest.c`` around the shared table of ``cases``."""
+    return c_cases.program("kselftest.c", "kselftest", cases=cases)

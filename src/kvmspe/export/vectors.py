@@ -37,12 +37,13 @@ from typing import Any, BinaryIO
 from .. import abi
 from ..arch import maxbuf
 from ..arch.registers import PMBIDR_EL1
+from ..conformance.cases import CASES, Case, Step, attribute_of
+from ..conformance.expr import Expr, parse
+from ..conformance.runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
 from ..errors import NotRepresentableError
-from ..export.abidata import assumed_numbers
 from ..model.rules import RULES
 from ..validation import U64_MAX
-from .cases import CASES, Case, Step
-from .runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
+from .abidata import assumed_numbers
 
 __all__ = ["CODEC_FILE", "SCENARIO_FILE", "SCHEMA_VERSION", "codec_vectors", "scenario_vectors", "write"]
 
@@ -170,23 +171,18 @@ def codec_vectors() -> dict[str, Any]:
 
 def _value_type(target: str) -> str:
     """The C type behind ``addr`` for an attribute: ``__u64``, ``int`` or ``none``."""
-    key = (abi.KVM_ARM_VCPU_SPE_CTRL, int(target)) if target.isdigit() else abi.ATTR_BY_NAME[target]
-    info = abi.attr_info(*key)
-    if info is None:
-        return "__u64"  # an attribute the interface does not have: the backends pass a __u64
-    fmt = getattr(info, "value", None)
-    return "none" if fmt is None else "int" if fmt is abi.INT else "__u64"
+    return abi.value_type(*attribute_of(target))
 
 
 def _typed(value: int, ctype: str) -> int | str:
     return value if ctype == "int" else _hex(value % (1 << 64))
 
 
-def _both(runner: ModelRunner, expr: int | str, ctype: str = "__u64") -> dict[str, Any]:
-    """A case value: its expression over the host's names, and its value on the model host."""
-    value = runner.value(expr)
-    assert isinstance(value, int)
-    return {"expr": str(expr), "model": _typed(value, ctype)}
+def _both(runner: ModelRunner, expr: Expr | None, ctype: str = "__u64") -> dict[str, Any]:
+    """A case value: its expression over the host's names, and its value on the model
+    host; a value the case does not give is 0."""
+    expr = parse(0) if expr is None else expr
+    return {"expr": expr.text, "model": _typed(runner.value(expr), ctype)}
 
 
 def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
@@ -211,12 +207,8 @@ def _expect(runner: ModelRunner, step: Step, ctype: str) -> dict[str, Any]:
 def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
     call: dict[str, Any] = {"vcpu": step.vcpu, "op": step.op}
     ctype = "__u64"
-    if step.op in ("set", "get", "has"):
-        group, attr = (
-            (abi.KVM_ARM_VCPU_SPE_CTRL, int(step.target))
-            if step.target.isdigit()
-            else abi.ATTR_BY_NAME[step.target]
-        )
+    if step.attribute is not None:
+        group, attr = step.attribute
         ioctl = {"set": "KVM_SET_DEVICE_ATTR", "get": "KVM_GET_DEVICE_ATTR", "has": "KVM_HAS_DEVICE_ATTR"}
         ctype = _value_type(step.target)
         call.update(ioctl=ioctl[step.op], group=group, attr=attr, attr_name=step.target, value_type=ctype)
@@ -227,17 +219,17 @@ def _call(runner: ModelRunner, step: Step) -> dict[str, Any]:
                 call["addr"] = "valid" if step.op == "get" else "null"
             else:
                 call["addr"] = "valid"
-                call["value"] = _both(runner, step.value, ctype)
+                call["value"] = _both(runner, step.amount, ctype)
     elif step.op == "run":
         call.update(ioctl="KVM_RUN", timeout_ms=int(RUN_TIMEOUT * 1000))
     elif step.op == "create_vcpu":
         call.update(ioctl="KVM_CREATE_VCPU", spe=step.target == "spe")
     elif step.op == "setrlimit":
-        call["memlock_room"] = _both(runner, step.value if step.value is not None else 0)
+        call["memlock_room"] = _both(runner, step.amount)
     elif step.op == "enable":
         call.update(
             base=_hex(GUEST_BUFFER_BASE),
-            size=_both(runner, step.value if step.value is not None else 0),
+            size=_both(runner, step.amount),
             stage1="unmapped" if step.target else "mapped",
         )
     elif step.op == "guest_read":
@@ -286,8 +278,8 @@ def _scenario(case: Case) -> dict[str, Any]:
         "requires": _requires(case),
         "vcpus": [{"index": i, "spe": spe} for i, spe in enumerate(case.setup.vcpus)],
     }
-    if case.setup.memlock is not None:
-        out["memlock_room"] = _both(runner, case.setup.memlock)
+    if case.setup.room is not None:
+        out["memlock_room"] = _both(runner, case.setup.room)
     out["model_host"] = model_host
     out["calls"] = [_call(runner, s) for s in case.calls]
     return out
