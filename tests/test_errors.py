@@ -3,8 +3,8 @@
 A caller catches ``kvmspe.KvmspeError`` and gets everything kvmspe raises on
 purpose; a bad argument is also a ``ValueError`` (or an ``OSError`` for a
 kernel's answer), so code that catches the built-in kind still works. Classes
-whose name starts with ``_`` are control flow inside one module and never
-leave it.
+whose name starts with ``_`` are control flow inside kvmspe (the CLI's
+unwritable answer, a model's early return) and never reach a caller.
 """
 
 from __future__ import annotations

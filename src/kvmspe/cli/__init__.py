@@ -32,7 +32,7 @@ from ..errors import KvmError, KvmspeError
 from ..units import parse_size
 from .args import DEFAULT_IRQ, Namespace, UsageError, parse_field
 from .codec import cmd_decode, cmd_encode
-from .output import Unwritten, one_line, say, unwritten
+from .output import _Unwritten, one_line, say, unwritten
 
 # typing.TYPE_CHECKING without importing typing; mypy treats any TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         code = _main(sys.argv[1:] if argv is None else argv)
-    except Unwritten as exc:
+    except _Unwritten as exc:
         code = unwritten(exc)
     except KeyboardInterrupt:
         code = _interrupted()

@@ -2,7 +2,7 @@
 text), one line on stderr, tables, and files written whole (``--textfile``, ``--plot``).
 
 Every answer is written and flushed here, so a failure to write it is seen
-here (:class:`Unwritten`), not at interpreter exit. Imported on the fast path:
+here (:class:`_Unwritten`), not at interpreter exit. Imported on the fast path:
 no more than ``sys`` and the package's light modules at module level.
 """
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TEXTFILES",
-    "Unwritten",
     "emit",
     "families",
     "metrics",
@@ -53,7 +52,7 @@ def emit(args: Args, doc: Doc, lines: Sequence[str], code: int = 0) -> int:
     return write("".join(line + "\n" for line in lines), code)
 
 
-class Unwritten(Exception):
+class _Unwritten(Exception):
     """The answer, whose exit status is ``code``, could not be written to stdout
     (``errno``: EPIPE when the reader has gone). Handled by :func:`kvmspe.cli.main` only."""
 
@@ -65,7 +64,7 @@ class Unwritten(Exception):
 
 def write(text: str, code: int = 0) -> int:
     """Write ``text`` on stdout and flush it now, so that a failure is seen here,
-    not at interpreter exit; return ``code``. Raises :class:`Unwritten`."""
+    not at interpreter exit; return ``code``. Raises :class:`_Unwritten`."""
     stream = sys.stdout
     try:
         if stream is None:  # Python started with descriptor 1 closed
@@ -73,7 +72,7 @@ def write(text: str, code: int = 0) -> int:
         stream.write(text)
         stream.flush()
     except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
-        raise Unwritten(code, getattr(exc, "errno", None) or _EBADF) from None
+        raise _Unwritten(code, getattr(exc, "errno", None) or _EBADF) from None
     return code
 
 
@@ -110,7 +109,7 @@ def _discard(stream: TextIO | None) -> None:
         os.close(null)
 
 
-def unwritten(exc: Unwritten) -> int:
+def unwritten(exc: _Unwritten) -> int:
     """The exit status when the answer could not be written.
 
     A reader that went away (EPIPE, as in ``kvmspe sizes --limit 0 | head -1``)
