@@ -113,3 +113,12 @@ def test_abi_re_exports_each_submodule_api_once() -> None:
     parts = [abi.assumed, abi.constants, abi.errnos, abi.exits, abi.ioctl, abi.structs]
     assert abi.__all__ == [n for p in parts for n in p.__all__]
     assert all(getattr(abi, n) is getattr(p, n) for p in parts for n in p.__all__)
+
+
+def test_the_version_is_the_one_pyproject_gives() -> None:
+    import tomllib
+
+    from kvmspe.version import __version__
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"] == kvmspe.__version__

@@ -29,6 +29,7 @@ from .errors import (
     NotRepresentableError,
     RegisterError,
 )
+from .version import __version__
 
 #: Not typing's: the codec commands start without importing typing (mypy reads the name alike).
 TYPE_CHECKING = False
@@ -79,8 +80,6 @@ __all__ = [
     "plan",
     "registers",
 ]
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

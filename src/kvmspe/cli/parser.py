@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from .. import __version__
 from ..units import format_size
+from ..version import __version__
 from . import codec, configure, conformance, explain, export, guest, plan, probe, shim
 from .args import (
     DEFAULT_IRQ,

@@ -32,10 +32,11 @@ import errno
 import json
 from collections.abc import Iterable
 
-from .. import __version__, abi
+from .. import abi
 from ..conformance import runner as conformance
 from ..conformance.cases import CASES, Case, Step
 from ..conformance.expr import NAMES, NOSPU_OFFSET, Expr, parse
+from ..version import __version__
 from . import c_header, template
 
 __all__ = ["case_table", "numbers", "program"]

@@ -17,7 +17,8 @@ functions); this module gives the numbers that go into it.
 
 from __future__ import annotations
 
-from .. import __version__, abi
+from .. import abi
+from ..version import __version__
 from . import abidata, template
 
 __all__ = ["render"]
