@@ -1,4 +1,4 @@
-"""README.md and docs/cli.md show real output: every example is run again and must print what the page shows.
+"""README.md and docs/*.md show real output: every example is run again and must print what the page shows.
 
 An example block is a ```console fence; its ``$ COMMAND`` lines are run in
 order with bash (``kvmspe`` is ``python3 -m kvmspe`` from this checkout) in
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = (ROOT / "README.md", ROOT / "docs" / "cli.md")
+PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 _SKIP = re.compile(r"<!-- not replayed: (?P<why>.+?) -->")
 _EXIT = re.compile(r"\[exit status (\d+)\]")
 _DURATION = re.compile(r" in \d+(\.\d+)? s$", re.MULTILINE)
