@@ -242,7 +242,7 @@ def test_vcpu_threads_pinned_to_one_cpu_enter_the_real_kernel_bounded(kvm: Kvm) 
         result = vmm.BringUpResult(choice, 2, 21, 0, 4 << 20, os.sysconf("SC_PAGE_SIZE"))
         result.vcpu_cpus = [(cpu,), (cpu,)]
         running: list[threading.Event] = []
-        entered = vmm._run_vcpu_threads(result, vcpus, running)
+        entered = vmm.VcpuThreads(result, vcpus).run(running)
         assert not running, "every VCPU thread ended before its VM is closed"
     assert result.vcpu_thread_cpus == [(cpu,), (cpu,)]
     pinned = [s for s in result.steps if s.step.startswith("VCPU thread pinned")]
