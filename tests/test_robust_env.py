@@ -284,7 +284,7 @@ def kvm_calls(
 def test_recorded_arm64_backend_refuses_every_call_once_closed_without_an_ioctl(
     tmp_path: Path, order: str
 ) -> None:
-    from test_kvm_recorded import Recorder, make_kvm
+    from kvm_fake import Recorder, make_kvm
 
     rec = Recorder(tmp_path)
     kvm = make_kvm(rec, tmp_path, spe_feature_bit=9)
@@ -383,7 +383,7 @@ def test_blocked_timer_signal_is_unblocked_for_kvm_run_only(tmp_path: Path) -> N
     import signal
     import threading
 
-    from test_kvm_recorded import RUN, Recorder, make_kvm
+    from kvm_fake import RUN, Recorder, make_kvm
 
     set_signal_mask = 0x4004AE8B  # _IOW(KVMIO, 0x8b, struct kvm_signal_mask): 4 bytes
     rec = Recorder(tmp_path)
