@@ -158,6 +158,11 @@ class Vcpu(Owned):
     # The cache is keyed by the very int objects last checked (``is``, not
     # ``==``): 2.0 or True equal 2 and 1 but are not them, so they take the
     # slow path, where _select refuses them before the struct is touched.
+    #
+    # Each method issues its ioctl itself, in the same few lines, rather than
+    # through a shared helper: one Python call less per call. ValueError is
+    # fcntl's refusal of the fd -1 of a closed VCPU; any other failure goes
+    # to _again (EINTR retried, else the explained KvmError).
 
     def _select(self, group: object, attr: object) -> None:
         """Point the struct at ``(group, attr)`` and pick the value's typed view.
@@ -178,16 +183,6 @@ class Vcpu(Owned):
         self._view = view
         self._sel_group, self._sel_attr = group, attr
 
-    def _issue(self, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
-        """One device-attribute ioctl on ``buf``: a closed VCPU is named, EINTR is
-        retried, any other errno raises the explained :class:`KvmError`."""
-        try:
-            self._ioctl(self.fd, request, buf)
-        except ValueError:  # fcntl refuses the fd -1 of a closed VCPU
-            raise self._closed_error(_NAMES[request], group, attr) from None
-        except OSError as exc:
-            self._again(exc, request, buf, call, group, attr)
-
     def _again(self, exc: OSError, request: int, buf: bytearray, call: str, group: int, attr: int) -> None:
         """After a failed ioctl: retry while EINTR, else raise the explained error."""
         while exc.errno == _EINTR:
@@ -205,11 +200,16 @@ class Vcpu(Owned):
         if group is not self._sel_group or attr is not self._sel_attr:
             self._select(group, attr)
         try:
-            self._issue(_HAS, self._attr, "has", group, attr)
-        except KvmError as err:
-            if err.errno == errno.ENXIO:
-                return False
-            raise
+            self._ioctl(self.fd, _HAS, self._attr)
+        except ValueError:
+            raise self._closed_error(_NAMES[_HAS], group, attr) from None
+        except OSError as exc:
+            try:
+                self._again(exc, _HAS, self._attr, "has", group, attr)
+            except KvmError as err:
+                if err.errno == errno.ENXIO:
+                    return False
+                raise
         return True
 
     def get_device_attr(self, group: int, attr: int, addr: object = None) -> int:
@@ -230,7 +230,12 @@ class Vcpu(Owned):
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
             raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
-        self._issue(_GET, buf, "get", group, attr)
+        try:
+            self._ioctl(self.fd, _GET, buf)
+        except ValueError:
+            raise self._closed_error(_NAMES[_GET], group, attr) from None
+        except OSError as exc:
+            self._again(exc, _GET, buf, "get", group, attr)
         result: int = self._view[0]
         return result
 
@@ -260,7 +265,12 @@ class Vcpu(Owned):
                 self._refuse(group, attr, self._fmt, value)
             self.set_device_attr(group, attr, int(cast(int, value)))
             return
-        self._issue(_SET, buf, "set", group, attr)
+        try:
+            self._ioctl(self.fd, _SET, buf)
+        except ValueError:
+            raise self._closed_error(_NAMES[_SET], group, attr) from None
+        except OSError as exc:
+            self._again(exc, _SET, buf, "set", group, attr)
 
     def _refuse(self, group: int, attr: int, fmt: struct.Struct, value: object) -> None:
         info = abi.attr_info(group, attr)
