@@ -42,17 +42,20 @@ def spe0(fixture_copy: Path) -> Path:
 
 @pytest.fixture
 def rec(tmp_path: Path) -> Recorder:
+    """The recorded kernel (tests/kvm_fake.py): an ioctl that keeps every call and answers like KVM."""
     return Recorder(tmp_path)
 
 
 @pytest.fixture
 def arm(rec: Recorder, tmp_path: Path) -> Iterator[Kvm]:
+    """An arm64 backend on ``rec``, given the SPE feature bit :data:`kvm_fake.SPE_BIT`; closed after."""
     with make_kvm(rec, tmp_path, spe_feature_bit=SPE_BIT) as kvm:
         yield kvm
 
 
 @pytest.fixture
 def vcpu(arm: Kvm, rec: Recorder) -> Vcpu:
+    """VCPU 0 of a VM of ``arm``, the calls that made it forgotten: a test sees only its own."""
     vcpu = arm.create_vm().create_vcpu(0)
     rec.calls.clear()
     return vcpu
@@ -60,5 +63,6 @@ def vcpu(arm: Kvm, rec: Recorder) -> Vcpu:
 
 @pytest.fixture
 def feature_bit() -> Iterator[None]:
+    """Puts back the SPE feature bit a test gave with :func:`kvmspe.abi.set_assumed`."""
     yield
     abi.set_assumed(spe_feature_bit=None)
