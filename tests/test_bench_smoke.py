@@ -67,6 +67,9 @@ def test_ioctl_rows_measure_c_and_python_for_each_call(report: dict[str, Any]) -
         assert bare["median"] > 0
         assert bare["baseline"] == "C ioctl_loop"
         assert bare["ratio"] > 0
+        against_bare = rows[f"kvmspe.kvm Vcpu {call} vs bare"]
+        assert against_bare["baseline"] == "bare fcntl.ioctl" and against_bare["target"] == 1.05
+        assert against_bare["ratio"] > 0
 
 
 def test_codec_rows_are_measured(report: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 On x86 the VCPU attribute plumbing is exercised through the TSC group
 (KVM_VCPU_TSC_CTRL / KVM_VCPU_TSC_OFFSET); the SPE group must answer ENXIO.
 Everything here is skipped, with the reason, where /dev/kvm is missing or
-unusable. The arm64 paths are covered byte for byte in test_kvm_recorded.py.
+unusable. The arm64 paths are covered byte for byte by the test_kvm_*.py files on tests/kvm_fake.py.
 """
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ def test_vcpu_attributes_capability_is_reported(kvm: Kvm) -> None:
 
 def test_unknown_capability_answers_zero(kvm: Kvm) -> None:
     assert kvm.check_extension(0x7FFF_FFFF) == 0
+
+
+def test_fileno_is_the_kernel_object_of_each_fd(kvm: Kvm) -> None:
+    """Kvm, Vm and Vcpu give their descriptors with fileno(), and each is the
+    kernel's object: /dev/kvm, then the anonymous inodes KVM makes."""
+    with kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu(0, spe=False)
+        links = [os.readlink(f"/proc/self/fd/{o.fileno()}") for o in (kvm, vm, vcpu)]
+        assert links == ["/dev/kvm", "anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0"]
 
 
 def test_missing_device_is_a_kvm_error_with_reason(tmp_path: os.PathLike[str]) -> None:
@@ -242,7 +251,7 @@ def test_vcpu_threads_pinned_to_one_cpu_enter_the_real_kernel_bounded(kvm: Kvm) 
         result = vmm.BringUpResult(choice, 2, 21, 0, 4 << 20, os.sysconf("SC_PAGE_SIZE"))
         result.vcpu_cpus = [(cpu,), (cpu,)]
         running: list[threading.Event] = []
-        entered = vmm._run_vcpu_threads(result, vcpus, running)
+        entered = vmm.VcpuThreads(result, vcpus).run(running)
         assert not running, "every VCPU thread ended before its VM is closed"
     assert result.vcpu_thread_cpus == [(cpu,), (cpu,)]
     pinned = [s for s in result.steps if s.step.startswith("VCPU thread pinned")]

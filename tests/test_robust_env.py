@@ -237,6 +237,7 @@ def kvm_calls(
                 "enable_buffer": lambda: vcpu.enable_buffer(0, 4096),
                 "disable_buffer": vcpu.disable_buffer,
                 "guest_read": lambda: vcpu.guest_read("PMBSR_EL1"),
+                "fileno": vcpu.fileno,
             },
             "Vcpu",
         ),
@@ -245,6 +246,7 @@ def kvm_calls(
             {
                 "has_device_attr": lambda: device.has_device_attr(0, 0),
                 "set_device_attr": lambda: device.set_device_attr(0, 0, 1),
+                "fileno": device.fileno,
             },
             "Device",
         ),
@@ -259,6 +261,7 @@ def kvm_calls(
                 "init_vgic": vm.init_vgic,
                 "create_irqchip": vm.create_irqchip,
                 "add_halt_page": vm.add_halt_page,
+                "fileno": vm.fileno,
             },
             "Vm",
         ),
@@ -270,6 +273,7 @@ def kvm_calls(
                 "vcpu_mmap_size": kvm.vcpu_mmap_size,
                 "create_vm": kvm.create_vm,
                 "spe_feature": kvm.spe_feature,
+                "fileno": kvm.fileno,
             },
             "Kvm",
         ),
@@ -280,7 +284,7 @@ def kvm_calls(
 def test_recorded_arm64_backend_refuses_every_call_once_closed_without_an_ioctl(
     tmp_path: Path, order: str
 ) -> None:
-    from test_kvm_recorded import Recorder, make_kvm
+    from kvm_fake import Recorder, make_kvm
 
     rec = Recorder(tmp_path)
     kvm = make_kvm(rec, tmp_path, spe_feature_bit=9)
@@ -379,7 +383,7 @@ def test_blocked_timer_signal_is_unblocked_for_kvm_run_only(tmp_path: Path) -> N
     import signal
     import threading
 
-    from test_kvm_recorded import RUN, Recorder, make_kvm
+    from kvm_fake import RUN, Recorder, make_kvm
 
     set_signal_mask = 0x4004AE8B  # _IOW(KVMIO, 0x8b, struct kvm_signal_mask): 4 bytes
     rec = Recorder(tmp_path)

@@ -1,8 +1,12 @@
-"""What a backend offers: the VCPU and VM interface of the model and the real kernel.
+"""What a backend offers: the system, VM and VCPU interface of the model and the real kernel.
 
-:class:`kvmspe.model.kernel.Vcpu` and :class:`kvmspe.kvm.Vcpu` (and their VMs)
-both satisfy these protocols, so code written against them (the VMM's
-bring-up, the conformance runners) runs unchanged on either. Errors are
+:class:`kvmspe.model.kernel.Host` and :class:`kvmspe.kvm.Kvm` are both a
+:class:`System`: each creates VMs (:class:`GuestVm`) whose VCPUs
+(:class:`GuestVcpu`) take the SPE device attributes, run, and let the guest
+enable a buffer (the model's guest always; the real one under kvmspe's shim,
+whose model is the guest). :class:`Vcpu` and :class:`Vm` are the part of that
+the conformance runners need. Code written against them (the VMM's bring-up,
+the conformance runners) runs unchanged on either. Errors are
 :class:`~kvmspe.errors.KvmError` with the kernel's errno on both.
 """
 
@@ -15,7 +19,7 @@ if TYPE_CHECKING:
 
     from . import abi
 
-__all__ = ["Vcpu", "Vm"]
+__all__ = ["GuestVcpu", "GuestVm", "System", "Vcpu", "Vm"]
 
 
 class Vcpu(Protocol):
@@ -49,11 +53,42 @@ class Vm(Protocol):
     ) -> None: ...
 
 
+class GuestVcpu(Vcpu, Protocol):
+    """A VCPU whose guest's side can be scripted: it enables a buffer, reads a
+    buffer register, and the host bytes pinned for that buffer are known."""
+
+    def enable_buffer(self, base: int, size: int) -> None: ...
+
+    def guest_read(self, reg: str) -> int: ...
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes pinned for this VCPU's buffer."""
+        ...
+
+
+class GuestVm(Protocol):
+    """A VM of a :class:`System`: its VCPUs are :class:`GuestVcpu`."""
+
+    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> GuestVcpu: ...
+
+    def close(self) -> None: ...
+
+
+class System(Protocol):
+    """A kernel, as ``/dev/kvm`` is one: it creates VMs (a model ``Host``, a real ``Kvm``)."""
+
+    def create_vm(self) -> GuestVm: ...
+
+
 if TYPE_CHECKING:
     from . import kvm
     from .model import kernel as model
 
     def _both_backends_satisfy(
         mv: model.Vcpu, kv: kvm.Vcpu, mvm: model.Vm, kvm_vm: kvm.Vm
-    ) -> tuple[Vcpu, Vcpu, Vm, Vm]:
-        return mv, kv, mvm, kvm_vm
+    ) -> tuple[Vcpu, Vcpu, Vm, Vm, GuestVcpu, GuestVcpu, GuestVm, GuestVm]:
+        return mv, kv, mvm, kvm_vm, mv, kv, mvm, kvm_vm
+
+    def _both_systems_satisfy(host: model.Host, real: kvm.Kvm) -> tuple[System, System]:
+        return host, real

@@ -19,6 +19,12 @@ each VCPU once from its own thread pinned to those CPUs and, when asked, let
 the guest enable a buffer and handle KVM_EXIT_RLIMIT by raising the limit
 and re-entering. It returns a :class:`BringUpResult`: every step as data,
 and what the VM ended with.
+
+The sequence is one for both backends: the kernel is a
+:class:`kvmspe.backend.System` (a model ``Host`` or a real ``Kvm``), and what
+differs between them (what the host is, x86's irqchip and arm64's vGIC, how
+the VCPUs are entered) is asked of a backend object. On the real kernel the
+VCPUs are entered by :class:`VcpuThreads`, one thread each.
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from . import abi
 from .affinity import AffinityError, describe_cpus, overcommit, pin_thread, vcpu_affinity
-from .backend import Vcpu
+from .backend import GuestVcpu, GuestVm, System, Vcpu
 from .errors import InvalidArgumentError, KvmError, KvmspeError
 from .host.discovery import format_cpulist
 from .units import format_limit, format_size, format_size_hex
@@ -45,8 +51,8 @@ if TYPE_CHECKING:
     from .host.discovery import HostInfo
     from .kvm import Kvm
     from .kvm import Vcpu as KvmVcpu
+    from .kvm import Vm as KvmVm
     from .model.kernel import Host
-    from .model.kernel import Vcpu as ModelVcpu
 
 __all__ = [
     "ORDER",
@@ -59,6 +65,7 @@ __all__ = [
     "StepKind",
     "SpeConfigError",
     "ConfigStep",
+    "VcpuThreads",
     "bring_up",
     "choose_backend",
     "configure_spe",
@@ -391,30 +398,19 @@ class BringUpResult:
 class _Limit:
     """RLIMIT_MEMLOCK as the backend has it: the model host's, or this process's."""
 
-    def __init__(self, result: BringUpResult):
+    def __init__(self, result: BringUpResult, backend: _Backend):
         self.result = result
-        self.host = result.backend.host
+        self.backend = backend
 
     def get(self) -> int | None:
-        from .host import memlock
-
-        if self.host is not None:
-            return self.host.memlock_limit
-        return memlock.status().soft
+        return self.backend.memlock_limit()
 
     def raise_to(self, nbytes: int, why: str) -> bool:
-        from .host import memlock
-
         before = self.get()
-        if self.host is not None:
-            if before is not None and before < nbytes:
-                self.host.set_memlock_limit(nbytes)
-        else:
-            try:
-                memlock.raise_limit(nbytes)
-            except (memlock.MemlockPermissionError, OSError) as exc:
-                self.result.add("raise RLIMIT_MEMLOCK", False, " ".join(str(exc).split()))
-                return False
+        refused = self.backend.raise_memlock(before, nbytes)
+        if refused is not None:
+            self.result.add("raise RLIMIT_MEMLOCK", False, " ".join(refused.split()))
+            return False
         change = f"{format_limit(before)} -> {format_limit(self.get())}"
         self.result.add("raise RLIMIT_MEMLOCK", True, f"{change}: {why}")
         return True
@@ -434,41 +430,93 @@ def bring_up(
 ) -> BringUpResult:
     """Bring up a VM with SPE on ``vcpus`` VCPUs as a VMM does, on ``choice``'s backend.
 
-    In order: decide the host CPUs each VCPU may run on, all those of its
-    SPU (:func:`kvmspe.affinity.vcpu_affinity`; more VCPUs than the SPU
-    has CPUs is a warning saying what it costs, and with ``strict_placement``
-    stops the bring-up here, step "VCPU affinity", before anything is
-    created or raised); with ``raise_memlock``, raise RLIMIT_MEMLOCK to
-    the planner's worst case (or ``case``); create the VM and its VCPUs with the SPE
-    feature; on arm64 the vGIC (the SPE interrupt needs it);
-    :func:`configure_spe` on every VCPU; enter every VCPU once (KVM_RUN). On
-    the real backend each VCPU enters from its own thread, which first pins
-    itself to its CPUs (``sched_setaffinity``; a CPU set the OS refuses
-    stops the bring-up before any VCPU enters); the model reports what it
-    would pin. An SPU whose CPUs are not known leaves the threads unpinned,
-    and says why. A VCPU thread still running when the wait for them ends
-    (:data:`VCPU_THREAD_TIMEOUT`) is recorded as a failing step; its VCPU is
-    closed only once it ends, and, if it is still in a bounded KVM_RUN, the
-    SIGALRM handler installed for the threads stays installed (see
-    :func:`kvmspe.kvm.run_timer_handler`). Called on the real backend from a
-    thread other than the main one, it needs a Python SIGALRM handler
-    installed (only the main thread can install one); without, it stops
-    before anything is created, step "VCPU threads". With ``enable_buffer`` (a size;
-    0 means ``max_buffer_size``), which only the model can simulate, the
-    guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is
-    answered, with ``raise_memlock``, by raising the limit by the excess
-    and re-entering (at most :data:`RLIMIT_REENTRIES` times).
+    In order: decide the host CPUs each VCPU may run on, all those of its SPU
+    (:func:`kvmspe.affinity.vcpu_affinity`; more VCPUs than the SPU has CPUs is a warning saying what it
+    costs, and with ``strict_placement`` stops the bring-up here, step "VCPU affinity", before anything
+    is created or raised); with ``raise_memlock``, raise RLIMIT_MEMLOCK to the planner's worst case (or
+    ``case``); create the VM and its VCPUs with the SPE feature; on arm64 the vGIC (the SPE interrupt
+    needs it); :func:`configure_spe` on every VCPU; enter every VCPU once (KVM_RUN). On the real backend
+    each VCPU enters from its own thread, which first pins itself to its CPUs (``sched_setaffinity``; a
+    CPU set the OS refuses stops the bring-up before any VCPU enters); the model reports what it would
+    pin. An SPU whose CPUs are not known leaves the threads unpinned, and says why. A VCPU thread still
+    running when the wait for them ends (:data:`VCPU_THREAD_TIMEOUT`) is recorded as a failing step; its
+    VCPU is closed only once it ends, and, if it is still in a bounded KVM_RUN, the SIGALRM handler
+    installed for the threads stays installed (see :func:`kvmspe.kvm.run_timer_handler`). Called on the
+    real backend from a thread other than the main one, it needs a Python SIGALRM handler installed
+    (only the main thread can install one); without, it stops before anything is created, step "VCPU
+    threads". With ``enable_buffer`` (a size; 0 means ``max_buffer_size``), which only the model can
+    simulate, the guest then enables a buffer on every VCPU, and each KVM_EXIT_RLIMIT is answered, with
+    ``raise_memlock``, by raising the limit by the excess and re-entering (at most
+    :data:`RLIMIT_REENTRIES` times).
 
-    ``spu`` None takes the host's first SPU. A refusal of the kernel (real
-    or modelled) ends the bring-up with ``ok`` False and the failing step
-    recorded; nothing is raised for it. Every argument is checked before
-    anything runs: a ``choice`` that is not a :class:`BackendChoice`, a
-    ``vcpus`` that is not an int from 1, a value that is not an int of its
-    attribute's C type, a ``raise_memlock`` that is not a bool, an unknown
-    ``case`` or a bad ``enable_buffer`` raise
-    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) naming the
-    argument; a bad ``KVMSPE_*`` number :class:`~kvmspe.abi.AssumedNumberError`.
+    ``spu`` None takes the host's first SPU. A refusal of the kernel (real or modelled) ends the
+    bring-up with ``ok`` False and the failing step recorded; nothing is raised for it. Every argument
+    is checked before anything runs: a ``choice`` that is not a :class:`BackendChoice`, a ``vcpus`` that
+    is not an int from 1, a value that is not an int of its attribute's C type, a ``raise_memlock`` that
+    is not a bool, an unknown ``case`` or a bad ``enable_buffer`` raise
+    :class:`~kvmspe.errors.InvalidArgumentError` (a ValueError) naming the argument; a bad ``KVMSPE_*``
+    number :class:`~kvmspe.abi.AssumedNumberError`.
     """
+    case = _check_bring_up(choice, vcpus, irq, spu, max_buffer_size, raise_memlock, case)
+    backend = _backend(choice)
+    if enable_buffer is not None:
+        _check_enable_buffer(backend, enable_buffer, max_buffer_size)
+    spus = backend.spus()
+    chosen_spu = spu if spu is not None else (spus[0] if spus else 0)
+    spu_limit, locked = backend.spu_limit(chosen_spu), backend.locked()
+    result = BringUpResult(choice, vcpus, irq, chosen_spu, max_buffer_size, backend.page_size())
+    result.spu_cpus, result.cpus_unknown = backend.spu_cpus(chosen_spu)
+    result.add(f"backend: {choice.name}", True, choice.reason)
+    if not _decide_affinity(result, strict_placement) or not _bounded(result, backend):
+        return result
+    limit = _Limit(result, backend)
+    if raise_memlock and not _raise_for_plan(result, limit, spu_limit, locked, case):
+        return result
+    return _bring_up_vm(result, backend, limit, raise_memlock, enable_buffer)
+
+
+def _bounded(result: BringUpResult, backend: _Backend) -> bool:
+    """Whether the VCPUs' runs can be bounded from here, else the step "VCPU threads"
+    fails and ``result`` stops, before anything is created."""
+    unbounded = backend.unbounded()
+    if unbounded is not None:
+        result.add("VCPU threads", False, unbounded)
+        result._stop(unbounded)
+        return False
+    return True
+
+
+def _raise_for_plan(result: BringUpResult, limit: _Limit, spu_limit: int, locked: int, case: str) -> bool:
+    """Raise RLIMIT_MEMLOCK to what the planner's ``case`` needs; False (and
+    ``result`` stopped) when it could not be raised."""
+    from . import planner
+
+    p = planner.plan(
+        result.vcpus,
+        result.max_buffer_size,
+        page_size=result.page_size,
+        spu_limit=spu_limit,
+        locked_already=locked,
+        case=case,
+    )
+    if p.memlock_limit is None:
+        result.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
+    elif not limit.raise_to(p.memlock_limit, f"the planner's {case} case"):
+        result._stop("RLIMIT_MEMLOCK could not be raised")
+        return False
+    return True
+
+
+def _check_bring_up(
+    choice: object,
+    vcpus: object,
+    irq: object,
+    spu: object,
+    max_buffer_size: object,
+    raise_memlock: object,
+    case: str | None,
+) -> str:
+    """Refuse a bad argument of :func:`bring_up` by name, before anything runs; the case to plan for."""
     from . import planner
 
     if not isinstance(choice, BackendChoice):
@@ -482,58 +530,52 @@ def bring_up(
         raise InvalidArgumentError(
             f"raise_memlock must be a bool, got {raise_memlock!r}; accepted: True or False"
         )
-    case = planner.check_case(planner.DEFAULT_CASE if case is None else case)
+    checked = planner.check_case(planner.DEFAULT_CASE if case is None else case)
     abi.ASSUMED.check()  # a bad assumed number stops here, before anything runs
-    if enable_buffer is not None:
-        check_int("enable_buffer (0: the max buffer size)", enable_buffer, 0, U64_MAX)
-        if choice.name != "model" and not _guest_scriptable():
-            raise InvalidArgumentError(
-                "enable_buffer simulates the guest, which only the model can, or the real backend"
-                " under kvmspe's shim (kvmspe shim run); accepted: None on the real kernel otherwise"
-            )
-        size = enable_buffer or max_buffer_size
-        if size == 0 or size % 4096:
-            raise InvalidArgumentError(
-                f"enable_buffer {size:#x} is not a buffer size; accepted: a non-zero multiple of 4 KiB"
-            )
-    if choice.host is not None:
-        host = choice.host
-        spus = [s.id for s in host.spus]
-        page = host.page_size
-        chosen = spu if spu is not None else (spus[0] if spus else 0)
-        spu_limit = next((s.max_buffer_size for s in host.spus if s.id == chosen), 0)
-        locked = host.locked_bytes
-    else:
-        assert choice.info is not None
-        info = choice.info
-        spus = [i.type for i in info.spe_instances if i.type is not None]
-        page = info.page_size
-        spu_limit = 0
-        locked = info.vm_lck or 0
-    chosen_spu = spu if spu is not None else (spus[0] if spus else 0)
-    result = BringUpResult(choice, vcpus, irq, chosen_spu, max_buffer_size, page)
-    result.spu_cpus, result.cpus_unknown = _spu_cpus(choice, chosen_spu)
-    result.add(f"backend: {choice.name}", True, choice.reason)
-    if not _decide_affinity(result, strict_placement):
-        return result
-    if choice.host is None:
-        unbounded = _runs_cannot_be_bounded()
-        if unbounded is not None:
-            result.add("VCPU threads", False, unbounded)
-            return result._stop(unbounded)
-    limit = _Limit(result)
+    return checked
 
-    if raise_memlock:
-        p = planner.plan(
-            vcpus, max_buffer_size, page_size=page, spu_limit=spu_limit, locked_already=locked, case=case
+
+def _check_enable_buffer(backend: _Backend, enable_buffer: int, max_buffer_size: int) -> None:
+    """Refuse an ``enable_buffer`` that is not a buffer size, or that this backend cannot script."""
+    check_int("enable_buffer (0: the max buffer size)", enable_buffer, 0, U64_MAX)
+    if not backend.scripts_guest():
+        raise InvalidArgumentError(
+            "enable_buffer simulates the guest, which only the model can, or the real backend"
+            " under kvmspe's shim (kvmspe shim run); accepted: None on the real kernel otherwise"
         )
-        if p.memlock_limit is None:
-            result.add("raise RLIMIT_MEMLOCK", True, "not bounded: max buffer size 0 means no limit")
-        elif not limit.raise_to(p.memlock_limit, f"the planner's {case} case"):
-            return result._stop("RLIMIT_MEMLOCK could not be raised")
-    if choice.host is not None:
-        return _bring_up_model(result, choice.host, limit, raise_memlock, enable_buffer)
-    return _bring_up_kvm(result, limit, raise_memlock, enable_buffer)
+    size = enable_buffer or max_buffer_size
+    if size == 0 or size % 4096:
+        raise InvalidArgumentError(
+            f"enable_buffer {size:#x} is not a buffer size; accepted: a non-zero multiple of 4 KiB"
+        )
+
+
+def _bring_up_vm(
+    result: BringUpResult, backend: _Backend, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
+) -> BringUpResult:
+    """The bring-up proper, the same sequence on either backend: the VM, its VCPUs,
+    SPE on each, one entry each, and with ``enable_buffer`` the guest's buffers."""
+    try:
+        vm = backend.open().create_vm()
+        result.add("KVM_CREATE_VM", True)
+        backend.before_vcpus(result, vm)
+        vcpus = []
+        for i in range(result.vcpus):
+            vcpus.append(vm.create_vcpu(i, spe=True))
+            result.add(backend.vcpu_step(), True, vcpu=i)
+        backend.after_vcpus(result, vm)
+        if not _configure_all(result, vcpus) or not backend.enter(result, vcpus):
+            return result
+        if enable_buffer is not None:
+            size = enable_buffer or result.max_buffer_size
+            _enable_buffers(result, backend, vcpus, size, limit, raise_memlock)
+        return backend.finish(result, vcpus, limit, enable_buffer is not None)
+    except KvmError as exc:
+        step, detail, error = backend.refusal(exc)
+        result.add(step, False, detail)
+        return result._stop(error)
+    finally:
+        backend.close()
 
 
 def _guest_scriptable() -> bool:
@@ -543,23 +585,13 @@ def _guest_scriptable() -> bool:
     return guest.available()
 
 
-def _spu_cpus(choice: BackendChoice, spu: int) -> tuple[tuple[int, ...], str | None]:
-    """The host CPUs that have SPU ``spu``, or no CPU and why they are not known.
-
-    The model: its host's SPU of that id. The real kernel: the ``arm_spe_N``
-    whose perf type is ``spu`` (the SPU id is assumed to be the perf type),
-    its ``cpumask``. An id the host does not show is left to the kernel to
-    refuse (KVM_ARM_VCPU_SPE_SPU); here its CPUs are just not known.
+def _real_spu_cpus(info: HostInfo, spu: int) -> tuple[tuple[int, ...], str | None]:
+    """The host CPUs that have SPU ``spu`` on the real kernel, or no CPU and why
+    they are not known: the ``arm_spe_N`` whose perf type is ``spu`` (the SPU
+    id is assumed to be the perf type), its ``cpumask``. An id the host does
+    not show is left to the kernel to refuse (KVM_ARM_VCPU_SPE_SPU); here its
+    CPUs are just not known.
     """
-    if choice.host is not None:
-        spu_ = next((s for s in choice.host.spus if s.id == spu), None)
-        if spu_ is None:
-            return (), f"the modelled host has no SPU {spu} (KVM_ARM_VCPU_SPE_SPU decides whether it exists)"
-        if not spu_.cpus:
-            return (), f"the modelled SPU {spu} has no CPU list (its cpumask was not read)"
-        return spu_.cpus, None
-    assert choice.info is not None
-    info = choice.info
     inst = next((i for i in info.spe_instances if i.type == spu), None)
     if inst is None:
         shown = ", ".join(f"{i.name} (perf type {i.type})" for i in info.spe_instances)
@@ -640,71 +672,310 @@ def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
     return True
 
 
-def _bring_up_kvm(
-    result: BringUpResult, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
-) -> BringUpResult:
-    from .host import memlock
-    from .kvm import Kvm, SpeFeatureUnavailable
+# --- the two backends, as the bring-up drives them ---------------------------------------------
 
-    kvm: Kvm | None = None
-    running: list[threading.Event] = []  # VCPU threads the bring-up stopped waiting for
-    try:
-        kvm = Kvm()
-        vm = kvm.create_vm()
-        result.add("KVM_CREATE_VM", True)
-        info = result.backend.info
-        if kvm.arch != "aarch64" and info is not None and info.spe_supported:
+
+class _Backend(Protocol):
+    """What :func:`bring_up` asks of a backend beyond the kernel's own interface.
+
+    The kernel is a :class:`kvmspe.backend.System` (a model ``Host``, a real
+    ``Kvm``); around it, what the host is (its SPUs, page size, the CPUs of an
+    SPU, RLIMIT_MEMLOCK), the steps only one kernel takes (x86's irqchip,
+    arm64's vGIC), how the VCPUs are entered, and what the VM ended with.
+    """
+
+    def spus(self) -> list[int]:
+        """The host's SPU ids, first the one taken when none is asked for."""
+        ...
+
+    def page_size(self) -> int: ...
+
+    def spu_limit(self, spu: int) -> int:
+        """The SPU's own max buffer size, for the planner (0: not known)."""
+        ...
+
+    def locked(self) -> int:
+        """Memory the VMM has locked already."""
+        ...
+
+    def spu_cpus(self, spu: int) -> tuple[tuple[int, ...], str | None]:
+        """The host CPUs that have SPU ``spu``, or no CPU and why they are not known."""
+        ...
+
+    def unbounded(self) -> str | None:
+        """Why the VCPUs' runs could not be bounded from here, or None."""
+        ...
+
+    def scripts_guest(self) -> bool:
+        """Whether the guest's side can be scripted (``enable_buffer``)."""
+        ...
+
+    def memlock_limit(self) -> int | None: ...
+
+    def raise_memlock(self, before: int | None, nbytes: int) -> str | None:
+        """Raise RLIMIT_MEMLOCK to ``nbytes``: None when done, else why not."""
+        ...
+
+    def open(self) -> System:
+        """The kernel the VM is created on."""
+        ...
+
+    def before_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        """What the VM needs before its VCPUs exist."""
+        ...
+
+    def vcpu_step(self) -> str:
+        """The step recorded for each VCPU created."""
+        ...
+
+    def after_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        """What the VM needs once every VCPU exists, before SPE is configured."""
+        ...
+
+    def enter(self, result: BringUpResult, vcpus: Sequence[GuestVcpu]) -> bool:
+        """Enter every VCPU once, each step recorded; False when stopped."""
+        ...
+
+    def run_once(self, vcpu: GuestVcpu) -> abi.Exit:
+        """KVM_RUN once; a run ended by its timer counts as KVM_EXIT_INTR (it entered)."""
+        ...
+
+    def finish(
+        self, result: BringUpResult, vcpus: Sequence[GuestVcpu], limit: _Limit, buffers: bool
+    ) -> BringUpResult:
+        """What the VM ended with (the guest's view, pinned and locked memory), and ``ok``."""
+        ...
+
+    def refusal(self, exc: KvmError) -> tuple[str, str, str]:
+        """A refusal of the kernel as the failing step, its detail and the error."""
+        ...
+
+    def close(self) -> None:
+        """Release the kernel's objects, once no VCPU is running."""
+        ...
+
+
+def _backend(choice: BackendChoice) -> _Backend:
+    """The backend ``choice`` names: its model host, else this host's /dev/kvm."""
+    if choice.host is not None:
+        return _ModelBackend(choice.host)
+    return _KvmBackend(choice.info)
+
+
+class _ModelBackend(_Backend):
+    """The model: its host is the kernel, and the main thread runs every VCPU."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def spus(self) -> list[int]:
+        return [s.id for s in self.host.spus]
+
+    def page_size(self) -> int:
+        return self.host.page_size
+
+    def spu_limit(self, spu: int) -> int:
+        return next((s.max_buffer_size for s in self.host.spus if s.id == spu), 0)
+
+    def locked(self) -> int:
+        return self.host.locked_bytes
+
+    def spu_cpus(self, spu: int) -> tuple[tuple[int, ...], str | None]:
+        spu_ = next((s for s in self.host.spus if s.id == spu), None)
+        if spu_ is None:
+            return (), f"the modelled host has no SPU {spu} (KVM_ARM_VCPU_SPE_SPU decides whether it exists)"
+        if not spu_.cpus:
+            return (), f"the modelled SPU {spu} has no CPU list (its cpumask was not read)"
+        return spu_.cpus, None
+
+    def unbounded(self) -> str | None:
+        return None
+
+    def scripts_guest(self) -> bool:
+        return True
+
+    def memlock_limit(self) -> int | None:
+        return self.host.memlock_limit
+
+    def raise_memlock(self, before: int | None, nbytes: int) -> str | None:
+        if before is not None and before < nbytes:
+            self.host.set_memlock_limit(nbytes)
+        return None
+
+    def open(self) -> System:
+        return self.host
+
+    def before_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        """The model's irqchip is ready whenever a call needs it."""
+
+    def vcpu_step(self) -> str:
+        return "KVM_CREATE_VCPU with the SPE feature"
+
+    def after_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        """No vGIC to create: see :meth:`before_vcpus`."""
+
+    def enter(self, result: BringUpResult, vcpus: Sequence[GuestVcpu]) -> bool:
+        # What a VMM's VCPU threads would do here; the model runs no thread.
+        for vcpu, cpus in zip(vcpus, result.vcpu_cpus, strict=True):
+            if cpus:
+                result.add(f"would pin VCPU thread to CPUs {format_cpulist(cpus)}", True, vcpu=vcpu.index)
+            else:
+                result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=vcpu.index)
+        for vcpu in vcpus:
+            result.add("KVM_RUN (first entry)", True, f"exit {vcpu.run().name}", vcpu=vcpu.index)
+        return True
+
+    def run_once(self, vcpu: GuestVcpu) -> abi.Exit:
+        return vcpu.run()
+
+    def finish(
+        self, result: BringUpResult, vcpus: Sequence[GuestVcpu], limit: _Limit, buffers: bool
+    ) -> BringUpResult:
+        result.guest_pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
+        result.pinned_per_vcpu = [v.pinned_bytes for v in vcpus]
+        result.locked_bytes, result.vm_lck = self.host.locked_bytes, self.host.vm_lck
+        result.memlock_limit = limit.get()
+        result.ok = result.error is None
+        return result
+
+    def refusal(self, exc: KvmError) -> tuple[str, str, str]:
+        return exc.ioctl or "ioctl", str(exc), str(exc)
+
+    def close(self) -> None:
+        """The model's VM stays: its host's accounting is what the result shows."""
+
+
+class _KvmBackend(_Backend):
+    """This host's /dev/kvm: each VCPU enters from a thread of its own, pinned to its SPU's CPUs."""
+
+    def __init__(self, info: HostInfo | None):
+        self.info = info
+        self.kvm: Kvm | None = None
+        #: VCPU threads the bring-up stopped waiting for: the VM is closed once they end.
+        self.running: list[threading.Event] = []
+
+    def _info(self) -> HostInfo:
+        assert self.info is not None
+        return self.info
+
+    def spus(self) -> list[int]:
+        return [i.type for i in self._info().spe_instances if i.type is not None]
+
+    def page_size(self) -> int:
+        return self._info().page_size
+
+    def spu_limit(self, spu: int) -> int:
+        return 0
+
+    def locked(self) -> int:
+        return self._info().vm_lck or 0
+
+    def spu_cpus(self, spu: int) -> tuple[tuple[int, ...], str | None]:
+        return _real_spu_cpus(self._info(), spu)
+
+    def unbounded(self) -> str | None:
+        return _runs_cannot_be_bounded()
+
+    def scripts_guest(self) -> bool:
+        return _guest_scriptable()
+
+    def memlock_limit(self) -> int | None:
+        from .host import memlock
+
+        return memlock.status().soft
+
+    def raise_memlock(self, before: int | None, nbytes: int) -> str | None:
+        from .host import memlock
+
+        try:
+            memlock.raise_limit(nbytes)
+        except (memlock.MemlockPermissionError, OSError) as exc:
+            return str(exc)
+        return None
+
+    def open(self) -> System:
+        from .kvm import Kvm
+
+        self.kvm = Kvm()
+        return self.kvm
+
+    def _arch(self) -> str:
+        assert self.kvm is not None
+        return self.kvm.arch
+
+    def before_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        if self._arch() != "aarch64" and self.info is not None and self.info.spe_supported:
             # x86 has no vGIC; its in-kernel irqchip, made before any VCPU, is
             # what an SPE group answered there (kvmspe's shim) takes instead.
-            vm.create_irqchip()
+            real = cast("KvmVm", vm)  # this backend's Kvm made it
+            real.create_irqchip()
             result.add("KVM_CREATE_IRQCHIP", True, "x86's in-kernel irqchip, standing in for the vGIC")
-            vm.add_halt_page()
+            real.add_halt_page()
             result.add("KVM_SET_USER_MEMORY_REGION", True, "one page of HLT at x86's reset vector")
-        vcpus = []
-        for i in range(result.vcpus):
-            vcpus.append(vm.create_vcpu(i, spe=True))
-            if kvm.arch == "aarch64":
-                bit = kvm.spe_feature().bit
-                step = f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})"
-                result.add(step, True, vcpu=i)
-            else:
-                result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
-        if kvm.arch == "aarch64":
+
+    def vcpu_step(self) -> str:
+        if self._arch() != "aarch64":
+            return "KVM_CREATE_VCPU with the SPE feature"
+        assert self.kvm is not None
+        bit = self.kvm.spe_feature().bit
+        return f"KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT with the SPE feature (bit {bit})"
+
+    def after_vcpus(self, result: BringUpResult, vm: GuestVm) -> None:
+        if self._arch() == "aarch64":
             # The SPE interrupt, like the PMU's, needs the VM's in-kernel irqchip:
             # a GICv3, created once every VCPU exists, placed, then initialised.
-            vm.create_vgic_v3()
+            real = cast("KvmVm", vm)  # this backend's Kvm made it
+            real.create_vgic_v3()
             result.add("KVM_CREATE_DEVICE GICv3, distributor and redistributor addresses", True)
-            vm.init_vgic()
+            real.init_vgic()
             result.add("KVM_DEV_ARM_VGIC_CTRL_INIT", True)
-        if not _configure_all(result, vcpus):
-            return result
-        if not _run_vcpu_threads(result, vcpus, running):
-            return result
+
+    def enter(self, result: BringUpResult, vcpus: Sequence[GuestVcpu]) -> bool:
+        from .host import memlock
+
+        if not VcpuThreads(result, vcpus).run(self.running):
+            return False
         result.vm_lck = memlock.status().vm_lck
-        if enable_buffer is not None:
-            _enable_buffers(result, vcpus, enable_buffer or result.max_buffer_size, limit, raise_memlock)
+        return True
+
+    def run_once(self, vcpu: GuestVcpu) -> abi.Exit:
+        from .kvm import RunTimeout
+
+        try:
+            return vcpu.run()
+        except RunTimeout:
+            return abi.Exit(abi.KVM_EXIT_INTR)
+
+    def finish(
+        self, result: BringUpResult, vcpus: Sequence[GuestVcpu], limit: _Limit, buffers: bool
+    ) -> BringUpResult:
+        if buffers:
             if result.error is not None:
                 return result
             # Under the shim the model pins, so its accounting is the one to show.
-            state = vcpus[0]._guest("state")
+            state = cast("KvmVcpu", vcpus[0])._guest("state")
             result.guest_pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
             result.pinned_per_vcpu = [v.pinned_bytes for v in vcpus]
             result.locked_bytes, result.vm_lck = state["locked"], state["vm_lck"]
         result.memlock_limit = limit.get()
         result.ok = True
         return result
-    except SpeFeatureUnavailable as exc:
-        result.add("KVM_ARM_VCPU_INIT with the SPE feature", False, str(exc.strerror))
-        return result._stop(f"SPE is not supported: {exc.strerror}")
-    except KvmError as exc:
-        result.add(exc.ioctl or "ioctl", False, str(exc))
-        return result._stop(str(exc))
-    finally:
-        if kvm is not None:
-            if running:
-                _close_when_done(kvm, running)
-            else:
-                kvm.close()
+
+    def refusal(self, exc: KvmError) -> tuple[str, str, str]:
+        from .kvm import SpeFeatureUnavailable
+
+        if isinstance(exc, SpeFeatureUnavailable):
+            why = str(exc.strerror)
+            return "KVM_ARM_VCPU_INIT with the SPE feature", why, f"SPE is not supported: {why}"
+        return exc.ioctl or "ioctl", str(exc), str(exc)
+
+    def close(self) -> None:
+        if self.kvm is None:
+            return
+        if self.running:
+            _close_when_done(self.kvm, self.running)
+        else:
+            self.kvm.close()
 
 
 def _close_when_done(kvm: Kvm, running: Sequence[threading.Event]) -> None:
@@ -743,45 +1014,6 @@ class _VcpuThread:
         return self.finished.is_set()
 
 
-def _vcpu_thread(vcpu: KvmVcpu, out: _VcpuThread, start: threading.Barrier) -> None:
-    """The body of a VCPU thread: pin itself, wait until every VCPU thread is
-    pinned, then enter the guest once (KVM_RUN, bounded by :meth:`Vcpu.run`)."""
-    from .kvm import RunTimeout
-
-    entering = False
-    try:
-        if out.cpus:
-            try:
-                pin_thread(out.cpus)
-            except AffinityError as exc:
-                out.pin_error = str(exc)
-                start.abort()  # no VCPU enters the guest
-                return
-            # What the kernel really applied (cpusets may narrow the set), read
-            # back on this thread, the one that issues KVM_RUN.
-            out.pinned = tuple(sorted(os.sched_getaffinity(0)))
-        try:
-            start.wait(VCPU_READY_TIMEOUT)
-        except threading.BrokenBarrierError:
-            out.not_entered = True  # another thread failed, or they were not all ready in time
-            return
-        entering = True
-        try:
-            out.exit = vcpu.run()
-        except RunTimeout as exc:
-            out.timeout = exc.seconds
-        except KvmError as exc:
-            out.error = exc
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
-        out.crash = exc
-        if not entering:
-            # Past the barrier the others are entering: breaking it then could
-            # still stop one that was released but not yet woken.
-            start.abort()
-    finally:
-        out.finished.set()
-
-
 def _wait_for_threads(
     started: Sequence[tuple[threading.Thread, _VcpuThread]], deadline: float, *, shielded: bool = False
 ) -> None:
@@ -799,36 +1031,96 @@ def _wait_for_threads(
                     raise
 
 
-def _run_vcpu_threads(
-    result: BringUpResult, vcpus: Sequence[KvmVcpu], running: list[threading.Event]
-) -> bool:
-    """Enter every VCPU once, each from its own thread pinned to its CPUs, as a
-    VMM runs its VCPUs; record each thread's pinning, then each entry.
+class VcpuThreads:
+    """Every VCPU entered once, each from its own thread pinned to its CPUs, as a
+    VMM runs its VCPUs; each thread's pinning, then each entry, recorded in
+    ``result`` in VCPU order.
 
     No VCPU enters until every thread is pinned; a CPU set the OS refuses stops
     the bring-up there. The main thread's own affinity is never changed
     (``sched_setaffinity(0)`` applies to the calling thread only), and the
     threads are joined within :data:`VCPU_THREAD_TIMEOUT`; those that did not
-    finish by then may no longer enter the guest, and their ``finished``
-    events are added to ``running`` (the caller must not close their VCPUs
-    before). False when stopped.
+    finish by then may no longer enter the guest.
     """
-    from .kvm import run_timer_handler
 
-    outs = [_VcpuThread(cpus) for cpus in result.vcpu_cpus]
-    start = threading.Barrier(len(vcpus))
-    threads = [
-        threading.Thread(
-            target=_vcpu_thread, args=(vcpu, out, start), name=f"kvmspe-vcpu-{vcpu.index}", daemon=True
-        )
-        for vcpu, out in zip(vcpus, outs, strict=True)
-    ]
-    cannot_start: str | None = None
-    with run_timer_handler():
+    def __init__(self, result: BringUpResult, vcpus: Sequence[Vcpu]):
+        self.result = result
+        self.vcpus = vcpus
+        self.outs = [_VcpuThread(cpus) for cpus in result.vcpu_cpus]
+        self.start = threading.Barrier(len(vcpus))
+        #: Why a thread could not be started, if one could not.
+        self.cannot_start: str | None = None
+
+    def run(self, running: list[threading.Event]) -> bool:
+        """Start the threads, wait for them, record what each did; False when stopped.
+
+        The ``finished`` events of threads still running when the wait ends
+        are added to ``running``: the caller must not close their VCPUs before.
+        """
+        from .kvm import run_timer_handler
+
+        with run_timer_handler():
+            self._start_and_wait(running)
+        if self.cannot_start is not None:
+            self.result.add("start VCPU threads", False, self.cannot_start)
+            self.result._stop(self.cannot_start)
+            return False
+        self.result.vcpu_thread_cpus = [out.pinned for out in self.outs]
+        if not self._record_pinning():
+            return False
+        return self._record_entries()
+
+    def _body(self, vcpu: Vcpu, out: _VcpuThread) -> None:
+        """A VCPU thread: pin itself, wait until every VCPU thread is pinned, then
+        enter the guest once (KVM_RUN, bounded by :meth:`kvmspe.kvm.Vcpu.run`)."""
+        from .kvm import RunTimeout
+
+        start = self.start
+        entering = False
+        try:
+            if out.cpus:
+                try:
+                    pin_thread(out.cpus)
+                except AffinityError as exc:
+                    out.pin_error = str(exc)
+                    start.abort()  # no VCPU enters the guest
+                    return
+                # What the kernel really applied (cpusets may narrow the set), read
+                # back on this thread, the one that issues KVM_RUN.
+                out.pinned = tuple(sorted(os.sched_getaffinity(0)))
+            try:
+                start.wait(VCPU_READY_TIMEOUT)
+            except threading.BrokenBarrierError:
+                out.not_entered = True  # another thread failed, or they were not all ready in time
+                return
+            entering = True
+            try:
+                out.exit = vcpu.run()
+            except RunTimeout as exc:
+                out.timeout = exc.seconds
+            except KvmError as exc:
+                out.error = exc
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which records it
+            out.crash = exc
+            if not entering:
+                # Past the barrier the others are entering: breaking it then could
+                # still stop one that was released but not yet woken.
+                start.abort()
+        finally:
+            out.finished.set()
+
+    def _start_and_wait(self, running: list[threading.Event]) -> None:
+        """Start every thread and wait for them all, within :data:`VCPU_THREAD_TIMEOUT`."""
+        threads = [
+            threading.Thread(
+                target=self._body, args=(vcpu, out), name=f"kvmspe-vcpu-{vcpu.index}", daemon=True
+            )
+            for vcpu, out in zip(self.vcpus, self.outs, strict=True)
+        ]
         started: list[tuple[threading.Thread, _VcpuThread]] = []
         deadline = time.monotonic() + VCPU_THREAD_TIMEOUT
         try:
-            for t, out in zip(threads, outs, strict=True):
+            for t, out in zip(threads, self.outs, strict=True):
                 # Noted before it starts: a Ctrl-C as start() returns must not
                 # leave a running thread unwaited for (one it stopped from
                 # starting at all is then waited for until the deadline).
@@ -837,125 +1129,97 @@ def _run_vcpu_threads(
                     t.start()
                 except RuntimeError as exc:  # the OS gives no more threads
                     started.pop()
-                    cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
-                    start.abort()
+                    self.cannot_start = f"cannot start the thread of VCPU {len(started)}: {exc}"
+                    self.start.abort()
                     break
             _wait_for_threads(started, deadline)
         except BaseException:
             # Interrupted (Ctrl-C): no VCPU enters any more, and the runs are
             # bounded, so let them end before the caller closes the VCPUs
             # under them; a second Ctrl-C does not cut this wait short.
-            start.abort()
+            self.start.abort()
             _wait_for_threads(started, time.monotonic() + VCPU_THREAD_TIMEOUT, shielded=True)
             running += [out.finished for _, out in started if not out.done]
             raise
         if any(not out.done for _, out in started):
-            start.abort()  # the VMM gave up on them: a late thread no longer enters
+            self.start.abort()  # the VMM gave up on them: a late thread no longer enters
             running += [out.finished for _, out in started if not out.done]
-    if cannot_start is not None:
-        result.add("start VCPU threads", False, cannot_start)
-        result._stop(cannot_start)
-        return False
-    result.vcpu_thread_cpus = [out.pinned for out in outs]
-    for vcpu, out in zip(vcpus, outs, strict=True):
-        i = vcpu.index
-        if out.pin_error is not None:
-            result.add(f"pin VCPU thread to CPUs {format_cpulist(out.cpus)}", False, out.pin_error, vcpu=i)
-        elif out.pinned is not None:
-            detail = ""
-            if set(out.pinned) != set(out.cpus):
-                detail = f"asked for CPUs {format_cpulist(out.cpus)}; the OS allows only these"
-            result.add(f"VCPU thread pinned to CPUs {format_cpulist(out.pinned)}", True, detail, vcpu=i)
-        elif not out.cpus:
-            result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=i)
-        if out.crash is not None:
-            # An error no step expects (a bug, or MemoryError): recorded, not lost
-            # with its thread, and not raised past the bring-up's documented errors.
-            crash = " ".join(f"{type(out.crash).__name__}: {out.crash}".split())
-            result.add("VCPU thread failed", False, crash, vcpu=i)
-    refused = next(((v, o) for v, o in zip(vcpus, outs, strict=True) if o.pin_error is not None), None)
-    if refused is not None:
-        result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
-        return False
-    late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
-    late_detail = "it may no longer enter the guest; its VCPU is closed once it ends"
-    waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
-    crashed = [(v.index, o.crash) for v, o in zip(vcpus, outs, strict=True) if o.crash is not None]
-    if crashed:
-        waited = f"not entered: the thread of VCPU {crashed[0][0]} failed"
-    # Every VCPU's outcome is recorded; the bring-up then stops at the worst
-    # kind: a failed or unfinished thread, then one that did not enter, then
-    # a KVM_RUN the kernel refused.
-    stops = [(0, f"VCPU {i}: VCPU thread failed: {type(c).__name__}: {c}") for i, c in crashed]
-    for vcpu, out in zip(vcpus, outs, strict=True):
-        i = vcpu.index
-        if not out.done:
-            result.add(late, False, late_detail, vcpu=i)
-            stops.append((0, f"VCPU {i}: {late}"))
-        elif out.not_entered:
-            result.add("KVM_RUN (first entry)", False, waited, vcpu=i)
-            stops.append((1, f"VCPU {i}: {waited}"))
-        elif out.timeout is not None:
-            # The VCPU entered the guest (no guest code here, so it would never come back).
-            detail = f"entered; no exit within {out.timeout:g} s, ended by a timer signal"
-            result.add("KVM_RUN (first entry)", True, detail, vcpu=i)
-        elif out.exit is not None:
-            result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=i)
-        elif out.error is not None:
-            result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=i)
-            stops.append((2, str(out.error)))
-    if stops:
-        result._stop(min(stops, key=lambda s: s[0])[1])
-        return False
-    return True
 
+    def _record_pinning(self) -> bool:
+        """Each thread's pinning, and any thread that failed; False when the OS refused a CPU set."""
+        result = self.result
+        for vcpu, out in zip(self.vcpus, self.outs, strict=True):
+            i = vcpu.index
+            if out.pin_error is not None:
+                step = f"pin VCPU thread to CPUs {format_cpulist(out.cpus)}"
+                result.add(step, False, out.pin_error, vcpu=i)
+            elif out.pinned is not None:
+                detail = ""
+                if set(out.pinned) != set(out.cpus):
+                    detail = f"asked for CPUs {format_cpulist(out.cpus)}; the OS allows only these"
+                result.add(f"VCPU thread pinned to CPUs {format_cpulist(out.pinned)}", True, detail, vcpu=i)
+            elif not out.cpus:
+                result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=i)
+            if out.crash is not None:
+                # An error no step expects (a bug, or MemoryError): recorded, not lost
+                # with its thread, and not raised past the bring-up's documented errors.
+                crash = " ".join(f"{type(out.crash).__name__}: {out.crash}".split())
+                result.add("VCPU thread failed", False, crash, vcpu=i)
+        pairs = zip(self.vcpus, self.outs, strict=True)
+        refused = next(((v, o) for v, o in pairs if o.pin_error is not None), None)
+        if refused is not None:
+            result._stop(f"VCPU {refused[0].index}: {refused[1].pin_error}")
+            return False
+        return True
 
-def _bring_up_model(
-    result: BringUpResult, host: Host, limit: _Limit, raise_memlock: bool, enable_buffer: int | None
-) -> BringUpResult:
-    try:
-        vm = host.create_vm()
-        result.add("KVM_CREATE_VM", True)
-        vcpus = []
-        for i in range(result.vcpus):
-            vcpus.append(vm.create_vcpu(i, spe=True))
-            result.add("KVM_CREATE_VCPU with the SPE feature", True, vcpu=i)
-        if not _configure_all(result, vcpus):
-            return result
-        # What a VMM's VCPU threads would do here; the model runs no thread.
-        for vcpu, cpus in zip(vcpus, result.vcpu_cpus, strict=True):
-            if cpus:
-                result.add(f"would pin VCPU thread to CPUs {format_cpulist(cpus)}", True, vcpu=vcpu.index)
-            else:
-                result.add("VCPU thread not pinned", True, _not_pinned(result), vcpu=vcpu.index)
-        for vcpu in vcpus:
-            result.add("KVM_RUN (first entry)", True, f"exit {vcpu.run().name}", vcpu=vcpu.index)
-        if enable_buffer is not None:
-            _enable_buffers(result, vcpus, enable_buffer or result.max_buffer_size, limit, raise_memlock)
-    except KvmError as exc:
-        result.add(exc.ioctl or "ioctl", False, str(exc))
-        return result._stop(str(exc))
-    result.guest_pmbidr = vcpus[0].guest_read("PMBIDR_EL1")
-    result.pinned_per_vcpu = [v.pinned_bytes for v in vcpus]
-    result.locked_bytes, result.vm_lck = host.locked_bytes, host.vm_lck
-    result.memlock_limit = limit.get()
-    result.ok = result.error is None
-    return result
+    def _record_entries(self) -> bool:
+        """Each VCPU's entry; then stop at the worst kind of outcome: a failed or
+        unfinished thread, then one that did not enter, then a KVM_RUN the kernel
+        refused. False when stopped."""
+        result = self.result
+        late = f"VCPU thread did not finish within {VCPU_THREAD_TIMEOUT:g} s"
+        late_detail = "it may no longer enter the guest; its VCPU is closed once it ends"
+        waited = f"not entered: the VCPU threads were not all pinned within {VCPU_READY_TIMEOUT:g} s"
+        pairs = list(zip(self.vcpus, self.outs, strict=True))
+        crashed = [(v.index, o.crash) for v, o in pairs if o.crash is not None]
+        if crashed:
+            waited = f"not entered: the thread of VCPU {crashed[0][0]} failed"
+        stops = [(0, f"VCPU {i}: VCPU thread failed: {type(c).__name__}: {c}") for i, c in crashed]
+        for vcpu, out in pairs:
+            i = vcpu.index
+            if not out.done:
+                result.add(late, False, late_detail, vcpu=i)
+                stops.append((0, f"VCPU {i}: {late}"))
+            elif out.not_entered:
+                result.add("KVM_RUN (first entry)", False, waited, vcpu=i)
+                stops.append((1, f"VCPU {i}: {waited}"))
+            elif out.timeout is not None:
+                # The VCPU entered the guest (no guest code here, so it would never come back).
+                detail = f"entered; no exit within {out.timeout:g} s, ended by a timer signal"
+                result.add("KVM_RUN (first entry)", True, detail, vcpu=i)
+            elif out.exit is not None:
+                result.add("KVM_RUN (first entry)", True, f"exit {out.exit.name}", vcpu=i)
+            elif out.error is not None:
+                result.add(out.error.ioctl or "KVM_RUN", False, str(out.error), vcpu=i)
+                stops.append((2, str(out.error)))
+        if stops:
+            result._stop(min(stops, key=lambda s: s[0])[1])
+            return False
+        return True
 
 
 def _enable_buffers(
     result: BringUpResult,
-    vcpus: Sequence[ModelVcpu] | Sequence[KvmVcpu],
+    backend: _Backend,
+    vcpus: Sequence[GuestVcpu],
     size: int,
     limit: _Limit,
     raise_memlock: bool,
 ) -> None:
-    """The guest enables a ``size`` buffer on every VCPU; KVM_EXIT_RLIMIT is handled
-    as a VMM should. Stops ``result`` at the first VCPU whose buffer is not pinned.
-
-    On the real backend (under kvmspe's shim, whose model is the guest) a run
-    that enters the guest comes back only at its timer (no guest code): that
-    entry is the VCPU running with its buffer pinned."""
+    """The guest enables a ``size`` buffer on every VCPU; KVM_EXIT_RLIMIT is handled as a VMM
+    should; ``result`` stops at the first VCPU whose buffer is not pinned. On the real backend
+    (under kvmspe's shim, whose model is the guest) a run that enters the guest comes back only
+    at its timer (no guest code): that entry is the VCPU running with its buffer pinned."""
     from .arch.registers import PMBSR_EL1
 
     for vcpu in vcpus:
@@ -964,7 +1228,7 @@ def _enable_buffers(
         vcpu.enable_buffer(base, size)
         result.add(f"guest enables a {format_size(size)} buffer at VA {base:#x}", True, vcpu=i)
         for entry in range(RLIMIT_REENTRIES + 1):
-            exit_ = _entered(vcpu)
+            exit_ = backend.run_once(vcpu)
             if not exit_.is_rlimit:
                 break
             excess = exit_.rlimit_excess or 0
@@ -1003,17 +1267,3 @@ def _enable_buffers(
             result._stop(f"VCPU {i}: the guest's buffer was not pinned: {event}")
             return
         result.add("KVM_RUN", True, f"exit {exit_.name}; pinned {format_size_hex(vcpu.pinned_bytes)}", vcpu=i)
-
-
-def _entered(vcpu: ModelVcpu | KvmVcpu) -> abi.Exit:
-    """KVM_RUN once; a real run ended by its timer counts as KVM_EXIT_INTR (it entered)."""
-    from .model.kernel import Vcpu as ModelVcpu
-
-    if isinstance(vcpu, ModelVcpu):
-        return vcpu.run()
-    from .kvm import RunTimeout
-
-    try:
-        return vcpu.run()
-    except RunTimeout:
-        return abi.Exit(abi.KVM_EXIT_INTR)

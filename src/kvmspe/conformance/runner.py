@@ -17,7 +17,6 @@ the JSON form documented in ``docs/conformance.md``.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -438,9 +437,11 @@ def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     is bounded by :meth:`kvmspe.kvm.Vcpu.run` (a timer signal); when it
     times out, the kernel's own answer to a signal, KVM_EXIT_INTR, is the
     exit: the VCPU did enter KVM_RUN, which is all the run cases need. Any
-    other VCPU (a stand-in) is bounded here by SIGALRM in the main thread.
+    other VCPU (a stand-in) is bounded in the main thread by the same timer
+    (:func:`kvmspe.kvm.timer.alarm`), whose signal raises out of its run once.
     """
     from ..kvm import RunTimeout, Vcpu
+    from ..kvm.timer import alarm
 
     if isinstance(vcpu, Vcpu):
         try:
@@ -449,19 +450,19 @@ def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
             return abi.Exit(abi.KVM_EXIT_INTR)
     if threading.current_thread() is not threading.main_thread():
         return vcpu.run()
+    fired = False
 
-    def alarm(signum: int, frame: object) -> None:
-        raise _RunTimeout
+    def expire(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:  # the timer repeats until the block ends: leave the run once
+            fired = True
+            raise _RunTimeout
 
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return vcpu.run()
+        with alarm(seconds, on_signal=expire):
+            return vcpu.run()
     except _RunTimeout:
         return abi.Exit(abi.KVM_EXIT_INTR)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 MemlockFn = Callable[[int | None], AbstractContextManager[Callable[[int], None]]]
