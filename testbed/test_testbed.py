@@ -239,5 +239,5 @@ def test_init_skips_the_steps_the_command_line_names_and_runs_the_others(tmp_pat
 def test_the_readme_shows_every_check_as_checks_py_has_it() -> None:
     text = (HERE / "README.md").read_text()
     shown = text[text.index(checks.TABLE_BEGIN) + len(checks.TABLE_BEGIN) : text.index(checks.TABLE_END)]
-    assert shown.strip() == checks.markdown_table(), "regenerate it: python3 -c 'import checks; ...'"
+    assert shown.strip() == checks.markdown_table(), "regenerate it: python3 testbed/checks.py"
     assert all(f"| {c.name} |" in shown for c in checks.CHECKS)
