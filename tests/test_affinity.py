@@ -19,7 +19,7 @@ from kvmspe.affinity import (
     vcpu_affinity,
 )
 from kvmspe.errors import InvalidArgumentError
-from kvmspe.model.profiles import PROFILES
+from kvmspe.host.profiles import PROFILES
 
 
 def _spu_cpus(profile: str, spu: int) -> tuple[int, ...]:

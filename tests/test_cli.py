@@ -182,7 +182,7 @@ def test_encode_starts_lean() -> None:
         "import sys; from kvmspe.cli import main; rc = main(['encode', '4M']);"
         "heavy = [m for m in ('kvmspe.model', 'kvmspe.model.kernel', 'kvmspe.planner', 'kvmspe.kvm',"
         " 'kvmspe.host', 'kvmspe.host.discovery', 'kvmspe.conformance', 'kvmspe.conformance.runner',"
-        " 'kvmspe.model.rules', 'kvmspe.vmm', 'kvmspe.model.profiles') if m in sys.modules];"
+        " 'kvmspe.model.rules', 'kvmspe.vmm', 'kvmspe.host.profiles') if m in sys.modules];"
         "print(rc, heavy)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -19,8 +19,8 @@ import pytest
 import kvmspe
 from kvmspe.errors import InvalidArgumentError, KvmspeError
 from kvmspe.host.discovery import parse_cpulist
+from kvmspe.host.profiles import model_host
 from kvmspe.model.kernel import Spu
-from kvmspe.model.profiles import model_host
 from kvmspe.status import parse_threshold
 from kvmspe.units import format_size, parse_size, parse_uint
 

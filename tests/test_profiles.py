@@ -10,8 +10,7 @@ import pytest
 from kvmspe import abi
 from kvmspe.errors import KvmError
 from kvmspe.host.discovery import HostInfo, discover, fixture_roots
-from kvmspe.model.kernel import Host, Spu, Vcpu
-from kvmspe.model.profiles import (
+from kvmspe.host.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
     TYPICAL_SPE_TYPE,
@@ -19,6 +18,7 @@ from kvmspe.model.profiles import (
     model_host,
     spus_from_info,
 )
+from kvmspe.model.kernel import Host, Spu, Vcpu
 
 SPE, SPU, MAX = abi.KVM_ARM_VCPU_SPE_CTRL, abi.KVM_ARM_VCPU_SPE_SPU, abi.KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE
 NO_KVM = "/nonexistent/kvm"

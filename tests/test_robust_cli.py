@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmspe import cli
-from kvmspe.model import profiles
+from kvmspe.host import profiles
 
 #: Tally of the runs of this module, by command and by exit status.
 STATS: Counter[str] = Counter()

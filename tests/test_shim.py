@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kvmspe import abi
-from kvmspe.model.profiles import PROFILES
+from kvmspe.host.profiles import PROFILES
 from kvmspe.shim import build, launch, protocol, script
 from kvmspe.shim.server import Numbers
 

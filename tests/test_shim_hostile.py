@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from kvmspe.model.profiles import PROFILES
+from kvmspe.host.profiles import PROFILES
 from kvmspe.shim import build, protocol
 from kvmspe.shim.server import ModelServer, Numbers
 

@@ -8,9 +8,9 @@ import pytest
 
 from kvmspe import abi
 from kvmspe.errors import KvmError
+from kvmspe.host.profiles import model_host
 from kvmspe.kvm import Kvm
 from kvmspe.model.kernel import Host
-from kvmspe.model.profiles import model_host
 from kvmspe.vmm import (
     BackendChoice,
     ConfigStep,

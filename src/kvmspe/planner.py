@@ -193,8 +193,8 @@ class PlanHost:
 
     @classmethod
     def from_profile(cls, name: str) -> PlanHost:
-        """A built-in model profile (:data:`kvmspe.model.profiles.PROFILES`); ValueError for another name."""
-        from .model import profiles
+        """A built-in model profile (:data:`kvmspe.host.profiles.PROFILES`); ValueError for another name."""
+        from .host import profiles
 
         if not isinstance(name, str):
             known = ", ".join(profiles.PROFILES)
@@ -204,8 +204,8 @@ class PlanHost:
 
     @classmethod
     def from_info(cls, info: HostInfo, source: str) -> PlanHost:
-        """A discovered host, modelled as :func:`kvmspe.model.profiles.model_host` does."""
-        from .model import profiles
+        """A discovered host, modelled as :func:`kvmspe.host.profiles.model_host` does."""
+        from .host import profiles
 
         return cls.from_model(profiles.model_host(info), source)
 
@@ -229,9 +229,8 @@ class PlanHost:
     @classmethod
     def configured(cls) -> PlanHost:
         """The host ``kvmspe configure`` would use: this host's SPE units when sysfs
-        shows some, else the model :func:`kvmspe.model.profiles.fallback_host` picks."""
-        from .host import discovery
-        from .model import profiles
+        shows some, else the model :func:`kvmspe.host.profiles.fallback_host` picks."""
+        from .host import discovery, profiles
 
         info = discovery.discover()
         host, why = profiles.fallback_host(info)
@@ -639,7 +638,21 @@ def _choose_size(requested: int | None, page: int, spu_limit: int, warnings: lis
 def _host_inputs(
     host: PlanHost | None, spu: int | None, vcpus: int, page_size: int | None, spu_limit: int | None
 ) -> tuple[int, int, Spu | None, list[tuple[int, ...]] | None, list[str]]:
-    """Page size, SPU limit, the SPU and each VCPU's CPUs, from ``host`` unless given."""
+    """Page size, SPU limit, the SPU and each VCPU's CPUs, from ``host`` unless given
+    (InvalidArgumentError for a page size or SPU limit the architecture cannot have)."""
+    page, limit, chosen, cpus, notes = _host_values(host, spu, vcpus, page_size, spu_limit)
+    maxbuf.check_page_size(page)
+    if not maxbuf.is_representable(limit):
+        raise InvalidArgumentError(
+            f"the SPU limit {format_size(limit)} is not a MaxBuffSize size; accepted: representable"
+            " sizes (kvmspe sizes lists them)"
+        )
+    return page, limit, chosen, cpus, notes
+
+
+def _host_values(
+    host: PlanHost | None, spu: int | None, vcpus: int, page_size: int | None, spu_limit: int | None
+) -> tuple[int, int, Spu | None, list[tuple[int, ...]] | None, list[str]]:
     notes: list[str] = []
     if host is None:
         if spu is not None:
@@ -733,12 +746,6 @@ def plan(
         vcpus, max_buffer_size, page_size, spu_limit, granule, levels, locked_already, case, host, spu
     )
     page, limit, chosen, vcpu_cpus, notes = _host_inputs(host, spu, vcpus, page_size, spu_limit)
-    maxbuf.check_page_size(page)
-    if not maxbuf.is_representable(limit):
-        raise InvalidArgumentError(
-            f"the SPU limit {format_size(limit)} is not a MaxBuffSize size; accepted: representable"
-            " sizes (kvmspe sizes lists them)"
-        )
     shape = Stage1(granule, levels)
     assert shape.levels is not None and shape.va_bits is not None
     warnings: list[str] = []

@@ -249,8 +249,7 @@ def choose_backend(
     limit that is not None or a byte count) is refused with
     :class:`~kvmspe.errors.InvalidArgumentError` naming it, before anything
     is probed."""
-    from .host import discovery, memlock
-    from .model import profiles
+    from .host import discovery, memlock, profiles
 
     if not isinstance(backend, str) or backend not in ("auto", "kvm", "model"):
         raise InvalidArgumentError(f"backend {backend!r} is unknown; accepted: 'auto', 'kvm', 'model'")
@@ -580,7 +579,7 @@ def _bring_up_vm(
 
 def _guest_scriptable() -> bool:
     """Whether the real backend's guest can be scripted: only under kvmspe's shim."""
-    from .shim import guest
+    from .kvm import guest
 
     return guest.available()
 

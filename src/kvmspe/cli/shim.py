@@ -75,8 +75,7 @@ def cmd_shim_build(args: argparse.Namespace) -> int:
 def shim_host(profile: str | None, fixture: str | None) -> tuple[Any, str]:
     """The model host of a shim run, and what it is: the profile's (or the
     snapshot's) SPUs on this host's page size, their CPUs those of this host."""
-    from ..host import discovery
-    from ..model import profiles
+    from ..host import discovery, profiles
     from ..model.kernel import Host, Spu
 
     if fixture is not None:

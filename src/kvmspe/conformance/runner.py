@@ -315,7 +315,7 @@ def _probe(kvm: Any, scripted_guest: bool = True) -> HostFacts:
         spe = False
     else:
         spe = probe.with_feature and probe.attrs.get("KVM_ARM_VCPU_SPE_MAX_BUFFER_SIZE", False)
-    from ..shim import guest
+    from ..kvm import guest
 
     spus = _sysfs_spus() if spe else {}
     scripted = scripted_guest and spe and guest.available()

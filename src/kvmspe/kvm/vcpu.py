@@ -400,7 +400,7 @@ class Vcpu(Owned):
     # -- the guest's side, scripted under kvmspe's shim ------------------------------------
 
     def _guest(self, what: str, **args: Any) -> dict[str, Any]:
-        from ..shim import guest
+        from . import guest
 
         self._check_open(f"guest {what}")
         return guest.request(self.fd, what, **args)
@@ -408,7 +408,7 @@ class Vcpu(Owned):
     def enable_buffer(self, base: int, size: int, unmapped: tuple[tuple[int, int], ...] = ()) -> None:
         """The guest enables a ``size``-byte buffer at VA ``base``; the next
         :meth:`run` has KVM handle it. Only under kvmspe's shim, whose model
-        is the guest (:class:`kvmspe.shim.guest.GuestUnavailable` elsewhere);
+        is the guest (:class:`kvmspe.kvm.guest.GuestUnavailable` elsewhere);
         ``unmapped`` lists ``(va, size)`` ranges the guest does not map."""
         for name, v in (("base", base), ("size", size)):
             check_int(f"buffer {name}", v, 0, U64_MAX)

@@ -1,1 +1,1 @@
-"""The reference kernel: modelled host, VM and VCPU, the ordered rules, pinning, profiles."""
+"""The reference kernel: modelled host, VM and VCPU, the ordered rules, pinning."""

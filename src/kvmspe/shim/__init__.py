@@ -5,7 +5,7 @@ ioctls the SPE interface touches and asks :class:`~kvmspe.shim.server.ModelServe
 which answers with kvmspe's model; everything else reaches the kernel.
 :mod:`~kvmspe.shim.launch` runs a command that way and returns the
 :mod:`~kvmspe.shim.transcript`; :mod:`~kvmspe.shim.build` compiles the shim;
-:mod:`~kvmspe.shim.script` reads the faults and the guest's script;
-:mod:`~kvmspe.shim.guest` is the scripted guest as kvmspe's own real backend
-reaches it. See ``docs/shim.md``.
+:mod:`~kvmspe.shim.script` reads the faults and the guest's script. The
+scripted guest as kvmspe's own real backend reaches it is the backend's
+(:mod:`kvmspe.kvm.guest`). See ``docs/shim.md``.
 """

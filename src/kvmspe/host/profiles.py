@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from ..arch import maxbuf
 from ..errors import InvalidArgumentError
-from ..host.discovery import HostInfo
-from .kernel import Host, Spu
+from ..model.kernel import Host, Spu
+from .discovery import HostInfo
 
 __all__ = [
     "DEFAULT_PROFILE",
