@@ -162,6 +162,28 @@ def _environment(lib: Path, server: ModelServer, numbers: Numbers) -> dict[str, 
     return env
 
 
+def _with_model_sysfs(
+    command: Sequence[str], host: Host, server: ModelServer, env: dict[str, str], notes: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that show the command the model's SPE units in
+    sysfs (a private mount namespace, root only); the plain command where that cannot be,
+    with a note saying why, as it runs for a user that is not root."""
+    if os.geteuid() != 0 or not os.path.isdir(EVENT_SOURCES):
+        why = "not root" if os.geteuid() != 0 else f"no {EVENT_SOURCES}"
+        notes.append(f"{EVENT_SOURCES} is the host's own ({why}): the model's SPE units are not shown there")
+        return list(command), env
+    tree = sysfs_tree(host, Path(server.path).parent)
+    helper = _helper_env(env)
+    failed = _can_show(tree, helper)
+    if failed is not None:
+        notes.append(
+            f"{EVENT_SOURCES} is the host's own ({failed}): the model's SPE units are not shown there"
+        )
+        return list(command), env
+    notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
+    return [sys.executable, "-c", _ENTER, str(tree), *command], helper
+
+
 def run(
     command: Sequence[str],
     *,
@@ -191,26 +213,7 @@ def run(
         return Host(host.page_size, host.spus, None, rules=host.rules, assumptions=host.assumptions)
 
     with ModelServer(new_host, numbers, faults=faults, guest=guest) as server:
-        env = _environment(lib, server, numbers)
-        argv = list(command)
-        if os.geteuid() != 0 or not os.path.isdir(EVENT_SOURCES):
-            why = "not root" if os.geteuid() != 0 else f"no {EVENT_SOURCES}"
-            notes.append(
-                f"{EVENT_SOURCES} is the host's own ({why}): the model's SPE units are not shown there"
-            )
-        else:
-            tree = sysfs_tree(host, Path(server.path).parent)
-            helper = _helper_env(env)
-            failed = _can_show(tree, helper)
-            if failed is None:
-                argv = [sys.executable, "-c", _ENTER, str(tree), *command]
-                notes.append(f"{EVENT_SOURCES} shows the model's SPE units (a private mount namespace)")
-                env = helper
-            else:
-                # The command runs all the same, as for a user that is not root.
-                notes.append(
-                    f"{EVENT_SOURCES} is the host's own ({failed}): the model's SPE units are not shown there"
-                )
+        argv, env = _with_model_sysfs(command, host, server, _environment(lib, server, numbers), notes)
         with _ended_by_signals():
             status, timed_out = _wait(argv, env, timeout)
         if not server.clients:
