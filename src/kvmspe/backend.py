@@ -4,8 +4,8 @@
 :class:`System`: each creates VMs (:class:`GuestVm`) whose VCPUs
 (:class:`GuestVcpu`) take the SPE device attributes, run, and let the guest
 enable a buffer (the model's guest always; the real one under kvmspe's shim,
-whose model is the guest). :class:`Vcpu` and :class:`Vm` are the part of that
-the conformance runners need. Code written against them (the VMM's bring-up,
+whose model is the guest). :class:`AnyVcpu` and :class:`AnyVm`, any backend's
+VCPU and VM, are the part of that the conformance runners need. Code written against them (the VMM's bring-up,
 the conformance runners) runs unchanged on either. Errors are
 :class:`~kvmspe.errors.KvmError` with the kernel's errno on both.
 """
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
     from . import abi
 
-__all__ = ["GuestVcpu", "GuestVm", "System", "Vcpu", "Vm"]
+__all__ = ["AnyVcpu", "AnyVm", "GuestVcpu", "GuestVm", "System"]
 
 
-class Vcpu(Protocol):
+class AnyVcpu(Protocol):
     """A VCPU: the SPE device attributes (``KVM_{HAS,SET,GET}_DEVICE_ATTR``) and KVM_RUN."""
 
     @property
@@ -39,21 +39,21 @@ class Vcpu(Protocol):
     def run(self) -> abi.Exit: ...
 
 
-class Vm(Protocol):
+class AnyVm(Protocol):
     """A VM: it creates VCPUs, with or without the SPE feature, and is closed after use."""
 
-    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> Vcpu: ...
+    def create_vcpu(self, index: int | None = None, *, spe: bool = True) -> AnyVcpu: ...
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Vm: ...
+    def __enter__(self) -> AnyVm: ...
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
 
-class GuestVcpu(Vcpu, Protocol):
+class GuestVcpu(AnyVcpu, Protocol):
     """A VCPU whose guest's side can be scripted: it enables a buffer, reads a
     buffer register, and the host bytes pinned for that buffer are known."""
 
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
 
     def _both_backends_satisfy(
         mv: model.Vcpu, kv: kvm.Vcpu, mvm: model.Vm, kvm_vm: kvm.Vm
-    ) -> tuple[Vcpu, Vcpu, Vm, Vm, GuestVcpu, GuestVcpu, GuestVm, GuestVm]:
+    ) -> tuple[AnyVcpu, AnyVcpu, AnyVm, AnyVm, GuestVcpu, GuestVcpu, GuestVm, GuestVm]:
         return mv, kv, mvm, kvm_vm, mv, kv, mvm, kvm_vm
 
     def _both_systems_satisfy(host: model.Host, real: kvm.Kvm) -> tuple[System, System]:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from . import abi
 from .affinity import AffinityError, describe_cpus, overcommit, pin_thread, vcpu_affinity
-from .backend import GuestVcpu, GuestVm, System, Vcpu
+from .backend import AnyVcpu, GuestVcpu, GuestVm, System
 from .errors import InvalidArgumentError, KvmError, KvmspeError
 from .host.discovery import format_cpulist
 from .units import format_limit, format_size, format_size_hex
@@ -158,7 +158,7 @@ def planned_steps(irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     return out
 
 
-def configure_spe(vcpu: Vcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
+def configure_spe(vcpu: AnyVcpu, *, irq: int, spu: int, max_buffer_size: int) -> list[ConfigStep]:
     """Give ``vcpu`` its SPE interrupt, SPU and max buffer size, then
     initialise SPE on it: HAS then SET each, KVM_ARM_VCPU_SPE_INIT last
     (no value: ``set_device_attr(group, attr, None)``).
@@ -652,7 +652,7 @@ def _not_pinned(result: BringUpResult) -> str:
     return f"the CPUs of SPU {result.spu} are not known: {result.cpus_unknown}"
 
 
-def _configure_all(result: BringUpResult, vcpus: Sequence[Vcpu]) -> bool:
+def _configure_all(result: BringUpResult, vcpus: Sequence[AnyVcpu]) -> bool:
     """:func:`configure_spe` on every VCPU, each step recorded; False at the first refusal."""
     for vcpu in vcpus:
         index = vcpu.index
@@ -1042,7 +1042,7 @@ class VcpuThreads:
     finish by then may no longer enter the guest.
     """
 
-    def __init__(self, result: BringUpResult, vcpus: Sequence[Vcpu]):
+    def __init__(self, result: BringUpResult, vcpus: Sequence[AnyVcpu]):
         self.result = result
         self.vcpus = vcpus
         self.outs = [_VcpuThread(cpus) for cpus in result.vcpu_cpus]
@@ -1069,7 +1069,7 @@ class VcpuThreads:
             return False
         return self._record_entries()
 
-    def _body(self, vcpu: Vcpu, out: _VcpuThread) -> None:
+    def _body(self, vcpu: AnyVcpu, out: _VcpuThread) -> None:
         """A VCPU thread: pin itself, wait until every VCPU thread is pinned, then
         enter the guest once (KVM_RUN, bounded by :meth:`kvmspe.kvm.Vcpu.run`)."""
         from .kvm import RunTimeout

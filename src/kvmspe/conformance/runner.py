@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from .. import abi
 from ..arch.registers import PMBIDR_EL1, PMBSR_EL1, Register
 from ..arch.stage1 import Stage1
-from ..backend import Vcpu, Vm
+from ..backend import AnyVcpu, AnyVm
 from ..errors import InvalidArgumentError, KvmError, errno_name
 from ..model.rules import RULES, RuleSet
 from ..validation import is_int
@@ -129,8 +129,8 @@ class _Runner:
     """Runs the calls of a case on VCPUs; subclasses supply the host."""
 
     env: Env
-    vm: Vm
-    vcpus: list[Vcpu]
+    vm: AnyVm
+    vcpus: list[AnyVcpu]
 
     def value(self, expr: Expr) -> int:
         """What ``expr`` stands for on this host."""
@@ -167,7 +167,7 @@ class _Runner:
             return errno_name(exc.errno or 0)
 
     def perform(self, step: Step) -> object:
-        vcpu: Vcpu = self.vcpus[step.vcpu]
+        vcpu: AnyVcpu = self.vcpus[step.vcpu]
         if step.op == "set":
             group, attr = _attr(step)
             vcpu.set_device_attr(group, attr, self.argument(step))
@@ -428,7 +428,7 @@ class _RunTimeout(Exception):
     """Raised by the SIGALRM handler to get out of a KVM_RUN that does not return."""
 
 
-def run_bounded(vcpu: Vcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
+def run_bounded(vcpu: AnyVcpu, seconds: float = RUN_TIMEOUT) -> abi.Exit:
     """KVM_RUN, cut short after ``seconds``.
 
     The conformance VMs have no memory and no guest code: on arm64 the VCPU
