@@ -210,11 +210,12 @@ class Step:
         object.__setattr__(self, "attribute", attribute_of(self.target) if self.op in ATTR_OPS else None)
 
     def describe(self) -> str:
-        """The call as one short line, e.g. ``SET KVM_ARM_VCPU_SPE_SPU=SPU``."""
+        """The call as one short line, e.g. ``SET SPE_SPU=SPU``: how the runners and the C
+        programs name it in a failure's reason."""
         who = f"vcpu{self.vcpu} " if self.vcpu else ""
         name = self.target.removeprefix("KVM_ARM_VCPU_")
         if self.op == "set":
-            return f"{who}SET {name}={self.value}"
+            return f"{who}SET {name}={'(no value)' if self.value is None else self.value}"
         if self.op == "get":
             return f"{who}GET {name}" + (" addr=BAD" if self.value == "BAD" else "")
         if self.op == "has":

@@ -110,24 +110,8 @@ def _step(step: Step, exprs: _Exprs) -> str:
     spe = int(step.op == "create_vcpu" and step.target == "spe")
     return (
         f"{{ {kind}, {step.vcpu}, {group}, {attr}, {vtype}, {_addr(step)},"
-        f" {exprs.id(_value(step))}, {spe}, {ek}, {eerr}, {ehas}, {eexpr}, {_cstr(_describe(step))} }}"
+        f" {exprs.id(_value(step))}, {spe}, {ek}, {eerr}, {ehas}, {eexpr}, {_cstr(step.describe())} }}"
     )
-
-
-def _describe(step: Step) -> str:
-    """The call as the C program names it in a failure's reason."""
-    who = f"vcpu{step.vcpu} " if step.vcpu else ""
-    name = step.target.removeprefix("KVM_ARM_VCPU_") if step.attribute else ""
-    if step.op == "set":
-        shown = step.amount.text if step.amount else "BAD" if step.value == "BAD" else "(no value)"
-        return f"{who}SET {name}={shown}"
-    if step.op == "get":
-        return f"{who}GET {name}" + (" addr=BAD" if step.value == "BAD" else "")
-    if step.op == "has":
-        return f"{who}HAS {name}"
-    if step.op == "setrlimit":
-        return f"setrlimit room={_value(step)}"
-    return f"{who}{step.op}"
 
 
 def _case(case: Case, index: int, exprs: _Exprs) -> tuple[list[str], str]:
