@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["LANGS", "render"]
 
 #: Export name -> what it is (for the command line's help).
@@ -39,7 +41,7 @@ _MODULES = {"c": "c_header", "rust": "rust_module", "c-selftest": "c_selftest", 
 def render(lang: str) -> str:
     """The text of the ``lang`` export (see the module docstring)."""
     if lang not in _MODULES:
-        raise ValueError(f"unknown export language {lang!r}; accepted: {', '.join(LANGS)}")
+        raise InvalidArgumentError(f"unknown export language {lang!r}; accepted: {', '.join(LANGS)}")
     module = importlib.import_module(f".{_MODULES[lang]}", __name__)
     text: str = module.render()
     return text

@@ -40,7 +40,7 @@ from ..arch.registers import PMBIDR_EL1
 from ..conformance.cases import CASES, Case, Step, attribute_of
 from ..conformance.expr import Expr, parse
 from ..conformance.runner import GUEST_BUFFER_BASE, MODEL_SPU_IDS, RUN_TIMEOUT, ModelRunner
-from ..errors import NotRepresentableError
+from ..errors import InvalidArgumentError, NotRepresentableError
 from ..model.rules import RULES
 from ..validation import U64_MAX
 from .abidata import assumed_numbers
@@ -324,10 +324,12 @@ def write(out_dir: str | Path, *, writer: Writer = _write_all) -> list[Path]:
     from .. import files
 
     if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip() or "\0" in str(out_dir):
-        raise ValueError(f"bad output directory {out_dir!r}; accepted: a non-empty directory path")
+        raise InvalidArgumentError(f"bad output directory {out_dir!r}; accepted: a non-empty directory path")
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a directory; give a directory for the vectors")
+        raise InvalidArgumentError(
+            f"{folder} exists and is not a directory; give a directory for the vectors"
+        )
     docs = ((CODEC_FILE, codec_vectors()), (SCENARIO_FILE, scenario_vectors()))
     blobs = [(name, (json.dumps(doc, indent=1) + "\n").encode("utf-8")) for name, doc in docs]
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .. import abi
-from ..errors import KvmError
+from ..errors import InvalidArgumentError, KvmError
 from ..validation import U32_MAX, U64_MAX, check_int, is_int
 from .fd import Owned, retry
 
@@ -74,7 +74,7 @@ class Device(Owned):
             self._call(SET, group, attr, 0)
             return
         if not is_int(value) or not 0 <= value < 1 << 64:
-            raise ValueError(f"device attribute {group}/{attr} takes a __u64, got {value!r}")
+            raise InvalidArgumentError(f"device attribute {group}/{attr} takes a __u64, got {value!r}")
         self._value[0] = value
         self._call(SET, group, attr, self.value_addr)
 

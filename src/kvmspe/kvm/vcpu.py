@@ -107,7 +107,7 @@ class Vcpu(Owned):
         if not isinstance(value, struct.Struct) or value.format[-1:] not in tuple("bBhHiIlLqQ"):
             raise InvalidArgumentError(f"the value's C type must be an integer struct.Struct, got {value!r}")
         if value.size > ctypes.sizeof(self._value):
-            raise ValueError(f"a device attribute value is at most 8 bytes, got {value.size}")
+            raise InvalidArgumentError(f"a device attribute value is at most 8 bytes, got {value.size}")
         self.value_structs.setdefault(group, {})[attr] = value
         self._sel_group = self._sel_attr = _UNSELECTED  # the typed view may change
 
@@ -229,7 +229,7 @@ class Vcpu(Owned):
         elif addr is abi.BAD_ADDRESS:
             buf = bytearray(abi.DEVICE_ATTR.pack(0, group, attr, abi.UNMAPPED_ADDRESS))
         else:
-            raise ValueError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
+            raise InvalidArgumentError(f"addr must be None or kvmspe.abi.BAD_ADDRESS, got {addr!r}")
         try:
             self._ioctl(self.fd, _GET, buf)
         except ValueError:
@@ -280,7 +280,9 @@ class Vcpu(Owned):
         signed = fmt.format[-1].islower()
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         ctype = f"{'' if signed else 'u'}int{bits}"
-        raise ValueError(f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}")
+        raise InvalidArgumentError(
+            f"group {group} attribute {attr} takes a {ctype} ({lo}..{hi}), got {value!r}"
+        )
 
     # -- running ------------------------------------------------------------------------------
 
@@ -304,7 +306,9 @@ class Vcpu(Owned):
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e6
         ):
-            raise ValueError(f"timeout must be a number of seconds in (0, 1e6) or None, got {timeout!r}")
+            raise InvalidArgumentError(
+                f"timeout must be a number of seconds in (0, 1e6) or None, got {timeout!r}"
+            )
         run = self._run
         if run is None:
             size = self.vm.kvm.vcpu_mmap_size()

@@ -151,7 +151,7 @@ class Vm(Owned):
         if bit is not None:
             word = bit // 32
             if word >= len(features):
-                raise ValueError(f"SPE feature bit {bit} does not fit in kvm_vcpu_init.features[7]")
+                raise InvalidArgumentError(f"SPE feature bit {bit} does not fit in kvm_vcpu_init.features[7]")
             features[word] |= 1 << (bit % 32)
         abi.VCPU_INIT.pack_into(init, 0, target, *features)
         vcpu.features = tuple(features)
@@ -230,11 +230,13 @@ class Vm(Owned):
         nr = max(len(self.vcpus), 1)
         for name, base in (("dist_base", dist_base), ("redist_base", redist_base)):
             if not is_int(base) or base < 0 or base % _VGIC_ALIGN:
-                raise ValueError(f"{name} must be a 64 KiB aligned guest physical address, got {base!r}")
+                raise InvalidArgumentError(
+                    f"{name} must be a 64 KiB aligned guest physical address, got {base!r}"
+                )
         dist_end = dist_base + abi.KVM_VGIC_V3_DIST_SIZE
         redist_end = redist_base + nr * abi.KVM_VGIC_V3_REDIST_SIZE
         if dist_base < redist_end and redist_base < dist_end:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the GICv3 distributor [{dist_base:#x}, {dist_end:#x}) overlaps the"
                 f" redistributors of {nr} VCPU(s) [{redist_base:#x}, {redist_end:#x})"
             )
@@ -255,7 +257,7 @@ class Vm(Owned):
         that exist now (no VCPU can be added afterwards)."""
         self._check_open("KVM_SET_DEVICE_ATTR")
         if self.vgic is None or self.vgic.closed:
-            raise ValueError("this VM has no vGIC: call create_vgic_v3() first")
+            raise InvalidArgumentError("this VM has no vGIC: call create_vgic_v3() first")
         self.vgic.set_device_attr(abi.KVM_DEV_ARM_VGIC_GRP_CTRL, abi.KVM_DEV_ARM_VGIC_CTRL_INIT)
 
     def close(self) -> None:
