@@ -133,9 +133,8 @@ def test_a_previous_timer_is_restored_after_a_bounded_run(rec: Recorder, tmp_pat
     vcpu.vm.kvm.close()
 
 
-def test_a_run_outside_the_main_thread_is_bounded_too(rec: Recorder, tmp_path: Path) -> None:
-    vcpu, _ = _blocking_vcpu(rec, tmp_path)
-    previous = signal.signal(signal.SIGALRM, lambda s, f: None)
+def _run_in_a_thread(vcpu: Vcpu) -> tuple[threading.Thread, list[BaseException]]:
+    """``vcpu.run(timeout=0.2)`` in a thread of its own, joined (10 s at most); what it raised."""
     out: list[BaseException] = []
 
     def work() -> None:
@@ -144,10 +143,17 @@ def test_a_run_outside_the_main_thread_is_bounded_too(rec: Recorder, tmp_path: P
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             out.append(exc)
 
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(10)
+    return worker, out
+
+
+def test_a_run_outside_the_main_thread_is_bounded_too(rec: Recorder, tmp_path: Path) -> None:
+    vcpu, _ = _blocking_vcpu(rec, tmp_path)
+    previous = signal.signal(signal.SIGALRM, lambda s, f: None)
     try:
-        worker = threading.Thread(target=work)
-        worker.start()
-        worker.join(10)
+        worker, out = _run_in_a_thread(vcpu)
         assert not worker.is_alive()
         assert len(out) == 1 and isinstance(out[0], RunTimeout)
     finally:
@@ -160,18 +166,8 @@ def test_outside_the_main_thread_without_a_handler_run_refuses_rather_than_hang(
 ) -> None:
     vcpu, blocking = _blocking_vcpu(rec, tmp_path)
     previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    out: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            vcpu.run(timeout=0.2)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out.append(exc)
-
     try:
-        worker = threading.Thread(target=work)
-        worker.start()
-        worker.join(10)
+        _, out = _run_in_a_thread(vcpu)
         assert isinstance(out[0], KvmError) and "main thread" in str(out[0])
         assert blocking.runs == 0
     finally:
